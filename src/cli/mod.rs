@@ -1,0 +1,67 @@
+//! The `echoloop` command line: argument parsing and printing only. Each subcommand is a
+//! thin layer over the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod bench;
+pub mod client;
+pub mod report;
+pub mod serve;
+pub mod units;
+
+/// Non-blocking echo servers, clients and load generator over TCP, UDP, TLS and Unix sockets.
+#[derive(Debug, Parser)]
+#[command(name = "echoloop", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve echo on TCP, UDP, TLS and Unix sockets (defaults: tcp 127.0.0.1:8881, udp 127.0.0.1:8883).
+    Serve(serve::ServeArgs),
+    /// Send messages and check their echo.
+    Client(client::ClientArgs),
+    /// Generate echo load and report throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+/// Parses the command line and runs the subcommand; errors are printed as one line.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => serve::run(a),
+        Command::Client(a) => client::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("echoloop: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A boxed error for the command line: its Display is the one line the user sees.
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Sets up logging to standard error at `level`.
+pub fn init_logging(level: log::LevelFilter) {
+    let config = simplelog::ConfigBuilder::new()
+        .set_time_level(log::LevelFilter::Off)
+        .set_target_level(log::LevelFilter::Off)
+        .set_thread_level(log::LevelFilter::Off)
+        .build();
+    // Fails only if a logger is already set, which is harmless.
+    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
+}
+
+/// Parses a log level name for clap.
+pub fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse::<log::LevelFilter>()
+        .map_err(|_| format!("invalid log level {s:?}: use off, error, warn, info, debug or trace"))
+}

@@ -1,0 +1,1586 @@
+//! The reactor: one thread, one `mio::Poll`, every socket registered in it.
+//!
+//! Teaches: readiness-based I/O. `poll` says which sockets *became* ready; the loop then
+//! does the non-blocking calls until they would block. The rules that make this correct are
+//! named where they are applied:
+//!
+//! * **Edge-triggered readiness** — mio reports a change, not a level. After a readable
+//!   event we read until `WouldBlock` (or a short read, see [`read_loop`]); when we stop
+//!   early (fairness cap, backpressure, a paused handler) we remember `maybe_readable` and
+//!   come back ourselves, because no new event will come for bytes already waiting.
+//! * **Interest registered once** — every connection is registered for both readable and
+//!   writable when it is created and never re-registered: with edge triggering a writable
+//!   event arrives only when a full send buffer gains room, so asking for it all along costs
+//!   nothing, while re-registering would cost a system call per change.
+//! * **Partial writes** — see [`crate::sendbuf`].
+//! * **Backpressure** — a peer that sends but does not read would make us buffer without
+//!   bound; above `high_water` bytes owed we stop reading it, below `low_water` we resume.
+//! * **Slot reuse** — closed connections stay in the slab until the whole batch of events
+//!   is dispatched, so a later event in the same batch cannot reach a new connection that
+//!   took the slot (mio#172); ids carry a generation for timers that outlive a batch.
+//! * **EMFILE on accept** — out of descriptors, `accept` fails while the connection stays
+//!   queued; retrying at once spins the CPU, so the listener backs off on a timer.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::{Events, Interest, Poll, Token, Waker};
+use rustls::pki_types::ServerName;
+use slab::Slab;
+
+use crate::conn::{Connection, Session, State, WriteShut};
+use crate::error::ListenError;
+use crate::handler::{CloseReason, ConnId, Ctx, DatagramHandler, DgramCtx, Handler, SendError};
+use crate::net::{self, BindOptions, Datagram, Endpoint, Listener, PeerAddr, Stream, UnixName};
+use crate::sendbuf::Flush;
+use crate::stats::Stats;
+use crate::timer::{Kind, Owner, Timers};
+use crate::tls::TlsSession;
+
+const WAKER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+
+/// Large enough for the largest UDP datagram (65,507 bytes over IPv4): a smaller buffer
+/// silently truncates datagrams.
+const READ_BUF: usize = 64 * 1024;
+
+/// Settings of one event loop.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Stop reading a connection when this many bytes are owed to it.
+    pub high_water: usize,
+    /// Resume reading when the bytes owed fall to this.
+    pub low_water: usize,
+    /// At most this many bytes are read from one connection per turn, so one busy peer
+    /// cannot starve the others.
+    pub read_budget: usize,
+    /// Connections beyond this are accepted and closed at once.
+    pub max_connections: Option<usize>,
+    /// Close connections with no traffic for this long.
+    pub idle_timeout: Option<Duration>,
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// How long a closing connection waits for the peer to finish.
+    pub close_timeout: Duration,
+    /// Listen backlog (capped by the system at `net.core.somaxconn`).
+    pub backlog: i32,
+    /// Pause before accepting again after running out of descriptors.
+    pub accept_backoff: Duration,
+    /// Datagrams queued per socket while its send buffer is full.
+    pub datagram_queue: usize,
+    /// Bind IP sockets with `SO_REUSEPORT` (several loops sharing one address).
+    pub reuse_port: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            high_water: 256 * 1024,
+            low_water: 64 * 1024,
+            read_budget: 256 * 1024,
+            max_connections: None,
+            idle_timeout: None,
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            backlog: 4096,
+            accept_backoff: Duration::from_millis(100),
+            datagram_queue: 1024,
+            reuse_port: false,
+        }
+    }
+}
+
+/// How to open an outgoing connection.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// Speak TLS, verifying the server as `server_name`.
+    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// Give up if not connected (and, for TLS, handshaken) within this.
+    pub timeout: Option<Duration>,
+    /// Bind to this local address first (spreads many connections over source IPs).
+    pub source: Option<std::net::IpAddr>,
+}
+
+impl ConnectOptions {
+    /// Plain connection, no timeout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a connect (and handshake) timeout.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// Speaks TLS to a server that must prove it is `name`.
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>, name: ServerName<'static>) -> Self {
+        self.tls = Some((config, name));
+        self
+    }
+
+    /// Binds to a local IP before connecting.
+    pub fn source(mut self, ip: std::net::IpAddr) -> Self {
+        self.source = Some(ip);
+        self
+    }
+}
+
+/// What kind of stream listener to add.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ListenKind {
+    /// Plain TCP.
+    Tcp,
+    /// TLS over TCP with this server configuration.
+    Tls(Arc<rustls::ServerConfig>),
+    /// Unix stream socket.
+    Unix,
+}
+
+/// Work requested from inside a callback, done once the callback has returned.
+pub(crate) enum Deferred {
+    Connect(Endpoint, ConnectOptions, Box<dyn Handler>),
+}
+
+/// State shared by all callbacks of a loop (kept apart from the slab so a callback can
+/// borrow both its connection and this).
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) config: Config,
+    pub(crate) now: Instant,
+    pub(crate) timers: Timers,
+    pub(crate) stats: Stats,
+    /// Connections and datagram sockets to read again without waiting for an event.
+    ready: Vec<ConnId>,
+    /// Output of the running callback, sent when it returns (batching small sends).
+    pub(crate) out: Vec<u8>,
+    /// Slots to free after this batch of events.
+    dead: Vec<usize>,
+    pub(crate) deferred: Vec<Deferred>,
+    pub(crate) stop_request: Option<Duration>,
+    next_generation: u32,
+}
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Deferred::Connect(to, _, _) => write!(f, "Connect({to})"),
+        }
+    }
+}
+
+impl Core {
+    pub(crate) fn schedule_read(&mut self, id: ConnId) {
+        self.ready.push(id);
+    }
+}
+
+/// A datagram socket's queue of replies the kernel could not take yet.
+#[derive(Debug, Default)]
+pub(crate) struct DgramQueue {
+    items: VecDeque<(Vec<u8>, PeerAddr)>,
+    /// Receiving paused until the queue drains.
+    paused: bool,
+}
+
+struct ListenerEntry {
+    sock: Listener,
+    kind: ListenKind,
+    factory: Box<dyn FnMut() -> Box<dyn Handler>>,
+    generation: u32,
+    backing_off: bool,
+}
+
+struct ConnEntry {
+    conn: Connection,
+    handler: Box<dyn Handler>,
+}
+
+struct DgramEntry {
+    sock: Datagram,
+    handler: Box<dyn DatagramHandler>,
+    queue: DgramQueue,
+    generation: u32,
+    closed: bool,
+}
+
+enum Entry {
+    Listener(ListenerEntry),
+    Conn(ConnEntry),
+    Dgram(DgramEntry),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Stopping { deadline: Instant },
+    Stopped,
+}
+
+/// Shared between the loop and its [`StopHandle`]s.
+#[derive(Debug)]
+struct StopShared {
+    /// Grace period in milliseconds, or `u64::MAX` for "no request".
+    grace_ms: AtomicU64,
+    waker: Waker,
+}
+
+/// Stops a loop from any thread: cloneable and `Send`.
+#[derive(Debug, Clone)]
+pub struct StopHandle {
+    shared: Arc<StopShared>,
+}
+
+impl StopHandle {
+    /// Asks the loop to stop: it stops accepting and reading new input, sends what it owes,
+    /// closes connections gracefully, and returns from `run` when all are closed or `grace`
+    /// has passed (then it closes the rest at once).
+    pub fn stop(&self, grace: Duration) {
+        let ms = u64::try_from(grace.as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .min(u64::MAX - 1);
+        self.shared.grace_ms.store(ms, Ordering::SeqCst);
+        if let Err(e) = self.shared.waker.wake() {
+            log::error!("cannot wake the event loop: {e}");
+        }
+    }
+}
+
+/// An address a listener or datagram socket is bound to, as reported by the system.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// The id of the listener or socket.
+    pub id: ConnId,
+    /// The real address (the chosen port when port 0 was asked for).
+    pub addr: Endpoint,
+}
+
+/// A single-threaded reactor serving stream and datagram sockets through handlers.
+///
+/// Typical use: [`EventLoop::new`], add listeners, sockets or connections, then
+/// [`EventLoop::run`]. Hosts that own their loop call [`EventLoop::run_once`] instead.
+pub struct EventLoop {
+    poll: Poll,
+    events: Events,
+    slab: Slab<Entry>,
+    core: Core,
+    /// One read buffer for all connections: only unsent output is kept per connection, so
+    /// an idle connection costs no buffer memory.
+    rbuf: Box<[u8]>,
+    /// Decrypted TLS input, shared the same way.
+    plain: Vec<u8>,
+    phase: Phase,
+    stop: Arc<StopShared>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    signal_grace: Duration,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("entries", &self.slab.len())
+            .field("phase", &self.phase)
+            .field("stats", &self.core.stats)
+            .finish()
+    }
+}
+
+impl EventLoop {
+    /// Creates a loop with its poller and waker.
+    pub fn new(config: Config) -> io::Result<EventLoop> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        Ok(EventLoop {
+            poll,
+            events: Events::with_capacity(1024),
+            slab: Slab::new(),
+            core: Core {
+                config,
+                now: Instant::now(),
+                timers: Timers::default(),
+                stats: Stats::default(),
+                ready: Vec::new(),
+                out: Vec::new(),
+                dead: Vec::new(),
+                deferred: Vec::new(),
+                stop_request: None,
+                next_generation: 0,
+            },
+            rbuf: vec![0u8; READ_BUF].into_boxed_slice(),
+            plain: Vec::new(),
+            phase: Phase::Running,
+            stop: Arc::new(StopShared {
+                grace_ms: AtomicU64::new(u64::MAX),
+                waker,
+            }),
+            signals: None,
+            signal_grace: Duration::from_secs(5),
+        })
+    }
+
+    /// A handle to stop this loop from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            shared: Arc::clone(&self.stop),
+        }
+    }
+
+    /// SIGINT and SIGTERM start a graceful stop with `grace`; a second signal stops at once.
+    /// The signals arrive through the poll loop (a self-pipe), not in a signal handler.
+    pub fn handle_signals(&mut self, grace: Duration) -> io::Result<()> {
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        self.signal_grace = grace;
+        Ok(())
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.core.stats
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.core.config
+    }
+
+    /// True once the loop has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.phase == Phase::Stopped
+    }
+
+    fn next_id(&mut self, key: usize) -> ConnId {
+        self.core.next_generation = self.core.next_generation.wrapping_add(1);
+        ConnId {
+            // Slab keys stay far below u32::MAX: each needs a file descriptor.
+            key: key as u32,
+            generation: self.core.next_generation,
+        }
+    }
+
+    /// Binds a stream listener; every accepted connection gets a handler from `factory`.
+    pub fn listen(
+        &mut self,
+        addr: &Endpoint,
+        kind: ListenKind,
+        factory: impl FnMut() -> Box<dyn Handler> + 'static,
+    ) -> Result<Bound, ListenError> {
+        let opts = self.bind_options();
+        let sock = match (addr, &kind) {
+            (Endpoint::Inet(a), ListenKind::Tcp | ListenKind::Tls(_)) => net::bind_tcp(*a, opts)?,
+            (Endpoint::Unix(name), ListenKind::Unix) => net::bind_unix(name)?,
+            (Endpoint::Unix(name), _) => return Err(unix_mismatch(name)),
+            (Endpoint::Inet(a), ListenKind::Unix) => {
+                return Err(ListenError::Addr(crate::error::AddrError::Invalid {
+                    input: a.to_string(),
+                    reason: "a Unix listener needs a path or @name".into(),
+                }));
+            }
+        };
+        self.add_listener(sock, kind, Box::new(factory))
+    }
+
+    fn bind_options(&self) -> BindOptions {
+        BindOptions {
+            backlog: self.core.config.backlog,
+            reuse_port: self.core.config.reuse_port,
+        }
+    }
+
+    fn add_listener(
+        &mut self,
+        mut sock: Listener,
+        kind: ListenKind,
+        factory: Box<dyn FnMut() -> Box<dyn Handler>>,
+    ) -> Result<Bound, ListenError> {
+        let addr = sock.local_endpoint().map_err(ListenError::Register)?;
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        self.poll
+            .registry()
+            .register(&mut sock, Token(key), Interest::READABLE)
+            .map_err(ListenError::Register)?;
+        let id = {
+            self.core.next_generation = self.core.next_generation.wrapping_add(1);
+            ConnId {
+                key: key as u32,
+                generation: self.core.next_generation,
+            }
+        };
+        entry.insert(Entry::Listener(ListenerEntry {
+            sock,
+            kind,
+            factory,
+            generation: id.generation,
+            backing_off: false,
+        }));
+        Ok(Bound { id, addr })
+    }
+
+    /// Binds a UDP socket served by `handler`.
+    pub fn bind_udp(
+        &mut self,
+        addr: std::net::SocketAddr,
+        handler: Box<dyn DatagramHandler>,
+    ) -> Result<Bound, ListenError> {
+        let sock = net::bind_udp(addr, self.bind_options())?;
+        self.add_datagram(Datagram::Udp(sock), handler)
+    }
+
+    /// Binds a Unix datagram socket (path or `@abstract`) served by `handler`.
+    pub fn bind_unix_datagram(
+        &mut self,
+        name: &UnixName,
+        handler: Box<dyn DatagramHandler>,
+    ) -> Result<Bound, ListenError> {
+        let sock = Datagram::bind_unix(name)?;
+        self.add_datagram(sock, handler)
+    }
+
+    /// Adds an already-made Unix datagram socket (for example an autobound client socket).
+    pub fn add_unix_datagram(
+        &mut self,
+        sock: std::os::unix::net::UnixDatagram,
+        handler: Box<dyn DatagramHandler>,
+    ) -> Result<Bound, ListenError> {
+        let sock = Datagram::from_unix(sock).map_err(ListenError::Register)?;
+        self.add_datagram(sock, handler)
+    }
+
+    fn add_datagram(
+        &mut self,
+        mut sock: Datagram,
+        handler: Box<dyn DatagramHandler>,
+    ) -> Result<Bound, ListenError> {
+        let addr = sock
+            .local_endpoint()
+            .unwrap_or(Endpoint::Unix(UnixName::Abstract(Vec::new())));
+        let key = self.slab.vacant_key();
+        let id = self.next_id(key);
+        self.poll
+            .registry()
+            .register(
+                &mut sock,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(ListenError::Register)?;
+        self.slab.insert(Entry::Dgram(DgramEntry {
+            sock,
+            handler,
+            queue: DgramQueue::default(),
+            generation: id.generation,
+            closed: false,
+        }));
+        // Let a client send its first datagram.
+        if let Some(Entry::Dgram(d)) = self.slab.get_mut(key) {
+            let mut close = false;
+            let mut ctx = DgramCtx {
+                sock: &d.sock,
+                queue: &mut d.queue,
+                core: &mut self.core,
+                id,
+                close_requested: &mut close,
+            };
+            d.handler.on_ready(&mut ctx);
+            if close {
+                close_dgram(d, &mut self.core, key);
+            }
+        }
+        self.run_deferred();
+        Ok(Bound { id, addr })
+    }
+
+    /// Starts a non-blocking connect; `handler` hears `on_open` when it completes (after
+    /// the TLS handshake for TLS) or `on_close` with the reason it failed.
+    pub fn connect(
+        &mut self,
+        to: &Endpoint,
+        opts: ConnectOptions,
+        handler: Box<dyn Handler>,
+    ) -> io::Result<ConnId> {
+        let stream = Stream::connect(to, opts.source)?;
+        let session = match &opts.tls {
+            Some((cfg, name)) => Session::Tls(Box::new(
+                TlsSession::client(cfg, name.clone()).map_err(io::Error::other)?,
+            )),
+            None => Session::Plain,
+        };
+        let key = self.slab.vacant_key();
+        let id = self.next_id(key);
+        let mut conn = Connection::new(
+            stream,
+            session,
+            State::Connecting,
+            id.generation,
+            self.core.now,
+        );
+        self.poll.registry().register(
+            &mut conn.stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.slab.insert(Entry::Conn(ConnEntry { conn, handler }));
+        self.core.stats.connections_open += 1;
+        if let Some(t) = opts.timeout {
+            self.core
+                .timers
+                .add(self.core.now + t, Owner::Conn(id), Kind::Connect);
+        }
+        Ok(id)
+    }
+
+    /// Stops the loop (see [`StopHandle::stop`]).
+    pub fn stop(&mut self, grace: Duration) {
+        self.begin_stop(grace);
+    }
+
+    /// Runs until stopped.
+    pub fn run(&mut self) -> io::Result<()> {
+        while self.run_once(None)? {}
+        Ok(())
+    }
+
+    /// Waits for events at most `timeout` (or until the next timer) and handles them.
+    /// Returns `false` once the loop has stopped.
+    pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        if self.phase == Phase::Stopped {
+            return Ok(false);
+        }
+        let now = Instant::now();
+        let mut wait = timeout;
+        if let Some(at) = self.core.timers.next_deadline() {
+            let until = at.saturating_duration_since(now);
+            wait = Some(wait.map_or(until, |w| w.min(until)));
+        }
+        if let Phase::Stopping { deadline } = self.phase {
+            let until = deadline.saturating_duration_since(now);
+            wait = Some(wait.map_or(until, |w| w.min(until)));
+        }
+        if !self.core.ready.is_empty() {
+            // Work we left undone on purpose (fairness): only look for new events.
+            wait = Some(Duration::ZERO);
+        }
+        match self.poll.poll(&mut self.events, wait) {
+            Ok(()) => {}
+            // A signal interrupted the wait: not an error, just look again.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        self.core.now = Instant::now();
+        self.dispatch_events();
+        self.run_ready();
+        self.run_timers();
+        self.run_deferred();
+        if let Some(grace) = self.core.stop_request.take() {
+            self.begin_stop(grace);
+        }
+        self.sweep();
+        self.check_stopped();
+        Ok(self.phase != Phase::Stopped)
+    }
+
+    fn dispatch_events(&mut self) {
+        // Events is borrowed while we dispatch: take it out for the duration.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
+            match event.token() {
+                WAKER => self.take_stop_request(),
+                SIGNALS => self.take_signals(),
+                Token(key) => self.dispatch(key, event),
+            }
+        }
+        self.events = events;
+    }
+
+    fn dispatch(&mut self, key: usize, event: &Event) {
+        let Some(entry) = self.slab.get_mut(key) else {
+            return;
+        };
+        match entry {
+            Entry::Listener(_) => {
+                if event.is_readable() {
+                    self.accept_loop(key);
+                }
+            }
+            Entry::Conn(c) => {
+                let readiness = Readiness {
+                    readable: event.is_readable(),
+                    writable: event.is_writable(),
+                    error: event.is_error(),
+                    read_closed: event.is_read_closed(),
+                };
+                conn_ready(
+                    c,
+                    &mut self.core,
+                    &mut self.rbuf,
+                    &mut self.plain,
+                    key,
+                    readiness,
+                );
+            }
+            Entry::Dgram(d) => {
+                dgram_ready(
+                    d,
+                    &mut self.core,
+                    &mut self.rbuf,
+                    key,
+                    event.is_readable(),
+                    event.is_writable(),
+                );
+            }
+        }
+    }
+
+    /// Accepts until the queue is empty (`WouldBlock`): with edge-triggered readiness, one
+    /// event may stand for many waiting connections.
+    fn accept_loop(&mut self, key: usize) {
+        loop {
+            let Some(Entry::Listener(l)) = self.slab.get_mut(key) else {
+                return;
+            };
+            if l.backing_off || self.phase != Phase::Running {
+                return;
+            }
+            let (stream, peer) = match l.sock.try_accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if net::is_resource_exhaustion(&e) => {
+                    // Out of descriptors: the connection stays in the kernel's queue and
+                    // accepting again now would fail the same way, spinning the CPU.
+                    // Keep serving what we have; try again after a pause.
+                    self.core.stats.accept_errors += 1;
+                    log::warn!(
+                        "accept: {e}; pausing accepts for {:?} while existing connections are served",
+                        self.core.config.accept_backoff
+                    );
+                    l.backing_off = true;
+                    let id = ConnId {
+                        key: key as u32,
+                        generation: l.generation,
+                    };
+                    let at = self.core.now + self.core.config.accept_backoff;
+                    self.core
+                        .timers
+                        .add(at, Owner::Listener(id), Kind::AcceptBackoff);
+                    return;
+                }
+                Err(e) => {
+                    // The client gave up before we accepted (ECONNABORTED) and the like:
+                    // that connection is lost, the listener is fine.
+                    self.core.stats.accept_errors += 1;
+                    log::debug!("accept: {e}");
+                    continue;
+                }
+            };
+            if let Some(max) = self.core.config.max_connections {
+                if self.core.stats.connections_open >= max as u64 {
+                    // Accept and close at once: left in the kernel's queue the client would
+                    // wait, believing it was connected.
+                    self.core.stats.rejected += 1;
+                    log::info!("rejecting connection from {peer}: {max} connections already open");
+                    drop(stream);
+                    continue;
+                }
+            }
+            let session = match &l.kind {
+                ListenKind::Tls(cfg) => match TlsSession::server(cfg) {
+                    Ok(s) => Session::Tls(Box::new(s)),
+                    Err(e) => {
+                        log::warn!("cannot start TLS session: {e}");
+                        continue;
+                    }
+                },
+                _ => Session::Plain,
+            };
+            let handler = (l.factory)();
+            self.core.stats.accepted += 1;
+            self.add_accepted(stream, session, handler, &peer);
+        }
+    }
+
+    fn add_accepted(
+        &mut self,
+        stream: Stream,
+        session: Session,
+        handler: Box<dyn Handler>,
+        peer: &PeerAddr,
+    ) {
+        let key = self.slab.vacant_key();
+        let id = self.next_id(key);
+        let tls = matches!(session, Session::Tls(_));
+        let state = if tls { State::Handshaking } else { State::Open };
+        let mut conn = Connection::new(stream, session, state, id.generation, self.core.now);
+        // Registered once for both directions; see the module docs.
+        if let Err(e) = self.poll.registry().register(
+            &mut conn.stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("cannot register connection from {peer}: {e}");
+            return;
+        }
+        log::debug!("{id} open from {peer}");
+        self.slab.insert(Entry::Conn(ConnEntry { conn, handler }));
+        self.core.stats.connections_open += 1;
+        let now = self.core.now;
+        if tls {
+            let at = now + self.core.config.handshake_timeout;
+            self.core.timers.add(at, Owner::Conn(id), Kind::Handshake);
+        }
+        if let Some(idle) = self.core.config.idle_timeout {
+            self.core
+                .timers
+                .add(now + idle, Owner::Conn(id), Kind::Idle);
+        }
+        if !tls {
+            if let Some(Entry::Conn(c)) = self.slab.get_mut(key) {
+                call_handler(c, &mut self.core, key, |h, ctx| h.on_open(ctx));
+            }
+        }
+        // Data sent right after connecting is already queued: registering a socket that is
+        // readable produces an event at once, so nothing is missed here.
+    }
+
+    fn run_ready(&mut self) {
+        let ready = std::mem::take(&mut self.core.ready);
+        for id in &ready {
+            let key = id.key as usize;
+            match self.slab.get_mut(key) {
+                Some(Entry::Conn(c)) if c.conn.generation == id.generation => {
+                    let r = Readiness {
+                        readable: true,
+                        writable: false,
+                        error: false,
+                        read_closed: false,
+                    };
+                    conn_ready_again(c, &mut self.core, &mut self.rbuf, &mut self.plain, key, r);
+                }
+                Some(Entry::Dgram(d)) if d.generation == id.generation => {
+                    dgram_ready(d, &mut self.core, &mut self.rbuf, key, true, false);
+                }
+                _ => {}
+            }
+        }
+        // Reuse the allocation.
+        let mut ready = ready;
+        ready.clear();
+        if self.core.ready.is_empty() {
+            self.core.ready = ready;
+        }
+    }
+
+    fn run_timers(&mut self) {
+        while let Some((timer, owner, kind)) = self.core.timers.pop_due(self.core.now) {
+            match owner {
+                Owner::Conn(id) => {
+                    let key = id.key as usize;
+                    let Some(Entry::Conn(c)) = self.slab.get_mut(key) else {
+                        continue;
+                    };
+                    if c.conn.generation != id.generation || c.conn.is_closed() {
+                        continue;
+                    }
+                    conn_timer(c, &mut self.core, key, timer, kind);
+                }
+                Owner::Dgram(id) => {
+                    let key = id.key as usize;
+                    if let Some(Entry::Dgram(d)) = self.slab.get_mut(key) {
+                        if d.generation == id.generation && !d.closed {
+                            let mut close = false;
+                            let mut ctx = DgramCtx {
+                                sock: &d.sock,
+                                queue: &mut d.queue,
+                                core: &mut self.core,
+                                id,
+                                close_requested: &mut close,
+                            };
+                            d.handler.on_timer(&mut ctx, timer);
+                            if close {
+                                close_dgram(d, &mut self.core, key);
+                            }
+                        }
+                    }
+                }
+                Owner::Listener(id) => {
+                    let key = id.key as usize;
+                    if let Some(Entry::Listener(l)) = self.slab.get_mut(key) {
+                        if l.generation == id.generation {
+                            l.backing_off = false;
+                            self.accept_loop(key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn run_deferred(&mut self) {
+        while let Some(d) = self.core.deferred.pop() {
+            match d {
+                Deferred::Connect(to, opts, mut handler) => {
+                    if let Err(e) = self.connect(&to, opts, Box::new(NoopHandler)).map(|id| {
+                        // Swap the real handler in now that the entry exists.
+                        if let Some(Entry::Conn(c)) = self.slab.get_mut(id.key as usize) {
+                            std::mem::swap(&mut c.handler, &mut handler);
+                        }
+                    }) {
+                        self.core.stats.connect_failures += 1;
+                        let id = ConnId {
+                            key: u32::MAX,
+                            generation: 0,
+                        };
+                        let mut ctx = Ctx {
+                            conn: None,
+                            core: &mut self.core,
+                            id,
+                        };
+                        handler.on_close(&mut ctx, &CloseReason::ConnectFailed(e));
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_stop_request(&mut self) {
+        let ms = self.stop.grace_ms.swap(u64::MAX, Ordering::SeqCst);
+        if ms != u64::MAX {
+            self.begin_stop(Duration::from_millis(ms));
+        }
+    }
+
+    fn take_signals(&mut self) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let count = signals.pending().count();
+        if count == 0 {
+            return;
+        }
+        if matches!(self.phase, Phase::Stopping { .. }) {
+            log::warn!("second signal: stopping now");
+            self.begin_stop(Duration::ZERO);
+        } else {
+            log::info!(
+                "signal received: shutting down (grace {:?})",
+                self.signal_grace
+            );
+            let grace = self.signal_grace;
+            self.begin_stop(grace);
+        }
+    }
+
+    /// Graceful stop: no new connections, no new input; what was read is answered, then
+    /// each connection is half-closed and closed when its peer finishes.
+    fn begin_stop(&mut self, grace: Duration) {
+        let deadline = self.core.now + grace;
+        match self.phase {
+            Phase::Stopped => return,
+            Phase::Stopping { deadline: d } if d <= deadline => return,
+            _ => {}
+        }
+        self.phase = Phase::Stopping { deadline };
+        for (key, entry) in self.slab.iter_mut() {
+            match entry {
+                Entry::Listener(_) => self.core.dead.push(key),
+                Entry::Dgram(d) => close_dgram(d, &mut self.core, key),
+                Entry::Conn(c) => {
+                    if c.conn.is_closed() {
+                        continue;
+                    }
+                    if c.conn.state == State::Open {
+                        c.conn.closing = true;
+                        if c.conn.write_shut == WriteShut::Open {
+                            c.conn.write_shut = WriteShut::Requested;
+                        }
+                        progress(c, &mut self.core, key);
+                    } else {
+                        close_now(c, &mut self.core, key, CloseReason::Shutdown);
+                    }
+                }
+            }
+        }
+        if grace.is_zero() {
+            self.force_close_all();
+        }
+    }
+
+    fn force_close_all(&mut self) {
+        for (key, entry) in self.slab.iter_mut() {
+            if let Entry::Conn(c) = entry {
+                close_now(c, &mut self.core, key, CloseReason::Shutdown);
+            }
+        }
+    }
+
+    fn check_stopped(&mut self) {
+        if let Phase::Stopping { deadline } = self.phase {
+            if self.core.now >= deadline {
+                self.force_close_all();
+                self.sweep();
+            }
+            if self.slab.is_empty() {
+                self.phase = Phase::Stopped;
+            }
+        }
+    }
+
+    /// Frees the slots of everything closed during this batch. Only now: a slot freed
+    /// earlier could be reused by a new connection and receive a stale event.
+    fn sweep(&mut self) {
+        for key in self.core.dead.drain(..) {
+            if let Some(entry) = self.slab.try_remove(key) {
+                match entry {
+                    // Closing the descriptor removes it from epoll; the drop does that.
+                    Entry::Listener(mut l) => {
+                        let _ = self.poll.registry().deregister(&mut l.sock);
+                    }
+                    Entry::Dgram(mut d) => {
+                        let _ = self.poll.registry().deregister(&mut d.sock);
+                    }
+                    Entry::Conn(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Number of live entries (listeners, sockets, connections).
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// True when nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+}
+
+fn unix_mismatch(name: &UnixName) -> ListenError {
+    ListenError::Addr(crate::error::AddrError::Invalid {
+        input: name.to_string(),
+        reason: "TCP and TLS listeners need host:port".into(),
+    })
+}
+
+/// Stands in for a handler while an entry is being made.
+struct NoopHandler;
+impl Handler for NoopHandler {
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: &[u8]) {}
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Readiness {
+    readable: bool,
+    writable: bool,
+    error: bool,
+    read_closed: bool,
+}
+
+/// Runs a handler callback with a context, then sends what it produced and applies what
+/// it asked for.
+fn call_handler(
+    c: &mut ConnEntry,
+    core: &mut Core,
+    key: usize,
+    f: impl FnOnce(&mut dyn Handler, &mut Ctx<'_>),
+) {
+    let id = ConnId {
+        key: key as u32,
+        generation: c.conn.generation,
+    };
+    let mut ctx = Ctx {
+        conn: Some(&mut c.conn),
+        core,
+        id,
+    };
+    f(c.handler.as_mut(), &mut ctx);
+    commit_output(&mut c.conn, core);
+    progress(c, core, key);
+}
+
+/// Sends what the callback queued. For a plain connection with nothing already waiting,
+/// the bytes go straight to the socket (write right after processing instead of waiting for
+/// a writable event); what the kernel does not take is kept in the send buffer.
+fn commit_output(conn: &mut Connection, core: &mut Core) {
+    if core.out.is_empty() {
+        return;
+    }
+    if conn.is_closed() {
+        core.out.clear();
+        return;
+    }
+    match &mut conn.session {
+        Session::Plain => {
+            let mut data = &core.out[..];
+            if conn.sendbuf.is_empty() && !conn.write_blocked {
+                while !data.is_empty() {
+                    match conn.stream.try_write(data) {
+                        Ok(n) => {
+                            core.stats.bytes_out += n as u64;
+                            conn.last_active = core.now;
+                            data = &data[n..];
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            // Partial send: the kernel's buffer is full.
+                            conn.write_blocked = true;
+                            break;
+                        }
+                        Err(e) => {
+                            // Keep the rest; the error surfaces again on the next flush
+                            // or read, where the connection is closed.
+                            log::debug!("write: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            conn.sendbuf.push(data);
+        }
+        Session::Tls(tls) => tls.write_plaintext(&core.out, &mut conn.sendbuf),
+    }
+    core.out.clear();
+}
+
+/// Moves a connection forward after anything happened: flush, backpressure, half-close,
+/// close.
+fn progress(c: &mut ConnEntry, core: &mut Core, key: usize) {
+    let conn = &mut c.conn;
+    if conn.is_closed() {
+        return;
+    }
+    if conn.abort_requested {
+        close_now(c, core, key, CloseReason::Aborted);
+        return;
+    }
+    if conn.write_shut == WriteShut::Requested {
+        // TLS says goodbye inside the stream before TCP does; once, after all data.
+        if let (Session::Tls(tls), State::Open) = (&mut conn.session, conn.state) {
+            tls.send_close_notify(&mut conn.sendbuf);
+        }
+        conn.write_shut = WriteShut::Flushing;
+    }
+    if !conn.sendbuf.is_empty() && !conn.write_blocked {
+        if let Err(e) = flush(conn, core) {
+            close_now(c, core, key, CloseReason::Io(e));
+            return;
+        }
+    }
+    let conn = &mut c.conn;
+    // Backpressure: stop reading while too much is owed; resume below the low mark.
+    let owed = conn.sendbuf.len();
+    if owed > core.config.high_water {
+        conn.bp_paused = true;
+    } else if conn.bp_paused && owed <= core.config.low_water {
+        conn.bp_paused = false;
+        // Edge-triggered: bytes that arrived while paused will not raise a new event.
+        core.schedule_read(ConnId {
+            key: key as u32,
+            generation: conn.generation,
+        });
+    }
+    if conn.write_shut == WriteShut::Flushing && conn.sendbuf.is_empty() {
+        if conn.state == State::Open || conn.state == State::Handshaking {
+            if let Err(e) = conn.stream.shutdown_write() {
+                close_now(c, core, key, CloseReason::Io(e));
+                return;
+            }
+        }
+        c.conn.write_shut = WriteShut::Done;
+        if c.conn.closing && !c.conn.read_eof {
+            // Wait (bounded) for the peer to finish, reading and dropping what it sends.
+            let id = ConnId {
+                key: key as u32,
+                generation: c.conn.generation,
+            };
+            core.timers.add(
+                core.now + core.config.close_timeout,
+                Owner::Conn(id),
+                Kind::Linger,
+            );
+            // It may have sent everything already.
+            core.schedule_read(id);
+        }
+    }
+    let conn = &c.conn;
+    if conn.write_shut == WriteShut::Done && conn.read_eof {
+        close_now(c, core, key, CloseReason::Done);
+    }
+}
+
+/// Writes the send buffer until empty or `WouldBlock`.
+fn flush(conn: &mut Connection, core: &mut Core) -> io::Result<()> {
+    let stream = &mut conn.stream;
+    let (sent, state) = conn.sendbuf.flush_with(|d| stream.try_write(d))?;
+    if sent > 0 {
+        core.stats.bytes_out += sent as u64;
+        conn.last_active = core.now;
+    }
+    conn.write_blocked = state == Flush::Blocked;
+    Ok(())
+}
+
+fn close_now(c: &mut ConnEntry, core: &mut Core, key: usize, reason: CloseReason) {
+    if c.conn.is_closed() {
+        return;
+    }
+    let was = c.conn.state;
+    c.conn.state = State::Closed;
+    core.stats.connections_open -= 1;
+    core.stats.closed += 1;
+    let id = ConnId {
+        key: key as u32,
+        generation: c.conn.generation,
+    };
+    match (&reason, was) {
+        (_, State::Connecting) => core.stats.connect_failures += 1,
+        (_, State::Handshaking) => core.stats.tls_handshakes_failed += 1,
+        _ => {}
+    }
+    log::debug!("{id} closed: {reason}");
+    let mut ctx = Ctx {
+        conn: Some(&mut c.conn),
+        core,
+        id,
+    };
+    c.handler.on_close(&mut ctx, &reason);
+    core.out.clear();
+    // Dropped (and the descriptor closed) after this batch; see `EventLoop::sweep`.
+    core.dead.push(key);
+}
+
+fn conn_ready(
+    c: &mut ConnEntry,
+    core: &mut Core,
+    rbuf: &mut [u8],
+    plain: &mut Vec<u8>,
+    key: usize,
+    r: Readiness,
+) {
+    if c.conn.is_closed() {
+        return;
+    }
+    if c.conn.state == State::Connecting {
+        if !(r.writable || r.error || r.read_closed) {
+            return;
+        }
+        finish_connect(c, core, key);
+        if c.conn.is_closed() || c.conn.state == State::Connecting {
+            return;
+        }
+    }
+    if r.writable && c.conn.write_blocked {
+        c.conn.write_blocked = false;
+        if let Err(e) = flush(&mut c.conn, core) {
+            close_now(c, core, key, CloseReason::Io(e));
+            return;
+        }
+        if c.conn.sendbuf.is_empty() && c.conn.state == State::Open {
+            call_handler(c, core, key, |h, ctx| h.on_drained(ctx));
+        } else {
+            progress(c, core, key);
+        }
+        if c.conn.is_closed() {
+            return;
+        }
+    }
+    if r.readable || r.read_closed || r.error {
+        // A short read proves the queue empty only if no FIN is pending behind it: with
+        // EPOLLRDHUP set, read on until EOF.
+        let trust_short_read = !r.read_closed && !r.error;
+        read_loop(c, core, rbuf, plain, key, trust_short_read);
+    }
+}
+
+/// Reading again without a fresh event (after a pause or the fairness cap).
+fn conn_ready_again(
+    c: &mut ConnEntry,
+    core: &mut Core,
+    rbuf: &mut [u8],
+    plain: &mut Vec<u8>,
+    key: usize,
+    _r: Readiness,
+) {
+    if c.conn.is_closed() || c.conn.state == State::Connecting {
+        return;
+    }
+    // No event tells us whether EOF is pending: read until WouldBlock.
+    read_loop(c, core, rbuf, plain, key, false);
+}
+
+/// Completes a non-blocking connect. Writable does not mean connected: the result is in
+/// `SO_ERROR` (`take_error`), and `peer_addr` succeeds only once really connected.
+fn finish_connect(c: &mut ConnEntry, core: &mut Core, key: usize) {
+    match c.conn.stream.take_error() {
+        Ok(None) => {}
+        Ok(Some(e)) | Err(e) => {
+            close_now(c, core, key, CloseReason::ConnectFailed(e));
+            return;
+        }
+    }
+    match c.conn.stream.peer_addr() {
+        Ok(_) => {}
+        // Spurious wake-up: still connecting.
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+        Err(e) => {
+            close_now(c, core, key, CloseReason::ConnectFailed(e));
+            return;
+        }
+    }
+    core.stats.connected += 1;
+    c.conn.last_active = core.now;
+    let id = ConnId {
+        key: key as u32,
+        generation: c.conn.generation,
+    };
+    if let Some(idle) = core.config.idle_timeout {
+        core.timers
+            .add(core.now + idle, Owner::Conn(id), Kind::Idle);
+    }
+    if let Session::Tls(tls) = &mut c.conn.session {
+        // The client speaks first: the ClientHello.
+        c.conn.state = State::Handshaking;
+        tls.poll_output(&mut c.conn.sendbuf);
+        progress(c, core, key);
+    } else {
+        c.conn.state = State::Open;
+        call_handler(c, core, key, |h, ctx| h.on_open(ctx));
+    }
+}
+
+/// Reads until the socket would block, the peer closes, or a limit says stop.
+///
+/// `trust_short_read`: epoll(7) notes that for stream sockets a read that returns less
+/// than asked for means the receive queue is drained, so the trailing read that would
+/// only return `WouldBlock` can be skipped (one system call less per message). Any data
+/// arriving later raises a new edge.
+fn read_loop(
+    c: &mut ConnEntry,
+    core: &mut Core,
+    rbuf: &mut [u8],
+    plain: &mut Vec<u8>,
+    key: usize,
+    trust_short_read: bool,
+) {
+    let mut budget = core.config.read_budget;
+    let id = ConnId {
+        key: key as u32,
+        generation: c.conn.generation,
+    };
+    loop {
+        let conn = &mut c.conn;
+        if conn.is_closed() || conn.read_eof {
+            return;
+        }
+        if conn.is_reading_paused() && !conn.closing {
+            // Backpressure or the handler paused us; whoever resumes must come back.
+            conn.maybe_readable = true;
+            return;
+        }
+        if budget == 0 {
+            // Fairness: let other connections have a turn; continue on the next turn
+            // without waiting for an event (none will come for data already here).
+            conn.maybe_readable = true;
+            core.schedule_read(id);
+            return;
+        }
+        match conn.stream.try_read(rbuf) {
+            Ok(0) => {
+                conn.maybe_readable = false;
+                on_eof(c, core, key);
+                return;
+            }
+            Ok(n) => {
+                budget = budget.saturating_sub(n);
+                core.stats.bytes_in += n as u64;
+                conn.last_active = core.now;
+                deliver(c, core, &rbuf[..n], plain, key);
+                if trust_short_read && n < rbuf.len() {
+                    c.conn.maybe_readable = false;
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.maybe_readable = false;
+                return;
+            }
+            Err(e) => {
+                // ECONNRESET and friends: the peer is gone; only this connection ends.
+                close_now(c, core, key, CloseReason::Io(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Hands bytes read from the socket to the session and the handler.
+fn deliver(c: &mut ConnEntry, core: &mut Core, data: &[u8], plain: &mut Vec<u8>, key: usize) {
+    if c.conn.closing && c.conn.write_shut == WriteShut::Done {
+        // Closing gracefully: read and drop, waiting for the peer's EOF.
+        return;
+    }
+    match &mut c.conn.session {
+        Session::Plain => {
+            if c.conn.closing {
+                return;
+            }
+            call_handler(c, core, key, |h, ctx| h.on_data(ctx, data));
+        }
+        Session::Tls(tls) => {
+            let was_handshaking = tls.is_handshaking();
+            plain.clear();
+            let result = tls.handle_ciphertext(data, plain);
+            // Handshake replies, tickets, alerts: the session may need to write even when
+            // the application has nothing to say.
+            tls.poll_output(&mut c.conn.sendbuf);
+            if let Err(e) = result {
+                log::debug!("#{key} TLS error: {e}");
+                // Best effort to deliver the alert so the peer learns why.
+                let _ = flush(&mut c.conn, core);
+                close_now(c, core, key, CloseReason::Tls(e.to_string()));
+                return;
+            }
+            let now_open = was_handshaking && !tls.is_handshaking();
+            let peer_closed = tls.is_peer_closed();
+            if now_open {
+                core.stats.tls_handshakes_ok += 1;
+                log::debug!(
+                    "#{key} TLS handshake done ({})",
+                    tls.protocol().unwrap_or("?")
+                );
+                c.conn.state = State::Open;
+                call_handler(c, core, key, |h, ctx| h.on_open(ctx));
+            } else {
+                progress(c, core, key);
+            }
+            if !plain.is_empty() && !c.conn.is_closed() && !c.conn.closing {
+                call_handler(c, core, key, |h, ctx| h.on_data(ctx, plain));
+            }
+            if peer_closed && !c.conn.is_closed() {
+                on_eof(c, core, key);
+            }
+        }
+    }
+}
+
+/// The peer will send no more. Half-close: not "close now" — what we owe still goes out.
+fn on_eof(c: &mut ConnEntry, core: &mut Core, key: usize) {
+    if c.conn.read_eof {
+        return;
+    }
+    c.conn.read_eof = true;
+    match c.conn.state {
+        State::Open if !c.conn.closing => {
+            call_handler(c, core, key, |h, ctx| h.on_peer_closed(ctx))
+        }
+        State::Open => progress(c, core, key),
+        _ => close_now(
+            c,
+            core,
+            key,
+            CloseReason::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed during the handshake",
+            )),
+        ),
+    }
+}
+
+fn conn_timer(
+    c: &mut ConnEntry,
+    core: &mut Core,
+    key: usize,
+    timer: crate::handler::TimerId,
+    kind: Kind,
+) {
+    let id = ConnId {
+        key: key as u32,
+        generation: c.conn.generation,
+    };
+    match kind {
+        Kind::User => call_handler(c, core, key, |h, ctx| h.on_timer(ctx, timer)),
+        Kind::Idle => {
+            let Some(idle) = core.config.idle_timeout else {
+                return;
+            };
+            let due = c.conn.last_active + idle;
+            if due <= core.now {
+                log::debug!("{id} idle for {idle:?}: closing");
+                if c.conn.closing {
+                    close_now(c, core, key, CloseReason::IdleTimeout);
+                } else {
+                    c.conn.closing = true;
+                    if c.conn.write_shut == WriteShut::Open {
+                        c.conn.write_shut = WriteShut::Requested;
+                    }
+                    progress(c, core, key);
+                }
+            } else {
+                // Traffic since: check again when it could next expire (one heap entry per
+                // connection instead of one per byte moved).
+                core.timers.add(due, Owner::Conn(id), Kind::Idle);
+            }
+        }
+        Kind::Handshake => {
+            if c.conn.state == State::Handshaking {
+                close_now(c, core, key, CloseReason::HandshakeTimeout);
+            }
+        }
+        Kind::Connect => {
+            if c.conn.state == State::Connecting {
+                close_now(c, core, key, CloseReason::ConnectTimeout);
+            } else if c.conn.state == State::Handshaking {
+                close_now(c, core, key, CloseReason::HandshakeTimeout);
+            }
+        }
+        Kind::Linger => close_now(c, core, key, CloseReason::CloseTimeout),
+        Kind::AcceptBackoff => {}
+    }
+}
+
+fn close_dgram(d: &mut DgramEntry, core: &mut Core, key: usize) {
+    if d.closed {
+        return;
+    }
+    // Flush what can go now; a datagram socket has no half-close to wait for.
+    flush_dgram_queue(d, core);
+    d.closed = true;
+    let id = ConnId {
+        key: key as u32,
+        generation: d.generation,
+    };
+    let mut close = false;
+    let mut ctx = DgramCtx {
+        sock: &d.sock,
+        queue: &mut d.queue,
+        core,
+        id,
+        close_requested: &mut close,
+    };
+    d.handler.on_close(&mut ctx);
+    core.dead.push(key);
+}
+
+fn flush_dgram_queue(d: &mut DgramEntry, core: &mut Core) {
+    while let Some((data, to)) = d.queue.items.front() {
+        match d.sock.try_send_to(data, to) {
+            Ok(_) => core.stats.datagrams_out += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                log::debug!("send to {to}: {e}");
+                core.stats.datagrams_dropped += 1;
+            }
+        }
+        d.queue.items.pop_front();
+    }
+}
+
+/// Sends one datagram now, or queues it if the socket would block.
+pub(crate) fn dgram_send(
+    sock: &Datagram,
+    queue: &mut DgramQueue,
+    core: &mut Core,
+    data: &[u8],
+    to: &PeerAddr,
+) -> Result<(), SendError> {
+    if !to.is_addressable() {
+        core.stats.datagrams_dropped += 1;
+        return Err(SendError::Unaddressable);
+    }
+    if queue.items.is_empty() {
+        match sock.try_send_to(data, to) {
+            Ok(_) => {
+                core.stats.datagrams_out += 1;
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                core.stats.datagrams_dropped += 1;
+                return Err(SendError::Io(e));
+            }
+        }
+    }
+    if queue.items.len() >= core.config.datagram_queue {
+        core.stats.datagrams_dropped += 1;
+        return Err(SendError::QueueFull);
+    }
+    // Datagram sockets can block too: keep it, and stop receiving until the queue drains
+    // so that replies cannot pile up without bound.
+    queue.items.push_back((data.to_vec(), to.clone()));
+    if queue.items.len() >= core.config.datagram_queue {
+        queue.paused = true;
+    }
+    Ok(())
+}
+
+fn dgram_ready(
+    d: &mut DgramEntry,
+    core: &mut Core,
+    rbuf: &mut [u8],
+    key: usize,
+    readable: bool,
+    writable: bool,
+) {
+    if d.closed {
+        return;
+    }
+    let id = ConnId {
+        key: key as u32,
+        generation: d.generation,
+    };
+    let mut readable = readable;
+    if writable && !d.queue.items.is_empty() {
+        flush_dgram_queue(d, core);
+        if d.queue.paused && d.queue.items.len() <= core.config.datagram_queue / 2 {
+            d.queue.paused = false;
+            // Edge-triggered: datagrams that arrived while paused raise no new event.
+            readable = true;
+        }
+    }
+    if !readable {
+        return;
+    }
+    // Fairness cap, counted in datagrams.
+    for _ in 0..256 {
+        if d.queue.paused || d.closed {
+            return;
+        }
+        match d.sock.try_recv_from(rbuf) {
+            Ok((n, from)) => {
+                core.stats.datagrams_in += 1;
+                let mut close = false;
+                let mut ctx = DgramCtx {
+                    sock: &d.sock,
+                    queue: &mut d.queue,
+                    core,
+                    id,
+                    close_requested: &mut close,
+                };
+                d.handler.on_datagram(&mut ctx, &rbuf[..n], &from);
+                if close {
+                    close_dgram(d, core, key);
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                // For UDP this is usually an ICMP error (port unreachable) from an earlier
+                // send: it concerns that send, not this socket, which goes on.
+                log::debug!("recv on {id}: {e}");
+            }
+        }
+    }
+    core.schedule_read(id);
+}

@@ -1,0 +1,187 @@
+//! The per-connection buffer of bytes the kernel has not taken yet.
+//!
+//! Teaches: partial sends. `write` on a non-blocking socket takes what fits in the kernel's
+//! send buffer and returns how much that was; the rest is ours to keep and send when the
+//! socket reports writable again. Only those unsent bytes are kept per connection, so an idle
+//! connection owns no buffer at all.
+
+use std::io;
+
+/// Buffers above this capacity are freed once drained, so one burst does not pin memory on
+/// a connection that then goes quiet; smaller ones are kept to avoid an allocation per
+/// message in steady state.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Unsent bytes of one connection, in order.
+#[derive(Debug, Default)]
+pub struct SendBuf {
+    buf: Vec<u8>,
+    /// Bytes before `pos` were sent already; compacting lazily avoids a memmove per write.
+    pos: usize,
+}
+
+/// What a flush achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything was sent.
+    Done,
+    /// The kernel stopped taking bytes (`WouldBlock`); wait for writability.
+    Blocked,
+}
+
+impl SendBuf {
+    /// An empty buffer; allocates nothing until bytes are pushed.
+    pub fn new() -> SendBuf {
+        SendBuf::default()
+    }
+
+    /// Bytes waiting to be sent.
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// True when nothing is owed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The unsent bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Appends bytes after those already waiting.
+    pub fn push(&mut self, data: &[u8]) {
+        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
+            // More than half is dead space: move the live tail down before growing.
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Gives the writer a place to append directly (used by TLS to write records in place).
+    pub(crate) fn vec_for_append(&mut self) -> &mut Vec<u8> {
+        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        &mut self.buf
+    }
+
+    /// Marks `n` bytes from the front as sent.
+    pub fn consume(&mut self, n: usize) {
+        self.pos += n.min(self.len());
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            if self.buf.capacity() > KEEP_CAPACITY {
+                self.buf = Vec::new();
+            }
+        }
+    }
+
+    /// Writes as much as `write` takes, until empty or `WouldBlock`. Returns the bytes sent
+    /// and whether everything went. Other errors are returned for the caller to close on.
+    pub fn flush_with(
+        &mut self,
+        mut write: impl FnMut(&[u8]) -> io::Result<usize>,
+    ) -> io::Result<(usize, Flush)> {
+        let mut sent = 0;
+        while !self.is_empty() {
+            match write(self.as_slice()) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "socket accepted no bytes",
+                    ));
+                }
+                Ok(n) => {
+                    sent += n;
+                    self.consume(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((sent, Flush::Blocked));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((sent, Flush::Done))
+    }
+
+    /// Bytes of memory held (for tests and memory accounting).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sendbuf_partial_write_keeps_rest_in_order() {
+        let mut b = SendBuf::new();
+        b.push(b"hello ");
+        b.push(b"world");
+        let mut out = Vec::new();
+        // A "kernel" that takes 4 bytes, then blocks.
+        let mut budget = 4;
+        let (n, f) = b
+            .flush_with(|d| {
+                if budget == 0 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let k = d.len().min(budget);
+                budget -= k;
+                out.extend_from_slice(&d[..k]);
+                Ok(k)
+            })
+            .unwrap();
+        assert_eq!((n, f), (4, Flush::Blocked));
+        assert_eq!(b.as_slice(), b"o world");
+        b.push(b"!");
+        let (_, f) = b
+            .flush_with(|d| {
+                out.extend_from_slice(d);
+                Ok(d.len())
+            })
+            .unwrap();
+        assert_eq!(f, Flush::Done);
+        assert_eq!(out, b"hello world!");
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn sendbuf_frees_large_capacity_when_drained() {
+        let mut b = SendBuf::new();
+        b.push(&vec![1u8; 1 << 20]);
+        b.consume(1 << 20);
+        assert_eq!(b.capacity(), 0);
+        b.push(&[1u8; 100]);
+        b.consume(100);
+        assert!(b.capacity() >= 100, "small buffers are kept for reuse");
+    }
+
+    #[test]
+    fn sendbuf_compacts_instead_of_growing_forever() {
+        let mut b = SendBuf::new();
+        for _ in 0..1000 {
+            b.push(&[7u8; 1000]);
+            b.consume(900);
+        }
+        assert_eq!(b.len(), 100 * 1000);
+        assert!(b.capacity() < 400 * 1000, "capacity {}", b.capacity());
+    }
+
+    #[test]
+    fn sendbuf_reports_write_errors() {
+        let mut b = SendBuf::new();
+        b.push(b"x");
+        let e = b
+            .flush_with(|_| Err(io::ErrorKind::ConnectionReset.into()))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(b.len(), 1);
+    }
+}

@@ -1,0 +1,113 @@
+//! Timers: a deadline heap that feeds the poll timeout.
+//!
+//! Teaches: a single-threaded reactor needs no timer thread. `poll` takes a timeout; the
+//! earliest deadline decides it, and expired timers run after each batch of events.
+//! Cancelling only forgets the entry; its heap slot is skipped when it surfaces.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::Instant;
+
+use crate::handler::{ConnId, TimerId};
+
+/// Who a timer belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    Conn(ConnId),
+    Dgram(ConnId),
+    Listener(ConnId),
+}
+
+/// What a timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Set by a handler.
+    User,
+    /// Check whether a connection has been idle too long.
+    Idle,
+    /// The TLS handshake must be done by now.
+    Handshake,
+    /// A connect must have completed by now.
+    Connect,
+    /// A closing connection's peer must have finished by now.
+    Linger,
+    /// Try `accept` again after running out of descriptors.
+    AcceptBackoff,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    live: HashMap<u64, (Owner, Kind)>,
+    next: u64,
+}
+
+impl Timers {
+    pub(crate) fn add(&mut self, at: Instant, owner: Owner, kind: Kind) -> TimerId {
+        let id = self.next;
+        self.next += 1;
+        self.heap.push(Reverse((at, id)));
+        self.live.insert(id, (owner, kind));
+        TimerId(id)
+    }
+
+    pub(crate) fn cancel(&mut self, id: TimerId) {
+        self.live.remove(&id.0);
+    }
+
+    /// The earliest live deadline.
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, id))) = self.heap.peek() {
+            if self.live.contains_key(id) {
+                return Some(*at);
+            }
+            // Cancelled: drop it now so it does not shorten the poll timeout.
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// Removes and returns one timer due at `now`.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(TimerId, Owner, Kind)> {
+        while let Some(Reverse((at, id))) = self.heap.peek().copied() {
+            if at > now {
+                return None;
+            }
+            self.heap.pop();
+            if let Some((owner, kind)) = self.live.remove(&id) {
+                return Some((TimerId(id), owner, kind));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn owner() -> Owner {
+        Owner::Conn(ConnId {
+            key: 1,
+            generation: 0,
+        })
+    }
+
+    #[test]
+    fn timers_fire_in_deadline_order_and_skip_cancelled() {
+        let mut t = Timers::default();
+        let now = Instant::now();
+        let late = t.add(now + Duration::from_millis(20), owner(), Kind::User);
+        let early = t.add(now + Duration::from_millis(10), owner(), Kind::Idle);
+        let cancelled = t.add(now + Duration::from_millis(5), owner(), Kind::User);
+        t.cancel(cancelled);
+        assert_eq!(t.next_deadline(), Some(now + Duration::from_millis(10)));
+        assert!(t.pop_due(now).is_none());
+        let later = now + Duration::from_secs(1);
+        assert_eq!(t.pop_due(later).map(|x| x.0), Some(early));
+        assert_eq!(t.pop_due(later).map(|x| x.0), Some(late));
+        assert!(t.pop_due(later).is_none());
+        assert!(t.next_deadline().is_none());
+    }
+}

@@ -1,0 +1,169 @@
+//! TLS as a layer of a connection: rustls driven by hand.
+//!
+//! Teaches: TLS is a state machine between two byte streams. Ciphertext read from the
+//! socket goes in (`read_tls`), `process_new_packets` runs the protocol, plaintext comes out
+//! (`reader()`); the application's plaintext goes in (`writer()`) and ciphertext comes out
+//! (`write_tls`), which we append to the connection's [`SendBuf`] so partial sends,
+//! backpressure and half-close work exactly as for plain TCP. The session may want to write
+//! when the application has nothing to say (handshake messages, alerts, session tickets,
+//! `close_notify`), so the reactor asks for its output after every input.
+//!
+//! This is the only module (with [`crate::tls_config`]) that touches rustls; it uses the
+//! buffered API of rustls 0.23.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+
+use crate::sendbuf::SendBuf;
+
+/// Cap on plaintext rustls may hold for us. Output is moved to our [`SendBuf`] at once, so
+/// this only bounds what can pile up before the handshake finishes.
+const RUSTLS_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// One TLS session, client or server side.
+pub(crate) struct TlsSession {
+    conn: Connection,
+    peer_closed: bool,
+}
+
+impl std::fmt::Debug for TlsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSession")
+            .field("handshaking", &self.conn.is_handshaking())
+            .field("peer_closed", &self.peer_closed)
+            .finish()
+    }
+}
+
+impl TlsSession {
+    pub(crate) fn server(config: &Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
+        let conn = ServerConnection::new(Arc::clone(config))?;
+        Ok(TlsSession::wrap(conn.into()))
+    }
+
+    pub(crate) fn client(
+        config: &Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<TlsSession, rustls::Error> {
+        let conn = ClientConnection::new(Arc::clone(config), name)?;
+        Ok(TlsSession::wrap(conn.into()))
+    }
+
+    fn wrap(mut conn: Connection) -> TlsSession {
+        conn.set_buffer_limit(Some(RUSTLS_BUFFER_LIMIT));
+        TlsSession {
+            conn,
+            peer_closed: false,
+        }
+    }
+
+    /// Still negotiating: no application data flows yet.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// The peer sent `close_notify`: it will send no more (TLS's half-close).
+    pub(crate) fn is_peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// Feeds ciphertext read from the socket; appends the plaintext it yields to `plain`.
+    ///
+    /// On error the session has queued an alert for the peer: call [`Self::poll_output`]
+    /// and flush before closing, so the peer learns why.
+    pub(crate) fn handle_ciphertext(
+        &mut self,
+        mut input: &[u8],
+        plain: &mut Vec<u8>,
+    ) -> Result<(), rustls::Error> {
+        while !input.is_empty() {
+            let before = input.len();
+            // `&[u8]` is a reader that advances itself: read_tls takes what it can buffer.
+            // An `Other` error is rustls's backpressure ("received plaintext buffer full"):
+            // not fatal, drain the plaintext below and feed the rest on the next turn.
+            let read = self.conn.read_tls(&mut input);
+            if let Err(e) = &read {
+                if e.kind() != io::ErrorKind::Other {
+                    return Err(rustls::Error::General(e.to_string()));
+                }
+            }
+            let state = self.conn.process_new_packets()?;
+            if state.plaintext_bytes_to_read() > 0 {
+                self.drain_plaintext(plain)?;
+            }
+            if state.peer_has_closed() {
+                self.peer_closed = true;
+                // Anything after close_notify is not for us.
+                break;
+            }
+            if input.len() == before {
+                // No progress: a backpressure error that draining did not cure is fatal,
+                // anything else means rustls will read no more.
+                return match read {
+                    Err(e) => Err(rustls::Error::General(e.to_string())),
+                    Ok(_) => Ok(()),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_plaintext(&mut self, plain: &mut Vec<u8>) -> Result<(), rustls::Error> {
+        // read_to_end keeps what it read before stopping; WouldBlock just means "no more
+        // plaintext for now", and Ok means close_notify was seen.
+        match self.conn.reader().read_to_end(plain) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(rustls::Error::General(e.to_string())),
+        }
+    }
+
+    /// Encrypts application data into `out`. Everything the handler produced in one pass
+    /// is passed here at once, so small sends become few records.
+    pub(crate) fn write_plaintext(&mut self, mut data: &[u8], out: &mut SendBuf) {
+        while !data.is_empty() {
+            // Writing to rustls's in-memory buffer cannot fail; Ok(0) means its buffer limit
+            // is reached (not an error: move its output to ours and go on).
+            let n = self.conn.writer().write(data).unwrap_or(0);
+            data = &data[n..];
+            if n == 0 {
+                let before = out.len();
+                self.poll_output(out);
+                if out.len() == before {
+                    // Before the handshake ends nothing can be encrypted, so nothing drains;
+                    // lift the limit rather than lose the bytes (bounded by our backpressure).
+                    self.conn.set_buffer_limit(None);
+                    let n = self.conn.writer().write(data).unwrap_or(0);
+                    data = &data[n..];
+                    self.conn.set_buffer_limit(Some(RUSTLS_BUFFER_LIMIT));
+                }
+            }
+        }
+        self.poll_output(out);
+    }
+
+    /// Moves every TLS record the session wants to send into `out`.
+    pub(crate) fn poll_output(&mut self, out: &mut SendBuf) {
+        while self.conn.wants_write() {
+            // Writing into a Vec cannot fail.
+            if self.conn.write_tls(out.vec_for_append()).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Queues `close_notify` ("I will send no more") into `out`. rustls never sends it on
+    /// its own; without it the peer cannot tell a clean end from a truncation attack.
+    pub(crate) fn send_close_notify(&mut self, out: &mut SendBuf) {
+        self.conn.send_close_notify();
+        self.poll_output(out);
+    }
+
+    /// The negotiated protocol version, for logs.
+    pub(crate) fn protocol(&self) -> Option<&'static str> {
+        self.conn.protocol_version().and_then(|v| v.as_str())
+    }
+}
