@@ -1,0 +1,153 @@
+//! A walk from a blocking echo server to the reactor (documentation only, no code).
+//!
+//! This chapter is for readers who know what a socket is from a textbook and want to see
+//! what changes when one thread serves thousands of them. Each section names the file in
+//! this crate where the idea is put to work.
+//!
+//! # 1. Sockets, addresses and families
+//!
+//! A socket is one end of a conversation, made for an *address family* and a *type*:
+//!
+//! | family | address looks like | where in echoloop |
+//! |---|---|---|
+//! | IPv4 (`AF_INET`) | `127.0.0.1:8881` | [`crate::net::Endpoint::Inet`] |
+//! | IPv6 (`AF_INET6`) | `[::1]:8881` (brackets keep the port apart from the colons) | same |
+//! | Unix (`AF_UNIX`), path | `/run/echo.sock`, a file in the file system | [`crate::net::UnixName::Path`] |
+//! | Unix, Linux abstract | `@echo`, a name in a kernel namespace, never on disk | [`crate::net::UnixName::Abstract`] |
+//!
+//! The type is a *stream* (`SOCK_STREAM`: TCP, Unix stream) — an ordered byte stream with
+//! no message boundaries — or a *datagram* (`SOCK_DGRAM`: UDP, Unix datagram) — separate
+//! messages, each delivered whole or not at all, possibly out of order or twice.
+//!
+//! A host name such as `localhost` may stand for several addresses (IPv6 `::1` and IPv4
+//! `127.0.0.1`); a careful client tries each in turn ([`crate::net::resolve_all`]).
+//!
+//! # 2. The two classic flows
+//!
+//! Connection-oriented (TCP): the server calls `socket`, `bind`, `listen`, then `accept`
+//! in a loop; each `accept` returns a *new* socket for one client while the listening
+//! socket keeps waiting for others. The client calls `socket`, `connect`, then `send` /
+//! `recv`. Connectionless (UDP): the server calls `socket`, `bind`, then `recvfrom` in a
+//! loop, answering each datagram with `sendto` to the address it came from; there is no
+//! accept and no per-client socket.
+//!
+//! A blocking echo server is a few lines, and it runs:
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::net::{TcpListener, TcpStream};
+//!
+//! let listener = TcpListener::bind("127.0.0.1:0")?; // port 0: the OS picks a free one
+//! let addr = listener.local_addr()?;
+//! let client = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+//!     let mut s = TcpStream::connect(addr)?;
+//!     s.write_all(b"hello")?;
+//!     s.shutdown(std::net::Shutdown::Write)?; // "I will send no more"
+//!     let mut echoed = Vec::new();
+//!     s.read_to_end(&mut echoed)?; // a reply may come in pieces: read until EOF
+//!     Ok(echoed)
+//! });
+//! let (mut conn, _peer) = listener.accept()?; // blocks until a client arrives
+//! let mut buf = [0u8; 1024];
+//! loop {
+//!     let n = conn.read(&mut buf)?; // blocks until bytes arrive
+//!     if n == 0 {
+//!         break; // EOF: the client half-closed
+//!     }
+//!     conn.write_all(&buf[..n])?; // blocks until the kernel took everything
+//! }
+//! drop(conn);
+//! assert_eq!(client.join().unwrap()?, b"hello");
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! It serves one client at a time: while it waits in `read` for one, nobody else is
+//! accepted. The textbook answer is a thread per client, or a pool of them; each thread
+//! costs a stack and a scheduler entry, and a pool of twenty serves at most twenty.
+//!
+//! # 3. Blocking, non-blocking and timeouts
+//!
+//! A socket is in one of three modes. *Blocking*: calls wait as long as needed. *Timeout*
+//! (`SO_RCVTIMEO`/`set_read_timeout`): they wait at most that long, then fail. *Non-blocking*:
+//! they never wait; if nothing can be done now they fail at once with `EAGAIN`
+//! (`io::ErrorKind::WouldBlock`) — not an error, only "not now". `EINTR`
+//! (`io::ErrorKind::Interrupted`) means a signal arrived mid-call: try again. Both are
+//! handled in one place, [`crate::net`].
+//!
+//! # 4. Readiness: one thread, many sockets
+//!
+//! With non-blocking sockets, one thread asks the kernel "which of these sockets can make
+//! progress?" — `epoll` on Linux, wrapped by `mio::Poll` — and does only the calls that
+//! will not wait. That loop is the *reactor*: [`crate::event_loop::EventLoop`].
+//!
+//! mio is **edge-triggered**: it reports that a socket *became* readable, once. If we read
+//! only part of what is waiting and go back to `poll`, no new event comes for the rest.
+//! So after an event the reactor reads until `WouldBlock`, and when it stops early on
+//! purpose (so one busy client cannot starve the others, or because of backpressure) it
+//! remembers "maybe readable" and comes back by itself. One system call can be saved:
+//! `epoll(7)` notes that a read returning less than asked for on a stream socket means the
+//! queue is drained (see `read_loop` in `event_loop.rs`).
+//!
+//! # 5. Partial writes
+//!
+//! `send` on a non-blocking socket takes what fits in the kernel's send buffer and says
+//! how much that was. The rest is ours to keep: each connection has a
+//! [`crate::sendbuf::SendBuf`] holding only unsent bytes, flushed when the socket reports
+//! writable again. The textbook `sendall` hides this loop by blocking; a reactor cannot block.
+//!
+//! # 6. Backpressure
+//!
+//! An echo server's output is its input. A client that sends but never reads would make
+//! the server buffer without end. So above a high-water mark of unsent bytes the reactor
+//! stops reading that connection; the kernel's receive buffer fills, TCP's window closes,
+//! and the client's own `send` blocks — the pressure travels back to its source. Below a
+//! low-water mark reading resumes ([`crate::event_loop::Config::high_water`]).
+//!
+//! # 7. Half-close
+//!
+//! Reading EOF (`read` returns 0) means "the peer will send no more", not "the peer is
+//! gone": it may still be reading. An echo server finishes sending what it owes, then
+//! calls `shutdown(Write)` to send its own FIN, then closes. Closing a socket that still
+//! has unread input makes the kernel send a reset (RST) and discard output the peer has
+//! not received; so a server that closes on its own initiative first half-closes, then
+//! reads and drops until the peer's EOF (bounded by a timeout). See [`crate::Ctx::close`].
+//!
+//! # 8. Datagrams: no connection, no guarantee
+//!
+//! A UDP datagram may be lost, duplicated or reordered, and nothing tells the sender. A
+//! datagram client therefore waits with a timeout and sends again; and since an answer to
+//! an earlier try may arrive late, it checks that a reply belongs to the current request.
+//! The receive buffer must hold the largest datagram (65,507 bytes over IPv4), or the rest
+//! is silently cut off. Sending can block too when the socket's buffer is full, so the
+//! reactor keeps a bounded queue per socket. A Unix datagram sender that never bound a
+//! name cannot be answered at all.
+//!
+//! # 9. TLS: contexts, certificates, names
+//!
+//! TLS runs over a connected stream. The server holds a certificate chain and its private
+//! key; the client holds trust anchors (a CA file, or the system store) and the name it
+//! meant to reach. The handshake proves the server owns a certificate, signed by a trusted
+//! CA, *for that name* — without the name check any certificate from any trusted CA would
+//! do. A secure default context (TLS 1.2 and 1.3 only, verification on) is built in
+//! [`crate::tls_config`]; there is deliberately no switch to skip verification.
+//!
+//! In a reactor, TLS is a state machine between two byte streams: ciphertext in,
+//! plaintext out, and the session may want to write when the application has nothing to
+//! say (handshake, session tickets, alerts, `close_notify`). Only accepted sockets are
+//! wrapped, never the listener. See `src/tls.rs`.
+//!
+//! # 10. Running out of descriptors
+//!
+//! Every socket is a file descriptor and a process has a limit (`ulimit -n`). When it is
+//! reached, `accept` fails with `EMFILE` while the connection stays queued in the kernel;
+//! the listener stays readable, so a loop that simply retries spins at 100% CPU. The
+//! reactor logs it, keeps serving existing connections, and tries `accept` again after a
+//! short timer ([`crate::event_loop::Config::accept_backoff`]).
+//!
+//! # 11. Stopping properly
+//!
+//! The textbook server stops with Ctrl-C, dropping whatever was in flight. Here SIGINT and
+//! SIGTERM arrive through the poll loop (a self-pipe, [`crate::EventLoop::handle_signals`]);
+//! the server stops accepting and reading, sends everything owed, half-closes each
+//! connection and waits — bounded — for the peers to finish. Another thread can do the
+//! same through a [`crate::StopHandle`].

@@ -1,0 +1,213 @@
+//! Helpers shared by the integration tests: run the real `echoloop` binary, wait for its
+//! `listening` lines (never sleep for readiness), send it signals, read its logs.
+#![allow(dead_code)]
+
+pub mod certs;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take before it fails instead of hanging.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running `echoloop` process.
+pub struct Proc {
+    pub child: Child,
+    /// Lines printed on stdout after the `listening` lines.
+    pub stdout: mpsc::Receiver<String>,
+    /// Everything printed on stderr so far.
+    pub stderr: Arc<Mutex<String>>,
+    /// `(kind, address)` for each `listening <kind> <address>` line.
+    pub listeners: Vec<(String, String)>,
+}
+
+/// The path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_echoloop")
+}
+
+/// Number of listening lines `serve` will print for these arguments.
+fn expected_listeners(args: &[&str]) -> usize {
+    let n = args
+        .iter()
+        .filter(|a| matches!(**a, "--tcp" | "--udp" | "--tls" | "--unix" | "--unix-dgram"))
+        .count();
+    if n == 0 { 2 } else { n }
+}
+
+impl Proc {
+    /// Spawns `echoloop <args>` with piped stdio.
+    pub fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn echoloop");
+        let out = child.stdout.take().expect("stdout piped");
+        let err = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Proc { child, stdout: rx, stderr, listeners: Vec::new() }
+    }
+
+    /// Starts `echoloop serve <args>` and waits for all its `listening` lines.
+    pub fn serve(args: &[&str]) -> Proc {
+        let mut full = vec!["serve"];
+        full.extend_from_slice(args);
+        let mut p = Proc::spawn(&full);
+        let want = expected_listeners(args);
+        let deadline = Instant::now() + DEADLINE;
+        while p.listeners.len() < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match p.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    let mut parts = line.splitn(3, ' ');
+                    assert_eq!(parts.next(), Some("listening"), "unexpected line {line:?}");
+                    let kind = parts.next().unwrap_or_default().to_string();
+                    let addr = parts.next().unwrap_or_default().to_string();
+                    p.listeners.push((kind, addr));
+                }
+                Err(_) => {
+                    let _ = p.child.kill();
+                    panic!("server did not print its listening lines; stderr:\n{}", p.stderr_text());
+                }
+            }
+        }
+        p
+    }
+
+    /// The address of the first listener of `kind`.
+    pub fn addr(&self, kind: &str) -> String {
+        self.listeners
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_else(|| panic!("no {kind} listener in {:?}", self.listeners))
+    }
+
+    /// The address of the first `kind` listener, as a socket address.
+    pub fn sockaddr(&self, kind: &str) -> std::net::SocketAddr {
+        self.addr(kind).parse().expect("socket address")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (TERM, INT, ...).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success());
+    }
+
+    /// Waits for the process to exit, failing the test after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("process did not exit within {limit:?}; stderr:\n{}", self.stderr_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything on stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Resident memory of the process in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `echoloop <args>` to completion and returns (status, stdout, stderr).
+pub fn run(args: &[&str], stdin: Option<&[u8]>) -> (ExitStatus, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn echoloop");
+    if let Some(data) = stdin {
+        let mut i = child.stdin.take().expect("stdin piped");
+        i.write_all(data).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A unique path under the temp dir for a Unix socket.
+pub fn temp_sock(tag: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    std::env::temp_dir().join(format!(
+        "echoloop-{tag}-{}-{}.sock",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Connects with retries until `DEADLINE` (for servers started without a listening line).
+pub fn connect_retry(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("connect {addr}: {e}"),
+        }
+    }
+}
