@@ -1,0 +1,144 @@
+//! Steady-state echo allocates nothing per message: counted, not timed.
+//!
+//! A counting global allocator tallies allocations made on the reactor's thread only
+//! (a thread-local switch), while a client on another thread ping-pongs through it.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use echoloop::{Config, Echo, EchoDatagram, Endpoint, EventLoop, ListenKind};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// True on the reactor thread (only its allocations are counted).
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the wrapper only
+// bumps a counter, which neither allocates nor touches the memory handed out.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(Cell::get) && COUNT_NOW.load(Ordering::SeqCst) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as our caller's; forwarded as is.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.with(Cell::get) && COUNT_NOW.load(Ordering::SeqCst) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: `ptr` came from this allocator with `layout`; forwarded as is.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `client` against a loop set up by `setup` on another thread; counts the loop
+/// thread's allocations between the client's `mark` signals.
+fn count_allocs(
+    setup: impl FnOnce(&mut EventLoop) -> Endpoint + Send + 'static,
+    client: impl FnOnce(Endpoint, &dyn Fn(bool)) + Send + 'static,
+) -> u64 {
+    let (tx, rx) = mpsc::channel();
+    let reactor = std::thread::spawn(move || {
+        let mut el = EventLoop::new(Config::default()).unwrap();
+        let addr = setup(&mut el);
+        tx.send((addr, el.stop_handle())).unwrap();
+        // The client switches counting on and off through COUNT_NOW; it stops counting
+        // before it asks the loop to stop, so shutdown work is not counted.
+        COUNTING.with(|c| c.set(true));
+        el.run().unwrap();
+        COUNTING.with(|c| c.set(false));
+    });
+    let (addr, stop) = rx.recv().unwrap();
+    let mark = |on: bool| COUNT_NOW.store(on, Ordering::SeqCst);
+    client(addr, &mark);
+    stop.stop(Duration::from_secs(1));
+    reactor.join().unwrap();
+    ALLOCS.swap(0, Ordering::SeqCst)
+}
+
+static COUNT_NOW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One test at a time: the counters are global.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn alloc_tcp_echo_steady_state_is_zero() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let allocs = count_allocs(
+        |el| {
+            el.listen(&Endpoint::Inet("127.0.0.1:0".parse().unwrap()), ListenKind::Tcp, || {
+                Box::new(Echo)
+            })
+            .unwrap()
+            .addr
+        },
+        |addr, mark| {
+            let Endpoint::Inet(addr) = addr else { panic!("inet") };
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut buf = [0u8; 64];
+            let mut ping = |s: &mut TcpStream, i: u32| {
+                let msg = [i as u8; 64];
+                s.write_all(&msg).unwrap();
+                s.read_exact(&mut buf).unwrap();
+                assert_eq!(buf, msg);
+            };
+            // Warm up: first-use allocations (buffers growing) are not steady state.
+            for i in 0..200 {
+                ping(&mut s, i);
+            }
+            mark(true);
+            for i in 0..2000 {
+                ping(&mut s, i);
+            }
+            mark(false);
+        },
+    );
+    assert_eq!(allocs, 0, "allocations on the reactor thread during 2000 TCP echoes");
+}
+
+#[test]
+fn alloc_udp_echo_steady_state_is_zero() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let allocs = count_allocs(
+        |el| el.bind_udp("127.0.0.1:0".parse().unwrap(), Box::new(EchoDatagram)).unwrap().addr,
+        |addr, mark| {
+            let Endpoint::Inet(addr) = addr else { panic!("inet") };
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 128];
+            let ping = |i: u32, buf: &mut [u8]| {
+                let msg = [i as u8; 64];
+                s.send_to(&msg, addr).unwrap();
+                let (n, _) = s.recv_from(buf).unwrap();
+                assert_eq!(&buf[..n], &msg);
+            };
+            for i in 0..200 {
+                ping(i, &mut buf);
+            }
+            mark(true);
+            for i in 0..2000 {
+                ping(i, &mut buf);
+            }
+            mark(false);
+        },
+    );
+    assert_eq!(allocs, 0, "allocations on the reactor thread during 2000 UDP echoes");
+}
