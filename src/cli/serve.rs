@@ -99,14 +99,16 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
             client_ca: args.client_ca.as_deref(),
         })?)
     };
-    let mut config = Config::default();
-    config.max_connections = args.max_connections;
-    config.idle_timeout = args.idle_timeout;
-    config.handshake_timeout = args.handshake_timeout;
-    config.close_timeout = args.shutdown_timeout;
-    config.high_water = usize::try_from(args.high_water).unwrap_or(usize::MAX);
-    config.low_water = usize::try_from(args.low_water).unwrap_or(usize::MAX);
-    config.reuse_port = args.workers > 1;
+    let config = Config {
+        max_connections: args.max_connections,
+        idle_timeout: args.idle_timeout,
+        handshake_timeout: args.handshake_timeout,
+        close_timeout: args.shutdown_timeout,
+        high_water: usize::try_from(args.high_water).unwrap_or(usize::MAX),
+        low_water: usize::try_from(args.low_water).unwrap_or(usize::MAX),
+        reuse_port: args.workers > 1,
+        ..Config::default()
+    };
 
     if args.workers == 1 {
         let mut el = EventLoop::new(config)?;

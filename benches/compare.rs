@@ -1,0 +1,534 @@
+//! cargo bench --bench compare
+//!
+//! Side by side: `echoloop serve` against a baseline echo server written here with tokio on
+//! a current_thread runtime (one core, like ours). Both are driven by the same
+//! `echoloop bench` scenarios, alternating A B A B, the server pinned to core 0 and the
+//! generator to core 1. On two cores the generator pays the kernel about as much per
+//! message as the server, so msgs/s mostly measures the generator; the figure that
+//! compares servers is the server's CPU time per echoed message (user+sys from
+//! /proc/PID/stat over the run, divided by messages). Each row prints the medians and the
+//! ratio echoloop / tokio (lower is better for CPU and memory).
+//!
+//! Environment: `ECHOLOOP_BENCH_SECS` (default 5) seconds per run, `ECHOLOOP_BENCH_ROUNDS`
+//! (default 2) runs per server, `ECHOLOOP_BENCH_ONLY=a,c` to pick scenarios.
+//!
+//! The same binary is also the baseline server: run with `ECHOLOOP_BASELINE=<tcp|udp|tls>`
+//! and `ECHOLOOP_BASELINE_ADDR`, it prints `listening <kind> <addr>` and serves.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+const ECHOLOOP: &str = env!("CARGO_BIN_EXE_echoloop");
+/// Linux reports CPU time in clock ticks of 1/100 s (USER_HZ) on every common platform.
+const TICKS_PER_SEC: f64 = 100.0;
+
+fn main() {
+    if let Ok(kind) = std::env::var("ECHOLOOP_BASELINE") {
+        baseline::serve(&kind);
+        return;
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special. Only
+    // measure when asked to benchmark.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("compare: run with `cargo bench --bench compare`");
+        return;
+    }
+    let secs: f64 = env_num("ECHOLOOP_BENCH_SECS", 5.0);
+    let rounds: usize = env_num("ECHOLOOP_BENCH_ROUNDS", 2.0) as usize;
+    let only = std::env::var("ECHOLOOP_BENCH_ONLY").unwrap_or_default();
+    let pki = Pki::generate();
+    let pin = Path::new("/usr/bin/taskset").exists();
+    if !pin {
+        eprintln!("taskset not found: server and generator are not pinned");
+    }
+
+    let scenarios = [
+        Scenario::load(
+            "a",
+            "tcp, 100 conns, 64 B, ping-pong",
+            "tcp",
+            &["--connections", "100", "--size", "64"],
+        ),
+        Scenario::load(
+            "b",
+            "tcp, 1000 conns, 512 B, pipeline 4",
+            "tcp",
+            &[
+                "--connections",
+                "1000",
+                "--size",
+                "512",
+                "--pipeline",
+                "4",
+                "--connect-rate",
+                "5000",
+            ],
+        ),
+        Scenario::load(
+            "c",
+            "tcp, 10 conns, 64 KiB bulk",
+            "tcp",
+            &["--connections", "10", "--size", "64k"],
+        ),
+        Scenario::load(
+            "d",
+            "udp, 16 sockets, 64 B",
+            "udp",
+            &["--connections", "16", "--size", "64"],
+        ),
+        Scenario::load(
+            "e",
+            "tls, 100 conns, 1 KiB",
+            "tls",
+            &["--connections", "100", "--size", "1k"],
+        ),
+        Scenario::load(
+            "f",
+            "tls --reconnect (handshakes)",
+            "tls",
+            &["--connections", "10", "--size", "64", "--reconnect"],
+        ),
+        Scenario::idle("g", "10,000 idle tcp conns: server RSS"),
+    ];
+    println!("echoloop vs tokio current_thread baseline; {rounds} rounds x {secs} s; medians\n");
+    println!(
+        "{:<3} {:<38} {:>13} {:>13} {:>7} | {:>11} {:>11} | {:>8} {:>8}",
+        "",
+        "scenario",
+        "echoloop",
+        "tokio",
+        "ratio",
+        "msgs/s el",
+        "msgs/s tk",
+        "gen% el",
+        "gen% tk"
+    );
+    for sc in &scenarios {
+        if !only.is_empty() && !only.split(',').any(|o| o == sc.id) {
+            continue;
+        }
+        let mut results: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..rounds {
+            for (i, server) in [ServerKind::Echoloop, ServerKind::Tokio]
+                .into_iter()
+                .enumerate()
+            {
+                match run_one(sc, server, secs, &pki, pin) {
+                    Ok(s) => results[i].push(s),
+                    Err(e) => eprintln!("{} {:?}: {e}", sc.id, server),
+                }
+            }
+        }
+        print_row(sc, &results);
+    }
+}
+
+fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ServerKind {
+    Echoloop,
+    Tokio,
+}
+
+struct Scenario {
+    id: &'static str,
+    title: &'static str,
+    transport: &'static str,
+    args: Vec<&'static str>,
+    idle: bool,
+}
+
+impl Scenario {
+    fn load(
+        id: &'static str,
+        title: &'static str,
+        transport: &'static str,
+        args: &[&'static str],
+    ) -> Self {
+        Scenario {
+            id,
+            title,
+            transport,
+            args: args.to_vec(),
+            idle: false,
+        }
+    }
+    fn idle(id: &'static str, title: &'static str) -> Self {
+        Scenario {
+            id,
+            title,
+            transport: "tcp",
+            args: Vec::new(),
+            idle: true,
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// Server CPU microseconds per message, or RSS KiB for the idle scenario.
+    value: f64,
+    msgs_per_sec: f64,
+    gen_cpu: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn print_row(sc: &Scenario, r: &[Vec<Sample>; 2]) {
+    let m = |i: usize, f: fn(&Sample) -> f64| median(r[i].iter().map(f).collect());
+    let (a, b) = (m(0, |s| s.value), m(1, |s| s.value));
+    let unit = if sc.idle { "KiB" } else { "us/msg" };
+    let fmt = |v: f64| {
+        if sc.idle {
+            format!("{v:.0} {unit}")
+        } else {
+            format!("{v:.2} {unit}")
+        }
+    };
+    println!(
+        "{:<3} {:<38} {:>13} {:>13} {:>6.2}x | {:>11.0} {:>11.0} | {:>7.0}% {:>7.0}%",
+        sc.id,
+        sc.title,
+        fmt(a),
+        fmt(b),
+        a / b,
+        m(0, |s| s.msgs_per_sec),
+        m(1, |s| s.msgs_per_sec),
+        m(0, |s| s.gen_cpu),
+        m(1, |s| s.gen_cpu),
+    );
+}
+
+/// A server process, pinned, with its first `listening` address.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pinned(pin: bool, core: &str, program: &str) -> Command {
+    if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", core, program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn start_server(kind: ServerKind, transport: &str, pki: &Pki, pin: bool) -> Result<Server, String> {
+    let mut cmd = match kind {
+        ServerKind::Echoloop => {
+            let mut c = pinned(pin, "0", ECHOLOOP);
+            c.args([
+                "serve",
+                "--log-level",
+                "warn",
+                &format!("--{transport}"),
+                "127.0.0.1:0",
+            ]);
+            if transport == "tls" {
+                c.arg("--cert").arg(&pki.chain).arg("--key").arg(&pki.key);
+            }
+            c
+        }
+        ServerKind::Tokio => {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let mut c = pinned(pin, "0", &exe.to_string_lossy());
+            c.env("ECHOLOOP_BASELINE", transport)
+                .env("ECHOLOOP_BASELINE_ADDR", "127.0.0.1:0")
+                .env("ECHOLOOP_BASELINE_CERT", &pki.chain)
+                .env("ECHOLOOP_BASELINE_KEY", &pki.key);
+            c
+        }
+    };
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    // The listening line is printed after binding; reading it is the readiness wait.
+    BufReader::new(out)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let addr = line
+        .split_whitespace()
+        .nth(2)
+        .ok_or_else(|| format!("bad line {line:?}"))?
+        .to_string();
+    Ok(Server { child, addr })
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    // The command name (field 2) may contain spaces; fields after the last ')' are fixed.
+    let rest = stat.rsplit_once(')').map(|x| x.1).ok_or("bad stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is index 0, so utime (field 14) is index 11 and stime index 12.
+    let ut: u64 = f.get(11).and_then(|v| v.parse().ok()).ok_or("utime")?;
+    let st: u64 = f.get(12).and_then(|v| v.parse().ok()).ok_or("stime")?;
+    Ok(ut + st)
+}
+
+fn rss_kib(pid: u32) -> Result<f64, String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmRSS".to_string())
+}
+
+/// The server's real pid (taskset execs the program, so the child's pid is the server's).
+fn run_one(
+    sc: &Scenario,
+    kind: ServerKind,
+    secs: f64,
+    pki: &Pki,
+    pin: bool,
+) -> Result<Sample, String> {
+    let server = start_server(kind, sc.transport, pki, pin)?;
+    let pid = server.child.id();
+    if sc.idle {
+        return idle_rss(&server, pid);
+    }
+    let before = cpu_ticks(pid)?;
+    let mut generator = pinned(pin, "1", ECHOLOOP);
+    generator.args([
+        "bench",
+        sc.transport,
+        &server.addr,
+        "--duration",
+        &format!("{secs}s"),
+        "--json",
+    ]);
+    generator.args(&sc.args);
+    if sc.transport == "tls" {
+        generator
+            .arg("--ca")
+            .arg(&pki.ca)
+            .args(["--server-name", "localhost"]);
+    }
+    let out = generator
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let after = cpu_ticks(pid)?;
+    let json = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("bench failed: {json}"));
+    }
+    let messages = json_num(&json, "messages").ok_or("no messages in report")?;
+    if messages <= 0.0 {
+        return Err("no messages echoed".into());
+    }
+    let cpu_us = (after - before) as f64 / TICKS_PER_SEC * 1e6;
+    Ok(Sample {
+        value: cpu_us / messages,
+        msgs_per_sec: json_num(&json, "msgs_per_sec").unwrap_or(f64::NAN),
+        gen_cpu: json_num(&json, "generator_cpu_percent").unwrap_or(f64::NAN),
+    })
+}
+
+/// Opens 10,000 connections, echoes one small message on each, then reads the server's
+/// resident memory growth while they sit idle.
+fn idle_rss(server: &Server, pid: u32) -> Result<Sample, String> {
+    let addr: SocketAddr = server.addr.parse().map_err(|e| format!("{e}"))?;
+    let base = rss_kib(pid)?;
+    let mut conns = Vec::with_capacity(10_000);
+    for i in 0..10_000u32 {
+        let mut s = TcpStream::connect(addr).map_err(|e| format!("connect #{i}: {e}"))?;
+        s.write_all(b"x").map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        s.read_exact(&mut b)
+            .map_err(|e| format!("echo #{i}: {e}"))?;
+        conns.push(s);
+    }
+    let grown = rss_kib(pid)? - base;
+    drop(conns);
+    Ok(Sample {
+        value: grown,
+        msgs_per_sec: f64::NAN,
+        gen_cpu: f64::NAN,
+    })
+}
+
+/// Pulls a number out of the one-line JSON report (a flat key is enough here).
+fn json_num(json: &str, key: &str) -> Option<f64> {
+    let pat = format!("\"{key}\":");
+    let start = json.find(&pat)? + pat.len();
+    let rest = &json[start..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].trim().parse().ok()
+}
+
+/// A CA and a certificate for `localhost`, written to a temp dir for the TLS scenarios.
+struct Pki {
+    dir: PathBuf,
+    ca: PathBuf,
+    chain: PathBuf,
+    key: PathBuf,
+}
+
+impl Pki {
+    fn generate() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let dir = std::env::temp_dir().join(format!("echoloop-bench-pki-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca =
+            CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("sign");
+        let p = Pki {
+            ca: dir.join("ca.pem"),
+            chain: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            dir,
+        };
+        std::fs::write(&p.ca, ca.pem()).expect("write");
+        std::fs::write(&p.chain, cert.pem()).expect("write");
+        std::fs::write(&p.key, key.serialize_pem()).expect("write");
+        p
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The tokio baseline: what a careful async server looks like, one core.
+mod baseline {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub(super) fn serve(kind: &str) {
+        let addr = std::env::var("ECHOLOOP_BASELINE_ADDR").unwrap_or_else(|_| "127.0.0.1:0".into());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async move {
+            match kind {
+                "tcp" => tcp(&addr, None).await,
+                "tls" => {
+                    let cert = std::env::var("ECHOLOOP_BASELINE_CERT").expect("cert");
+                    let key = std::env::var("ECHOLOOP_BASELINE_KEY").expect("key");
+                    let cfg = echoloop::tls_config::server_config(
+                        &echoloop::tls_config::ServerTlsOptions {
+                            cert_chain: Path::new(&cert),
+                            key: Path::new(&key),
+                            client_ca: None,
+                        },
+                    )
+                    .expect("tls config");
+                    tcp(&addr, Some(tokio_rustls::TlsAcceptor::from(cfg))).await
+                }
+                "udp" => udp(&addr).await,
+                other => panic!("unknown baseline {other}"),
+            }
+        });
+    }
+
+    fn announce(kind: &str, addr: SocketAddr) {
+        println!("listening {kind} {addr}");
+        let _ = std::io::stdout().flush();
+    }
+
+    async fn tcp(addr: &str, tls: Option<tokio_rustls::TlsAcceptor>) {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        announce(
+            if tls.is_some() { "tls" } else { "tcp" },
+            listener.local_addr().expect("addr"),
+        );
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = sock.set_nodelay(true);
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(s) = acceptor.accept(sock).await {
+                            echo(s).await;
+                        }
+                    }
+                    None => echo(sock).await,
+                }
+            });
+        }
+    }
+
+    /// Echo with a 4 KiB buffer allocated on the first readable event, as a careful tokio
+    /// server does to keep idle connections cheap.
+    async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            if buf.is_empty() {
+                buf = vec![0u8; 4096];
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = s.shutdown().await;
+    }
+
+    async fn udp(addr: &str) {
+        let sock = Arc::new(tokio::net::UdpSocket::bind(addr).await.expect("bind"));
+        announce("udp", sock.local_addr().expect("addr"));
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                continue;
+            };
+            let _ = sock.send_to(&buf[..n], from).await;
+        }
+    }
+}

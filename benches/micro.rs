@@ -1,0 +1,150 @@
+//! cargo bench --bench micro
+//!
+//! Micro benchmarks of the hot paths, with criterion: the send buffer's push/flush cycle
+//! (partial writes), and one echo round trip through an in-process loop for plain TCP and
+//! for TLS (the session's encrypt and decrypt on both ends). Allocations per echoed
+//! message in steady state are asserted to be zero by `tests/alloc.rs`.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use echoloop::sendbuf::SendBuf;
+use echoloop::{Config, Echo, Endpoint, EventLoop, ListenKind, StopHandle};
+
+fn sendbuf(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sendbuf");
+    let chunk = vec![7u8; 512];
+    g.throughput(Throughput::Bytes(chunk.len() as u64));
+    g.bench_function("push_then_partial_flush_512B", |b| {
+        let mut buf = SendBuf::new();
+        b.iter(|| {
+            buf.push(&chunk);
+            // A kernel that takes a bit more than half each time, then blocks.
+            let mut budget = 300usize;
+            let _ = buf.flush_with(|d| {
+                if budget == 0 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let n = d.len().min(budget);
+                budget -= n;
+                Ok(n)
+            });
+        });
+    });
+    g.finish();
+}
+
+/// Starts an echo loop on its own thread; returns its address and stop handle.
+fn start_loop(
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (
+    std::net::SocketAddr,
+    StopHandle,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let mut el = EventLoop::new(Config::default()).expect("loop");
+        let kind = match tls {
+            Some(cfg) => ListenKind::Tls(cfg),
+            None => ListenKind::Tcp,
+        };
+        let b = el
+            .listen(
+                &Endpoint::Inet("127.0.0.1:0".parse().expect("addr")),
+                kind,
+                || Box::new(Echo),
+            )
+            .expect("listen");
+        tx.send((b.addr, el.stop_handle())).expect("send");
+        el.run().expect("run");
+    });
+    let (addr, stop) = rx.recv().expect("loop started");
+    let Endpoint::Inet(addr) = addr else {
+        panic!("inet")
+    };
+    (addr, stop, h)
+}
+
+fn echo_round_trip(c: &mut Criterion) {
+    let mut g = c.benchmark_group("echo_round_trip");
+    g.measurement_time(Duration::from_secs(3));
+
+    let (addr, stop, h) = start_loop(None);
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let msg = [1u8; 64];
+    let mut back = [0u8; 64];
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("tcp_64B", |b| {
+        b.iter(|| {
+            s.write_all(&msg).expect("write");
+            s.read_exact(&mut back).expect("read");
+        })
+    });
+    drop(s);
+    stop.stop(Duration::from_secs(1));
+    let _ = h.join();
+
+    let pki = tls_pki();
+    let (addr, stop, h) = start_loop(Some(pki.0));
+    let conn = rustls::ClientConnection::new(
+        pki.1,
+        rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+    )
+    .expect("client");
+    let sock = TcpStream::connect(addr).expect("connect");
+    sock.set_nodelay(true).expect("nodelay");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let msg = [2u8; 1024];
+    let mut back = [0u8; 1024];
+    g.bench_function("tls_1KiB", |b| {
+        b.iter(|| {
+            tls.write_all(&msg).expect("write");
+            tls.read_exact(&mut back).expect("read");
+        })
+    });
+    drop(tls);
+    stop.stop(Duration::from_secs(1));
+    let _ = h.join();
+    g.finish();
+}
+
+/// A server config and a client config that trusts it, made in memory.
+fn tls_pki() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = std::env::temp_dir().join(format!("echoloop-micro-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("sign");
+    let (ca_p, chain_p, key_p) = (dir.join("ca.pem"), dir.join("s.pem"), dir.join("s.key"));
+    std::fs::write(&ca_p, ca.pem()).expect("write");
+    std::fs::write(&chain_p, cert.pem()).expect("write");
+    std::fs::write(&key_p, key.serialize_pem()).expect("write");
+    let server = echoloop::tls_config::server_config(&echoloop::tls_config::ServerTlsOptions {
+        cert_chain: &chain_p,
+        key: &key_p,
+        client_ca: None,
+    })
+    .expect("server config");
+    let client = echoloop::tls_config::client_config(&echoloop::tls_config::ClientTlsOptions {
+        ca: Some(&ca_p),
+        client_cert: None,
+    })
+    .expect("client config");
+    let _ = std::fs::remove_dir_all(&dir);
+    (server, client)
+}
+
+criterion_group!(benches, sendbuf, echo_round_trip);
+criterion_main!(benches);
