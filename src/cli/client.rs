@@ -1,14 +1,955 @@
-//! `echoloop client`.
+//! `echoloop client`: sends messages and checks that each comes back unchanged, over TCP,
+//! TLS, Unix streams, UDP and Unix datagrams.
+//!
+//! The client is two handlers on the library's own reactor, not a blocking program:
+//!
+//! * `StreamClient` (tcp, tls, unix) is a [`Handler`]. The socket is connected without
+//!   blocking (the loop completes the connect on writability and checks `SO_ERROR`), so a
+//!   connect timeout is just a timer. A host name may resolve to several addresses: they
+//!   are tried in turn, each with the connect timeout, the next connect being started from
+//!   `on_close` of the failed one (like a careful `create_connection`). Once open it sends a
+//!   message, collects the echo until all of its bytes are in (a stream has no message
+//!   boundaries: the echo may come in any number of pieces), compares, and only then sends
+//!   the next message. After the last one it half-closes and expects the server's EOF.
+//!   `--timeout` (default 5 s) bounds the connect (TLS handshake included), each whole
+//!   echo, and the wait for that EOF. The default is longer than the datagram one because a
+//!   lost TCP SYN is retransmitted after 1 s: a 1 s connect timeout would fail on one loss.
+//! * `DgramClient` (udp, unix-dgram) is a [`DatagramHandler`]. Each message is one
+//!   datagram; if no matching reply comes within `--timeout` (default 1 s) it is sent again,
+//!   up to `--retries` (default 3) more times, so a silent server is reported after about
+//!   timeout × (retries + 1).
+//!
+//! **Stale replies.** Over datagrams a reply to an earlier attempt can arrive late, after
+//! the message was resent or even after the next message was sent; the network may also
+//! duplicate one. A reply is taken for the current message only if it comes from the
+//! server's address (UDP) and its bytes are exactly the current message's; anything else is
+//! counted as ignored and mentioned if the message finally fails. The payload is the user's
+//! bytes with nothing added, so what this guarantees is: every accepted echo has the current
+//! message's exact bytes, and a late echo of an earlier *different* message is never taken
+//! for the current one. When two consecutive messages are identical, a late copy of the
+//! first one's echo is indistinguishable from the second one's and may stand in for it.
+//!
+//! **Standard input** is read one line at a time, when the next message is due, so typing
+//! lines by hand shows each echo at once and a long input is never held in memory. Reading
+//! blocks the loop meanwhile, which is harmless: between two messages nothing is in flight
+//! and no timer is armed. A line is UTF-8 text without its `\n` (or `\r\n`); an empty line
+//! is an empty message (over a stream it trivially echoes, over datagrams it is a real empty
+//! datagram).
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, BufRead, Write};
+use std::os::fd::OwnedFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixDatagram};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::CliError;
+use super::units::parse_duration;
+use crate::net::{Endpoint, PeerAddr, UnixName, resolve_all};
+use crate::tls_config::{ClientTlsOptions, client_config, server_name};
+use crate::{
+    CloseReason, Config, ConnectOptions, Ctx, DatagramHandler, DgramCtx, EventLoop, Handler,
+    TimerId,
+};
+
+/// Default `--timeout` for tcp, tls and unix: connect, each echo, and the final EOF.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `--timeout` for udp and unix-dgram: the wait before a datagram is resent.
+const DGRAM_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `--retries` for udp and unix-dgram.
+const DGRAM_RETRIES: u32 = 3;
+/// Largest `--timeout` accepted.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Arguments of `echoloop client`.
 #[derive(Debug, clap::Args)]
-pub struct ClientArgs {}
+pub struct ClientArgs {
+    /// Transport to use.
+    #[arg(value_enum)]
+    transport: Transport,
+    /// Server address: host:port (IPv6 as [::1]:port) for tcp, tls and udp; a path or
+    /// @name (Linux abstract name) for unix and unix-dgram.
+    addr: String,
+    /// Send TEXT (repeatable, sent in order). Without it, each line of standard input is a
+    /// message.
+    #[arg(long = "message", short = 'm', value_name = "TEXT")]
+    messages: Vec<String>,
+    /// Streams: connect (and TLS handshake) timeout, time allowed for each whole echo and
+    /// for the server's EOF at the end (default 5). Datagrams: wait before resending
+    /// (default 1). Seconds, or 500ms, 2m...
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Datagrams only: resend an unanswered message up to N times (default 3).
+    #[arg(long, value_name = "N")]
+    retries: Option<u32>,
+    /// TLS: trust the CAs in this PEM file instead of the system's root store.
+    #[arg(long, value_name = "CA.pem")]
+    ca: Option<PathBuf>,
+    /// TLS: the name the server's certificate must carry (default: the host part of ADDR).
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// TLS: present this client certificate chain (for servers that require one).
+    #[arg(long, value_name = "CHAIN.pem", requires = "key")]
+    cert: Option<PathBuf>,
+    /// TLS: private key of --cert.
+    #[arg(long, value_name = "KEY.pem", requires = "cert")]
+    key: Option<PathBuf>,
+}
 
-/// Runs the client.
-pub fn run(_args: ClientArgs) -> Result<ExitCode, CliError> {
-    Err("client is not built yet".into())
+/// The transports the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    Tcp,
+    Udp,
+    Tls,
+    Unix,
+    UnixDgram,
+}
+
+impl Transport {
+    fn is_stream(self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Tls | Transport::Unix)
+    }
+}
+
+/// Runs the client: exits 0 only if every message's echo arrived and matched.
+pub fn run(args: ClientArgs) -> Result<ExitCode, CliError> {
+    check_options(&args)?;
+    let stream = args.transport.is_stream();
+    let timeout = args.timeout.unwrap_or(if stream {
+        STREAM_TIMEOUT
+    } else {
+        DGRAM_TIMEOUT
+    });
+    if timeout.is_zero() {
+        return Err("--timeout must be greater than zero".into());
+    }
+    // Deadlines are `Instant + timeout`, which panics on overflow: keep it sane.
+    if timeout > MAX_TIMEOUT {
+        return Err("--timeout must be at most 24h".into());
+    }
+    let messages = if args.messages.is_empty() {
+        Messages::from_reader(io::stdin().lock())
+    } else {
+        Messages::from_list(args.messages.clone())
+    };
+
+    let config = Config {
+        // No backpressure for the client: it must keep reading its echo while it still owes
+        // the server part of a long message, or both sides would stop, each waiting for the
+        // other to read.
+        high_water: usize::MAX,
+        low_water: usize::MAX,
+        close_timeout: timeout,
+        ..Config::default()
+    };
+    let mut el = EventLoop::new(config)?;
+    let outcome: Outcome = Rc::default();
+    let common = Common {
+        messages: Rc::new(RefCell::new(messages)),
+        outcome: Rc::clone(&outcome),
+        timeout,
+        index: 0,
+    };
+    match args.transport {
+        Transport::Tcp | Transport::Tls | Transport::Unix => {
+            start_stream(&mut el, &args, common)?;
+        }
+        Transport::Udp | Transport::UnixDgram => {
+            start_dgram(&mut el, &args, common)?;
+        }
+    }
+    // A zero wait first: a stop asked for while the socket was being set up (no messages at
+    // all) is then applied at once instead of after the first event.
+    if el.run_once(Some(Duration::ZERO))? {
+        el.run()?;
+    }
+    let result = outcome.borrow_mut().take();
+    match result {
+        Some(Ok(())) => Ok(ExitCode::SUCCESS),
+        Some(Err(msg)) => Err(msg.into()),
+        None => Err("the event loop stopped before the exchange was over".into()),
+    }
+}
+
+/// Rejects options that do not apply to the chosen transport, so a typo is not silently
+/// ignored (a --ca meant for TLS on a plain TCP run would otherwise look like it worked).
+fn check_options(args: &ClientArgs) -> Result<(), CliError> {
+    if args.transport != Transport::Tls {
+        let tls_only = [
+            ("--ca", args.ca.is_some()),
+            ("--server-name", args.server_name.is_some()),
+            ("--cert", args.cert.is_some()),
+            ("--key", args.key.is_some()),
+        ];
+        if let Some((flag, _)) = tls_only.iter().find(|(_, given)| *given) {
+            return Err(format!("{flag} only applies to the tls transport").into());
+        }
+    }
+    if args.transport.is_stream() && args.retries.is_some() {
+        return Err("--retries only applies to udp and unix-dgram (streams do not resend)".into());
+    }
+    Ok(())
+}
+
+/// Resolves the target and starts the first connect.
+fn start_stream(el: &mut EventLoop, args: &ClientArgs, common: Common) -> Result<(), CliError> {
+    let endpoints: VecDeque<Endpoint> = match args.transport {
+        Transport::Unix => VecDeque::from([Endpoint::Unix(UnixName::parse(&args.addr)?)]),
+        _ => resolve_all(&args.addr)?
+            .into_iter()
+            .map(Endpoint::Inet)
+            .collect(),
+    };
+    let mut opts = ConnectOptions::new().timeout(common.timeout);
+    let mut tls_name = None;
+    if args.transport == Transport::Tls {
+        let name = match &args.server_name {
+            Some(n) => n.clone(),
+            None => host_part(&args.addr).to_owned(),
+        };
+        let cfg = client_config(&ClientTlsOptions {
+            ca: args.ca.as_deref(),
+            client_cert: args.cert.as_deref().zip(args.key.as_deref()),
+        })?;
+        opts = opts.tls(cfg, server_name(&name)?);
+        tls_name = Some(name);
+    }
+    let mut client = StreamClient {
+        common,
+        target: args.addr.clone(),
+        remaining: endpoints,
+        failures: Vec::new(),
+        endpoint: Endpoint::Inet(([0, 0, 0, 0], 0).into()),
+        opts,
+        tls_name,
+        peer: String::new(),
+        phase: Phase::Connecting,
+        expected: Vec::new(),
+        got: Vec::new(),
+        timer: None,
+    };
+    // The first connect is started here; one that fails at once (say, no IPv6 route) moves
+    // on to the next address like one that fails later in `on_close`.
+    while let Some(ep) = client.remaining.pop_front() {
+        let opts = client.opts.clone();
+        let next = client.successor(ep.clone());
+        match el.connect(&ep, opts, Box::new(next)) {
+            Ok(_) => return Ok(()),
+            Err(e) => client.failures.push((ep, describe_io(&e))),
+        }
+    }
+    Err(client.connect_failure().into())
+}
+
+/// The host part of `host:port` (brackets of an IPv6 literal kept: `server_name` takes them).
+fn host_part(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
+
+/// Binds the client's datagram socket and registers it; the handler sends the first
+/// message from `on_ready`.
+fn start_dgram(el: &mut EventLoop, args: &ClientArgs, common: Common) -> Result<(), CliError> {
+    let retries = args.retries.unwrap_or(DGRAM_RETRIES);
+    match args.transport {
+        Transport::Udp => {
+            // A name with several addresses: datagrams have no connect to fail, so there is
+            // nothing to try in turn; the resolver's first (preferred) answer is used.
+            let server = resolve_all(&args.addr)?
+                .first()
+                .copied()
+                .ok_or_else(|| format!("{} resolves to no address", args.addr))?;
+            let local: std::net::SocketAddr = if server.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let client = DgramClient::new(common, PeerAddr::Inet(server), retries, true);
+            el.bind_udp(local, Box::new(client))?;
+        }
+        _ => {
+            let server = match UnixName::parse(&args.addr)? {
+                UnixName::Path(p) => UnixSocketAddr::from_pathname(&p),
+                UnixName::Abstract(name) => UnixSocketAddr::from_abstract_name(&name),
+            }
+            .map_err(|e| format!("invalid Unix socket name {:?}: {e}", args.addr))?;
+            let sock = autobound_unix_datagram()
+                .map_err(|e| format!("cannot create a Unix datagram socket: {e}"))?;
+            let client = DgramClient::new(common, PeerAddr::Unix(server), retries, false);
+            el.add_unix_datagram(sock, Box::new(client))?;
+        }
+    }
+    Ok(())
+}
+
+/// A Unix datagram socket with a name the server can reply to. Binding to an address that
+/// holds only the address family asks Linux to pick a unique abstract name (autobind, see
+/// unix(7)): nothing on disk to clean up, no name to invent.
+fn autobound_unix_datagram() -> io::Result<UnixDatagram> {
+    let sock = Socket::new(Domain::UNIX, Type::DGRAM, None)?;
+    // socket2 gives an empty path an address length of just the family field.
+    sock.bind(&SockAddr::unix("")?)?;
+    Ok(UnixDatagram::from(OwnedFd::from(sock)))
+}
+
+/// The result, set once by whichever handler finishes the exchange. Shared with `run`
+/// because the handlers are owned by the loop.
+type Outcome = Rc<RefCell<Option<Result<(), String>>>>;
+
+/// What both handlers need: the messages, where to put the result, the timeout.
+struct Common {
+    /// Shared so that a connect to the next address can take over where a failed one was.
+    messages: Rc<RefCell<Messages>>,
+    outcome: Outcome,
+    timeout: Duration,
+    /// Number of the current message (1-based once the first is sent).
+    index: usize,
+}
+
+impl Common {
+    /// Records the result unless one is already recorded (the first word is the true one:
+    /// a failure is often followed by the close it caused).
+    fn settle(&self, result: Result<(), String>) {
+        let mut o = self.outcome.borrow_mut();
+        if o.is_none() {
+            *o = Some(result);
+        }
+    }
+
+    fn is_settled(&self) -> bool {
+        self.outcome.borrow().is_some()
+    }
+
+    /// The delay to pass to `set_timer` for a deadline `timeout` from now. Timers count
+    /// from the moment the loop woke up for this batch of events, and reading the next line
+    /// of standard input may have blocked since then: add the time spent.
+    fn timer_delay(&self, loop_now: Instant) -> Duration {
+        self.timeout + Instant::now().saturating_duration_since(loop_now)
+    }
+
+    /// The next message, or `None` at the end; failures to read or print become `Err`.
+    fn next_message(&mut self) -> Option<Result<String, String>> {
+        let next = self.messages.borrow_mut().next()?;
+        Some(next.and_then(|text| {
+            self.index += 1;
+            say(&format!("SENT {text} ({} bytes)", text.len()))?;
+            Ok(text)
+        }))
+    }
+}
+
+/// Where messages come from: the `--message` list or standard input, line by line.
+struct Messages {
+    source: Box<dyn Iterator<Item = Result<String, String>>>,
+}
+
+impl Messages {
+    fn from_list(list: Vec<String>) -> Messages {
+        Messages {
+            source: Box::new(list.into_iter().map(Ok)),
+        }
+    }
+
+    fn from_reader(input: impl BufRead + 'static) -> Messages {
+        Messages {
+            source: Box::new(Lines { input, number: 0 }),
+        }
+    }
+
+    fn next(&mut self) -> Option<Result<String, String>> {
+        self.source.next()
+    }
+}
+
+/// Lines of UTF-8 text, without their `\n` or `\r\n`.
+struct Lines<R> {
+    input: R,
+    number: usize,
+}
+
+impl<R: BufRead> Iterator for Lines<R> {
+    type Item = Result<String, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut line = Vec::new();
+        match self.input.read_until(b'\n', &mut line) {
+            Ok(0) => None,
+            Ok(_) => {
+                self.number += 1;
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                }
+                Some(String::from_utf8(line).map_err(|_| {
+                    format!(
+                        "line {} of standard input is not valid UTF-8 text",
+                        self.number
+                    )
+                }))
+            }
+            Err(e) => Some(Err(format!("cannot read standard input: {e}"))),
+        }
+    }
+}
+
+/// Prints one line on standard output and flushes it, so each echo shows as it happens
+/// (also through a pipe).
+fn say(line: &str) -> Result<(), String> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write to standard output: {e}"))
+}
+
+/// Where a stream exchange stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Connecting (and, for TLS, handshaking).
+    Connecting,
+    /// A message is sent; collecting its echo.
+    Awaiting,
+    /// Every echo is in and our side is half-closed; waiting for the server's EOF.
+    Finishing,
+    /// Over, successfully or not.
+    Finished,
+}
+
+/// The stream client (tcp, tls, unix): one connection, messages strictly one at a time.
+struct StreamClient {
+    common: Common,
+    /// ADDR as the user wrote it, for messages.
+    target: String,
+    /// Addresses not tried yet.
+    remaining: VecDeque<Endpoint>,
+    /// Each address that failed, with the reason.
+    failures: Vec<(Endpoint, String)>,
+    /// The address this connection goes to.
+    endpoint: Endpoint,
+    opts: ConnectOptions,
+    /// The name the server's certificate is checked against (TLS only).
+    tls_name: Option<String>,
+    /// The server's address as the socket reports it.
+    peer: String,
+    phase: Phase,
+    /// The current message's bytes.
+    expected: Vec<u8>,
+    /// Its echo so far.
+    got: Vec<u8>,
+    /// The running timeout (connect is the loop's own timer).
+    timer: Option<TimerId>,
+}
+
+impl StreamClient {
+    /// A fresh handler for a connect to `ep`, carrying on with the same messages and the
+    /// record of addresses tried so far.
+    fn successor(&self, ep: Endpoint) -> StreamClient {
+        StreamClient {
+            common: Common {
+                messages: Rc::clone(&self.common.messages),
+                outcome: Rc::clone(&self.common.outcome),
+                timeout: self.common.timeout,
+                index: 0,
+            },
+            target: self.target.clone(),
+            remaining: self.remaining.clone(),
+            failures: self.failures.clone(),
+            endpoint: ep,
+            opts: self.opts.clone(),
+            tls_name: self.tls_name.clone(),
+            peer: String::new(),
+            phase: Phase::Connecting,
+            expected: Vec::new(),
+            got: Vec::new(),
+            timer: None,
+        }
+    }
+
+    /// The message when every address failed: one line naming each.
+    fn connect_failure(&self) -> String {
+        match self.failures.as_slice() {
+            [] => format!("cannot connect to {}: no address to try", self.target),
+            [(ep, why)] if ep.to_string() == self.target => {
+                format!("cannot connect to {ep}: {why}")
+            }
+            [(ep, why)] => format!("cannot connect to {} ({ep}): {why}", self.target),
+            many => {
+                let each: Vec<String> = many
+                    .iter()
+                    .map(|(ep, why)| format!("{ep}: {why}"))
+                    .collect();
+                format!(
+                    "cannot connect to {}: every address failed: {}",
+                    self.target,
+                    each.join("; ")
+                )
+            }
+        }
+    }
+
+    /// Ends the exchange with an error; the close that follows stops the loop.
+    fn fail(&mut self, ctx: &mut Ctx<'_>, msg: String) {
+        self.common.settle(Err(msg));
+        self.phase = Phase::Finished;
+        self.cancel_timer(ctx);
+        ctx.abort();
+    }
+
+    fn cancel_timer(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_timer(t);
+        }
+    }
+
+    /// Sends the next message, or half-closes after the last one.
+    fn send_next(&mut self, ctx: &mut Ctx<'_>) {
+        loop {
+            match self.common.next_message() {
+                None => {
+                    // Our side is done; the server's EOF says it has echoed everything.
+                    ctx.shutdown_write();
+                    self.phase = Phase::Finishing;
+                    self.timer = Some(ctx.set_timer(self.common.timer_delay(ctx.now())));
+                    return;
+                }
+                Some(Err(e)) => return self.fail(ctx, e),
+                Some(Ok(text)) if text.is_empty() => {
+                    // Nothing to send is trivially echoed: a stream carries no empty message.
+                    if let Err(e) = say(&format!("RCVD  (0 bytes) from {}", self.peer)) {
+                        return self.fail(ctx, e);
+                    }
+                }
+                Some(Ok(text)) => {
+                    ctx.send(text.as_bytes());
+                    self.expected = text.into_bytes();
+                    self.got.clear();
+                    self.phase = Phase::Awaiting;
+                    self.timer = Some(ctx.set_timer(self.common.timer_delay(ctx.now())));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The whole echo is in: print and compare it.
+    fn echo_complete(&mut self, ctx: &mut Ctx<'_>) {
+        self.cancel_timer(ctx);
+        let text = String::from_utf8_lossy(&self.got).into_owned();
+        if let Err(e) = say(&format!(
+            "RCVD {text} ({} bytes) from {}",
+            self.got.len(),
+            self.peer
+        )) {
+            return self.fail(ctx, e);
+        }
+        if self.got != self.expected {
+            let msg = format!(
+                "echo of message {} does not match: sent {:?}, received {:?}",
+                self.common.index,
+                String::from_utf8_lossy(&self.expected),
+                text
+            );
+            return self.fail(ctx, msg);
+        }
+        self.send_next(ctx);
+    }
+
+    /// Explains why the connection ended, for the user.
+    fn explain(&self, reason: &CloseReason) -> String {
+        let during = if self.phase == Phase::Connecting {
+            "handshake with"
+        } else {
+            "connection to"
+        };
+        match reason {
+            CloseReason::Tls(detail) => {
+                let name = self.tls_name.as_deref().unwrap_or("?");
+                format!(
+                    "TLS {during} {} failed: {}",
+                    self.endpoint,
+                    explain_tls(detail, name)
+                )
+            }
+            CloseReason::HandshakeTimeout => format!(
+                "TLS handshake with {} not finished within {:?}",
+                self.endpoint, self.common.timeout
+            ),
+            CloseReason::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                format!("connection to {} reset by the server", self.endpoint)
+            }
+            CloseReason::Io(e) => format!("connection to {}: {}", self.endpoint, describe_io(e)),
+            other => format!("connection to {}: {other}", self.endpoint),
+        }
+    }
+}
+
+impl Handler for StreamClient {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>) {
+        self.peer = ctx
+            .peer_addr()
+            .map_or_else(|| self.endpoint.to_string(), |p| p.to_string());
+        self.send_next(ctx);
+    }
+
+    fn on_data(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) {
+        match self.phase {
+            Phase::Awaiting => {
+                // Take only what completes this echo: we send the next message only after
+                // it, so anything beyond is not an echo of ours.
+                let want = self.expected.len() - self.got.len();
+                let take = want.min(data.len());
+                self.got.extend_from_slice(&data[..take]);
+                if self.got.len() == self.expected.len() {
+                    self.echo_complete(ctx);
+                    if take < data.len() && self.phase != Phase::Finished {
+                        let msg = format!(
+                            "received {} bytes more than the echo of message {}",
+                            data.len() - take,
+                            self.common.index
+                        );
+                        self.fail(ctx, msg);
+                    }
+                }
+            }
+            Phase::Finishing => {
+                let msg = format!(
+                    "received {} unexpected bytes after the last echo",
+                    data.len()
+                );
+                self.fail(ctx, msg);
+            }
+            Phase::Connecting | Phase::Finished => {}
+        }
+    }
+
+    fn on_peer_closed(&mut self, ctx: &mut Ctx<'_>) {
+        match self.phase {
+            Phase::Finishing => {
+                self.cancel_timer(ctx);
+                self.phase = Phase::Finished;
+                self.common.settle(Ok(()));
+                ctx.close();
+            }
+            Phase::Awaiting => {
+                let msg = format!(
+                    "server {} closed the connection after {} of the {} bytes of the echo of message {}",
+                    self.peer,
+                    self.got.len(),
+                    self.expected.len(),
+                    self.common.index
+                );
+                self.fail(ctx, msg);
+            }
+            Phase::Connecting | Phase::Finished => ctx.close(),
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: TimerId) {
+        if self.timer != Some(timer) {
+            return;
+        }
+        self.timer = None;
+        let msg = match self.phase {
+            Phase::Awaiting => format!(
+                "no complete echo of message {} from {} within {:?} (received {} of {} bytes)",
+                self.common.index,
+                self.peer,
+                self.common.timeout,
+                self.got.len(),
+                self.expected.len()
+            ),
+            Phase::Finishing => format!(
+                "server {} did not close the connection within {:?} after the last echo",
+                self.peer, self.common.timeout
+            ),
+            Phase::Connecting | Phase::Finished => return,
+        };
+        self.fail(ctx, msg);
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, reason: &CloseReason) {
+        self.cancel_timer(ctx);
+        let connect_failed = matches!(
+            reason,
+            CloseReason::ConnectFailed(_) | CloseReason::ConnectTimeout
+        );
+        if self.phase == Phase::Connecting && connect_failed {
+            let why = match reason {
+                CloseReason::ConnectFailed(e) => describe_io(e),
+                _ => format!("no connection within {:?}", self.common.timeout),
+            };
+            self.failures.push((self.endpoint.clone(), why));
+            if let Some(ep) = self.remaining.pop_front() {
+                let opts = self.opts.clone();
+                let next = self.successor(ep.clone());
+                ctx.connect(ep, opts, Box::new(next));
+                return;
+            }
+            self.common.settle(Err(self.connect_failure()));
+        } else if !self.common.is_settled() {
+            let msg = self.explain(reason);
+            self.common.settle(Err(msg));
+        }
+        self.phase = Phase::Finished;
+        ctx.stop_loop(Duration::ZERO);
+    }
+}
+
+/// Words a failed TLS exchange (rustls's error text) for the user, saying which check
+/// failed and what to do about it.
+fn explain_tls(detail: &str, name: &str) -> String {
+    if detail.contains("NotValidForName") || detail.contains("not valid for name") {
+        format!(
+            "the server's certificate is not valid for name {name:?} (check ADDR or --server-name)"
+        )
+    } else if detail.contains("UnknownIssuer") {
+        "the server's certificate is not trusted (unknown issuer): give the CA that signed it \
+         with --ca"
+            .to_owned()
+    } else if detail.contains("Expired") || detail.contains("expired") {
+        "the server's certificate has expired".to_owned()
+    } else if detail.contains("CertificateRequired") {
+        "the server requires a client certificate: give one with --cert and --key".to_owned()
+    } else if detail.contains("alert") && (detail.contains("Certificate") || detail.contains("CA"))
+    {
+        format!("the server rejected our client certificate ({detail})")
+    } else if detail.contains("unexpected") || detail.contains("corrupt message") {
+        format!("{detail} (is the server speaking TLS?)")
+    } else {
+        detail.to_owned()
+    }
+}
+
+/// A system error in words a user can act on.
+fn describe_io(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused (is the server running?)".into(),
+        io::ErrorKind::NotFound => "no such socket (is the server running?)".into(),
+        io::ErrorKind::TimedOut => "timed out".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// The datagram client (udp, unix-dgram): one message in flight, resent on timeout.
+struct DgramClient {
+    common: Common,
+    server: PeerAddr,
+    /// UDP: accept replies only from the server's address. Unix datagram sockets skip
+    /// this: the server may have bound the same file under another spelling of its path,
+    /// and only a process that learned our autobound name can send to it at all.
+    check_sender: bool,
+    retries: u32,
+    /// The message waiting for its echo.
+    current: Option<Vec<u8>>,
+    /// Times the current message was sent.
+    attempts: u32,
+    timer: Option<TimerId>,
+    /// Replies not taken for the current message, and the last of them.
+    ignored: u32,
+    last_ignored: Option<String>,
+}
+
+impl DgramClient {
+    fn new(common: Common, server: PeerAddr, retries: u32, check_sender: bool) -> DgramClient {
+        DgramClient {
+            common,
+            server,
+            check_sender,
+            retries,
+            current: None,
+            attempts: 0,
+            timer: None,
+            ignored: 0,
+            last_ignored: None,
+        }
+    }
+
+    fn finish(&mut self, ctx: &mut DgramCtx<'_>, result: Result<(), String>) {
+        self.common.settle(result);
+        self.current = None;
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_timer(t);
+        }
+        ctx.close();
+        ctx.stop_loop(Duration::ZERO);
+    }
+
+    fn send_next(&mut self, ctx: &mut DgramCtx<'_>) {
+        match self.common.next_message() {
+            None => self.finish(ctx, Ok(())),
+            Some(Err(e)) => self.finish(ctx, Err(e)),
+            Some(Ok(text)) => {
+                self.current = Some(text.into_bytes());
+                self.attempts = 0;
+                self.ignored = 0;
+                self.last_ignored = None;
+                self.transmit(ctx);
+            }
+        }
+    }
+
+    /// Sends (or resends) the current message and arms its timeout.
+    fn transmit(&mut self, ctx: &mut DgramCtx<'_>) {
+        let Some(msg) = &self.current else { return };
+        self.attempts = self.attempts.saturating_add(1);
+        if let Err(e) = ctx.send_to(msg, &self.server) {
+            let why = match &e {
+                crate::SendError::Io(io) => describe_io(io),
+                other => other.to_string(),
+            };
+            let text = format!(
+                "cannot send message {} ({} bytes) to {}: {why}",
+                self.common.index,
+                msg.len(),
+                self.server
+            );
+            return self.finish(ctx, Err(text));
+        }
+        self.timer = Some(ctx.set_timer(self.common.timer_delay(ctx.now())));
+    }
+
+    fn is_from_server(&self, from: &PeerAddr) -> bool {
+        if !self.check_sender {
+            return true;
+        }
+        match (from, &self.server) {
+            (PeerAddr::Inet(a), PeerAddr::Inet(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl DatagramHandler for DgramClient {
+    fn on_ready(&mut self, ctx: &mut DgramCtx<'_>) {
+        self.send_next(ctx);
+    }
+
+    fn on_datagram(&mut self, ctx: &mut DgramCtx<'_>, data: &[u8], from: &PeerAddr) {
+        let Some(current) = &self.current else {
+            // Between messages or after the end: a late duplicate, nothing waits for it.
+            return;
+        };
+        if !self.is_from_server(from) || data != current.as_slice() {
+            // A late reply to an earlier message, a stranger, or a wrong echo: not the
+            // answer to this message. Keep waiting; the timeout decides.
+            self.ignored = self.ignored.saturating_add(1);
+            self.last_ignored = Some(format!(
+                "{:?} from {from}",
+                String::from_utf8_lossy(&data[..data.len().min(64)])
+            ));
+            return;
+        }
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_timer(t);
+        }
+        let text = String::from_utf8_lossy(data).into_owned();
+        self.current = None;
+        if let Err(e) = say(&format!("RCVD {text} ({} bytes) from {from}", data.len())) {
+            return self.finish(ctx, Err(e));
+        }
+        self.send_next(ctx);
+    }
+
+    fn on_timer(&mut self, ctx: &mut DgramCtx<'_>, timer: TimerId) {
+        if self.timer != Some(timer) || self.current.is_none() {
+            return;
+        }
+        self.timer = None;
+        if self.attempts <= self.retries {
+            eprintln!(
+                "echoloop: no echo of message {} within {:?}; resending (attempt {} of {})",
+                self.common.index,
+                self.common.timeout,
+                self.attempts.saturating_add(1),
+                self.retries.saturating_add(1)
+            );
+            self.transmit(ctx);
+            return;
+        }
+        let mut msg = format!(
+            "no echo of message {} from {} after {} attempt{} ({:?} each)",
+            self.common.index,
+            self.server,
+            self.attempts,
+            if self.attempts == 1 { "" } else { "s" },
+            self.common.timeout
+        );
+        if let Some(last) = &self.last_ignored {
+            msg.push_str(&format!(
+                "; ignored {} {} that did not match, the last {last}",
+                self.ignored,
+                if self.ignored == 1 {
+                    "reply"
+                } else {
+                    "replies"
+                }
+            ));
+        }
+        self.finish(ctx, Err(msg));
+    }
+
+    fn on_close(&mut self, ctx: &mut DgramCtx<'_>) {
+        self.common
+            .settle(Err("the socket closed before the exchange was over".into()));
+        ctx.stop_loop(Duration::ZERO);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &'static [u8]) -> Vec<Result<String, String>> {
+        let mut m = Messages::from_reader(input);
+        std::iter::from_fn(|| m.next()).collect()
+    }
+
+    #[test]
+    fn stdin_lines_strip_newlines_and_keep_text() {
+        assert_eq!(
+            lines("a\r\nhé 日本\n\nlast".as_bytes()),
+            vec![
+                Ok("a".to_owned()),
+                Ok("hé 日本".to_owned()),
+                Ok(String::new()),
+                Ok("last".to_owned())
+            ]
+        );
+        assert!(lines(b"").is_empty());
+    }
+
+    #[test]
+    fn stdin_invalid_utf8_names_the_line() {
+        let got = lines(b"ok\n\xff\xfe\n");
+        assert_eq!(got[0], Ok("ok".to_owned()));
+        let err = got[1].clone().expect_err("invalid UTF-8");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn host_part_keeps_ipv6_brackets() {
+        assert_eq!(host_part("localhost:443"), "localhost");
+        assert_eq!(host_part("[::1]:443"), "[::1]");
+        assert_eq!(host_part("127.0.0.1:1"), "127.0.0.1");
+    }
+
+    #[test]
+    fn tls_errors_say_which_check_failed() {
+        let name = explain_tls(
+            "invalid peer certificate: certificate not valid for name \"x.test\"; certificate is only valid for localhost",
+            "x.test",
+        );
+        assert!(name.contains("not valid for name \"x.test\""), "{name}");
+        let issuer = explain_tls("invalid peer certificate: UnknownIssuer", "localhost");
+        assert!(issuer.contains("not trusted"), "{issuer}");
+        let required = explain_tls("received fatal alert: CertificateRequired", "localhost");
+        assert!(required.contains("--cert"), "{required}");
+    }
 }

@@ -1,0 +1,750 @@
+//! `echoloop client` end to end: against `echoloop serve` and against small servers written
+//! here with the standard library (one that replies in 1-byte pieces, one that never
+//! answers, one that answers late, one that sends stale replies first...). Loopback only;
+//! every wait is bounded.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::ExitStatus;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::certs::TestPki;
+use common::{DEADLINE, Proc};
+
+/// Runs `echoloop client <args>` and returns (status, stdout, stderr).
+fn client(args: &[&str], stdin: Option<&[u8]>) -> (ExitStatus, String, String) {
+    let mut full = vec!["client"];
+    full.extend_from_slice(args);
+    common::run(&full, stdin)
+}
+
+/// The lines a successful exchange of `msgs` with `peer` prints.
+fn expected_lines(msgs: &[&str], peer: &str) -> String {
+    msgs.iter()
+        .map(|m| {
+            format!(
+                "SENT {m} ({n} bytes)\nRCVD {m} ({n} bytes) from {peer}\n",
+                n = m.len()
+            )
+        })
+        .collect()
+}
+
+/// Asserts a clean run that echoed exactly `msgs`.
+fn assert_echoed(result: &(ExitStatus, String, String), msgs: &[&str], peer: &str) {
+    let (status, out, err) = result;
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{err}\nstdout:\n{out}"
+    );
+    assert_eq!(out, &expected_lines(msgs, peer), "stderr:\n{err}");
+}
+
+/// Asserts a failed run whose last stderr line is one `echoloop: error:` line containing
+/// `needle`; returns that line.
+fn assert_failed(result: &(ExitStatus, String, String), needle: &str) -> String {
+    let (status, out, err) = result;
+    assert!(!status.success(), "expected failure; stdout:\n{out}");
+    let last = err.lines().last().unwrap_or_default().to_owned();
+    assert!(
+        last.starts_with("echoloop: error: ") && last.contains(needle),
+        "want an error line with {needle:?}; stderr:\n{err}"
+    );
+    last
+}
+
+/// A port on which nothing listens: bound, then released.
+fn closed_tcp_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// A one-connection TCP server; `serve` gets the accepted stream. Accept waits at most
+/// DEADLINE (the listener polls non-blocking so the thread always ends).
+fn tcp_server(serve: impl FnOnce(TcpStream) + Send + 'static) -> (SocketAddr, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    l.set_nonblocking(true).unwrap();
+    let h = std::thread::spawn(move || {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(DEADLINE)).unwrap();
+                    return serve(s);
+                }
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("no client connected: {e}"),
+            }
+        }
+    });
+    (addr, h)
+}
+
+/// A UDP server on loopback; `serve` gets the socket (reads time out after DEADLINE).
+fn udp_server(serve: impl FnOnce(UdpSocket) + Send + 'static) -> (SocketAddr, JoinHandle<()>) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = s.local_addr().unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    (addr, std::thread::spawn(move || serve(s)))
+}
+
+// ---- TCP ----
+
+#[test]
+fn tcp_echo_with_messages() {
+    let srv = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    let addr = srv.addr("tcp");
+    let msgs = ["hello", "a second, longer message"];
+    let r = client(&["tcp", &addr, "--message", msgs[0], "-m", msgs[1]], None);
+    assert_echoed(&r, &msgs, &addr);
+}
+
+#[test]
+fn tcp_echo_stdin_non_ascii_lines() {
+    let srv = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    let addr = srv.addr("tcp");
+    // CRLF and a last line without a newline are handled too.
+    let input = "héllo wörld\n日本語のテキスト\r\n🦀 crab\nno newline at the end";
+    let r = client(&["tcp", &addr], Some(input.as_bytes()));
+    let msgs = [
+        "héllo wörld",
+        "日本語のテキスト",
+        "🦀 crab",
+        "no newline at the end",
+    ];
+    assert_echoed(&r, &msgs, &addr);
+    // Byte counts, not character counts.
+    assert!(r.1.contains("SENT 日本語のテキスト (24 bytes)"), "{}", r.1);
+}
+
+#[test]
+fn tcp_echo_reassembles_reply_in_pieces() {
+    // Echoes one byte per write with a pause in between (Nagle off), so each echo reaches
+    // the client in many pieces: a client that takes one read for the whole reply fails.
+    let (addr, h) = tcp_server(|mut s| {
+        s.set_nodelay(true).unwrap();
+        let mut buf = [0u8; 1024];
+        let mut writes = 0usize;
+        loop {
+            let n = s.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            for b in &buf[..n] {
+                s.write_all(&[*b]).unwrap();
+                writes += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        assert!(writes > 20, "the test server wrote in {writes} pieces");
+    });
+    let msgs = ["reassemble me, please", "and me too"];
+    let r = client(
+        &["tcp", &addr.to_string(), "-m", msgs[0], "-m", msgs[1]],
+        None,
+    );
+    assert_echoed(&r, &msgs, &addr.to_string());
+    h.join().unwrap();
+}
+
+#[test]
+fn tcp_echo_mismatch_fails() {
+    let (addr, h) = tcp_server(|mut s| {
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        s.write_all(&buf[..n].to_ascii_uppercase()).unwrap();
+        // Wait for the client to give up (EOF or reset), bounded by the read timeout.
+        let _ = s.read(&mut buf);
+    });
+    let r = client(&["tcp", &addr.to_string(), "-m", "quiet"], None);
+    let line = assert_failed(&r, "does not match");
+    assert!(line.contains("\"QUIET\""), "{line}");
+    assert!(r.1.contains("RCVD QUIET (5 bytes)"), "{}", r.1);
+    h.join().unwrap();
+}
+
+#[test]
+fn tcp_echo_timeout_is_bounded() {
+    // Reads and never answers.
+    let (addr, h) = tcp_server(|mut s| {
+        let mut buf = [0u8; 64];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let start = Instant::now();
+    let r = client(
+        &[
+            "tcp",
+            &addr.to_string(),
+            "--timeout",
+            "0.3",
+            "-m",
+            "anyone?",
+        ],
+        None,
+    );
+    let took = start.elapsed();
+    let line = assert_failed(&r, "no complete echo of message 1");
+    assert!(line.contains("received 0 of 7 bytes"), "{line}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+    h.join().unwrap();
+}
+
+#[test]
+fn tcp_server_closing_early_is_reported() {
+    // Sends back half the message, then closes.
+    let (addr, h) = tcp_server(|mut s| {
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        s.write_all(&buf[..n / 2]).unwrap();
+    });
+    let r = client(&["tcp", &addr.to_string(), "-m", "0123456789"], None);
+    let line = assert_failed(&r, "closed the connection");
+    assert!(line.contains("after 5 of the 10 bytes"), "{line}");
+    h.join().unwrap();
+}
+
+#[test]
+fn tcp_server_not_closing_after_last_echo_is_reported() {
+    // Echoes, then ignores the client's half-close and keeps the connection open.
+    let (addr, h) = tcp_server(|mut s| {
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        s.write_all(&buf[..n]).unwrap();
+        // Returns at the client's EOF, then holds the socket a little longer than the
+        // client's timeout before dropping it.
+        let _ = s.read(&mut buf);
+        std::thread::sleep(Duration::from_millis(800));
+    });
+    let r = client(
+        &["tcp", &addr.to_string(), "--timeout", "0.3", "-m", "x"],
+        None,
+    );
+    assert_failed(&r, "did not close the connection");
+    h.join().unwrap();
+}
+
+#[test]
+fn tcp_connection_refused_is_one_line() {
+    let addr = closed_tcp_port().to_string();
+    let r = client(&["tcp", &addr, "-m", "hi"], None);
+    let line = assert_failed(&r, "connection refused");
+    assert!(line.contains(&addr), "{line}");
+    assert_eq!(r.2.lines().count(), 1, "{}", r.2);
+    assert!(r.1.is_empty(), "nothing sent: {}", r.1);
+}
+
+#[test]
+fn tcp_connect_timeout_is_reported() {
+    // A listener with a backlog of 0 that never accepts: once its queue holds one
+    // connection, Linux drops further SYNs, so a connect neither succeeds nor is refused.
+    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let mut held = Vec::new();
+    let filled =
+        (0..64).any(
+            |_| match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => {
+                    held.push(s);
+                    false
+                }
+                Err(_) => true,
+            },
+        );
+    assert!(
+        filled,
+        "could not fill the accept queue of a backlog-0 listener"
+    );
+    let start = Instant::now();
+    let r = client(
+        &["tcp", &addr.to_string(), "--timeout", "0.5", "-m", "x"],
+        None,
+    );
+    let took = start.elapsed();
+    let line = assert_failed(&r, "no connection within 500ms");
+    assert!(line.contains(&addr.to_string()), "{line}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+}
+
+#[test]
+fn tcp_host_name_resolves_and_connects() {
+    let srv = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    let port = srv.sockaddr("tcp").port();
+    // localhost may resolve to ::1 first, where nothing listens: the client then moves on.
+    let r = client(
+        &["tcp", &format!("localhost:{port}"), "-m", "by name"],
+        None,
+    );
+    assert_echoed(&r, &["by name"], &format!("127.0.0.1:{port}"));
+}
+
+#[test]
+fn tcp_host_name_names_every_failed_address() {
+    let port = closed_tcp_port().port();
+    let r = client(&["tcp", &format!("localhost:{port}"), "-m", "x"], None);
+    let line = assert_failed(&r, &format!("cannot connect to localhost:{port}"));
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    assert!(line.contains("connection refused"), "{line}");
+}
+
+#[test]
+fn tcp_invalid_address_is_reported() {
+    let r = client(&["tcp", "no-port-here", "-m", "x"], None);
+    assert_failed(&r, "invalid address");
+}
+
+#[test]
+fn tcp_large_line_is_echoed_without_deadlock() {
+    // 2 MiB in one message: far more than the socket buffers hold, so the client must read
+    // the echo while it is still sending (no backpressure stall on its side).
+    let srv = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    let addr = srv.addr("tcp");
+    let line: String = (0..2 * 1024 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let r = client(&["tcp", &addr], Some(format!("{line}\nsmall\n").as_bytes()));
+    let (status, out, err) = &r;
+    assert!(status.success(), "stderr:\n{err}");
+    assert!(
+        out.contains(&format!("(2097152 bytes) from {addr}\n")),
+        "tail: {}",
+        &out[out.len() - 200..]
+    );
+    assert!(out.ends_with(&expected_lines(&["small"], &addr)));
+}
+
+#[test]
+fn tcp_ipv6_loopback() {
+    let srv = Proc::serve(&["--tcp", "[::1]:0"]);
+    let addr = srv.addr("tcp");
+    let r = client(&["tcp", &addr, "-m", "six"], None);
+    assert_echoed(&r, &["six"], &addr);
+}
+
+#[test]
+fn tcp_empty_input_only_connects_and_closes() {
+    let srv = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    let r = client(&["tcp", &srv.addr("tcp")], Some(b""));
+    assert_echoed(&r, &[], "");
+}
+
+// ---- UDP ----
+
+#[test]
+fn udp_echo_against_serve() {
+    let srv = Proc::serve(&["--udp", "127.0.0.1:0"]);
+    let addr = srv.addr("udp");
+    let msgs = ["ping", "ünïcödé", "3"];
+    let r = client(&["udp", &addr], Some("ping\nünïcödé\n3\n".as_bytes()));
+    assert_echoed(&r, &msgs, &addr);
+}
+
+#[test]
+fn udp_echo_ipv6() {
+    let srv = Proc::serve(&["--udp", "[::1]:0"]);
+    let addr = srv.addr("udp");
+    let r = client(&["udp", &addr, "-m", "six"], None);
+    assert_echoed(&r, &["six"], &addr);
+}
+
+#[test]
+fn udp_echo_against_std_server() {
+    let (addr, h) = udp_server(|s| {
+        let mut buf = [0u8; 2048];
+        for _ in 0..2 {
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            s.send_to(&buf[..n], from).unwrap();
+        }
+    });
+    let r = client(&["udp", &addr.to_string(), "-m", "one", "-m", "two"], None);
+    assert_echoed(&r, &["one", "two"], &addr.to_string());
+    h.join().unwrap();
+}
+
+#[test]
+fn udp_silent_server_fails_in_bounded_time() {
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let start = Instant::now();
+    let r = client(
+        &[
+            "udp",
+            &addr,
+            "--timeout",
+            "0.2",
+            "--retries",
+            "2",
+            "-m",
+            "hello?",
+        ],
+        None,
+    );
+    let took = start.elapsed();
+    let line = assert_failed(&r, "no echo of message 1");
+    assert!(line.contains("after 3 attempts"), "{line}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+    // Exactly retries + 1 datagrams were sent.
+    silent.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while let Ok((n, _)) = silent.recv_from(&mut buf) {
+        assert_eq!(&buf[..n], b"hello?");
+        got += 1;
+    }
+    assert_eq!(got, 3);
+}
+
+#[test]
+fn udp_late_reply_is_resent_and_not_mistaken_later() {
+    // Message 1 is answered only after its resend, and then twice: the late answer to the
+    // first attempt arrives while the client already waits for message 2.
+    let (addr, h) = udp_server(|s| {
+        let mut buf = [0u8; 2048];
+        let (n, from) = s.recv_from(&mut buf).unwrap();
+        let first = buf[..n].to_vec();
+        let (n, _) = s.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &first[..], "the resend carries the same bytes");
+        s.send_to(&first, from).unwrap();
+        s.send_to(&first, from).unwrap();
+        for _ in 0..2 {
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            s.send_to(&buf[..n], from).unwrap();
+        }
+    });
+    let msgs = ["first", "second", "third"];
+    let r = client(
+        &[
+            "udp",
+            &addr.to_string(),
+            "--timeout",
+            "0.3",
+            "-m",
+            msgs[0],
+            "-m",
+            msgs[1],
+            "-m",
+            msgs[2],
+        ],
+        None,
+    );
+    assert_echoed(&r, &msgs, &addr.to_string());
+    assert!(r.2.contains("resending (attempt 2 of 4)"), "{}", r.2);
+    h.join().unwrap();
+}
+
+#[test]
+fn udp_stale_reply_before_the_right_one_is_ignored() {
+    // For every message after the first, the previous message's echo comes first.
+    let (addr, h) = udp_server(|s| {
+        let mut buf = [0u8; 2048];
+        let mut previous: Option<Vec<u8>> = None;
+        for _ in 0..3 {
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            if let Some(p) = &previous {
+                s.send_to(p, from).unwrap();
+            }
+            s.send_to(&buf[..n], from).unwrap();
+            previous = Some(buf[..n].to_vec());
+        }
+    });
+    let msgs = ["alpha", "beta", "gamma"];
+    let r = client(
+        &[
+            "udp",
+            &addr.to_string(),
+            "-m",
+            msgs[0],
+            "-m",
+            msgs[1],
+            "-m",
+            msgs[2],
+        ],
+        None,
+    );
+    assert_echoed(&r, &msgs, &addr.to_string());
+    // No resend was needed: the stale replies were skipped, not waited out.
+    assert!(!r.2.contains("resending"), "{}", r.2);
+    h.join().unwrap();
+}
+
+#[test]
+fn udp_wrong_echo_is_never_accepted() {
+    let (addr, h) = udp_server(|s| {
+        let mut buf = [0u8; 2048];
+        for _ in 0..2 {
+            let (_, from) = s.recv_from(&mut buf).unwrap();
+            s.send_to(b"garbage", from).unwrap();
+        }
+    });
+    let r = client(
+        &[
+            "udp",
+            &addr.to_string(),
+            "--timeout",
+            "0.2",
+            "--retries",
+            "1",
+            "-m",
+            "real",
+        ],
+        None,
+    );
+    let line = assert_failed(&r, "after 2 attempts");
+    assert!(
+        line.contains("did not match") && line.contains("garbage"),
+        "{line}"
+    );
+    assert!(!r.1.contains("RCVD"), "{}", r.1);
+    h.join().unwrap();
+}
+
+// ---- Unix sockets ----
+
+#[test]
+fn unix_stream_echo_against_serve() {
+    let path = common::temp_sock("client-unix");
+    let srv = Proc::serve(&["--unix", path.to_str().unwrap()]);
+    let addr = srv.addr("unix");
+    let r = client(&["unix", &addr], Some("über\nline two\n".as_bytes()));
+    assert_echoed(&r, &["über", "line two"], &addr);
+}
+
+#[test]
+fn unix_stream_missing_socket_is_reported() {
+    let path = common::temp_sock("client-missing");
+    let r = client(&["unix", path.to_str().unwrap(), "-m", "x"], None);
+    assert_failed(&r, "no such socket");
+}
+
+#[test]
+fn unix_dgram_echo_against_serve() {
+    let path = common::temp_sock("client-dgram");
+    let srv = Proc::serve(&["--unix-dgram", path.to_str().unwrap()]);
+    let addr = srv.addr("unix-dgram");
+    let r = client(&["unix-dgram", &addr, "-m", "dgram", "-m", "ß"], None);
+    assert_echoed(&r, &["dgram", "ß"], &addr);
+}
+
+#[test]
+fn unix_dgram_abstract_name() {
+    let name = format!("@echoloop-client-test-{}", std::process::id());
+    let srv = Proc::serve(&["--unix-dgram", &name]);
+    let addr = srv.addr("unix-dgram");
+    let r = client(&["unix-dgram", &addr, "-m", "abstract"], None);
+    assert_echoed(&r, &["abstract"], &addr);
+}
+
+#[test]
+fn unix_dgram_missing_socket_is_reported() {
+    let path = common::temp_sock("client-dgram-missing");
+    let r = client(&["unix-dgram", path.to_str().unwrap(), "-m", "x"], None);
+    assert_failed(&r, "no such socket");
+}
+
+// ---- TLS ----
+
+fn tls_server(pki: &TestPki, client_ca: bool) -> Proc {
+    let mut args = vec![
+        "--tls",
+        "127.0.0.1:0",
+        "--cert",
+        pki.server_chain.to_str().unwrap(),
+        "--key",
+        pki.server_key.to_str().unwrap(),
+    ];
+    if client_ca {
+        args.extend(["--client-ca", pki.ca_pem.to_str().unwrap()]);
+    }
+    Proc::serve(&args)
+}
+
+#[test]
+fn tls_echo_verifies_ip_and_name() {
+    let pki = TestPki::generate();
+    let srv = tls_server(&pki, false);
+    let addr = srv.addr("tls");
+    let ca = pki.ca_pem.to_str().unwrap();
+    // The default name is the host part of ADDR: an IP literal, in the certificate.
+    let r = client(
+        &["tls", &addr, "--ca", ca, "-m", "secret", "-m", "ünï"],
+        None,
+    );
+    assert_echoed(&r, &["secret", "ünï"], &addr);
+    let r = client(
+        &[
+            "tls",
+            &addr,
+            "--ca",
+            ca,
+            "--server-name",
+            "localhost",
+            "-m",
+            "named",
+        ],
+        None,
+    );
+    assert_echoed(&r, &["named"], &addr);
+    // Through a host name: its host part is the name checked.
+    let port = srv.sockaddr("tls").port();
+    let r = client(
+        &["tls", &format!("localhost:{port}"), "--ca", ca, "-m", "x"],
+        None,
+    );
+    assert_echoed(&r, &["x"], &addr);
+}
+
+#[test]
+fn tls_echo_ipv6_literal_is_the_name() {
+    let pki = TestPki::generate();
+    let srv = Proc::serve(&[
+        "--tls",
+        "[::1]:0",
+        "--cert",
+        pki.server_chain.to_str().unwrap(),
+        "--key",
+        pki.server_key.to_str().unwrap(),
+    ]);
+    let addr = srv.addr("tls");
+    let ca = pki.ca_pem.to_str().unwrap();
+    let r = client(&["tls", &addr, "--ca", ca, "-m", "v6"], None);
+    assert_echoed(&r, &["v6"], &addr);
+}
+
+#[test]
+fn tls_wrong_name_is_refused() {
+    let pki = TestPki::generate();
+    let srv = tls_server(&pki, false);
+    let r = client(
+        &[
+            "tls",
+            &srv.addr("tls"),
+            "--ca",
+            pki.ca_pem.to_str().unwrap(),
+            "--server-name",
+            "wrong.example",
+            "-m",
+            "x",
+        ],
+        None,
+    );
+    let line = assert_failed(&r, "not valid for name \"wrong.example\"");
+    assert!(line.contains("TLS handshake"), "{line}");
+    assert!(r.1.is_empty(), "nothing may be sent: {}", r.1);
+}
+
+#[test]
+fn tls_untrusted_ca_is_refused() {
+    let pki = TestPki::generate();
+    let srv = tls_server(&pki, false);
+    let r = client(
+        &[
+            "tls",
+            &srv.addr("tls"),
+            "--ca",
+            pki.other_ca_pem.to_str().unwrap(),
+            "-m",
+            "x",
+        ],
+        None,
+    );
+    assert_failed(&r, "not trusted (unknown issuer)");
+    assert!(r.1.is_empty(), "nothing may be sent: {}", r.1);
+}
+
+#[test]
+fn tls_client_certificate_required() {
+    let pki = TestPki::generate();
+    let srv = tls_server(&pki, true);
+    let addr = srv.addr("tls");
+    let ca = pki.ca_pem.to_str().unwrap();
+
+    let r = client(&["tls", &addr, "--ca", ca, "-m", "x"], None);
+    assert_failed(&r, "requires a client certificate");
+
+    let r = client(
+        &[
+            "tls",
+            &addr,
+            "--ca",
+            ca,
+            "--cert",
+            pki.client_chain.to_str().unwrap(),
+            "--key",
+            pki.client_key.to_str().unwrap(),
+            "-m",
+            "mutual",
+        ],
+        None,
+    );
+    assert_echoed(&r, &["mutual"], &addr);
+
+    // A certificate from a CA the server does not trust is refused.
+    let r = client(
+        &[
+            "tls",
+            &addr,
+            "--ca",
+            ca,
+            "--cert",
+            pki.other_client_chain.to_str().unwrap(),
+            "--key",
+            pki.other_client_key.to_str().unwrap(),
+            "-m",
+            "x",
+        ],
+        None,
+    );
+    assert_failed(&r, "rejected our client certificate");
+}
+
+#[test]
+fn tls_to_a_plain_tcp_server_fails_cleanly() {
+    let pki = TestPki::generate();
+    let srv = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    let r = client(
+        &[
+            "tls",
+            &srv.addr("tcp"),
+            "--ca",
+            pki.ca_pem.to_str().unwrap(),
+            "--timeout",
+            "2",
+            "-m",
+            "x",
+        ],
+        None,
+    );
+    assert_failed(&r, "TLS");
+}
+
+// ---- Options ----
+
+#[test]
+fn options_for_another_transport_are_refused() {
+    let r = client(&["tcp", "127.0.0.1:1", "--ca", "ca.pem", "-m", "x"], None);
+    assert_failed(&r, "--ca only applies to the tls transport");
+    let r = client(&["unix", "/nonexistent", "--retries", "2", "-m", "x"], None);
+    assert_failed(&r, "--retries only applies to udp and unix-dgram");
+    let r = client(&["udp", "127.0.0.1:1", "--timeout", "0", "-m", "x"], None);
+    assert_failed(&r, "--timeout must be greater than zero");
+    let (status, _, err) = client(&["tls", "127.0.0.1:1", "--cert", "c.pem", "-m", "x"], None);
+    assert!(!status.success() && err.contains("--key"), "{err}");
+}
