@@ -41,7 +41,9 @@ impl Handler for Client {
     fn on_data(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) {
         self.received.extend_from_slice(data);
         let Some(want) = self.messages.get(self.next) else {
-            let _ = self.report.send(Err("unexpected bytes after the last echo".into()));
+            let _ = self
+                .report
+                .send(Err("unexpected bytes after the last echo".into()));
             ctx.abort();
             return;
         };
@@ -51,7 +53,9 @@ impl Handler for Client {
         }
         let got = String::from_utf8_lossy(&self.received).into_owned();
         if got != *want {
-            let _ = self.report.send(Err(format!("echo mismatch: sent {want:?}, got {got:?}")));
+            let _ = self
+                .report
+                .send(Err(format!("echo mismatch: sent {want:?}, got {got:?}")));
             ctx.abort();
             return;
         }

@@ -13,7 +13,9 @@ use echoloop::net::resolve_one;
 use echoloop::{Config, Echo, Endpoint, EventLoop, ListenKind};
 
 fn main() -> ExitCode {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8881".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8881".into());
     match serve(&addr) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -29,7 +29,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let reactor = std::thread::spawn(move || -> Result<echoloop::Stats, String> {
         let mut el = EventLoop::new(Config::default()).map_err(|e| e.to_string())?;
         let bound = el
-            .listen(&Endpoint::Inet(([127, 0, 0, 1], 0).into()), ListenKind::Tcp, || Box::new(Echo))
+            .listen(
+                &Endpoint::Inet(([127, 0, 0, 1], 0).into()),
+                ListenKind::Tcp,
+                || Box::new(Echo),
+            )
             .map_err(|e| e.to_string())?;
         let _ = tx.send((bound.addr, el.stop_handle()));
         el.run().map_err(|e| e.to_string())?;

@@ -51,7 +51,9 @@ impl Handler for LineUpper {
 }
 
 fn main() -> ExitCode {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7000".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:7000".into());
     match serve(&addr) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -12,8 +12,12 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use echoloop::tls_config::{ClientTlsOptions, ServerTlsOptions, client_config, server_config, server_name};
-use echoloop::{CloseReason, Config, ConnectOptions, Ctx, Echo, Endpoint, EventLoop, Handler, ListenKind};
+use echoloop::tls_config::{
+    ClientTlsOptions, ServerTlsOptions, client_config, server_config, server_name,
+};
+use echoloop::{
+    CloseReason, Config, ConnectOptions, Ctx, Echo, Endpoint, EventLoop, Handler, ListenKind,
+};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 /// Sends one message over TLS and reports what came back.
@@ -67,17 +71,30 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
 fn run_in(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let (ca, chain, key) = make_pki(dir)?;
-    let server_cfg = server_config(&ServerTlsOptions { cert_chain: &chain, key: &key, client_ca: None })?;
-    let client_cfg = client_config(&ClientTlsOptions { ca: Some(&ca), client_cert: None })?;
+    let server_cfg = server_config(&ServerTlsOptions {
+        cert_chain: &chain,
+        key: &key,
+        client_ca: None,
+    })?;
+    let client_cfg = client_config(&ClientTlsOptions {
+        ca: Some(&ca),
+        client_cert: None,
+    })?;
 
     let mut el = EventLoop::new(Config::default())?;
-    let bound = el.listen(&Endpoint::Inet("127.0.0.1:0".parse()?), ListenKind::Tls(server_cfg), || {
-        Box::new(Echo)
-    })?;
+    let bound = el.listen(
+        &Endpoint::Inet("127.0.0.1:0".parse()?),
+        ListenKind::Tls(server_cfg),
+        || Box::new(Echo),
+    )?;
     println!("listening tls {}", bound.addr);
     let (tx, rx) = mpsc::channel();
     let message = b"hello over TLS".to_vec();
-    let client = Client { message: message.clone(), received: Vec::new(), report: tx };
+    let client = Client {
+        message: message.clone(),
+        received: Vec::new(),
+        report: tx,
+    };
     let opts = ConnectOptions::new()
         .timeout(Duration::from_secs(5))
         .tls(client_cfg, server_name("localhost")?);
@@ -97,8 +114,13 @@ fn make_pki(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), Box<dyn std::erro
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
     let server_key = KeyPair::generate()?;
-    let server_cert = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&server_key, &ca)?;
-    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+    let server_cert =
+        CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&server_key, &ca)?;
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
     std::fs::write(&paths.0, ca.pem())?;
     std::fs::write(&paths.1, server_cert.pem())?;
     std::fs::write(&paths.2, server_key.serialize_pem())?;

@@ -8,14 +8,12 @@
 
 use std::cell::Cell;
 use std::io::Write;
-use std::rc::Rc;
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::time::Duration;
 
 use echoloop::net::resolve_one;
-use echoloop::{
-    Config, DatagramHandler, DgramCtx, EchoDatagram, EventLoop, PeerAddr, TimerId,
-};
+use echoloop::{Config, DatagramHandler, DgramCtx, EchoDatagram, EventLoop, PeerAddr, TimerId};
 
 const TIMEOUT: Duration = Duration::from_millis(500);
 const RETRIES: u32 = 3;
@@ -33,7 +31,11 @@ struct Client {
 impl Client {
     fn attempt(&mut self, ctx: &mut DgramCtx<'_>) {
         self.attempts += 1;
-        println!("SENT {} (try {})", String::from_utf8_lossy(&self.message), self.attempts);
+        println!(
+            "SENT {} (try {})",
+            String::from_utf8_lossy(&self.message),
+            self.attempts
+        );
         if let Err(e) = ctx.send_to(&self.message, &self.server) {
             eprintln!("send: {e}");
         }
@@ -71,7 +73,12 @@ impl DatagramHandler for Client {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["server", addr] => server(addr),
         ["client", addr, message] => client(addr, message),
         _ => Err("usage: udp_echo server ADDR | udp_echo client ADDR MESSAGE".into()),

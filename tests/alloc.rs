@@ -83,14 +83,18 @@ fn alloc_tcp_echo_steady_state_is_zero() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let allocs = count_allocs(
         |el| {
-            el.listen(&Endpoint::Inet("127.0.0.1:0".parse().unwrap()), ListenKind::Tcp, || {
-                Box::new(Echo)
-            })
+            el.listen(
+                &Endpoint::Inet("127.0.0.1:0".parse().unwrap()),
+                ListenKind::Tcp,
+                || Box::new(Echo),
+            )
             .unwrap()
             .addr
         },
         |addr, mark| {
-            let Endpoint::Inet(addr) = addr else { panic!("inet") };
+            let Endpoint::Inet(addr) = addr else {
+                panic!("inet")
+            };
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_nodelay(true).unwrap();
             let mut buf = [0u8; 64];
@@ -111,16 +115,25 @@ fn alloc_tcp_echo_steady_state_is_zero() {
             mark(false);
         },
     );
-    assert_eq!(allocs, 0, "allocations on the reactor thread during 2000 TCP echoes");
+    assert_eq!(
+        allocs, 0,
+        "allocations on the reactor thread during 2000 TCP echoes"
+    );
 }
 
 #[test]
 fn alloc_udp_echo_steady_state_is_zero() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let allocs = count_allocs(
-        |el| el.bind_udp("127.0.0.1:0".parse().unwrap(), Box::new(EchoDatagram)).unwrap().addr,
+        |el| {
+            el.bind_udp("127.0.0.1:0".parse().unwrap(), Box::new(EchoDatagram))
+                .unwrap()
+                .addr
+        },
         |addr, mark| {
-            let Endpoint::Inet(addr) = addr else { panic!("inet") };
+            let Endpoint::Inet(addr) = addr else {
+                panic!("inet")
+            };
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut buf = [0u8; 128];
@@ -140,5 +153,8 @@ fn alloc_udp_echo_steady_state_is_zero() {
             mark(false);
         },
     );
-    assert_eq!(allocs, 0, "allocations on the reactor thread during 2000 UDP echoes");
+    assert_eq!(
+        allocs, 0,
+        "allocations on the reactor thread during 2000 UDP echoes"
+    );
 }

@@ -36,12 +36,18 @@ fn start(name: &str, args: &[&str]) -> (Child, String) {
         let _ = tx.send(line);
     });
     let line = rx.recv_timeout(common::DEADLINE).expect("listening line");
-    let addr = line.split_whitespace().nth(2).expect("address in listening line");
+    let addr = line
+        .split_whitespace()
+        .nth(2)
+        .expect("address in listening line");
     (child, addr.to_string())
 }
 
 fn stop(mut child: Child) -> std::process::ExitStatus {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let deadline = std::time::Instant::now() + common::DEADLINE;
     loop {
         if let Some(st) = child.try_wait().expect("try_wait") {
@@ -53,16 +59,26 @@ fn stop(mut child: Child) -> std::process::ExitStatus {
 }
 
 fn run(name: &str, args: &[&str]) -> Output {
-    Command::new(example(name)).args(args).output().expect("run example")
+    Command::new(example(name))
+        .args(args)
+        .output()
+        .expect("run example")
 }
 
 #[test]
 fn example_echo_server_and_client() {
     let (server, addr) = start("echo_server", &["127.0.0.1:0"]);
     let out = run("echo_client", &[&addr, "hello", "wörld"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("RCVD hello") && stdout.contains("RCVD wörld"), "{stdout}");
+    assert!(
+        stdout.contains("RCVD hello") && stdout.contains("RCVD wörld"),
+        "{stdout}"
+    );
     // A raw client too: half-close, read to EOF.
     let mut s = TcpStream::connect(addr.as_str()).unwrap();
     s.write_all(b"raw").unwrap();
@@ -76,7 +92,10 @@ fn example_echo_server_and_client() {
 #[test]
 fn example_echo_client_reports_refused() {
     // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let out = run("echo_client", &[&port.to_string(), "x"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
@@ -86,13 +105,20 @@ fn example_echo_client_reports_refused() {
 fn example_udp_echo_server_client_and_retry() {
     let (server, addr) = start("udp_echo", &["server", "127.0.0.1:0"]);
     let out = run("udp_echo", &["client", &addr, "a datagram"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("RCVD a datagram"));
     assert!(stop(server).success());
 
     // Nobody answers: the client retries, then gives up with a failure.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let out = run("udp_echo", &["client", &silent.local_addr().unwrap().to_string(), "lost"]);
+    let out = run(
+        "udp_echo",
+        &["client", &silent.local_addr().unwrap().to_string(), "lost"],
+    );
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("(try 4)"), "{stdout}");
@@ -101,9 +127,16 @@ fn example_udp_echo_server_client_and_retry() {
 #[test]
 fn example_tls_echo_verifies_and_echoes() {
     let out = run("tls_echo", &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("verified") && stdout.contains("RCVD hello over TLS"), "{stdout}");
+    assert!(
+        stdout.contains("verified") && stdout.contains("RCVD hello over TLS"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -127,7 +160,14 @@ fn example_line_upper_handles_split_and_joined_lines() {
 #[test]
 fn example_embed_stops_from_another_thread() {
     let out = run("embed", &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("RCVD message 2") && stdout.contains("3 accepted"), "{stdout}");
+    assert!(
+        stdout.contains("RCVD message 2") && stdout.contains("3 accepted"),
+        "{stdout}"
+    );
 }

@@ -69,7 +69,12 @@ impl Proc {
                 s.push('\n');
             }
         });
-        Proc { child, stdout: rx, stderr, listeners: Vec::new() }
+        Proc {
+            child,
+            stdout: rx,
+            stderr,
+            listeners: Vec::new(),
+        }
     }
 
     /// Starts `echoloop serve <args>` and waits for all its `listening` lines.
@@ -91,7 +96,10 @@ impl Proc {
                 }
                 Err(_) => {
                     let _ = p.child.kill();
-                    panic!("server did not print its listening lines; stderr:\n{}", p.stderr_text());
+                    panic!(
+                        "server did not print its listening lines; stderr:\n{}",
+                        p.stderr_text()
+                    );
                 }
             }
         }
@@ -135,7 +143,10 @@ impl Proc {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("process did not exit within {limit:?}; stderr:\n{}", self.stderr_text());
+                panic!(
+                    "process did not exit within {limit:?}; stderr:\n{}",
+                    self.stderr_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -169,7 +180,11 @@ pub fn run(args: &[&str], stdin: Option<&[u8]>) -> (ExitStatus, String, String) 
     use std::io::Write;
     let mut child = Command::new(bin())
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
