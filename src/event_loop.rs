@@ -5,7 +5,7 @@
 //! named where they are applied:
 //!
 //! * **Edge-triggered readiness** — mio reports a change, not a level. After a readable
-//!   event we read until `WouldBlock` (or a short read, see [`read_loop`]); when we stop
+//!   event we read until `WouldBlock` (or a short read, see `read_loop`); when we stop
 //!   early (fairness cap, backpressure, a paused handler) we remember `maybe_readable` and
 //!   come back ourselves, because no new event will come for bytes already waiting.
 //! * **Interest registered once** — every connection is registered for both readable and
@@ -784,7 +784,10 @@ impl EventLoop {
     }
 
     fn run_timers(&mut self) {
-        while let Some((timer, owner, kind)) = self.core.timers.pop_due(self.core.now) {
+        // Timers set by these callbacks, even for "now", fire on the next turn (after a
+        // poll), so a handler re-arming a zero delay cannot starve every socket.
+        let mark = self.core.timers.mark();
+        while let Some((timer, owner, kind)) = self.core.timers.pop_due(self.core.now, mark) {
             match owner {
                 Owner::Conn(id) => {
                     let key = id.key as usize;

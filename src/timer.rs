@@ -67,10 +67,21 @@ impl Timers {
         None
     }
 
-    /// Removes and returns one timer due at `now`.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(TimerId, Owner, Kind)> {
+    /// Marks the start of a pass over due timers: see [`Timers::pop_due`].
+    pub(crate) fn mark(&self) -> u64 {
+        self.next
+    }
+
+    /// Removes and returns one timer due at `now` that was set before `mark`.
+    ///
+    /// Why the mark: a callback may set a timer for "now" (a zero delay, a zero accept
+    /// backoff). Fired in the same pass, it could be set again and again, and the loop would
+    /// never get back to its sockets. Such timers wait for the next turn instead. Every
+    /// timer is set for the loop's `now` or later, so the due timers from before the mark
+    /// sort ahead of all later ones and stopping at the first later one skips none of them.
+    pub(crate) fn pop_due(&mut self, now: Instant, mark: u64) -> Option<(TimerId, Owner, Kind)> {
         while let Some(Reverse((at, id))) = self.heap.peek().copied() {
-            if at > now {
+            if at > now || id >= mark {
                 return None;
             }
             self.heap.pop();
@@ -103,11 +114,26 @@ mod tests {
         let cancelled = t.add(now + Duration::from_millis(5), owner(), Kind::User);
         t.cancel(cancelled);
         assert_eq!(t.next_deadline(), Some(now + Duration::from_millis(10)));
-        assert!(t.pop_due(now).is_none());
+        let mark = t.mark();
+        assert!(t.pop_due(now, mark).is_none());
         let later = now + Duration::from_secs(1);
-        assert_eq!(t.pop_due(later).map(|x| x.0), Some(early));
-        assert_eq!(t.pop_due(later).map(|x| x.0), Some(late));
-        assert!(t.pop_due(later).is_none());
+        assert_eq!(t.pop_due(later, mark).map(|x| x.0), Some(early));
+        assert_eq!(t.pop_due(later, mark).map(|x| x.0), Some(late));
+        assert!(t.pop_due(later, mark).is_none());
         assert!(t.next_deadline().is_none());
+    }
+
+    #[test]
+    fn timers_set_during_a_pass_wait_for_the_next() {
+        let mut t = Timers::default();
+        let now = Instant::now();
+        let first = t.add(now, owner(), Kind::User);
+        let mark = t.mark();
+        assert_eq!(t.pop_due(now, mark).map(|x| x.0), Some(first));
+        // As a callback re-arming a zero delay would.
+        let again = t.add(now, owner(), Kind::User);
+        assert!(t.pop_due(now, mark).is_none());
+        assert_eq!(t.next_deadline(), Some(now));
+        assert_eq!(t.pop_due(now, t.mark()).map(|x| x.0), Some(again));
     }
 }
