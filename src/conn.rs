@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use crate::handler::TimerId;
 use crate::net::Stream;
 use crate::sendbuf::SendBuf;
 use crate::tls::TlsSession;
@@ -74,6 +75,9 @@ pub(crate) struct Connection {
     pub(crate) write_blocked: bool,
     /// The last time a byte moved in either direction (for the idle timeout).
     pub(crate) last_active: Instant,
+    /// The loop's own timers on this connection (idle, handshake, connect, linger), so
+    /// closing can cancel them instead of leaving them to expire.
+    pub(crate) timers: [Option<TimerId>; 4],
 }
 
 impl Connection {
@@ -99,6 +103,7 @@ impl Connection {
             maybe_readable: false,
             write_blocked: false,
             last_active: now,
+            timers: [None; 4],
         }
     }
 

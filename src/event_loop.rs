@@ -533,13 +533,12 @@ impl EventLoop {
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         )?;
+        if let Some(t) = opts.timeout {
+            let at = crate::timer::later(self.core.now, t);
+            arm_timer(&mut self.core, &mut conn, id, Kind::Connect, at);
+        }
         self.slab.insert(Entry::Conn(ConnEntry { conn, handler }));
         self.core.stats.connections_open += 1;
-        if let Some(t) = opts.timeout {
-            self.core
-                .timers
-                .add(self.core.now + t, Owner::Conn(id), Kind::Connect);
-        }
         Ok(id)
     }
 
@@ -559,6 +558,17 @@ impl EventLoop {
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
         if self.phase == Phase::Stopped {
             return Ok(false);
+        }
+        // Work requested outside a turn (a callback run while adding a socket, say) must
+        // not wait for an event that may never come.
+        self.run_deferred();
+        if let Some(grace) = self.core.stop_request.take() {
+            self.begin_stop(grace);
+            self.sweep();
+            self.check_stopped();
+            if self.phase == Phase::Stopped {
+                return Ok(false);
+            }
         }
         let now = Instant::now();
         let mut wait = timeout;
@@ -672,7 +682,7 @@ impl EventLoop {
                         key: key as u32,
                         generation: l.generation,
                     };
-                    let at = self.core.now + self.core.config.accept_backoff;
+                    let at = crate::timer::later(self.core.now, self.core.config.accept_backoff);
                     self.core
                         .timers
                         .add(at, Owner::Listener(id), Kind::AcceptBackoff);
@@ -734,18 +744,17 @@ impl EventLoop {
             return;
         }
         log::debug!("{id} open from {peer}");
-        self.slab.insert(Entry::Conn(ConnEntry { conn, handler }));
-        self.core.stats.connections_open += 1;
         let now = self.core.now;
         if tls {
-            let at = now + self.core.config.handshake_timeout;
-            self.core.timers.add(at, Owner::Conn(id), Kind::Handshake);
+            let at = crate::timer::later(now, self.core.config.handshake_timeout);
+            arm_timer(&mut self.core, &mut conn, id, Kind::Handshake, at);
         }
         if let Some(idle) = self.core.config.idle_timeout {
-            self.core
-                .timers
-                .add(now + idle, Owner::Conn(id), Kind::Idle);
+            let at = crate::timer::later(now, idle);
+            arm_timer(&mut self.core, &mut conn, id, Kind::Idle, at);
         }
+        self.slab.insert(Entry::Conn(ConnEntry { conn, handler }));
+        self.core.stats.connections_open += 1;
         if !tls {
             if let Some(Entry::Conn(c)) = self.slab.get_mut(key) {
                 call_handler(c, &mut self.core, key, |h, ctx| h.on_open(ctx));
@@ -889,7 +898,7 @@ impl EventLoop {
     /// Graceful stop: no new connections, no new input; what was read is answered, then
     /// each connection is half-closed and closed when its peer finishes.
     fn begin_stop(&mut self, grace: Duration) {
-        let deadline = self.core.now + grace;
+        let deadline = crate::timer::later(self.core.now, grace);
         match self.phase {
             Phase::Stopped => return,
             Phase::Stopping { deadline: d } if d <= deadline => return,
@@ -1108,11 +1117,8 @@ fn progress(c: &mut ConnEntry, core: &mut Core, key: usize) {
                 key: key as u32,
                 generation: c.conn.generation,
             };
-            core.timers.add(
-                core.now + core.config.close_timeout,
-                Owner::Conn(id),
-                Kind::Linger,
-            );
+            let at = crate::timer::later(core.now, core.config.close_timeout);
+            arm_timer(core, &mut c.conn, id, Kind::Linger, at);
             // It may have sent everything already.
             core.schedule_read(id);
         }
@@ -1135,6 +1141,21 @@ fn flush(conn: &mut Connection, core: &mut Core) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets one of the loop's own timers on a connection, replacing the previous one of its
+/// kind, and remembers it so that closing can cancel it.
+fn arm_timer(core: &mut Core, conn: &mut Connection, id: ConnId, kind: Kind, at: Instant) {
+    let slot = match kind {
+        Kind::Idle => 0,
+        Kind::Handshake => 1,
+        Kind::Connect => 2,
+        _ => 3,
+    };
+    if let Some(old) = conn.timers[slot].take() {
+        core.timers.cancel(old);
+    }
+    conn.timers[slot] = Some(core.timers.add(at, Owner::Conn(id), kind));
+}
+
 fn close_now(c: &mut ConnEntry, core: &mut Core, key: usize, reason: CloseReason) {
     if c.conn.is_closed() {
         return;
@@ -1153,6 +1174,9 @@ fn close_now(c: &mut ConnEntry, core: &mut Core, key: usize, reason: CloseReason
         _ => {}
     }
     log::debug!("{id} closed: {reason}");
+    for t in c.conn.timers.iter_mut().filter_map(Option::take) {
+        core.timers.cancel(t);
+    }
     let mut ctx = Ctx {
         conn: Some(&mut c.conn),
         core,
@@ -1249,8 +1273,14 @@ fn finish_connect(c: &mut ConnEntry, core: &mut Core, key: usize) {
         generation: c.conn.generation,
     };
     if let Some(idle) = core.config.idle_timeout {
-        core.timers
-            .add(core.now + idle, Owner::Conn(id), Kind::Idle);
+        let at = crate::timer::later(core.now, idle);
+        arm_timer(core, &mut c.conn, id, Kind::Idle, at);
+    }
+    if matches!(c.conn.session, Session::Tls(_)) {
+        // Same deadline as an accepted handshake, so a server that never answers cannot
+        // hold the connection forever.
+        let at = crate::timer::later(core.now, core.config.handshake_timeout);
+        arm_timer(core, &mut c.conn, id, Kind::Handshake, at);
     }
     if let Session::Tls(tls) = &mut c.conn.session {
         // The client speaks first: the ClientHello.
@@ -1331,7 +1361,17 @@ fn read_loop(
 /// Hands bytes read from the socket to the session and the handler.
 fn deliver(c: &mut ConnEntry, core: &mut Core, data: &[u8], plain: &mut Vec<u8>, key: usize) {
     if c.conn.closing && c.conn.write_shut == WriteShut::Done {
-        // Closing gracefully: read and drop, waiting for the peer's EOF.
+        // Closing gracefully: read and drop, waiting for the peer's EOF. For TLS the peer's
+        // close_notify is that EOF (many peers keep TCP open until we close it), so the
+        // session still reads the records, only to notice it.
+        if let Session::Tls(tls) = &mut c.conn.session {
+            plain.clear();
+            match tls.handle_ciphertext(data, plain) {
+                Ok(()) if tls.is_peer_closed() => on_eof(c, core, key),
+                Ok(()) => {}
+                Err(e) => close_now(c, core, key, CloseReason::Tls(e.to_string())),
+            }
+        }
         return;
     }
     match &mut c.conn.session {
@@ -1418,7 +1458,7 @@ fn conn_timer(
             let Some(idle) = core.config.idle_timeout else {
                 return;
             };
-            let due = c.conn.last_active + idle;
+            let due = crate::timer::later(c.conn.last_active, idle);
             if due <= core.now {
                 log::debug!("{id} idle for {idle:?}: closing");
                 if c.conn.closing {
@@ -1433,7 +1473,7 @@ fn conn_timer(
             } else {
                 // Traffic since: check again when it could next expire (one heap entry per
                 // connection instead of one per byte moved).
-                core.timers.add(due, Owner::Conn(id), Kind::Idle);
+                arm_timer(core, &mut c.conn, id, Kind::Idle, due);
             }
         }
         Kind::Handshake => {

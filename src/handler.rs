@@ -218,7 +218,7 @@ impl Ctx<'_> {
 
     /// Calls `on_timer` after `after`.
     pub fn set_timer(&mut self, after: Duration) -> TimerId {
-        let at = self.core.now + after;
+        let at = crate::timer::later(self.core.now, after);
         self.core.timers.add(
             at,
             crate::timer::Owner::Conn(self.id),
@@ -333,7 +333,7 @@ impl DgramCtx<'_> {
 
     /// Calls `on_timer` after `after`.
     pub fn set_timer(&mut self, after: Duration) -> TimerId {
-        let at = self.core.now + after;
+        let at = crate::timer::later(self.core.now, after);
         self.core.timers.add(
             at,
             crate::timer::Owner::Dgram(self.id),

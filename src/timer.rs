@@ -6,7 +6,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::handler::{ConnId, TimerId};
 
@@ -35,6 +35,14 @@ pub(crate) enum Kind {
     AcceptBackoff,
 }
 
+/// `now + d`, saturating far in the future instead of overflowing: durations come from
+/// users and handlers, and `Instant + Duration` panics on overflow.
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Timers {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -52,7 +60,16 @@ impl Timers {
     }
 
     pub(crate) fn cancel(&mut self, id: TimerId) {
-        self.live.remove(&id.0);
+        if self.live.remove(&id.0).is_some()
+            && self.heap.len() > 1024
+            && self.heap.len() > 2 * self.live.len()
+        {
+            // Cancelled entries stay in the heap until they surface; with long timeouts and
+            // many short connections they would pile up, so drop them all once they are
+            // the majority (amortised O(1) per cancel).
+            let live = &self.live;
+            self.heap.retain(|Reverse((_, id))| live.contains_key(id));
+        }
     }
 
     /// The earliest live deadline.
@@ -121,6 +138,22 @@ mod tests {
         assert_eq!(t.pop_due(later, mark).map(|x| x.0), Some(late));
         assert!(t.pop_due(later, mark).is_none());
         assert!(t.next_deadline().is_none());
+    }
+
+    #[test]
+    fn timers_cancelled_entries_do_not_pile_up() {
+        let mut t = Timers::default();
+        let now = Instant::now();
+        for _ in 0..10_000 {
+            let id = t.add(now + Duration::from_secs(3600), owner(), Kind::Idle);
+            t.cancel(id);
+        }
+        assert!(
+            t.heap.len() <= 2048,
+            "heap holds {} dead entries",
+            t.heap.len()
+        );
+        assert!(t.live.is_empty());
     }
 
     #[test]

@@ -1500,7 +1500,6 @@ fn shutdown_sigterm_delivers_every_owed_byte() {
 /// Scripts wait for the `listening` lines and may signal at once: the signal must already
 /// mean "graceful shutdown" then (exit 0, socket file removed), not the default "die".
 #[test]
-#[ignore = "fails until src/cli/serve.rs calls handle_signals before printing the listening lines"]
 fn shutdown_signal_right_after_listening_exits_cleanly() {
     for _ in 0..20 {
         let path = common::temp_sock("early-signal");

@@ -232,7 +232,6 @@ fn tls_peer_close_notify_is_answered_and_connection_ends_clean() {
 }
 
 #[test]
-#[ignore = "bug in event_loop::deliver: once our close_notify and FIN are out, input is dropped unread, so the peer's close_notify is never seen and the close waits for TCP EOF or the close timeout"]
 fn tls_server_initiated_close_ends_on_peer_close_notify() {
     // The server closes (idle timeout here; SIGTERM takes the same path): close_notify, FIN,
     // then it waits for the peer to finish. A TLS peer finishes with its own close_notify,
@@ -811,7 +810,6 @@ fn tls_loop_client_rejects_wrong_server_name() {
 }
 
 #[test]
-#[ignore = "bug in event_loop::finish_connect: outgoing TLS connections get no handshake deadline, so without ConnectOptions::timeout a silent server holds them forever"]
 fn tls_loop_client_handshake_deadline_without_connect_timeout() {
     // A server that accepts TCP (the kernel does, from the backlog) but never answers the
     // ClientHello. The loop's handshake deadline must reap the client connection even when

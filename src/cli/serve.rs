@@ -112,9 +112,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
 
     if args.workers == 1 {
         let mut el = EventLoop::new(config)?;
+        // Signals are caught before the listening lines go out: a script that signals as
+        // soon as it reads them must get a graceful stop, not the default action.
+        el.handle_signals(args.shutdown_timeout)?;
         let bound = bind_all(&mut el, &specs, tls.as_ref(), true)?;
         announce(&specs, &bound)?;
-        el.handle_signals(args.shutdown_timeout)?;
         el.run()?;
         log::info!("stopped");
         return Ok(ExitCode::SUCCESS);
