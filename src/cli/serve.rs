@@ -242,7 +242,7 @@ fn run_workers(
         let tls = tls.clone();
         let handle = std::thread::Builder::new()
             .name(format!("echoloop-worker-{w}"))
-            .spawn(move || -> Result<(), String> {
+            .spawn(move || -> Result<crate::Stats, String> {
                 let setup = EventLoop::new(config)
                     .map_err(|e| e.to_string())
                     .and_then(|mut el| {
@@ -253,7 +253,8 @@ fn run_workers(
                 match setup {
                     Ok((mut el, b)) => {
                         let _ = tx.send(Ok((b, el.stop_handle())));
-                        el.run().map_err(|e| e.to_string())
+                        el.run().map_err(|e| e.to_string())?;
+                        Ok(el.stats())
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e.clone()));
@@ -290,9 +291,15 @@ fn run_workers(
         stop_all(&stops, grace);
     }
     let mut failed = false;
-    for h in handles {
+    for (w, h) in handles.into_iter().enumerate() {
         match h.join() {
-            Ok(Ok(())) => {}
+            // One line per worker, so an operator (and the tests) can see the kernel
+            // spread the load across the reactors.
+            Ok(Ok(st)) => log::info!(
+                "worker {w}: {} connections accepted, {} datagrams received",
+                st.accepted,
+                st.datagrams_in
+            ),
             Ok(Err(e)) => {
                 log::error!("worker: {e}");
                 failed = true;
