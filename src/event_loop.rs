@@ -276,6 +276,8 @@ pub struct EventLoop {
     rbuf: Box<[u8]>,
     /// Decrypted TLS input, shared the same way.
     plain: Vec<u8>,
+    /// The other half of `Core::ready`, swapped in each turn.
+    ready_spare: Vec<ConnId>,
     phase: Phase,
     stop: Arc<StopShared>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
@@ -306,15 +308,18 @@ impl EventLoop {
                 now: Instant::now(),
                 timers: Timers::default(),
                 stats: Stats::default(),
-                ready: Vec::new(),
+                // Preallocated so that the first fairness deferral in steady state does not
+                // allocate.
+                ready: Vec::with_capacity(64),
                 out: Vec::new(),
-                dead: Vec::new(),
+                dead: Vec::with_capacity(64),
                 deferred: Vec::new(),
                 stop_request: None,
                 next_generation: 0,
             },
             rbuf: vec![0u8; READ_BUF].into_boxed_slice(),
             plain: Vec::new(),
+            ready_spare: Vec::with_capacity(64),
             phase: Phase::Running,
             stop: Arc::new(StopShared {
                 grace_ms: AtomicU64::new(u64::MAX),
@@ -765,18 +770,15 @@ impl EventLoop {
     }
 
     fn run_ready(&mut self) {
-        let ready = std::mem::take(&mut self.core.ready);
+        // Swap in the spare list: entries scheduled while we work go to the next turn, and
+        // both lists keep their capacity (no allocation per turn).
+        let mut ready = std::mem::take(&mut self.ready_spare);
+        std::mem::swap(&mut ready, &mut self.core.ready);
         for id in &ready {
             let key = id.key as usize;
             match self.slab.get_mut(key) {
                 Some(Entry::Conn(c)) if c.conn.generation == id.generation => {
-                    let r = Readiness {
-                        readable: true,
-                        writable: false,
-                        error: false,
-                        read_closed: false,
-                    };
-                    conn_ready_again(c, &mut self.core, &mut self.rbuf, &mut self.plain, key, r);
+                    conn_ready_again(c, &mut self.core, &mut self.rbuf, &mut self.plain, key);
                 }
                 Some(Entry::Dgram(d)) if d.generation == id.generation => {
                     dgram_ready(d, &mut self.core, &mut self.rbuf, key, true, false);
@@ -784,12 +786,8 @@ impl EventLoop {
                 _ => {}
             }
         }
-        // Reuse the allocation.
-        let mut ready = ready;
         ready.clear();
-        if self.core.ready.is_empty() {
-            self.core.ready = ready;
-        }
+        self.ready_spare = ready;
     }
 
     fn run_timers(&mut self) {
@@ -1238,7 +1236,6 @@ fn conn_ready_again(
     rbuf: &mut [u8],
     plain: &mut Vec<u8>,
     key: usize,
-    _r: Readiness,
 ) {
     if c.conn.is_closed() || c.conn.state == State::Connecting {
         return;

@@ -158,3 +158,66 @@ fn alloc_udp_echo_steady_state_is_zero() {
         "allocations on the reactor thread during 2000 UDP echoes"
     );
 }
+
+mod common;
+
+/// TLS: rustls allocates per record on its side (its buffered API queues records in
+/// owned buffers), so zero is out of reach; this pins the number so a regression in our
+/// layer (an extra buffer per message) shows up. The count is printed for the bench notes.
+#[test]
+fn alloc_tls_echo_per_message_is_bounded() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pki = common::certs::TestPki::generate();
+    let server_cfg = echoloop::tls_config::server_config(&echoloop::tls_config::ServerTlsOptions {
+        cert_chain: &pki.server_chain,
+        key: &pki.server_key,
+        client_ca: None,
+    })
+    .unwrap();
+    let client_cfg = echoloop::tls_config::client_config(&echoloop::tls_config::ClientTlsOptions {
+        ca: Some(&pki.ca_pem),
+        client_cert: None,
+    })
+    .unwrap();
+    const N: u64 = 2000;
+    let allocs = count_allocs(
+        move |el| {
+            el.listen(
+                &Endpoint::Inet("127.0.0.1:0".parse().unwrap()),
+                ListenKind::Tls(server_cfg),
+                || Box::new(Echo),
+            )
+            .unwrap()
+            .addr
+        },
+        move |addr, mark| {
+            let Endpoint::Inet(addr) = addr else {
+                panic!("inet")
+            };
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let conn = rustls::ClientConnection::new(client_cfg, name).unwrap();
+            let sock = TcpStream::connect(addr).unwrap();
+            sock.set_nodelay(true).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, sock);
+            let mut buf = [0u8; 64];
+            let mut ping = |s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+                            i: u64| {
+                let msg = [i as u8; 64];
+                s.write_all(&msg).unwrap();
+                s.read_exact(&mut buf).unwrap();
+                assert_eq!(buf, msg);
+            };
+            for i in 0..200 {
+                ping(&mut s, i);
+            }
+            mark(true);
+            for i in 0..N {
+                ping(&mut s, i);
+            }
+            mark(false);
+        },
+    );
+    let per_msg = allocs as f64 / N as f64;
+    println!("TLS echo: {per_msg:.2} allocations per message on the reactor thread");
+    assert!(per_msg <= 4.0, "{per_msg:.2} allocations per TLS echo");
+}
