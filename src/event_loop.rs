@@ -35,7 +35,10 @@ use slab::Slab;
 use crate::conn::{Connection, Session, State, WriteShut};
 use crate::error::ListenError;
 use crate::handler::{CloseReason, ConnId, Ctx, DatagramHandler, DgramCtx, Handler, SendError};
-use crate::net::{self, BindOptions, Datagram, Endpoint, Listener, PeerAddr, Stream, UnixName};
+use crate::net::{
+    self, BATCH, BindOptions, Datagram, Endpoint, Listener, PeerAddr, RecvBatch, SendBatch, Stream,
+    UnixName,
+};
 use crate::sendbuf::Flush;
 use crate::stats::Stats;
 use crate::timer::{Kind, Owner, Timers};
@@ -166,6 +169,10 @@ pub(crate) struct Core {
     pub(crate) deferred: Vec<Deferred>,
     pub(crate) stop_request: Option<Duration>,
     next_generation: u32,
+    /// True while a UDP receive batch is being handled: replies are gathered in
+    /// `dgram_batch` and sent together.
+    batching: bool,
+    dgram_batch: SendBatch,
 }
 
 impl std::fmt::Debug for Deferred {
@@ -276,6 +283,8 @@ pub struct EventLoop {
     rbuf: Box<[u8]>,
     /// Decrypted TLS input, shared the same way.
     plain: Vec<u8>,
+    /// Buffers for receiving UDP datagrams in batches; made with the first UDP socket.
+    recv_batch: Option<Box<RecvBatch>>,
     /// The other half of `Core::ready`, swapped in each turn.
     ready_spare: Vec<ConnId>,
     phase: Phase,
@@ -316,10 +325,13 @@ impl EventLoop {
                 deferred: Vec::new(),
                 stop_request: None,
                 next_generation: 0,
+                batching: false,
+                dgram_batch: SendBatch::default(),
             },
             rbuf: vec![0u8; READ_BUF].into_boxed_slice(),
             plain: Vec::new(),
             ready_spare: Vec::with_capacity(64),
+            recv_batch: None,
             phase: Phase::Running,
             stop: Arc::new(StopShared {
                 grace_ms: AtomicU64::new(u64::MAX),
@@ -473,6 +485,9 @@ impl EventLoop {
         let addr = sock
             .local_endpoint()
             .unwrap_or(Endpoint::Unix(UnixName::Abstract(Vec::new())));
+        if sock.is_udp() && self.recv_batch.is_none() {
+            self.recv_batch = Some(Box::new(RecvBatch::new()));
+        }
         let key = self.slab.vacant_key();
         let id = self.next_id(key);
         self.poll
@@ -652,6 +667,7 @@ impl EventLoop {
                     d,
                     &mut self.core,
                     &mut self.rbuf,
+                    self.recv_batch.as_deref_mut(),
                     key,
                     event.is_readable(),
                     event.is_writable(),
@@ -781,7 +797,8 @@ impl EventLoop {
                     conn_ready_again(c, &mut self.core, &mut self.rbuf, &mut self.plain, key);
                 }
                 Some(Entry::Dgram(d)) if d.generation == id.generation => {
-                    dgram_ready(d, &mut self.core, &mut self.rbuf, key, true, false);
+                    let batch = self.recv_batch.as_deref_mut();
+                    dgram_ready(d, &mut self.core, &mut self.rbuf, batch, key, true, false);
                 }
                 _ => {}
             }
@@ -1539,6 +1556,11 @@ pub(crate) fn dgram_send(
         core.stats.datagrams_dropped += 1;
         return Err(SendError::Unaddressable);
     }
+    if let (true, true, PeerAddr::Inet(a)) = (core.batching, queue.items.is_empty(), to) {
+        // Inside a receive batch: gather, and send all replies with one call afterwards.
+        core.dgram_batch.push(data, *a);
+        return Ok(());
+    }
     if queue.items.is_empty() {
         match sock.try_send_to(data, to) {
             Ok(_) => {
@@ -1569,6 +1591,7 @@ fn dgram_ready(
     d: &mut DgramEntry,
     core: &mut Core,
     rbuf: &mut [u8],
+    batch: Option<&mut RecvBatch>,
     key: usize,
     readable: bool,
     writable: bool,
@@ -1592,8 +1615,12 @@ fn dgram_ready(
     if !readable {
         return;
     }
+    if let (true, Some(batch)) = (d.sock.is_udp(), batch) {
+        dgram_read_batches(d, core, batch, id, key);
+        return;
+    }
     // Fairness cap, counted in datagrams.
-    for _ in 0..256 {
+    for _ in 0..DGRAM_BUDGET {
         if d.queue.paused || d.closed {
             return;
         }
@@ -1623,4 +1650,91 @@ fn dgram_ready(
         }
     }
     core.schedule_read(id);
+}
+
+/// Datagrams handled per socket per turn before others get a go (fairness cap).
+const DGRAM_BUDGET: usize = 256;
+
+/// UDP's fast path: receive a batch with one `recvmmsg`, let the handler answer each
+/// datagram (replies are gathered, not sent), then send all replies with one `sendmmsg`.
+fn dgram_read_batches(
+    d: &mut DgramEntry,
+    core: &mut Core,
+    batch: &mut RecvBatch,
+    id: ConnId,
+    key: usize,
+) {
+    let mut budget = DGRAM_BUDGET;
+    while budget > 0 {
+        if d.queue.paused || d.closed {
+            return;
+        }
+        let n = match d.sock.try_recv_batch(batch) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                // Usually an ICMP error from an earlier send; the socket goes on.
+                log::debug!("recv on {id}: {e}");
+                budget -= 1;
+                continue;
+            }
+        };
+        budget = budget.saturating_sub(n.max(1));
+        core.stats.datagrams_in += n as u64;
+        let mut close = false;
+        core.batching = true;
+        for i in 0..n {
+            let (data, from) = batch.get(i);
+            let from = PeerAddr::Inet(*from);
+            let mut ctx = DgramCtx {
+                sock: &d.sock,
+                queue: &mut d.queue,
+                core,
+                id,
+                close_requested: &mut close,
+            };
+            d.handler.on_datagram(&mut ctx, data, &from);
+            if close {
+                break;
+            }
+        }
+        core.batching = false;
+        flush_send_batch(d, core);
+        if close {
+            close_dgram(d, core, key);
+            return;
+        }
+        if n < BATCH {
+            // recvmmsg stops at the first would-block: fewer than asked means the queue
+            // was empty, and any datagram arriving later raises a new edge.
+            return;
+        }
+    }
+    core.schedule_read(id);
+}
+
+/// Sends the replies gathered during a batch. On the first refusal the rest go through
+/// the one-at-a-time path, which queues on `WouldBlock` and drops on hard errors.
+fn flush_send_batch(d: &mut DgramEntry, core: &mut Core) {
+    let mut replies = std::mem::take(&mut core.dgram_batch);
+    let total = replies.len();
+    let mut i = 0;
+    while i < total {
+        match d.sock.try_send_batch(&replies, i) {
+            Ok(k) if k > 0 => {
+                core.stats.datagrams_out += k as u64;
+                i += k;
+            }
+            _ => break,
+        }
+    }
+    for j in i..total {
+        let (data, to) = replies.get(j);
+        if let Some(to) = to.as_socket() {
+            // Errors are counted inside; there is no handler to tell any more.
+            let _ = dgram_send(&d.sock, &mut d.queue, core, data, &PeerAddr::Inet(to));
+        }
+    }
+    replies.clear();
+    core.dgram_batch = replies;
 }

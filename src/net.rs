@@ -24,6 +24,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::{AddrError, ListenError};
 
+mod mmsg;
+pub(crate) use mmsg::{BATCH, RecvBatch, SendBatch};
+
 /// Where a stream or datagram socket lives: an IP address and port, or a Unix socket name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -530,6 +533,21 @@ impl Datagram {
                 "address family does not match the socket",
             )),
         })
+    }
+
+    /// True for UDP, which can move many datagrams per system call (see [`mmsg`]).
+    pub(crate) fn is_udp(&self) -> bool {
+        matches!(self, Datagram::Udp(_))
+    }
+
+    /// UDP: receives up to [`BATCH`] datagrams with one `recvmmsg`.
+    pub(crate) fn try_recv_batch(&self, b: &mut RecvBatch) -> io::Result<usize> {
+        mmsg::recv_batch(self.fd(), b)
+    }
+
+    /// UDP: sends datagrams `from..` of `b` with one `sendmmsg`; returns how many went.
+    pub(crate) fn try_send_batch(&self, b: &SendBatch, from: usize) -> io::Result<usize> {
+        mmsg::send_batch(self.fd(), b, from)
     }
 
     pub(crate) fn local_endpoint(&self) -> io::Result<Endpoint> {

@@ -1614,3 +1614,44 @@ fn cli_rejects_path_that_is_not_a_socket() {
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
     let _ = std::fs::remove_file(&path);
 }
+
+/// Many clients' datagrams queued at once are received and answered in batches
+/// (recvmmsg/sendmmsg); each reply must still reach its own sender, unchanged.
+#[test]
+fn udp_burst_from_many_clients_each_gets_its_own_echoes() {
+    let server = Proc::serve(&["--udp", "127.0.0.1:0"]);
+    let addr = server.sockaddr("udp");
+    let clients: Vec<std::net::UdpSocket> = (0..32)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+            s
+        })
+        .collect();
+    // Everyone sends before anyone reads, so datagrams pile up in the server's queue.
+    for (c, s) in clients.iter().enumerate() {
+        for m in 0..4u8 {
+            let size = 1 + (c * 97 + m as usize * 1301) % 3000;
+            let msg: Vec<u8> = (0..size).map(|i| (i as u8) ^ (c as u8) ^ m).collect();
+            s.send_to(&msg, addr).unwrap();
+        }
+    }
+    let mut buf = vec![0u8; 65536];
+    for (c, s) in clients.iter().enumerate() {
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            assert_eq!(from, addr);
+            got.push(buf[..n].to_vec());
+        }
+        got.sort();
+        let mut want: Vec<Vec<u8>> = (0..4u8)
+            .map(|m| {
+                let size = 1 + (c * 97 + m as usize * 1301) % 3000;
+                (0..size).map(|i| (i as u8) ^ (c as u8) ^ m).collect()
+            })
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "client {c} got someone else's datagrams");
+    }
+}
