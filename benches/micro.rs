@@ -18,11 +18,11 @@ fn sendbuf(c: &mut Criterion) {
     let mut g = c.benchmark_group("sendbuf");
     let chunk = vec![7u8; 512];
     g.throughput(Throughput::Bytes(chunk.len() as u64));
-    g.bench_function("push_then_partial_flush_512B", |b| {
+    g.bench_function("push_then_flush_in_two_partial_writes_512B", |b| {
         let mut buf = SendBuf::new();
         b.iter(|| {
             buf.push(&chunk);
-            // A kernel that takes a bit more than half each time, then blocks.
+            // A kernel that takes 300 bytes, then blocks; then takes the rest.
             let mut budget = 300usize;
             let _ = buf.flush_with(|d| {
                 if budget == 0 {
@@ -32,6 +32,8 @@ fn sendbuf(c: &mut Criterion) {
                 budget -= n;
                 Ok(n)
             });
+            let _ = buf.flush_with(|d| Ok(d.len()));
+            assert!(buf.is_empty());
         });
     });
     g.finish();
