@@ -9,9 +9,10 @@
 //!   early (fairness cap, backpressure, a paused handler) we remember `maybe_readable` and
 //!   come back ourselves, because no new event will come for bytes already waiting.
 //! * **Interest registered once** — every connection is registered for both readable and
-//!   writable when it is created and never re-registered: with edge triggering a writable
-//!   event arrives only when a full send buffer gains room, so asking for it all along costs
-//!   nothing, while re-registering would cost a system call per change.
+//!   writable when it is created and never re-registered: with edge triggering, writability
+//!   is reported along with other wake-ups (and when a full send buffer gains room) rather
+//!   than continuously, so asking for it all along costs little — a flag to ignore while
+//!   nothing is owed — while re-registering would cost a system call per change.
 //! * **Partial writes** — see [`crate::sendbuf`].
 //! * **Backpressure** — a peer that sends but does not read would make us buffer without
 //!   bound; above `high_water` bytes owed we stop reading it, below `low_water` we resume.
@@ -39,7 +40,7 @@ use crate::net::{
     self, BATCH, BindOptions, Datagram, Endpoint, Listener, PeerAddr, RecvBatch, SendBatch, Stream,
     UnixName,
 };
-use crate::sendbuf::Flush;
+use crate::sendbuf::{Flush, write_until_blocked};
 use crate::stats::Stats;
 use crate::timer::{Kind, Owner, Timers};
 use crate::tls::TlsSession;
@@ -173,6 +174,8 @@ pub(crate) struct Core {
     /// `dgram_batch` and sent together.
     batching: bool,
     dgram_batch: SendBatch,
+    /// When the next "rejecting connections" warning may be logged.
+    reject_log: Option<Instant>,
 }
 
 impl std::fmt::Debug for Deferred {
@@ -186,6 +189,12 @@ impl std::fmt::Debug for Deferred {
 impl Core {
     pub(crate) fn schedule_read(&mut self, id: ConnId) {
         self.ready.push(id);
+    }
+
+    /// A fresh id for slot `key`: the generation tells it from earlier users of the slot.
+    fn next_id(&mut self, key: usize) -> ConnId {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        ConnId::new(key, self.next_generation)
     }
 }
 
@@ -305,7 +314,12 @@ impl std::fmt::Debug for EventLoop {
 
 impl EventLoop {
     /// Creates a loop with its poller and waker.
-    pub fn new(config: Config) -> io::Result<EventLoop> {
+    pub fn new(mut config: Config) -> io::Result<EventLoop> {
+        // Settings that would make the loop spin (a zero read budget never reads) or flap
+        // (resuming above the pause mark) are corrected rather than obeyed.
+        config.read_budget = config.read_budget.max(1);
+        config.low_water = config.low_water.min(config.high_water);
+        config.datagram_queue = config.datagram_queue.max(1);
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         Ok(EventLoop {
@@ -327,6 +341,7 @@ impl EventLoop {
                 next_generation: 0,
                 batching: false,
                 dgram_batch: SendBatch::default(),
+                reject_log: None,
             },
             rbuf: vec![0u8; READ_BUF].into_boxed_slice(),
             plain: Vec::new(),
@@ -379,15 +394,6 @@ impl EventLoop {
         self.phase == Phase::Stopped
     }
 
-    fn next_id(&mut self, key: usize) -> ConnId {
-        self.core.next_generation = self.core.next_generation.wrapping_add(1);
-        ConnId {
-            // Slab keys stay far below u32::MAX: each needs a file descriptor.
-            key: key as u32,
-            generation: self.core.next_generation,
-        }
-    }
-
     /// Binds a stream listener; every accepted connection gets a handler from `factory`.
     pub fn listen(
         &mut self,
@@ -395,6 +401,7 @@ impl EventLoop {
         kind: ListenKind,
         factory: impl FnMut() -> Box<dyn Handler> + 'static,
     ) -> Result<Bound, ListenError> {
+        self.core.now = Instant::now();
         let opts = self.bind_options();
         let sock = match (addr, &kind) {
             (Endpoint::Inet(a), ListenKind::Tcp | ListenKind::Tls(_)) => net::bind_tcp(*a, opts)?,
@@ -430,13 +437,7 @@ impl EventLoop {
             .registry()
             .register(&mut sock, Token(key), Interest::READABLE)
             .map_err(ListenError::Register)?;
-        let id = {
-            self.core.next_generation = self.core.next_generation.wrapping_add(1);
-            ConnId {
-                key: key as u32,
-                generation: self.core.next_generation,
-            }
-        };
+        let id = self.core.next_id(key);
         entry.insert(Entry::Listener(ListenerEntry {
             sock,
             kind,
@@ -482,6 +483,8 @@ impl EventLoop {
         mut sock: Datagram,
         handler: Box<dyn DatagramHandler>,
     ) -> Result<Bound, ListenError> {
+        // The handler's on_ready may set timers: count them from now.
+        self.core.now = Instant::now();
         let addr = sock
             .local_endpoint()
             .unwrap_or(Endpoint::Unix(UnixName::Abstract(Vec::new())));
@@ -489,7 +492,7 @@ impl EventLoop {
             self.recv_batch = Some(Box::new(RecvBatch::new()));
         }
         let key = self.slab.vacant_key();
-        let id = self.next_id(key);
+        let id = self.core.next_id(key);
         self.poll
             .registry()
             .register(
@@ -507,18 +510,7 @@ impl EventLoop {
         }));
         // Let a client send its first datagram.
         if let Some(Entry::Dgram(d)) = self.slab.get_mut(key) {
-            let mut close = false;
-            let mut ctx = DgramCtx {
-                sock: &d.sock,
-                queue: &mut d.queue,
-                core: &mut self.core,
-                id,
-                close_requested: &mut close,
-            };
-            d.handler.on_ready(&mut ctx);
-            if close {
-                close_dgram(d, &mut self.core, key);
-            }
+            call_dgram(d, &mut self.core, key, |h, ctx| h.on_ready(ctx));
         }
         self.run_deferred();
         Ok(Bound { id, addr })
@@ -532,6 +524,9 @@ impl EventLoop {
         opts: ConnectOptions,
         handler: Box<dyn Handler>,
     ) -> io::Result<ConnId> {
+        // Called between turns, possibly long after the last poll: deadlines (the connect
+        // timeout) must count from now, not from the loop's last wake-up.
+        self.core.now = Instant::now();
         let stream = Stream::connect(to, opts.source)?;
         let session = match &opts.tls {
             Some((cfg, name)) => Session::Tls(Box::new(
@@ -540,7 +535,7 @@ impl EventLoop {
             None => Session::Plain,
         };
         let key = self.slab.vacant_key();
-        let id = self.next_id(key);
+        let id = self.core.next_id(key);
         let mut conn = Connection::new(
             stream,
             session,
@@ -564,6 +559,7 @@ impl EventLoop {
 
     /// Stops the loop (see [`StopHandle::stop`]).
     pub fn stop(&mut self, grace: Duration) {
+        self.core.now = Instant::now();
         self.begin_stop(grace);
     }
 
@@ -579,6 +575,7 @@ impl EventLoop {
         if self.phase == Phase::Stopped {
             return Ok(false);
         }
+        self.core.now = Instant::now();
         // Work requested outside a turn (a callback run while adding a socket, say) must
         // not wait for an event that may never come.
         self.run_deferred();
@@ -699,10 +696,7 @@ impl EventLoop {
                         self.core.config.accept_backoff
                     );
                     l.backing_off = true;
-                    let id = ConnId {
-                        key: key as u32,
-                        generation: l.generation,
-                    };
+                    let id = ConnId::new(key, l.generation);
                     let at = crate::timer::later(self.core.now, self.core.config.accept_backoff);
                     self.core
                         .timers
@@ -722,7 +716,16 @@ impl EventLoop {
                     // Accept and close at once: left in the kernel's queue the client would
                     // wait, believing it was connected.
                     self.core.stats.rejected += 1;
-                    log::info!("rejecting connection from {peer}: {max} connections already open");
+                    // One line per rejection would let a connect flood stall the loop on a
+                    // slow stderr: details at debug, a summary at most once a second.
+                    log::debug!("rejecting connection from {peer}: {max} connections already open");
+                    if self.core.reject_log.is_none_or(|t| self.core.now >= t) {
+                        log::warn!(
+                            "rejecting connections: {max} already open ({} rejected so far)",
+                            self.core.stats.rejected
+                        );
+                        self.core.reject_log = Some(self.core.now + Duration::from_secs(1));
+                    }
                     drop(stream);
                     continue;
                 }
@@ -751,7 +754,7 @@ impl EventLoop {
         peer: &PeerAddr,
     ) {
         let key = self.slab.vacant_key();
-        let id = self.next_id(key);
+        let id = self.core.next_id(key);
         let tls = matches!(session, Session::Tls(_));
         let state = if tls { State::Handshaking } else { State::Open };
         let mut conn = Connection::new(stream, session, state, id.generation, self.core.now);
@@ -827,18 +830,7 @@ impl EventLoop {
                     let key = id.key as usize;
                     if let Some(Entry::Dgram(d)) = self.slab.get_mut(key) {
                         if d.generation == id.generation && !d.closed {
-                            let mut close = false;
-                            let mut ctx = DgramCtx {
-                                sock: &d.sock,
-                                queue: &mut d.queue,
-                                core: &mut self.core,
-                                id,
-                                close_requested: &mut close,
-                            };
-                            d.handler.on_timer(&mut ctx, timer);
-                            if close {
-                                close_dgram(d, &mut self.core, key);
-                            }
+                            call_dgram(d, &mut self.core, key, |h, ctx| h.on_timer(ctx, timer));
                         }
                     }
                 }
@@ -856,7 +848,9 @@ impl EventLoop {
     }
 
     fn run_deferred(&mut self) {
-        while let Some(d) = self.core.deferred.pop() {
+        // In the order they were asked for.
+        let mut deferred = std::mem::take(&mut self.core.deferred);
+        for d in deferred.drain(..) {
             match d {
                 Deferred::Connect(to, opts, mut handler) => {
                     if let Err(e) = self.connect(&to, opts, Box::new(NoopHandler)).map(|id| {
@@ -879,6 +873,10 @@ impl EventLoop {
                     }
                 }
             }
+        }
+        // Keep the allocation unless callbacks above asked for more work meanwhile.
+        if self.core.deferred.is_empty() {
+            self.core.deferred = deferred;
         }
     }
 
@@ -1024,10 +1022,7 @@ fn call_handler(
     key: usize,
     f: impl FnOnce(&mut dyn Handler, &mut Ctx<'_>),
 ) {
-    let id = ConnId {
-        key: key as u32,
-        generation: c.conn.generation,
-    };
+    let id = ConnId::new(key, c.conn.generation);
     let mut ctx = Ctx {
         conn: Some(&mut c.conn),
         core,
@@ -1051,30 +1046,25 @@ fn commit_output(conn: &mut Connection, core: &mut Core) {
     }
     match &mut conn.session {
         Session::Plain => {
-            let mut data = &core.out[..];
+            let mut sent = 0;
             if conn.sendbuf.is_empty() && !conn.write_blocked {
-                while !data.is_empty() {
-                    match conn.stream.try_write(data) {
-                        Ok(n) => {
-                            core.stats.bytes_out += n as u64;
-                            conn.last_active = core.now;
-                            data = &data[n..];
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            // Partial send: the kernel's buffer is full.
-                            conn.write_blocked = true;
-                            break;
-                        }
-                        Err(e) => {
-                            // Keep the rest; the error surfaces again on the next flush
-                            // or read, where the connection is closed.
-                            log::debug!("write: {e}");
-                            break;
-                        }
-                    }
+                let stream = &mut conn.stream;
+                let (n, result) = write_until_blocked(&core.out, |d| stream.try_write(d));
+                sent = n;
+                if n > 0 {
+                    core.stats.bytes_out += n as u64;
+                    conn.last_active = core.now;
+                }
+                match result {
+                    // Partial send: the kernel's buffer is full; the rest waits below.
+                    Ok(Flush::Blocked) => conn.write_blocked = true,
+                    Ok(_) => {}
+                    // Keep the rest; the error surfaces again on the next flush or read,
+                    // where the connection is closed.
+                    Err(e) => log::debug!("write: {e}"),
                 }
             }
-            conn.sendbuf.push(data);
+            conn.sendbuf.push(&core.out[sent..]);
         }
         Session::Tls(tls) => tls.write_plaintext(&core.out, &mut conn.sendbuf),
     }
@@ -1112,11 +1102,11 @@ fn progress(c: &mut ConnEntry, core: &mut Core, key: usize) {
         conn.bp_paused = true;
     } else if conn.bp_paused && owed <= core.config.low_water {
         conn.bp_paused = false;
-        // Edge-triggered: bytes that arrived while paused will not raise a new event.
-        core.schedule_read(ConnId {
-            key: key as u32,
-            generation: conn.generation,
-        });
+        // Edge-triggered: bytes that arrived while paused will not raise a new event, so
+        // if we stopped with data possibly waiting, go back for it ourselves.
+        if conn.maybe_readable {
+            core.schedule_read(ConnId::new(key, conn.generation));
+        }
     }
     if conn.write_shut == WriteShut::Flushing && conn.sendbuf.is_empty() {
         if conn.state == State::Open || conn.state == State::Handshaking {
@@ -1128,10 +1118,7 @@ fn progress(c: &mut ConnEntry, core: &mut Core, key: usize) {
         c.conn.write_shut = WriteShut::Done;
         if c.conn.closing && !c.conn.read_eof {
             // Wait (bounded) for the peer to finish, reading and dropping what it sends.
-            let id = ConnId {
-                key: key as u32,
-                generation: c.conn.generation,
-            };
+            let id = ConnId::new(key, c.conn.generation);
             let at = crate::timer::later(core.now, core.config.close_timeout);
             arm_timer(core, &mut c.conn, id, Kind::Linger, at);
             // It may have sent everything already.
@@ -1159,16 +1146,25 @@ fn flush(conn: &mut Connection, core: &mut Core) -> io::Result<()> {
 /// Sets one of the loop's own timers on a connection, replacing the previous one of its
 /// kind, and remembers it so that closing can cancel it.
 fn arm_timer(core: &mut Core, conn: &mut Connection, id: ConnId, kind: Kind, at: Instant) {
-    let slot = match kind {
+    disarm_timer(core, conn, kind);
+    conn.timers[timer_slot(kind)] = Some(core.timers.add(at, Owner::Conn(id), kind));
+}
+
+/// Cancels the connection's timer of this kind, if any (a deadline that no longer applies
+/// should not sit in the heap until it expires).
+fn disarm_timer(core: &mut Core, conn: &mut Connection, kind: Kind) {
+    if let Some(old) = conn.timers[timer_slot(kind)].take() {
+        core.timers.cancel(old);
+    }
+}
+
+fn timer_slot(kind: Kind) -> usize {
+    match kind {
         Kind::Idle => 0,
         Kind::Handshake => 1,
         Kind::Connect => 2,
         _ => 3,
-    };
-    if let Some(old) = conn.timers[slot].take() {
-        core.timers.cancel(old);
     }
-    conn.timers[slot] = Some(core.timers.add(at, Owner::Conn(id), kind));
 }
 
 fn close_now(c: &mut ConnEntry, core: &mut Core, key: usize, reason: CloseReason) {
@@ -1179,10 +1175,7 @@ fn close_now(c: &mut ConnEntry, core: &mut Core, key: usize, reason: CloseReason
     c.conn.state = State::Closed;
     core.stats.connections_open -= 1;
     core.stats.closed += 1;
-    let id = ConnId {
-        key: key as u32,
-        generation: c.conn.generation,
-    };
+    let id = ConnId::new(key, c.conn.generation);
     match (&reason, was) {
         (_, State::Connecting) => core.stats.connect_failures += 1,
         (_, State::Handshaking) => core.stats.tls_handshakes_failed += 1,
@@ -1282,10 +1275,7 @@ fn finish_connect(c: &mut ConnEntry, core: &mut Core, key: usize) {
     }
     core.stats.connected += 1;
     c.conn.last_active = core.now;
-    let id = ConnId {
-        key: key as u32,
-        generation: c.conn.generation,
-    };
+    let id = ConnId::new(key, c.conn.generation);
     if let Some(idle) = core.config.idle_timeout {
         let at = crate::timer::later(core.now, idle);
         arm_timer(core, &mut c.conn, id, Kind::Idle, at);
@@ -1303,6 +1293,7 @@ fn finish_connect(c: &mut ConnEntry, core: &mut Core, key: usize) {
         progress(c, core, key);
     } else {
         c.conn.state = State::Open;
+        disarm_timer(core, &mut c.conn, Kind::Connect);
         call_handler(c, core, key, |h, ctx| h.on_open(ctx));
     }
 }
@@ -1322,10 +1313,7 @@ fn read_loop(
     trust_short_read: bool,
 ) {
     let mut budget = core.config.read_budget;
-    let id = ConnId {
-        key: key as u32,
-        generation: c.conn.generation,
-    };
+    let id = ConnId::new(key, c.conn.generation);
     loop {
         let conn = &mut c.conn;
         if conn.is_closed() || conn.read_eof {
@@ -1418,6 +1406,8 @@ fn deliver(c: &mut ConnEntry, core: &mut Core, data: &[u8], plain: &mut Vec<u8>,
                     tls.protocol().unwrap_or("?")
                 );
                 c.conn.state = State::Open;
+                disarm_timer(core, &mut c.conn, Kind::Handshake);
+                disarm_timer(core, &mut c.conn, Kind::Connect);
                 call_handler(c, core, key, |h, ctx| h.on_open(ctx));
             } else {
                 progress(c, core, key);
@@ -1462,10 +1452,7 @@ fn conn_timer(
     timer: crate::handler::TimerId,
     kind: Kind,
 ) {
-    let id = ConnId {
-        key: key as u32,
-        generation: c.conn.generation,
-    };
+    let id = ConnId::new(key, c.conn.generation);
     match kind {
         Kind::User => call_handler(c, core, key, |h, ctx| h.on_timer(ctx, timer)),
         Kind::Idle => {
@@ -1507,6 +1494,29 @@ fn conn_timer(
     }
 }
 
+/// Runs a datagram handler callback with a context, then closes the socket if the
+/// handler asked to. Returns true if it did.
+fn call_dgram(
+    d: &mut DgramEntry,
+    core: &mut Core,
+    key: usize,
+    f: impl FnOnce(&mut dyn DatagramHandler, &mut DgramCtx<'_>),
+) -> bool {
+    let mut close = false;
+    let mut ctx = DgramCtx {
+        sock: &d.sock,
+        queue: &mut d.queue,
+        core,
+        id: ConnId::new(key, d.generation),
+        close_requested: &mut close,
+    };
+    f(d.handler.as_mut(), &mut ctx);
+    if close {
+        close_dgram(d, core, key);
+    }
+    close
+}
+
 fn close_dgram(d: &mut DgramEntry, core: &mut Core, key: usize) {
     if d.closed {
         return;
@@ -1514,19 +1524,8 @@ fn close_dgram(d: &mut DgramEntry, core: &mut Core, key: usize) {
     // Flush what can go now; a datagram socket has no half-close to wait for.
     flush_dgram_queue(d, core);
     d.closed = true;
-    let id = ConnId {
-        key: key as u32,
-        generation: d.generation,
-    };
-    let mut close = false;
-    let mut ctx = DgramCtx {
-        sock: &d.sock,
-        queue: &mut d.queue,
-        core,
-        id,
-        close_requested: &mut close,
-    };
-    d.handler.on_close(&mut ctx);
+    // `close_dgram` returns at once if called again from inside on_close.
+    call_dgram(d, core, key, |h, ctx| h.on_close(ctx));
     core.dead.push(key);
 }
 
@@ -1599,10 +1598,7 @@ fn dgram_ready(
     if d.closed {
         return;
     }
-    let id = ConnId {
-        key: key as u32,
-        generation: d.generation,
-    };
+    let id = ConnId::new(key, d.generation);
     let mut readable = readable;
     if writable && !d.queue.items.is_empty() {
         flush_dgram_queue(d, core);
@@ -1627,24 +1623,18 @@ fn dgram_ready(
         match d.sock.try_recv_from(rbuf) {
             Ok((n, from)) => {
                 core.stats.datagrams_in += 1;
-                let mut close = false;
-                let mut ctx = DgramCtx {
-                    sock: &d.sock,
-                    queue: &mut d.queue,
-                    core,
-                    id,
-                    close_requested: &mut close,
-                };
-                d.handler.on_datagram(&mut ctx, &rbuf[..n], &from);
-                if close {
-                    close_dgram(d, core, key);
+                if call_dgram(d, core, key, |h, ctx| h.on_datagram(ctx, &rbuf[..n], &from)) {
                     return;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) => {
                 // For UDP this is usually an ICMP error (port unreachable) from an earlier
-                // send: it concerns that send, not this socket, which goes on.
+                // send: it concerns that send, not this socket, which goes on. InvalidData
+                // is a datagram too large to receive whole (see `try_recv_from`).
+                if e.kind() == io::ErrorKind::InvalidData {
+                    core.stats.datagrams_dropped += 1;
+                }
                 log::debug!("recv on {id}: {e}");
             }
         }
@@ -1681,27 +1671,20 @@ fn dgram_read_batches(
         };
         budget = budget.saturating_sub(n.max(1));
         core.stats.datagrams_in += n as u64;
-        let mut close = false;
+        let mut closed = false;
         core.batching = true;
         for i in 0..n {
             let (data, from) = batch.get(i);
             let from = PeerAddr::Inet(*from);
-            let mut ctx = DgramCtx {
-                sock: &d.sock,
-                queue: &mut d.queue,
-                core,
-                id,
-                close_requested: &mut close,
-            };
-            d.handler.on_datagram(&mut ctx, data, &from);
-            if close {
+            closed = call_dgram(d, core, key, |h, ctx| h.on_datagram(ctx, data, &from));
+            if closed {
                 break;
             }
         }
         core.batching = false;
+        // The replies go out even if the handler closed the socket: they were accepted.
         flush_send_batch(d, core);
-        if close {
-            close_dgram(d, core, key);
+        if closed {
             return;
         }
         if n < BATCH {

@@ -23,6 +23,16 @@ pub struct ConnId {
     pub(crate) generation: u32,
 }
 
+impl ConnId {
+    pub(crate) fn new(key: usize, generation: u32) -> ConnId {
+        ConnId {
+            // Slab keys stay far below u32::MAX: each needs a file descriptor.
+            key: key as u32,
+            generation,
+        }
+    }
+}
+
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "#{}", self.key)
@@ -211,7 +221,9 @@ impl Ctx<'_> {
         if let Some(c) = self.conn.as_deref_mut() {
             if c.user_paused {
                 c.user_paused = false;
-                self.core.schedule_read(self.id);
+                if c.maybe_readable {
+                    self.core.schedule_read(self.id);
+                }
             }
         }
     }
@@ -327,6 +339,10 @@ impl DgramCtx<'_> {
 
     /// Sends one datagram. If the socket's buffer is full it waits in a bounded queue (and
     /// the loop stops receiving on this socket until the queue drains).
+    ///
+    /// While a batch of received UDP datagrams is being handled, replies are gathered and
+    /// sent together (`sendmmsg`) after the batch: `Ok` then means "accepted for sending",
+    /// and a later send error is counted in [`Stats::datagrams_dropped`] instead.
     pub fn send_to(&mut self, data: &[u8], to: &PeerAddr) -> Result<(), SendError> {
         crate::event_loop::dgram_send(self.sock, self.queue, self.core, data, to)
     }

@@ -313,9 +313,9 @@ impl Listener {
     pub(crate) fn try_accept(&self) -> io::Result<(Stream, PeerAddr)> {
         retry(|| match self {
             Listener::Tcp(l) => {
+                // TCP_NODELAY is inherited from the listener (set in `ip_socket`): no
+                // system call per connection for it.
                 let (s, a) = l.accept()?;
-                // Best effort: a failure only costs latency, not correctness.
-                let _ = s.set_nodelay(true);
                 Ok((Stream::Tcp(s), PeerAddr::Inet(a)))
             }
             Listener::Unix(l, _) => {
@@ -397,6 +397,9 @@ fn ip_socket(addr: SocketAddr, ty: Type, opts: BindOptions) -> io::Result<Socket
     if ty == Type::STREAM {
         // Lets a restarted server bind while old connections sit in TIME_WAIT.
         s.set_reuse_address(true)?;
+        // Echo is many small request/response messages: Nagle's algorithm would hold a
+        // small write back for a round trip. Accepted sockets inherit this on Linux.
+        s.set_tcp_nodelay(true)?;
     }
     if opts.reuse_port {
         // Several reactors (threads) bind the same address; the kernel spreads
@@ -515,10 +518,29 @@ impl Datagram {
 
     /// Receives one datagram; a datagram larger than `buf` would be truncated, so callers
     /// pass a buffer that holds the largest one (65,507 bytes over IPv4).
+    ///
+    /// Unix datagrams, unlike UDP's, may be larger than any fixed buffer (up to the
+    /// sender's socket buffer): the size is peeked first (`MSG_PEEK | MSG_TRUNC` returns the
+    /// real length), and one that does not fit is consumed and reported as `InvalidData`
+    /// rather than passed on cut short.
     pub(crate) fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, PeerAddr)> {
         retry(|| match self {
             Datagram::Udp(s) => s.recv_from(buf).map(|(n, a)| (n, PeerAddr::Inet(a))),
-            Datagram::Unix(s, _) => s.recv_from(buf).map(|(n, a)| (n, PeerAddr::Unix(a))),
+            Datagram::Unix(s, _) => {
+                let size = socket2::SockRef::from(s)
+                    .recv_with_flags(&mut [], libc::MSG_PEEK | libc::MSG_TRUNC)?;
+                let (n, a) = s.recv_from(buf)?;
+                if size > buf.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "dropped a {size}-byte datagram: larger than {} bytes",
+                            buf.len()
+                        ),
+                    ));
+                }
+                Ok((n, PeerAddr::Unix(a)))
+            }
         })
     }
 

@@ -22,6 +22,7 @@ pub struct SendBuf {
 
 /// What a flush achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Flush {
     /// Everything was sent.
     Done,
@@ -52,17 +53,13 @@ impl SendBuf {
 
     /// Appends bytes after those already waiting.
     pub fn push(&mut self, data: &[u8]) {
-        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
-            // More than half is dead space: move the live tail down before growing.
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        self.buf.extend_from_slice(data);
+        self.vec_for_append().extend_from_slice(data);
     }
 
     /// Gives the writer a place to append directly (used by TLS to write records in place).
     pub(crate) fn vec_for_append(&mut self) -> &mut Vec<u8> {
         if self.pos > 0 && self.pos >= self.buf.len() / 2 {
+            // More than half is dead space: move the live tail down before growing.
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
@@ -85,34 +82,39 @@ impl SendBuf {
     /// and whether everything went. Other errors are returned for the caller to close on.
     pub fn flush_with(
         &mut self,
-        mut write: impl FnMut(&[u8]) -> io::Result<usize>,
+        write: impl FnMut(&[u8]) -> io::Result<usize>,
     ) -> io::Result<(usize, Flush)> {
-        let mut sent = 0;
-        while !self.is_empty() {
-            match write(self.as_slice()) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "socket accepted no bytes",
-                    ));
-                }
-                Ok(n) => {
-                    sent += n;
-                    self.consume(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok((sent, Flush::Blocked));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((sent, Flush::Done))
+        let (sent, result) = write_until_blocked(self.as_slice(), write);
+        self.consume(sent);
+        result.map(|flush| (sent, flush))
     }
 
     /// Bytes of memory held (for tests and memory accounting).
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
     }
+}
+
+/// Offers `data` to `write` until all is taken or it would block (a partial send).
+/// Returns how much was taken, and the outcome; on error, the bytes after `sent` were not
+/// sent. A writer that takes nothing without blocking is an error, not a reason to spin.
+pub(crate) fn write_until_blocked(
+    data: &[u8],
+    mut write: impl FnMut(&[u8]) -> io::Result<usize>,
+) -> (usize, io::Result<Flush>) {
+    let mut sent = 0;
+    while sent < data.len() {
+        match write(&data[sent..]) {
+            Ok(0) => {
+                let e = io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes");
+                return (sent, Err(e));
+            }
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (sent, Ok(Flush::Blocked)),
+            Err(e) => return (sent, Err(e)),
+        }
+    }
+    (sent, Ok(Flush::Done))
 }
 
 #[cfg(test)]

@@ -1655,3 +1655,44 @@ fn udp_burst_from_many_clients_each_gets_its_own_echoes() {
         assert_eq!(got, want, "client {c} got someone else's datagrams");
     }
 }
+
+/// A Unix datagram larger than the server's buffer is dropped (and logged), never echoed
+/// cut short; the server keeps answering normal ones.
+#[test]
+fn unix_dgram_oversized_is_not_echoed_truncated() {
+    let path = common::temp_sock("big-dgram");
+    let server = Proc::serve(&[
+        "--unix-dgram",
+        path.to_str().unwrap(),
+        "--log-level",
+        "debug",
+    ]);
+    let client_path = common::temp_sock("big-dgram-client");
+    let c = UnixDatagram::bind(&client_path).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    // Larger than any IP datagram, still within the default Unix socket buffer.
+    let big = vec![7u8; 100_000];
+    c.send_to(&big, &path).unwrap();
+    let mut buf = vec![0u8; 200_000];
+    match c.recv_from(&mut buf) {
+        Ok((n, _)) => panic!("got a {n}-byte reply to a 100000-byte datagram"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    c.send_to(b"small", &path).unwrap();
+    let (n, _) = c.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"small");
+    assert!(
+        server.stderr_text().contains("100000-byte datagram"),
+        "{}",
+        server.stderr_text()
+    );
+    let _ = std::fs::remove_file(&client_path);
+}
