@@ -1689,10 +1689,15 @@ fn unix_dgram_oversized_is_not_echoed_truncated() {
     c.send_to(b"small", &path).unwrap();
     let (n, _) = c.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"small");
-    assert!(
-        server.stderr_text().contains("100000-byte datagram"),
-        "{}",
-        server.stderr_text()
-    );
+    // The log line is read from the server's stderr by another thread: wait for it.
+    let deadline = Instant::now() + DEADLINE;
+    while !server.stderr_text().contains("100000-byte datagram") {
+        assert!(
+            Instant::now() < deadline,
+            "no drop logged:\n{}",
+            server.stderr_text()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
     let _ = std::fs::remove_file(&client_path);
 }
