@@ -1371,7 +1371,7 @@ fn deliver(c: &mut ConnEntry, core: &mut Core, data: &[u8], plain: &mut Vec<u8>,
             match tls.handle_ciphertext(data, plain) {
                 Ok(()) if tls.is_peer_closed() => on_eof(c, core, key),
                 Ok(()) => {}
-                Err(e) => close_now(c, core, key, CloseReason::Tls(e.to_string())),
+                Err(e) => close_now(c, core, key, CloseReason::Tls(e)),
             }
         }
         return;
@@ -1394,7 +1394,7 @@ fn deliver(c: &mut ConnEntry, core: &mut Core, data: &[u8], plain: &mut Vec<u8>,
                 log::debug!("#{key} TLS error: {e}");
                 // Best effort to deliver the alert so the peer learns why.
                 let _ = flush(&mut c.conn, core);
-                close_now(c, core, key, CloseReason::Tls(e.to_string()));
+                close_now(c, core, key, CloseReason::Tls(e));
                 return;
             }
             let now_open = was_handshaking && !tls.is_handshaking();

@@ -58,7 +58,8 @@ pub enum CloseReason {
     /// No connection within the connect timeout.
     ConnectTimeout,
     /// The TLS layer failed (bad record, failed certificate check, handshake refused...).
-    Tls(String),
+    /// The rustls error is kept whole so callers can tell the cases apart by variant.
+    Tls(rustls::Error),
     /// The TLS handshake did not finish in time.
     HandshakeTimeout,
     /// Nothing was read or written for the idle timeout.

@@ -704,26 +704,39 @@ impl Handler for StreamClient {
 
 /// Words a failed TLS exchange (rustls's error text) for the user, saying which check
 /// failed and what to do about it.
-fn explain_tls(detail: &str, name: &str) -> String {
-    if detail.contains("NotValidForName") || detail.contains("not valid for name") {
-        format!(
-            "the server's certificate is not valid for name {name:?} (check ADDR or --server-name)"
-        )
-    } else if detail.contains("UnknownIssuer") {
-        "the server's certificate is not trusted (unknown issuer): give the CA that signed it \
-         with --ca"
-            .to_owned()
-    } else if detail.contains("Expired") || detail.contains("expired") {
-        "the server's certificate has expired".to_owned()
-    } else if detail.contains("CertificateRequired") {
-        "the server requires a client certificate: give one with --cert and --key".to_owned()
-    } else if detail.contains("alert") && (detail.contains("Certificate") || detail.contains("CA"))
-    {
-        format!("the server rejected our client certificate ({detail})")
-    } else if detail.contains("unexpected") || detail.contains("corrupt message") {
-        format!("{detail} (is the server speaking TLS?)")
-    } else {
-        detail.to_owned()
+fn explain_tls(err: &rustls::Error, name: &str) -> String {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as E};
+    match err {
+        E::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+            format!(
+                "the server's certificate is not valid for name {name:?} (check ADDR or --server-name)"
+            )
+        }
+        E::InvalidCertificate(Cert::UnknownIssuer) => {
+            "the server's certificate is not trusted (unknown issuer): give the CA that signed it \
+             with --ca"
+                .to_owned()
+        }
+        E::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
+            "the server's certificate has expired".to_owned()
+        }
+        E::AlertReceived(Alert::CertificateRequired) => {
+            "the server requires a client certificate: give one with --cert and --key".to_owned()
+        }
+        E::AlertReceived(
+            Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateRevoked
+            | Alert::CertificateExpired,
+        ) => format!("the server rejected our client certificate ({err})"),
+        E::InvalidMessage(_)
+        | E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. } => {
+            format!("{err} (is the server speaking TLS?)")
+        }
+        other => other.to_string(),
     }
 }
 
@@ -942,14 +955,21 @@ mod tests {
 
     #[test]
     fn tls_errors_say_which_check_failed() {
+        use rustls::{AlertDescription, CertificateError, Error};
         let name = explain_tls(
-            "invalid peer certificate: certificate not valid for name \"x.test\"; certificate is only valid for localhost",
+            &Error::InvalidCertificate(CertificateError::NotValidForName),
             "x.test",
         );
         assert!(name.contains("not valid for name \"x.test\""), "{name}");
-        let issuer = explain_tls("invalid peer certificate: UnknownIssuer", "localhost");
+        let issuer = explain_tls(
+            &Error::InvalidCertificate(CertificateError::UnknownIssuer),
+            "localhost",
+        );
         assert!(issuer.contains("not trusted"), "{issuer}");
-        let required = explain_tls("received fatal alert: CertificateRequired", "localhost");
+        let required = explain_tls(
+            &Error::AlertReceived(AlertDescription::CertificateRequired),
+            "localhost",
+        );
         assert!(required.contains("--cert"), "{required}");
     }
 }
