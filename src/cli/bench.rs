@@ -77,7 +77,7 @@ use rustls::pki_types::ServerName;
 
 use super::report::{LatencySummary, Recorder, Report, status_line};
 use super::units::{parse_duration, parse_rate, parse_size};
-use super::{CliError, init_logging, parse_level};
+use super::{CliError, Transport, init_logging, parse_level};
 use crate::net::{Endpoint, PeerAddr, UnixName, resolve_one};
 use crate::tls_config::{ClientTlsOptions, client_config, server_name};
 use crate::{
@@ -149,37 +149,6 @@ pub struct BenchArgs {
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", value_parser = parse_level, default_value = "warn")]
     log_level: log::LevelFilter,
-}
-
-/// The transports `bench` can load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Transport {
-    Tcp,
-    Udp,
-    Tls,
-    Unix,
-    #[value(name = "unix-dgram")]
-    UnixDgram,
-}
-
-impl Transport {
-    fn name(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Udp => "udp",
-            Transport::Tls => "tls",
-            Transport::Unix => "unix",
-            Transport::UnixDgram => "unix-dgram",
-        }
-    }
-
-    fn is_datagram(self) -> bool {
-        matches!(self, Transport::Udp | Transport::UnixDgram)
-    }
-
-    fn is_ip(self) -> bool {
-        matches!(self, Transport::Tcp | Transport::Tls | Transport::Udp)
-    }
 }
 
 /// The CPU time in `/proc/PID/stat` is counted in USER_HZ ticks. USER_HZ is 100 on every

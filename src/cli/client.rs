@@ -49,8 +49,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::CliError;
 use super::units::parse_duration;
+use super::{CliError, Transport};
 use crate::net::{Endpoint, PeerAddr, UnixName, resolve_all};
 use crate::tls_config::{ClientTlsOptions, client_config, server_name};
 use crate::{
@@ -100,22 +100,6 @@ pub struct ClientArgs {
     /// TLS: private key of --cert.
     #[arg(long, value_name = "KEY.pem", requires = "cert")]
     key: Option<PathBuf>,
-}
-
-/// The transports the client speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Transport {
-    Tcp,
-    Udp,
-    Tls,
-    Unix,
-    UnixDgram,
-}
-
-impl Transport {
-    fn is_stream(self) -> bool {
-        matches!(self, Transport::Tcp | Transport::Tls | Transport::Unix)
-    }
 }
 
 /// Runs the client: exits 0 only if every message's echo arrived and matched.

@@ -46,6 +46,50 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The transports `client` and `bench` speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// TLS over TCP.
+    Tls,
+    /// Unix stream socket.
+    Unix,
+    /// Unix datagram socket.
+    #[value(name = "unix-dgram")]
+    UnixDgram,
+}
+
+impl Transport {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+            Transport::Tls => "tls",
+            Transport::Unix => "unix",
+            Transport::UnixDgram => "unix-dgram",
+        }
+    }
+
+    /// A byte stream (TCP, TLS, Unix stream) rather than datagrams.
+    pub fn is_stream(self) -> bool {
+        !self.is_datagram()
+    }
+
+    /// Datagrams (UDP, Unix datagram).
+    pub fn is_datagram(self) -> bool {
+        matches!(self, Transport::Udp | Transport::UnixDgram)
+    }
+
+    /// Addressed by IP and port (not a Unix socket name).
+    pub fn is_ip(self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Tls | Transport::Udp)
+    }
+}
+
 /// A boxed error for the command line: its Display is the one line the user sees.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -128,35 +128,21 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
 /// taken.
 fn plan(args: &ServeArgs) -> Result<Vec<Spec>, CliError> {
     let mut specs = Vec::new();
-    for a in &args.tcp {
-        specs.push(Spec {
-            kind: "tcp",
-            addr: Endpoint::Inet(resolve_one(a)?),
-        });
-    }
-    for a in &args.udp {
-        specs.push(Spec {
-            kind: "udp",
-            addr: Endpoint::Inet(resolve_one(a)?),
-        });
-    }
-    for a in &args.tls {
-        specs.push(Spec {
-            kind: "tls",
-            addr: Endpoint::Inet(resolve_one(a)?),
-        });
-    }
-    for a in &args.unix {
-        specs.push(Spec {
-            kind: "unix",
-            addr: Endpoint::Unix(UnixName::parse(a)?),
-        });
-    }
-    for a in &args.unix_dgram {
-        specs.push(Spec {
-            kind: "unix-dgram",
-            addr: Endpoint::Unix(UnixName::parse(a)?),
-        });
+    for (kind, addrs, ip) in [
+        ("tcp", &args.tcp, true),
+        ("udp", &args.udp, true),
+        ("tls", &args.tls, true),
+        ("unix", &args.unix, false),
+        ("unix-dgram", &args.unix_dgram, false),
+    ] {
+        for a in addrs {
+            let addr = if ip {
+                Endpoint::Inet(resolve_one(a)?)
+            } else {
+                Endpoint::Unix(UnixName::parse(a)?)
+            };
+            specs.push(Spec { kind, addr });
+        }
     }
     if specs.is_empty() {
         // The classic echo ports, on loopback so a first run exposes nothing.
