@@ -271,6 +271,24 @@ fn assert_report_sane(r: &Json, transport: &str, connections: u64, size: u64) {
     r.get("reconnects_per_sec");
 }
 
+/// Runs `bench <transport> <addr> -c <connections> <rest..>`, which must succeed.
+fn bench_ok(transport: &str, addr: &str, connections: u64, rest: &[&str]) -> Json {
+    let c = connections.to_string();
+    let mut args = vec![transport, addr, "-c", &c];
+    args.extend_from_slice(rest);
+    let (status, r, err) = bench(&args);
+    assert!(status.success(), "{transport}: {err}");
+    r
+}
+
+/// [`bench_ok`] with a sane report for `size`-byte messages and a clean run.
+fn clean_run(transport: &str, addr: &str, connections: u64, size: u64, rest: &[&str]) -> Json {
+    let r = bench_ok(transport, addr, connections, rest);
+    assert_report_sane(&r, transport, connections, size);
+    assert_clean(&r, connections);
+    r
+}
+
 fn assert_clean(r: &Json, connections: u64) {
     assert_eq!(r.num("verify_errors"), 0.0, "{r:?}");
     assert_eq!(r.num("timeouts"), 0.0, "{r:?}");
@@ -285,19 +303,8 @@ fn bench_tcp_closed_loop_clean_run() {
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let addr = server.addr("tcp");
     let cpu_before = echoloop::cli::bench::proc_cpu_ticks(server.pid()).unwrap();
-    let (status, r, err) = bench(&[
-        "tcp",
-        &addr,
-        "-c",
-        "4",
-        "--size",
-        "100",
-        "--duration",
-        "0.5",
-    ]);
-    assert!(status.success(), "{err}");
-    assert_report_sane(&r, "tcp", 4, 100);
-    assert_clean(&r, 4);
+    let rest = ["--size", "100", "--duration", "0.5"];
+    let r = clean_run("tcp", &addr, 4, 100, &rest);
     assert_eq!(r.str("mode"), "closed-loop pipeline=1");
     assert_eq!(r.str("target"), addr);
     assert_eq!(r.get("connect_latency_us").num("count"), 4.0);
@@ -312,11 +319,7 @@ fn bench_tcp_pipeline_and_threads() {
     let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let addr = server.addr("tcp");
-    let (status, r, err) = bench(&[
-        "tcp",
-        &addr,
-        "-c",
-        "6",
+    let rest = [
         "--size",
         "1k",
         "--duration",
@@ -327,10 +330,8 @@ fn bench_tcp_pipeline_and_threads() {
         "2",
         "--warmup",
         "200ms",
-    ]);
-    assert!(status.success(), "{err}");
-    assert_report_sane(&r, "tcp", 6, 1024);
-    assert_clean(&r, 6);
+    ];
+    let r = clean_run("tcp", &addr, 6, 1024, &rest);
     assert_eq!(r.str("mode"), "closed-loop pipeline=8");
     assert_eq!(r.num("duration_secs"), 0.5, "the warm-up is not measured");
 }
@@ -340,19 +341,8 @@ fn bench_tcp_large_messages_arrive_in_pieces() {
     let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let addr = server.addr("tcp");
-    let (status, r, err) = bench(&[
-        "tcp",
-        &addr,
-        "-c",
-        "2",
-        "--size",
-        "256k",
-        "--duration",
-        "0.5",
-    ]);
-    assert!(status.success(), "{err}");
-    assert_report_sane(&r, "tcp", 2, 256 * 1024);
-    assert_clean(&r, 2);
+    let rest = ["--size", "256k", "--duration", "0.5"];
+    clean_run("tcp", &addr, 2, 256 * 1024, &rest);
 }
 
 #[test]
@@ -360,21 +350,8 @@ fn bench_udp_clean_run() {
     let _gate = shared();
     let server = Proc::serve(&["--udp", "127.0.0.1:0"]);
     let addr = server.addr("udp");
-    let (status, r, err) = bench(&[
-        "udp",
-        &addr,
-        "-c",
-        "3",
-        "--size",
-        "64",
-        "--duration",
-        "0.5",
-        "--pipeline",
-        "4",
-    ]);
-    assert!(status.success(), "{err}");
-    assert_report_sane(&r, "udp", 3, 64);
-    assert_clean(&r, 3);
+    let rest = ["--size", "64", "--duration", "0.5", "--pipeline", "4"];
+    let r = clean_run("udp", &addr, 3, 64, &rest);
     assert_eq!(r.get("connect_latency_us"), &Json::Null);
 }
 
@@ -385,10 +362,7 @@ fn bench_unix_clean_run() {
     let _cleanup = RemoveOnDrop(path.clone());
     let p = path.to_str().unwrap();
     let server = Proc::serve(&["--unix", p]);
-    let (status, r, err) = bench(&["unix", &server.addr("unix"), "-c", "3", "--duration", "0.5"]);
-    assert!(status.success(), "{err}");
-    assert_report_sane(&r, "unix", 3, 64);
-    assert_clean(&r, 3);
+    clean_run("unix", &server.addr("unix"), 3, 64, &["--duration", "0.5"]);
 }
 
 #[test]
@@ -398,75 +372,34 @@ fn bench_unix_dgram_clean_run() {
     let _cleanup = RemoveOnDrop(path.clone());
     let p = path.to_str().unwrap();
     let server = Proc::serve(&["--unix-dgram", p]);
-    let (status, r, err) = bench(&[
-        "unix-dgram",
-        &server.addr("unix-dgram"),
-        "-c",
-        "3",
-        "--size",
-        "2k",
-        "--duration",
-        "0.5",
-    ]);
-    assert!(status.success(), "{err}");
-    assert_report_sane(&r, "unix-dgram", 3, 2048);
-    assert_clean(&r, 3);
+    let rest = ["--size", "2k", "--duration", "0.5"];
+    clean_run("unix-dgram", &server.addr("unix-dgram"), 3, 2048, &rest);
 }
 
-fn tls_server(pki: &TestPki) -> Proc {
-    Proc::serve(&[
-        "--tls",
-        "127.0.0.1:0",
-        "--cert",
-        pki.server_chain.to_str().unwrap(),
-        "--key",
-        pki.server_key.to_str().unwrap(),
-    ])
+/// `args` followed by the options to trust `ca` for the name `localhost`.
+fn trusting<'a>(args: &[&'a str], ca: &'a std::path::Path) -> Vec<&'a str> {
+    let ca = ca.to_str().unwrap();
+    [args, &["--ca", ca, "--server-name", "localhost"]].concat()
 }
 
 #[test]
 fn bench_tls_clean_run() {
     let _gate = shared();
     let pki = TestPki::generate();
-    let server = tls_server(&pki);
-    let (status, r, err) = bench(&[
-        "tls",
-        &server.addr("tls"),
-        "-c",
-        "3",
-        "--size",
-        "1k",
-        "--duration",
-        "0.5",
-        "--pipeline",
-        "2",
-        "--ca",
-        pki.ca_pem.to_str().unwrap(),
-        "--server-name",
-        "localhost",
-    ]);
-    assert!(status.success(), "{err}");
-    assert_report_sane(&r, "tls", 3, 1024);
-    assert_clean(&r, 3);
+    let server = common::serve_tls(&pki, &[], &[]);
+    let rest = ["--size", "1k", "--duration", "0.5", "--pipeline", "2"];
+    let rest = trusting(&rest, &pki.ca_pem);
+    clean_run("tls", &server.addr("tls"), 3, 1024, &rest);
 }
 
 #[test]
 fn bench_tls_wrong_ca_counts_connect_failures() {
     let _gate = shared();
     let pki = TestPki::generate();
-    let server = tls_server(&pki);
-    let (status, r, err) = bench(&[
-        "tls",
-        &server.addr("tls"),
-        "-c",
-        "2",
-        "--duration",
-        "0.3",
-        "--ca",
-        pki.other_ca_pem.to_str().unwrap(),
-        "--server-name",
-        "localhost",
-    ]);
+    let server = common::serve_tls(&pki, &[], &[]);
+    let addr = server.addr("tls");
+    let args = ["tls", &addr, "-c", "2", "--duration", "0.3"];
+    let (status, r, err) = bench(&trusting(&args, &pki.other_ca_pem));
     assert!(!status.success(), "nothing was echoed: {err}");
     assert!(r.num("connect_failures") >= 2.0, "{r:?}");
     assert_eq!(r.num("connections_up"), 0.0);
@@ -478,21 +411,9 @@ fn bench_tls_wrong_ca_counts_connect_failures() {
 fn bench_tls_reconnect_reports_handshakes_per_second() {
     let _gate = shared();
     let pki = TestPki::generate();
-    let server = tls_server(&pki);
-    let (status, r, err) = bench(&[
-        "tls",
-        &server.addr("tls"),
-        "-c",
-        "2",
-        "--duration",
-        "0.5",
-        "--reconnect",
-        "--ca",
-        pki.ca_pem.to_str().unwrap(),
-        "--server-name",
-        "localhost",
-    ]);
-    assert!(status.success(), "{err}");
+    let server = common::serve_tls(&pki, &[], &[]);
+    let rest = trusting(&["--duration", "0.5", "--reconnect"], &pki.ca_pem);
+    let r = bench_ok("tls", &server.addr("tls"), 2, &rest);
     assert_report_sane(&r, "tls", 2, 64);
     assert!(r.str("mode").starts_with("reconnect"), "{r:?}");
     let per_sec = r.num("reconnects_per_sec");
@@ -508,16 +429,8 @@ fn bench_tls_reconnect_reports_handshakes_per_second() {
 fn bench_tcp_reconnect_reports_connections_per_second() {
     let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
-    let (status, r, err) = bench(&[
-        "tcp",
-        &server.addr("tcp"),
-        "-c",
-        "3",
-        "--duration",
-        "0.5",
-        "--reconnect",
-    ]);
-    assert!(status.success(), "{err}");
+    let rest = ["--duration", "0.5", "--reconnect"];
+    let r = bench_ok("tcp", &server.addr("tcp"), 3, &rest);
     assert_report_sane(&r, "tcp", 3, 64);
     let per_sec = r.num("reconnects_per_sec");
     let opened_in_window = per_sec * r.num("duration_secs");
@@ -530,19 +443,8 @@ fn bench_open_loop_sends_at_the_rate() {
     let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
     for kind in ["tcp", "udp"] {
-        let (status, r, err) = bench(&[
-            kind,
-            &server.addr(kind),
-            "-c",
-            "4",
-            "--duration",
-            "0.5",
-            "--rate",
-            "2k",
-        ]);
-        assert!(status.success(), "{err}");
-        assert_report_sane(&r, kind, 4, 64);
-        assert_clean(&r, 4);
+        let rest = ["--duration", "0.5", "--rate", "2k"];
+        let r = clean_run(kind, &server.addr(kind), 4, 64, &rest);
         assert_eq!(r.str("mode"), "open-loop rate=2000/s");
         // 2000/s for 0.5 s: about 1000 messages, never a closed loop's many more.
         let m = r.num("messages");
@@ -555,17 +457,8 @@ fn bench_connect_rate_ramps_connections() {
     let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     // 8 connections at 5/s: due at 0, 0.2, 0.4, 0.6 s... only ~3-4 fit in 0.7 s.
-    let (status, r, err) = bench(&[
-        "tcp",
-        &server.addr("tcp"),
-        "-c",
-        "8",
-        "--duration",
-        "0.7",
-        "--connect-rate",
-        "5",
-    ]);
-    assert!(status.success(), "{err}");
+    let rest = ["--duration", "0.7", "--connect-rate", "5"];
+    let r = bench_ok("tcp", &server.addr("tcp"), 8, &rest);
     let up = r.num("connections_up");
     assert!((3.0..=5.0).contains(&up), "{up} up: {r:?}");
     assert_eq!(r.num("connect_failures"), 0.0);
@@ -595,17 +488,8 @@ fn bench_source_address() {
     let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
     for kind in ["tcp", "udp"] {
-        let (status, r, err) = bench(&[
-            kind,
-            &server.addr(kind),
-            "-c",
-            "2",
-            "--duration",
-            "0.3",
-            "--source",
-            "127.0.0.1",
-        ]);
-        assert!(status.success(), "{kind}: {err}");
+        let rest = ["--duration", "0.3", "--source", "127.0.0.1"];
+        let r = bench_ok(kind, &server.addr(kind), 2, &rest);
         assert_clean(&r, 2);
     }
     // 192.0.2.1 (TEST-NET-1) is not a local address: refused up front, nothing sent.

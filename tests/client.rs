@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
 use std::process::ExitStatus;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,6 +20,16 @@ fn client(args: &[&str], stdin: Option<&[u8]>) -> (ExitStatus, String, String) {
     let mut full = vec!["client"];
     full.extend_from_slice(args);
     common::run(&full, stdin)
+}
+
+/// Runs `echoloop client <transport> <addr> <opts..>` with `-m <msg>` for each of `msgs`.
+fn send(transport: &str, addr: &str, opts: &[&str], msgs: &[&str]) -> (ExitStatus, String, String) {
+    let mut args = vec![transport, addr];
+    args.extend_from_slice(opts);
+    for m in msgs {
+        args.extend(["-m", m]);
+    }
+    client(&args, None)
 }
 
 /// The lines a successful exchange of `msgs` with `peer` prints.
@@ -146,10 +157,7 @@ fn tcp_echo_reassembles_reply_in_pieces() {
         assert!(writes > 20, "the test server wrote in {writes} pieces");
     });
     let msgs = ["reassemble me, please", "and me too"];
-    let r = client(
-        &["tcp", &addr.to_string(), "-m", msgs[0], "-m", msgs[1]],
-        None,
-    );
+    let r = send("tcp", &addr.to_string(), &[], &msgs);
     assert_echoed(&r, &msgs, &addr.to_string());
     h.join().unwrap();
 }
@@ -178,16 +186,11 @@ fn tcp_echo_timeout_is_bounded() {
         while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
     });
     let start = Instant::now();
-    let r = client(
-        &[
-            "tcp",
-            &addr.to_string(),
-            "--timeout",
-            "0.3",
-            "-m",
-            "anyone?",
-        ],
-        None,
+    let r = send(
+        "tcp",
+        &addr.to_string(),
+        &["--timeout", "0.3"],
+        &["anyone?"],
     );
     let took = start.elapsed();
     let line = assert_failed(&r, "no complete echo of message 1");
@@ -225,10 +228,7 @@ fn tcp_server_not_closing_after_last_echo_is_reported() {
         let _ = s.read(&mut buf);
         std::thread::sleep(Duration::from_millis(800));
     });
-    let r = client(
-        &["tcp", &addr.to_string(), "--timeout", "0.3", "-m", "x"],
-        None,
-    );
+    let r = send("tcp", &addr.to_string(), &["--timeout", "0.3"], &["x"]);
     assert_failed(&r, "did not close the connection");
     h.join().unwrap();
 }
@@ -268,10 +268,7 @@ fn tcp_connect_timeout_is_reported() {
         "could not fill the accept queue of a backlog-0 listener"
     );
     let start = Instant::now();
-    let r = client(
-        &["tcp", &addr.to_string(), "--timeout", "0.5", "-m", "x"],
-        None,
-    );
+    let r = send("tcp", &addr.to_string(), &["--timeout", "0.5"], &["x"]);
     let took = start.elapsed();
     let line = assert_failed(&r, "no connection within 500ms");
     assert!(line.contains(&addr.to_string()), "{line}");
@@ -286,10 +283,7 @@ fn tcp_host_name_resolves_and_connects() {
     let srv = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let port = srv.sockaddr("tcp").port();
     // localhost may resolve to ::1 first, where nothing listens: the client then moves on.
-    let r = client(
-        &["tcp", &format!("localhost:{port}"), "-m", "by name"],
-        None,
-    );
+    let r = send("tcp", &format!("localhost:{port}"), &[], &["by name"]);
     assert_echoed(&r, &["by name"], &format!("127.0.0.1:{port}"));
 }
 
@@ -381,19 +375,8 @@ fn udp_silent_server_fails_in_bounded_time() {
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap().to_string();
     let start = Instant::now();
-    let r = client(
-        &[
-            "udp",
-            &addr,
-            "--timeout",
-            "0.2",
-            "--retries",
-            "2",
-            "-m",
-            "hello?",
-        ],
-        None,
-    );
+    let opts = ["--timeout", "0.2", "--retries", "2"];
+    let r = send("udp", &addr, &opts, &["hello?"]);
     let took = start.elapsed();
     let line = assert_failed(&r, "no echo of message 1");
     assert!(line.contains("after 3 attempts"), "{line}");
@@ -430,21 +413,7 @@ fn udp_late_reply_is_resent_and_not_mistaken_later() {
         }
     });
     let msgs = ["first", "second", "third"];
-    let r = client(
-        &[
-            "udp",
-            &addr.to_string(),
-            "--timeout",
-            "0.3",
-            "-m",
-            msgs[0],
-            "-m",
-            msgs[1],
-            "-m",
-            msgs[2],
-        ],
-        None,
-    );
+    let r = send("udp", &addr.to_string(), &["--timeout", "0.3"], &msgs);
     assert_echoed(&r, &msgs, &addr.to_string());
     assert!(r.2.contains("resending (attempt 2 of 4)"), "{}", r.2);
     h.join().unwrap();
@@ -466,19 +435,7 @@ fn udp_stale_reply_before_the_right_one_is_ignored() {
         }
     });
     let msgs = ["alpha", "beta", "gamma"];
-    let r = client(
-        &[
-            "udp",
-            &addr.to_string(),
-            "-m",
-            msgs[0],
-            "-m",
-            msgs[1],
-            "-m",
-            msgs[2],
-        ],
-        None,
-    );
+    let r = send("udp", &addr.to_string(), &[], &msgs);
     assert_echoed(&r, &msgs, &addr.to_string());
     // No resend was needed: the stale replies were skipped, not waited out.
     assert!(!r.2.contains("resending"), "{}", r.2);
@@ -494,19 +451,8 @@ fn udp_wrong_echo_is_never_accepted() {
             s.send_to(b"garbage", from).unwrap();
         }
     });
-    let r = client(
-        &[
-            "udp",
-            &addr.to_string(),
-            "--timeout",
-            "0.2",
-            "--retries",
-            "1",
-            "-m",
-            "real",
-        ],
-        None,
-    );
+    let opts = ["--timeout", "0.2", "--retries", "1"];
+    let r = send("udp", &addr.to_string(), &opts, &["real"]);
     let line = assert_failed(&r, "after 2 attempts");
     assert!(
         line.contains("did not match") && line.contains("garbage"),
@@ -562,18 +508,11 @@ fn unix_dgram_missing_socket_is_reported() {
 // ---- TLS ----
 
 fn tls_server(pki: &TestPki, client_ca: bool) -> Proc {
-    let mut args = vec![
-        "--tls",
-        "127.0.0.1:0",
-        "--cert",
-        pki.server_chain.to_str().unwrap(),
-        "--key",
-        pki.server_key.to_str().unwrap(),
-    ];
     if client_ca {
-        args.extend(["--client-ca", pki.ca_pem.to_str().unwrap()]);
+        common::serve_tls(pki, &[], &["--client-ca", pki.ca_pem.to_str().unwrap()])
+    } else {
+        common::serve_tls(pki, &[], &[])
     }
-    Proc::serve(&args)
 }
 
 #[test]
@@ -583,45 +522,21 @@ fn tls_echo_verifies_ip_and_name() {
     let addr = srv.addr("tls");
     let ca = pki.ca_pem.to_str().unwrap();
     // The default name is the host part of ADDR: an IP literal, in the certificate.
-    let r = client(
-        &["tls", &addr, "--ca", ca, "-m", "secret", "-m", "ünï"],
-        None,
-    );
+    let r = send("tls", &addr, &["--ca", ca], &["secret", "ünï"]);
     assert_echoed(&r, &["secret", "ünï"], &addr);
-    let r = client(
-        &[
-            "tls",
-            &addr,
-            "--ca",
-            ca,
-            "--server-name",
-            "localhost",
-            "-m",
-            "named",
-        ],
-        None,
-    );
+    let opts = ["--ca", ca, "--server-name", "localhost"];
+    let r = send("tls", &addr, &opts, &["named"]);
     assert_echoed(&r, &["named"], &addr);
     // Through a host name: its host part is the name checked.
     let port = srv.sockaddr("tls").port();
-    let r = client(
-        &["tls", &format!("localhost:{port}"), "--ca", ca, "-m", "x"],
-        None,
-    );
+    let r = send("tls", &format!("localhost:{port}"), &["--ca", ca], &["x"]);
     assert_echoed(&r, &["x"], &addr);
 }
 
 #[test]
 fn tls_echo_ipv6_literal_is_the_name() {
     let pki = TestPki::generate();
-    let srv = Proc::serve(&[
-        "--tls",
-        "[::1]:0",
-        "--cert",
-        pki.server_chain.to_str().unwrap(),
-        "--key",
-        pki.server_key.to_str().unwrap(),
-    ]);
+    let srv = common::serve_tls(&pki, &["--tls", "[::1]:0"], &[]);
     let addr = srv.addr("tls");
     let ca = pki.ca_pem.to_str().unwrap();
     let r = client(&["tls", &addr, "--ca", ca, "-m", "v6"], None);
@@ -632,19 +547,9 @@ fn tls_echo_ipv6_literal_is_the_name() {
 fn tls_wrong_name_is_refused() {
     let pki = TestPki::generate();
     let srv = tls_server(&pki, false);
-    let r = client(
-        &[
-            "tls",
-            &srv.addr("tls"),
-            "--ca",
-            pki.ca_pem.to_str().unwrap(),
-            "--server-name",
-            "wrong.example",
-            "-m",
-            "x",
-        ],
-        None,
-    );
+    let ca = pki.ca_pem.to_str().unwrap();
+    let opts = ["--ca", ca, "--server-name", "wrong.example"];
+    let r = send("tls", &srv.addr("tls"), &opts, &["x"]);
     let line = assert_failed(&r, "not valid for name \"wrong.example\"");
     assert!(line.contains("TLS handshake"), "{line}");
     assert!(r.1.is_empty(), "nothing may be sent: {}", r.1);
@@ -654,19 +559,16 @@ fn tls_wrong_name_is_refused() {
 fn tls_untrusted_ca_is_refused() {
     let pki = TestPki::generate();
     let srv = tls_server(&pki, false);
-    let r = client(
-        &[
-            "tls",
-            &srv.addr("tls"),
-            "--ca",
-            pki.other_ca_pem.to_str().unwrap(),
-            "-m",
-            "x",
-        ],
-        None,
-    );
+    let ca = pki.other_ca_pem.to_str().unwrap();
+    let r = send("tls", &srv.addr("tls"), &["--ca", ca], &["x"]);
     assert_failed(&r, "not trusted (unknown issuer)");
     assert!(r.1.is_empty(), "nothing may be sent: {}", r.1);
+}
+
+/// Options trusting `ca` and presenting the client certificate `chain` with `key`.
+fn with_cert<'a>(ca: &'a str, chain: &'a Path, key: &'a Path) -> [&'a str; 6] {
+    let path = |p: &'a Path| p.to_str().unwrap();
+    ["--ca", ca, "--cert", path(chain), "--key", path(key)]
 }
 
 #[test]
@@ -679,39 +581,13 @@ fn tls_client_certificate_required() {
     let r = client(&["tls", &addr, "--ca", ca, "-m", "x"], None);
     assert_failed(&r, "requires a client certificate");
 
-    let r = client(
-        &[
-            "tls",
-            &addr,
-            "--ca",
-            ca,
-            "--cert",
-            pki.client_chain.to_str().unwrap(),
-            "--key",
-            pki.client_key.to_str().unwrap(),
-            "-m",
-            "mutual",
-        ],
-        None,
-    );
+    let opts = with_cert(ca, &pki.client_chain, &pki.client_key);
+    let r = send("tls", &addr, &opts, &["mutual"]);
     assert_echoed(&r, &["mutual"], &addr);
 
     // A certificate from a CA the server does not trust is refused.
-    let r = client(
-        &[
-            "tls",
-            &addr,
-            "--ca",
-            ca,
-            "--cert",
-            pki.other_client_chain.to_str().unwrap(),
-            "--key",
-            pki.other_client_key.to_str().unwrap(),
-            "-m",
-            "x",
-        ],
-        None,
-    );
+    let opts = with_cert(ca, &pki.other_client_chain, &pki.other_client_key);
+    let r = send("tls", &addr, &opts, &["x"]);
     assert_failed(&r, "rejected our client certificate");
 }
 
@@ -719,19 +595,9 @@ fn tls_client_certificate_required() {
 fn tls_to_a_plain_tcp_server_fails_cleanly() {
     let pki = TestPki::generate();
     let srv = Proc::serve(&["--tcp", "127.0.0.1:0"]);
-    let r = client(
-        &[
-            "tls",
-            &srv.addr("tcp"),
-            "--ca",
-            pki.ca_pem.to_str().unwrap(),
-            "--timeout",
-            "2",
-            "-m",
-            "x",
-        ],
-        None,
-    );
+    let ca = pki.ca_pem.to_str().unwrap();
+    let opts = ["--ca", ca, "--timeout", "2"];
+    let r = send("tls", &srv.addr("tcp"), &opts, &["x"]);
     assert_failed(&r, "TLS");
 }
 

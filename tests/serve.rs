@@ -12,9 +12,9 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -280,41 +280,10 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
 
-/// Runs `echoloop <args>` to completion (failing after `DEADLINE`, unlike `common::run`,
+/// Runs `echoloop <args>` to completion, failing after `DEADLINE` (unlike `common::run`,
 /// which would hang if a bad argument were accepted and the server started).
 fn run_bounded(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(common::bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn echoloop");
-    let mut out = child.stdout.take().expect("stdout piped");
-    let mut err = child.stderr.take().expect("stderr piped");
-    let out_t = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("echoloop {args:?} did not exit within {DEADLINE:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    (status, out_t.join().unwrap(), err_t.join().unwrap())
+    common::run_bounded(args, None, DEADLINE)
 }
 
 /// A failed start: non-zero exit, nothing announced, exactly one line on stderr of the
@@ -372,57 +341,10 @@ fn cpu_time(pid: u32) -> Duration {
 /// Starts `echoloop serve` through `sh -c`, so the shell can lower a resource limit first,
 /// and waits for its `listening` lines.
 fn serve_via_shell(script: &str, listeners: usize) -> Proc {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg(common::bin()) // $0 in the script
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sh");
-    let out = child.stdout.take().expect("stdout piped");
-    let mut err = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        use std::io::BufRead;
-        for line in io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&stderr);
-    thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = err.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let mut p = Proc {
-        child,
-        stdout: rx,
-        stderr,
-        listeners: Vec::new(),
-    };
-    while p.listeners.len() < listeners {
-        let line = p
-            .stdout
-            .recv_timeout(DEADLINE)
-            .unwrap_or_else(|_| panic!("no listening line; stderr:\n{}", p.stderr_text()));
-        let mut parts = line.splitn(3, ' ');
-        assert_eq!(parts.next(), Some("listening"), "unexpected line {line:?}");
-        let kind = parts.next().unwrap_or_default().to_string();
-        let addr = parts.next().unwrap_or_default().to_string();
-        p.listeners.push((kind, addr));
-    }
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script).arg(common::bin()); // $0 in the script
+    let mut p = Proc::spawn_command(cmd);
+    p.wait_listening(listeners);
     p
 }
 

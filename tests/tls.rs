@@ -13,7 +13,6 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +26,7 @@ use echoloop::{
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, ProtocolVersion, RootCertStore};
 
 use common::certs::TestPki;
-use common::{DEADLINE, Proc};
+use common::{DEADLINE, Proc, serve_tls};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -634,7 +633,7 @@ fn tls_bad_config_fails_before_binding_with_one_line_naming_the_file() {
         if let Some(ca) = client_ca {
             args.extend(["--client-ca", path_str(ca)]);
         }
-        let (status, stdout, stderr) = run_bounded(&args);
+        let (status, stdout, stderr) = common::run_bounded(&args, None, DEADLINE);
         assert!(!status.success(), "{case}: exit status {status}");
         assert!(stdout.is_empty(), "{case}: printed {stdout:?}");
         let lines: Vec<&str> = stderr.lines().collect();
@@ -651,46 +650,6 @@ fn tls_bad_config_fails_before_binding_with_one_line_naming_the_file() {
         );
         assert!(!sock.exists(), "{case}: the Unix listener was bound");
     }
-}
-
-/// Runs `echoloop <args>`, killing it (and failing) if it has not exited by the deadline.
-fn run_bounded(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(common::bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("echoloop {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    // The process is gone, so the pipes hold everything it wrote (a line or two, far below
-    // a pipe's capacity, so it could not have blocked on them).
-    let mut out = String::new();
-    let mut err = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status, out, err)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -815,12 +774,35 @@ fn tls_loop_client_handshake_deadline_without_connect_timeout() {
     // ClientHello. The loop's handshake deadline must reap the client connection even when
     // no connect timeout was asked for.
     let pki = TestPki::generate();
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut config = Config::default();
     config.handshake_timeout = Duration::from_millis(300);
+    let opts = ConnectOptions::new().tls(trusting(&pki), server_name("localhost").unwrap());
+    let (seen, took) = connect_to_silent_server(config, opts, Duration::from_secs(5));
+    assert_handshake_timed_out(&seen);
+    assert!(took >= Duration::from_millis(250));
+}
+
+#[test]
+fn tls_loop_client_connect_timeout_covers_the_handshake() {
+    let pki = TestPki::generate();
+    let opts = ConnectOptions::new()
+        .timeout(Duration::from_millis(300))
+        .tls(trusting(&pki), server_name("localhost").unwrap());
+    let (seen, _) = connect_to_silent_server(Config::default(), opts, DEADLINE);
+    assert_handshake_timed_out(&seen);
+}
+
+/// Connects an [`EchoCheck`] client with `opts` from a loop built with `config` to a
+/// listener that accepts TCP but never answers, and drives the loop until it stops (failing
+/// after `limit`). Returns what the client saw and how long the driving took.
+fn connect_to_silent_server(
+    config: Config,
+    opts: ConnectOptions,
+    limit: Duration,
+) -> (Seen, Duration) {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut el = EventLoop::new(config).unwrap();
     let seen = Rc::new(RefCell::new(Seen::default()));
-    let opts = ConnectOptions::new().tls(trusting(&pki), server_name("localhost").unwrap());
     el.connect(
         &Endpoint::Inet(silent.local_addr().unwrap()),
         opts,
@@ -831,45 +813,22 @@ fn tls_loop_client_handshake_deadline_without_connect_timeout() {
     )
     .unwrap();
     let start = Instant::now();
-    drive(&mut el, &seen, Duration::from_secs(5));
-    let seen = seen.borrow();
-    assert!(!seen.opened);
-    let reason = seen.closed.as_deref().unwrap_or_default();
-    assert!(
-        reason.contains("handshake timed out"),
-        "closed with {reason:?}"
-    );
-    assert!(start.elapsed() >= Duration::from_millis(250));
+    drive(&mut el, &seen, limit);
+    let took = start.elapsed();
+    // The loop owns the client handler (and its clone of `seen`) until it is dropped.
+    drop(el);
     drop(silent);
+    (Rc::try_unwrap(seen).unwrap().into_inner(), took)
 }
 
-#[test]
-fn tls_loop_client_connect_timeout_covers_the_handshake() {
-    let pki = TestPki::generate();
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut el = EventLoop::new(Config::default()).unwrap();
-    let seen = Rc::new(RefCell::new(Seen::default()));
-    let opts = ConnectOptions::new()
-        .timeout(Duration::from_millis(300))
-        .tls(trusting(&pki), server_name("localhost").unwrap());
-    el.connect(
-        &Endpoint::Inet(silent.local_addr().unwrap()),
-        opts,
-        Box::new(EchoCheck {
-            msg: b"never".to_vec(),
-            seen: Rc::clone(&seen),
-        }),
-    )
-    .unwrap();
-    drive(&mut el, &seen, DEADLINE);
-    let seen = seen.borrow();
+/// The client never opened and was closed by the handshake deadline.
+fn assert_handshake_timed_out(seen: &Seen) {
     assert!(!seen.opened);
     let reason = seen.closed.as_deref().unwrap_or_default();
     assert!(
         reason.contains("handshake timed out"),
         "closed with {reason:?}"
     );
-    drop(silent);
 }
 
 /// Runs `el` until it stops, failing after `limit`.
@@ -890,24 +849,6 @@ fn drive(el: &mut EventLoop, seen: &Rc<RefCell<Seen>>, limit: Duration) {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
-}
-
-/// `echoloop serve` with the test PKI's server identity. `listen` defaults to one TLS
-/// listener on 127.0.0.1 port 0.
-fn serve_tls(pki: &TestPki, listen: &[&str], extra: &[&str]) -> Proc {
-    let mut args: Vec<&str> = if listen.is_empty() {
-        vec!["--tls", "127.0.0.1:0"]
-    } else {
-        listen.to_vec()
-    };
-    args.extend([
-        "--cert",
-        path_str(&pki.server_chain),
-        "--key",
-        path_str(&pki.server_key),
-    ]);
-    args.extend_from_slice(extra);
-    Proc::serve(&args)
 }
 
 /// A client trusting the test CA, default protocol versions (TLS 1.3 preferred).

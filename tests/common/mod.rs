@@ -41,8 +41,13 @@ fn expected_listeners(args: &[&str]) -> usize {
 impl Proc {
     /// Spawns `echoloop <args>` with piped stdio.
     pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(bin())
-            .args(args)
+        Proc::spawn_command(command(args))
+    }
+
+    /// Spawns `cmd` with stdin closed and stdout/stderr collected: stdout line by line into
+    /// [`Proc::stdout`], stderr into [`Proc::stderr`].
+    pub fn spawn_command(mut cmd: Command) -> Proc {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -82,28 +87,33 @@ impl Proc {
         let mut full = vec!["serve"];
         full.extend_from_slice(args);
         let mut p = Proc::spawn(&full);
-        let want = expected_listeners(args);
+        p.wait_listening(expected_listeners(args));
+        p
+    }
+
+    /// Reads `listening <kind> <address>` lines into [`Proc::listeners`] until there are
+    /// `want`, failing (and killing the process) after `DEADLINE`.
+    pub fn wait_listening(&mut self, want: usize) {
         let deadline = Instant::now() + DEADLINE;
-        while p.listeners.len() < want {
+        while self.listeners.len() < want {
             let left = deadline.saturating_duration_since(Instant::now());
-            match p.stdout.recv_timeout(left) {
+            match self.stdout.recv_timeout(left) {
                 Ok(line) => {
                     let mut parts = line.splitn(3, ' ');
                     assert_eq!(parts.next(), Some("listening"), "unexpected line {line:?}");
                     let kind = parts.next().unwrap_or_default().to_string();
                     let addr = parts.next().unwrap_or_default().to_string();
-                    p.listeners.push((kind, addr));
+                    self.listeners.push((kind, addr));
                 }
                 Err(_) => {
-                    let _ = p.child.kill();
+                    let _ = self.child.kill();
                     panic!(
                         "server did not print its listening lines; stderr:\n{}",
-                        p.stderr_text()
+                        self.stderr_text()
                     );
                 }
             }
         }
-        p
     }
 
     /// The address of the first listener of `kind`.
@@ -175,20 +185,29 @@ impl Drop for Proc {
     }
 }
 
+/// `echoloop <args>` with stdin closed and stdout/stderr piped (callers may change stdin).
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Spawns `echoloop <args>` with piped output; stdin is piped only if `piped_stdin`.
+fn spawn_for_run(args: &[&str], piped_stdin: bool) -> Child {
+    let mut cmd = command(args);
+    if piped_stdin {
+        cmd.stdin(Stdio::piped());
+    }
+    cmd.spawn().expect("spawn echoloop")
+}
+
 /// Runs `echoloop <args>` to completion and returns (status, stdout, stderr).
 pub fn run(args: &[&str], stdin: Option<&[u8]>) -> (ExitStatus, String, String) {
     use std::io::Write;
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn echoloop");
+    let mut child = spawn_for_run(args, stdin.is_some());
     if let Some(data) = stdin {
         let mut i = child.stdin.take().expect("stdin piped");
         i.write_all(data).expect("write stdin");
@@ -199,6 +218,70 @@ pub fn run(args: &[&str], stdin: Option<&[u8]>) -> (ExitStatus, String, String) 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Like [`run`], but kills the process and fails the test if it has not exited within
+/// `limit` (for commands that would run forever if a bad argument were accepted). The
+/// output is read while it runs, so a chatty process cannot block on a full pipe.
+pub fn run_bounded(
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    limit: Duration,
+) -> (ExitStatus, String, String) {
+    use std::io::Write;
+    let mut child = spawn_for_run(args, stdin.is_some());
+    if let Some(data) = stdin {
+        let mut i = child.stdin.take().expect("stdin piped");
+        let data = data.to_vec();
+        // A writer thread, so a process that never reads its stdin cannot stall the deadline.
+        std::thread::spawn(move || {
+            let _ = i.write_all(&data);
+        });
+    }
+    let out_t = read_in_background(child.stdout.take().expect("stdout piped"));
+    let err_t = read_in_background(child.stderr.take().expect("stderr piped"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("echoloop {args:?} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, out_t.join().unwrap(), err_t.join().unwrap())
+}
+
+/// Reads `r` to its end on a thread; the text (lossily decoded) is the thread's result.
+fn read_in_background(
+    mut r: impl std::io::Read + Send + 'static,
+) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = r.read_to_end(&mut b);
+        String::from_utf8_lossy(&b).into_owned()
+    })
+}
+
+/// `echoloop serve` with the test PKI's server identity: `listen` (by default one TLS
+/// listener on 127.0.0.1 port 0), then `--cert` and `--key`, then `extra`.
+pub fn serve_tls(pki: &certs::TestPki, listen: &[&str], extra: &[&str]) -> Proc {
+    let mut args: Vec<&str> = if listen.is_empty() {
+        vec!["--tls", "127.0.0.1:0"]
+    } else {
+        listen.to_vec()
+    };
+    args.extend([
+        "--cert",
+        pki.server_chain.to_str().expect("temp paths are UTF-8"),
+        "--key",
+        pki.server_key.to_str().expect("temp paths are UTF-8"),
+    ]);
+    args.extend_from_slice(extra);
+    Proc::serve(&args)
 }
 
 /// A unique path under the temp dir for a Unix socket.
