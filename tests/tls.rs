@@ -554,6 +554,7 @@ fn tls_idle_connections_stay_small() {
         clients.push(c);
     }
     let grown_kib = server.rss_kib().saturating_sub(base);
+    println!("200 idle TLS connections: +{grown_kib} KiB server RSS");
     assert!(
         grown_kib < 200 * 50,
         "200 idle TLS connections cost {grown_kib} KiB"
