@@ -86,7 +86,7 @@
 //! purpose (so one busy client cannot starve the others, or because of backpressure) it
 //! remembers "maybe readable" and comes back by itself. One system call can be saved:
 //! `epoll(7)` notes that a read returning less than asked for on a stream socket means the
-//! queue is drained (see `read_loop` in `event_loop.rs`).
+//! queue is drained (see `read_loop` in `src/event_loop/stream.rs`).
 //!
 //! # 5. Partial writes
 //!

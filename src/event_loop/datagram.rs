@@ -1,0 +1,236 @@
+//! Datagram sockets inside the reactor: UDP and Unix datagram.
+//!
+//! Teaches: no connection and no stream — every datagram stands alone, is received whole
+//! (or, if too large, not at all) and answered to the address it came from. Sending can
+//! block too, so replies wait in a bounded queue; and many datagrams can move per system
+//! call (`recvmmsg`/`sendmmsg`).
+
+use super::*;
+
+/// Runs a datagram handler callback with a context, then closes the socket if the
+/// handler asked to. Returns true if it did.
+pub(super) fn call_dgram(
+    d: &mut DgramEntry,
+    core: &mut Core,
+    key: usize,
+    f: impl FnOnce(&mut dyn DatagramHandler, &mut DgramCtx<'_>),
+) -> bool {
+    let mut close = false;
+    let mut ctx = DgramCtx {
+        sock: &d.sock,
+        queue: &mut d.queue,
+        core,
+        id: ConnId::new(key, d.generation),
+        close_requested: &mut close,
+    };
+    f(d.handler.as_mut(), &mut ctx);
+    if close {
+        close_dgram(d, core, key);
+    }
+    close
+}
+
+pub(super) fn close_dgram(d: &mut DgramEntry, core: &mut Core, key: usize) {
+    if d.closed {
+        return;
+    }
+    // Flush what can go now; a datagram socket has no half-close to wait for.
+    flush_dgram_queue(d, core);
+    d.closed = true;
+    // `close_dgram` returns at once if called again from inside on_close.
+    call_dgram(d, core, key, |h, ctx| h.on_close(ctx));
+    core.dead.push(key);
+}
+
+pub(super) fn flush_dgram_queue(d: &mut DgramEntry, core: &mut Core) {
+    while let Some((data, to)) = d.queue.items.front() {
+        match d.sock.try_send_to(data, to) {
+            Ok(_) => core.stats.datagrams_out += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                log::debug!("send to {to}: {e}");
+                core.stats.datagrams_dropped += 1;
+            }
+        }
+        d.queue.items.pop_front();
+    }
+}
+
+/// Sends one datagram now, or queues it if the socket would block.
+pub(crate) fn dgram_send(
+    sock: &Datagram,
+    queue: &mut DgramQueue,
+    core: &mut Core,
+    data: &[u8],
+    to: &PeerAddr,
+) -> Result<(), SendError> {
+    if !to.is_addressable() {
+        core.stats.datagrams_dropped += 1;
+        return Err(SendError::Unaddressable);
+    }
+    if let (true, true, PeerAddr::Inet(a)) = (core.batching, queue.items.is_empty(), to) {
+        // Inside a receive batch: gather, and send all replies with one call afterwards.
+        core.dgram_batch.push(data, *a);
+        return Ok(());
+    }
+    if queue.items.is_empty() {
+        match sock.try_send_to(data, to) {
+            Ok(_) => {
+                core.stats.datagrams_out += 1;
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                core.stats.datagrams_dropped += 1;
+                return Err(SendError::Io(e));
+            }
+        }
+    }
+    if queue.items.len() >= core.config.datagram_queue {
+        core.stats.datagrams_dropped += 1;
+        return Err(SendError::QueueFull);
+    }
+    // Datagram sockets can block too: keep it, and stop receiving until the queue drains
+    // so that replies cannot pile up without bound.
+    queue.items.push_back((data.to_vec(), to.clone()));
+    if queue.items.len() >= core.config.datagram_queue {
+        queue.paused = true;
+    }
+    Ok(())
+}
+
+pub(super) fn dgram_ready(
+    d: &mut DgramEntry,
+    core: &mut Core,
+    rbuf: &mut [u8],
+    batch: Option<&mut RecvBatch>,
+    key: usize,
+    readable: bool,
+    writable: bool,
+) {
+    if d.closed {
+        return;
+    }
+    let id = ConnId::new(key, d.generation);
+    let mut readable = readable;
+    if writable && !d.queue.items.is_empty() {
+        flush_dgram_queue(d, core);
+        if d.queue.paused && d.queue.items.len() <= core.config.datagram_queue / 2 {
+            d.queue.paused = false;
+            // Edge-triggered: datagrams that arrived while paused raise no new event.
+            readable = true;
+        }
+    }
+    if !readable {
+        return;
+    }
+    if let (true, Some(batch)) = (d.sock.is_udp(), batch) {
+        dgram_read_batches(d, core, batch, id, key);
+        return;
+    }
+    // Fairness cap, counted in datagrams.
+    for _ in 0..DGRAM_BUDGET {
+        if d.queue.paused || d.closed {
+            return;
+        }
+        match d.sock.try_recv_from(rbuf) {
+            Ok((n, from)) => {
+                core.stats.datagrams_in += 1;
+                if call_dgram(d, core, key, |h, ctx| h.on_datagram(ctx, &rbuf[..n], &from)) {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                // For UDP this is usually an ICMP error (port unreachable) from an earlier
+                // send: it concerns that send, not this socket, which goes on. InvalidData
+                // is a datagram too large to receive whole (see `try_recv_from`).
+                if e.kind() == io::ErrorKind::InvalidData {
+                    core.stats.datagrams_dropped += 1;
+                }
+                log::debug!("recv on {id}: {e}");
+            }
+        }
+    }
+    core.schedule_read(id);
+}
+
+/// Datagrams handled per socket per turn before others get a go (fairness cap).
+const DGRAM_BUDGET: usize = 256;
+
+/// UDP's fast path: receive a batch with one `recvmmsg`, let the handler answer each
+/// datagram (replies are gathered, not sent), then send all replies with one `sendmmsg`.
+pub(super) fn dgram_read_batches(
+    d: &mut DgramEntry,
+    core: &mut Core,
+    batch: &mut RecvBatch,
+    id: ConnId,
+    key: usize,
+) {
+    let mut budget = DGRAM_BUDGET;
+    while budget > 0 {
+        if d.queue.paused || d.closed {
+            return;
+        }
+        let n = match d.sock.try_recv_batch(batch) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                // Usually an ICMP error from an earlier send; the socket goes on.
+                log::debug!("recv on {id}: {e}");
+                budget -= 1;
+                continue;
+            }
+        };
+        budget = budget.saturating_sub(n.max(1));
+        core.stats.datagrams_in += n as u64;
+        let mut closed = false;
+        core.batching = true;
+        for i in 0..n {
+            let (data, from) = batch.get(i);
+            let from = PeerAddr::Inet(*from);
+            closed = call_dgram(d, core, key, |h, ctx| h.on_datagram(ctx, data, &from));
+            if closed {
+                break;
+            }
+        }
+        core.batching = false;
+        // The replies go out even if the handler closed the socket: they were accepted.
+        flush_send_batch(d, core);
+        if closed {
+            return;
+        }
+        if n < BATCH {
+            // recvmmsg stops at the first would-block: fewer than asked means the queue
+            // was empty, and any datagram arriving later raises a new edge.
+            return;
+        }
+    }
+    core.schedule_read(id);
+}
+
+/// Sends the replies gathered during a batch. On the first refusal the rest go through
+/// the one-at-a-time path, which queues on `WouldBlock` and drops on hard errors.
+pub(super) fn flush_send_batch(d: &mut DgramEntry, core: &mut Core) {
+    let mut replies = std::mem::take(&mut core.dgram_batch);
+    let total = replies.len();
+    let mut i = 0;
+    while i < total {
+        match d.sock.try_send_batch(&replies, i) {
+            Ok(k) if k > 0 => {
+                core.stats.datagrams_out += k as u64;
+                i += k;
+            }
+            _ => break,
+        }
+    }
+    for j in i..total {
+        let (data, to) = replies.get(j);
+        if let Some(to) = to.as_socket() {
+            // Errors are counted inside; there is no handler to tell any more.
+            let _ = dgram_send(&d.sock, &mut d.queue, core, data, &PeerAddr::Inet(to));
+        }
+    }
+    replies.clear();
+    core.dgram_batch = replies;
+}
