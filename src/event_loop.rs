@@ -161,6 +161,7 @@ pub enum ListenKind {
 /// Work requested from inside a callback, done once the callback has returned.
 pub(crate) enum Deferred {
     Connect(Endpoint, ConnectOptions, Box<dyn Handler>),
+    BindUdp(std::net::SocketAddr, Box<dyn DatagramHandler>),
 }
 
 /// State shared by all callbacks of a loop (kept apart from the slab so a callback can
@@ -192,6 +193,7 @@ impl std::fmt::Debug for Deferred {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Deferred::Connect(to, _, _) => write!(f, "Connect({to})"),
+            Deferred::BindUdp(addr, _) => write!(f, "BindUdp({addr})"),
         }
     }
 }
@@ -880,6 +882,14 @@ impl EventLoop {
                             id,
                         };
                         handler.on_close(&mut ctx, &CloseReason::ConnectFailed(e));
+                    }
+                }
+                Deferred::BindUdp(addr, handler) => {
+                    // A datagram handler learns nothing without a socket: a bind failure is
+                    // logged and counted, the loop goes on.
+                    if let Err(e) = self.bind_udp(addr, handler) {
+                        log::warn!("{e}");
+                        self.core.stats.datagrams_dropped += 1;
                     }
                 }
             }

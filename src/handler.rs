@@ -380,6 +380,13 @@ impl DgramCtx<'_> {
             .push(Deferred::Connect(to, opts, handler));
     }
 
+    /// Binds another UDP socket served by `handler` (after this callback returns), for
+    /// example one of the other address family when a client moves on to a server's next
+    /// address. A bind failure is logged.
+    pub fn bind_udp(&mut self, addr: std::net::SocketAddr, handler: Box<dyn DatagramHandler>) {
+        self.core.deferred.push(Deferred::BindUdp(addr, handler));
+    }
+
     /// The loop's counters so far.
     pub fn stats(&self) -> Stats {
         self.core.stats

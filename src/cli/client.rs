@@ -17,7 +17,10 @@
 //! * `DgramClient` (udp, unix-dgram) is a [`DatagramHandler`]. Each message is one
 //!   datagram; if no matching reply comes within `--timeout` (default 1 s) it is sent again,
 //!   up to `--retries` (default 3) more times, so a silent server is reported after about
-//!   timeout × (retries + 1).
+//!   timeout × (retries + 1). A UDP host name with several addresses (localhost is often
+//!   `::1` and `127.0.0.1`) cannot be checked by a connect: if the first message gets no
+//!   answer at all from one address, it moves on to the next (on a new socket of that
+//!   family), so a silent server is then reported after that time per address.
 //!
 //! **Stale replies.** Over datagrams a reply to an earlier attempt can arrive late, after
 //! the message was resent or even after the next message was sent; the network may also
@@ -243,19 +246,16 @@ fn start_dgram(el: &mut EventLoop, args: &ClientArgs, common: Common) -> Result<
     let retries = args.retries.unwrap_or(DGRAM_RETRIES);
     match args.transport {
         Transport::Udp => {
-            // A name with several addresses: datagrams have no connect to fail, so there is
-            // nothing to try in turn; the resolver's first (preferred) answer is used.
-            let server = resolve_all(&args.addr)?
-                .first()
-                .copied()
+            // A name with several addresses (localhost is often ::1 and 127.0.0.1): there
+            // is no connect to fail, so silence is the only sign of a wrong one. The first
+            // message moves on to the next address when all its tries go unanswered.
+            let mut servers: VecDeque<std::net::SocketAddr> = resolve_all(&args.addr)?.into();
+            let server = servers
+                .pop_front()
                 .ok_or_else(|| format!("{} resolves to no address", args.addr))?;
-            let local: std::net::SocketAddr = if server.is_ipv4() {
-                ([0, 0, 0, 0], 0).into()
-            } else {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let client = DgramClient::new(common, PeerAddr::Inet(server), retries, true);
-            el.bind_udp(local, Box::new(client))?;
+            let mut client = DgramClient::new(common, PeerAddr::Inet(server), retries, true);
+            client.fallbacks = servers;
+            el.bind_udp(unspecified_like(server), Box::new(client))?;
         }
         _ => {
             let server = match UnixName::parse(&args.addr)? {
@@ -270,6 +270,15 @@ fn start_dgram(el: &mut EventLoop, args: &ClientArgs, common: Common) -> Result<
         }
     }
     Ok(())
+}
+
+/// The wildcard address of `server`'s family, port 0: where a client binds to reach it.
+fn unspecified_like(server: std::net::SocketAddr) -> std::net::SocketAddr {
+    if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    }
 }
 
 /// A Unix datagram socket with a name the server can reply to. Binding to an address that
@@ -751,6 +760,12 @@ struct DgramClient {
     /// Replies not taken for the current message, and the last of them.
     ignored: u32,
     last_ignored: Option<String>,
+    /// UDP: the server's other addresses, tried in turn while nothing has answered yet.
+    fallbacks: VecDeque<std::net::SocketAddr>,
+    /// An echo has arrived: the address is right, no more moving on.
+    answered: bool,
+    /// This socket handed the exchange to a successor on another address.
+    handed_over: bool,
 }
 
 impl DgramClient {
@@ -765,7 +780,48 @@ impl DgramClient {
             timer: None,
             ignored: 0,
             last_ignored: None,
+            fallbacks: VecDeque::new(),
+            answered: false,
+            handed_over: false,
         }
+    }
+
+    /// Moves the exchange to the server's next address, on a new socket of its family
+    /// (the current message is sent again from there). Returns false if there is none.
+    fn try_next_address(&mut self, ctx: &mut DgramCtx<'_>) -> bool {
+        if self.answered {
+            return false;
+        }
+        let Some(next) = self.fallbacks.pop_front() else {
+            return false;
+        };
+        eprintln!(
+            "echoloop: no echo from {} after {} attempts; trying {next}",
+            self.server, self.attempts
+        );
+        let successor = DgramClient {
+            common: Common {
+                messages: Rc::clone(&self.common.messages),
+                outcome: Rc::clone(&self.common.outcome),
+                timeout: self.common.timeout,
+                index: self.common.index,
+            },
+            server: PeerAddr::Inet(next),
+            check_sender: self.check_sender,
+            retries: self.retries,
+            current: self.current.take(),
+            attempts: 0,
+            timer: None,
+            ignored: 0,
+            last_ignored: None,
+            fallbacks: std::mem::take(&mut self.fallbacks),
+            answered: false,
+            handed_over: false,
+        };
+        ctx.bind_udp(unspecified_like(next), Box::new(successor));
+        self.handed_over = true;
+        ctx.close();
+        true
     }
 
     fn finish(&mut self, ctx: &mut DgramCtx<'_>, result: Result<(), String>) {
@@ -825,7 +881,12 @@ impl DgramClient {
 
 impl DatagramHandler for DgramClient {
     fn on_ready(&mut self, ctx: &mut DgramCtx<'_>) {
-        self.send_next(ctx);
+        if self.current.is_some() {
+            // Taking over from a socket on another address: the message is not answered yet.
+            self.transmit(ctx);
+        } else {
+            self.send_next(ctx);
+        }
     }
 
     fn on_datagram(&mut self, ctx: &mut DgramCtx<'_>, data: &[u8], from: &PeerAddr) {
@@ -848,6 +909,7 @@ impl DatagramHandler for DgramClient {
         }
         let text = String::from_utf8_lossy(data).into_owned();
         self.current = None;
+        self.answered = true;
         if let Err(e) = say(&format!("RCVD {text} ({} bytes) from {from}", data.len())) {
             return self.finish(ctx, Err(e));
         }
@@ -868,6 +930,9 @@ impl DatagramHandler for DgramClient {
                 self.retries.saturating_add(1)
             );
             self.transmit(ctx);
+            return;
+        }
+        if self.try_next_address(ctx) {
             return;
         }
         let mut msg = format!(
@@ -893,6 +958,9 @@ impl DatagramHandler for DgramClient {
     }
 
     fn on_close(&mut self, ctx: &mut DgramCtx<'_>) {
+        if self.handed_over {
+            return;
+        }
         self.common
             .settle(Err("the socket closed before the exchange was over".into()));
         ctx.stop_loop(Duration::ZERO);
@@ -955,5 +1023,51 @@ mod tests {
             "localhost",
         );
         assert!(required.contains("--cert"), "{required}");
+    }
+
+    /// A name may stand for several addresses; when the first never answers, the first
+    /// message moves on to the next, on a socket of that address's family.
+    #[test]
+    fn udp_moves_on_to_the_next_address_when_the_first_is_silent() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            echo.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut buf = [0u8; 1500];
+            for _ in 0..2 {
+                let (n, from) = echo.recv_from(&mut buf).unwrap();
+                echo.send_to(&buf[..n], from).unwrap();
+            }
+        });
+        let outcome: Outcome = Rc::default();
+        let common = Common {
+            messages: Rc::new(RefCell::new(Messages::from_list(vec![
+                "one".into(),
+                "two".into(),
+            ]))),
+            outcome: Rc::clone(&outcome),
+            timeout: Duration::from_millis(100),
+            index: 0,
+        };
+        let first = PeerAddr::Inet(silent.local_addr().unwrap());
+        let mut client = DgramClient::new(common, first, 1, true);
+        client.fallbacks = VecDeque::from([echo_addr]);
+        let mut el = EventLoop::new(Config::default()).unwrap();
+        el.bind_udp(
+            unspecified_like(silent.local_addr().unwrap()),
+            Box::new(client),
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while el.run_once(Some(Duration::from_millis(50))).unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "client never finished"
+            );
+        }
+        server.join().unwrap();
+        assert_eq!(outcome.borrow().clone(), Some(Ok(())));
     }
 }
