@@ -49,13 +49,15 @@ mod datagram;
 mod stream;
 
 pub(crate) use datagram::dgram_send;
-use datagram::{call_dgram, close_dgram, dgram_ready};
+use datagram::{call_dgram, close_dgram, dgram_ready, dgram_retry};
 use stream::{
     NoopHandler, Readiness, arm_timer, call_handler, close_now, conn_ready, conn_ready_again,
     conn_timer, progress,
 };
 
 const WAKER: Token = Token(usize::MAX);
+/// Connections accepted per listener per turn before other sockets get a go.
+const ACCEPT_BUDGET: usize = 256;
 const SIGNALS: Token = Token(usize::MAX - 1);
 
 /// Large enough for the largest UDP datagram (65,507 bytes over IPv4): a smaller buffer
@@ -161,7 +163,7 @@ pub enum ListenKind {
 /// Work requested from inside a callback, done once the callback has returned.
 pub(crate) enum Deferred {
     Connect(Endpoint, ConnectOptions, Box<dyn Handler>),
-    BindUdp(std::net::SocketAddr, Box<dyn DatagramHandler>),
+    AddUdp(mio::net::UdpSocket, Box<dyn DatagramHandler>),
 }
 
 /// State shared by all callbacks of a loop (kept apart from the slab so a callback can
@@ -193,7 +195,7 @@ impl std::fmt::Debug for Deferred {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Deferred::Connect(to, _, _) => write!(f, "Connect({to})"),
-            Deferred::BindUdp(addr, _) => write!(f, "BindUdp({addr})"),
+            Deferred::AddUdp(sock, _) => write!(f, "AddUdp({:?})", sock.local_addr()),
         }
     }
 }
@@ -201,6 +203,13 @@ impl std::fmt::Debug for Deferred {
 impl Core {
     pub(crate) fn schedule_read(&mut self, id: ConnId) {
         self.ready.push(id);
+    }
+
+    pub(crate) fn bind_options(&self) -> BindOptions {
+        BindOptions {
+            backlog: self.config.backlog,
+            reuse_port: self.config.reuse_port,
+        }
     }
 
     /// A fresh id for slot `key`: the generation tells it from earlier users of the slot.
@@ -213,9 +222,20 @@ impl Core {
 /// A datagram socket's queue of replies the kernel could not take yet.
 #[derive(Debug, Default)]
 pub(crate) struct DgramQueue {
-    items: VecDeque<(Vec<u8>, PeerAddr)>,
+    items: VecDeque<Queued>,
     /// Receiving paused until the queue drains.
     paused: bool,
+    /// Unix datagram sockets: when to try the queue again (see `flush_dgram_queue`).
+    retry_timer: Option<crate::handler::TimerId>,
+}
+
+/// One reply waiting in a datagram queue.
+#[derive(Debug)]
+struct Queued {
+    data: Vec<u8>,
+    to: PeerAddr,
+    /// When it was queued: replies a receiver leaves unread too long are dropped.
+    since: Instant,
 }
 
 struct ListenerEntry {
@@ -430,10 +450,7 @@ impl EventLoop {
     }
 
     fn bind_options(&self) -> BindOptions {
-        BindOptions {
-            backlog: self.core.config.backlog,
-            reuse_port: self.core.config.reuse_port,
-        }
+        self.core.bind_options()
     }
 
     fn add_listener(
@@ -688,7 +705,7 @@ impl EventLoop {
     /// Accepts until the queue is empty (`WouldBlock`): with edge-triggered readiness, one
     /// event may stand for many waiting connections.
     fn accept_loop(&mut self, key: usize) {
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             let Some(Entry::Listener(l)) = self.slab.get_mut(key) else {
                 return;
             };
@@ -756,6 +773,12 @@ impl EventLoop {
             self.core.stats.accepted += 1;
             self.add_accepted(stream, session, handler, &peer);
         }
+        // Fairness: a flood of connects must not keep the loop here while established
+        // connections wait. The rest of the queue is taken on the next turn; no new event
+        // would come for connections already queued.
+        if let Some(Entry::Listener(l)) = self.slab.get(key) {
+            self.core.schedule_read(ConnId::new(key, l.generation));
+        }
     }
 
     fn add_accepted(
@@ -815,6 +838,9 @@ impl EventLoop {
                     let batch = self.recv_batch.as_deref_mut();
                     dgram_ready(d, &mut self.core, &mut self.rbuf, batch, key, true, false);
                 }
+                Some(Entry::Listener(l)) if l.generation == id.generation => {
+                    self.accept_loop(key);
+                }
                 _ => {}
             }
         }
@@ -842,7 +868,11 @@ impl EventLoop {
                     let key = id.key as usize;
                     if let Some(Entry::Dgram(d)) = self.slab.get_mut(key) {
                         if d.generation == id.generation && !d.closed {
-                            call_dgram(d, &mut self.core, key, |h, ctx| h.on_timer(ctx, timer));
+                            if kind == Kind::DgramRetry {
+                                dgram_retry(d, &mut self.core, key);
+                            } else {
+                                call_dgram(d, &mut self.core, key, |h, ctx| h.on_timer(ctx, timer));
+                            }
                         }
                     }
                 }
@@ -884,12 +914,11 @@ impl EventLoop {
                         handler.on_close(&mut ctx, &CloseReason::ConnectFailed(e));
                     }
                 }
-                Deferred::BindUdp(addr, handler) => {
-                    // A datagram handler learns nothing without a socket: a bind failure is
-                    // logged and counted, the loop goes on.
-                    if let Err(e) = self.bind_udp(addr, handler) {
-                        log::warn!("{e}");
-                        self.core.stats.datagrams_dropped += 1;
+                Deferred::AddUdp(sock, handler) => {
+                    // Bound already (a bind error went to the caller); only registering is
+                    // left, which fails only if the poller itself does.
+                    if let Err(e) = self.add_datagram(Datagram::Udp(sock), handler) {
+                        log::error!("{e}");
                     }
                 }
             }

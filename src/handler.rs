@@ -345,7 +345,7 @@ impl DgramCtx<'_> {
     /// sent together (`sendmmsg`) after the batch: `Ok` then means "accepted for sending",
     /// and a later send error is counted in [`Stats::datagrams_dropped`] instead.
     pub fn send_to(&mut self, data: &[u8], to: &PeerAddr) -> Result<(), SendError> {
-        crate::event_loop::dgram_send(self.sock, self.queue, self.core, data, to)
+        crate::event_loop::dgram_send(self.sock, self.queue, self.core, self.id, data, to)
     }
 
     /// Calls `on_timer` after `after`.
@@ -380,11 +380,17 @@ impl DgramCtx<'_> {
             .push(Deferred::Connect(to, opts, handler));
     }
 
-    /// Binds another UDP socket served by `handler` (after this callback returns), for
-    /// example one of the other address family when a client moves on to a server's next
-    /// address. A bind failure is logged.
-    pub fn bind_udp(&mut self, addr: std::net::SocketAddr, handler: Box<dyn DatagramHandler>) {
-        self.core.deferred.push(Deferred::BindUdp(addr, handler));
+    /// Binds another UDP socket served by `handler`, for example one of the other address
+    /// family when a client moves on to a server's next address. The socket is bound now
+    /// (so a failure is returned here) and joins the loop after this callback returns.
+    pub fn bind_udp(
+        &mut self,
+        addr: std::net::SocketAddr,
+        handler: Box<dyn DatagramHandler>,
+    ) -> Result<(), crate::ListenError> {
+        let sock = crate::net::bind_udp(addr, self.core.bind_options())?;
+        self.core.deferred.push(Deferred::AddUdp(sock, handler));
+        Ok(())
     }
 
     /// The loop's counters so far.

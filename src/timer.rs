@@ -33,6 +33,8 @@ pub(crate) enum Kind {
     Linger,
     /// Try `accept` again after running out of descriptors.
     AcceptBackoff,
+    /// Try a Unix datagram socket's queued replies again.
+    DgramRetry,
 }
 
 /// `now + d`, saturating far in the future instead of overflowing: durations come from

@@ -1625,3 +1625,51 @@ fn unix_dgram_oversized_is_not_echoed_truncated() {
     }
     let _ = std::fs::remove_file(&client_path);
 }
+
+/// One Unix datagram client that never reads must not freeze the socket for the others:
+/// its replies wait (in order) while other receivers are served, and replies it leaves
+/// unread longer than the close timeout are dropped so the queue drains.
+#[test]
+fn unix_dgram_client_that_never_reads_does_not_block_others() {
+    let path = common::temp_sock("dgram-hog");
+    let p = Proc::serve(&["--unix-dgram", path_str(&path), "--shutdown-timeout", "1"]);
+    let hog_path = common::temp_sock("dgram-hog-client");
+    let hog = UnixDatagram::bind(&hog_path).unwrap();
+    hog.set_nonblocking(true).unwrap();
+    // Send until the server's receive queue is full too, never reading a reply.
+    let payload = vec![9u8; 1000];
+    let mut sent = 0;
+    let until = Instant::now() + Duration::from_secs(3);
+    while sent < 5000 && Instant::now() < until {
+        match hog.send_to(&payload, &path) {
+            Ok(_) => sent += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("hog send: {e}"),
+        }
+    }
+    assert!(sent > 100, "the hog could only send {sent}");
+    // Another client is still answered, within a bounded time.
+    let other_path = common::temp_sock("dgram-other-client");
+    let other = UnixDatagram::bind(&other_path).unwrap();
+    other
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    other.send_to(b"am I served?", &path).unwrap();
+    let mut buf = [0u8; 64];
+    let n = other.recv(&mut buf).expect("the other client got no reply");
+    assert_eq!(&buf[..n], b"am I served?");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(p);
+    let _ = std::fs::remove_file(&hog_path);
+    let _ = std::fs::remove_file(&other_path);
+}

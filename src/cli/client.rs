@@ -809,7 +809,7 @@ impl DgramClient {
             server: PeerAddr::Inet(next),
             check_sender: self.check_sender,
             retries: self.retries,
-            current: self.current.take(),
+            current: self.current.clone(),
             attempts: 0,
             timer: None,
             ignored: 0,
@@ -818,7 +818,13 @@ impl DgramClient {
             answered: false,
             handed_over: false,
         };
-        ctx.bind_udp(unspecified_like(next), Box::new(successor));
+        if let Err(e) = ctx.bind_udp(unspecified_like(next), Box::new(successor)) {
+            // No socket for that family (IPv6 disabled, say): report this address's
+            // silence as the failure rather than hang.
+            eprintln!("echoloop: cannot try {next}: {e}");
+            return false;
+        }
+        self.current = None;
         self.handed_over = true;
         ctx.close();
         true

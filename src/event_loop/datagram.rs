@@ -35,24 +35,98 @@ pub(super) fn close_dgram(d: &mut DgramEntry, core: &mut Core, key: usize) {
         return;
     }
     // Flush what can go now; a datagram socket has no half-close to wait for.
-    flush_dgram_queue(d, core);
+    flush_dgram_queue(d, core, ConnId::new(key, d.generation));
     d.closed = true;
     // `close_dgram` returns at once if called again from inside on_close.
     call_dgram(d, core, key, |h, ctx| h.on_close(ctx));
     core.dead.push(key);
 }
 
-pub(super) fn flush_dgram_queue(d: &mut DgramEntry, core: &mut Core) {
-    while let Some((data, to)) = d.queue.items.front() {
-        match d.sock.try_send_to(data, to) {
-            Ok(_) => core.stats.datagrams_out += 1,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+/// Sends queued replies, oldest first.
+///
+/// UDP: `WouldBlock` means *our* send buffer is full, so nothing else can go either: stop.
+/// Unix datagrams: it means *that receiver's* queue is full, and no event will say when it
+/// has room. Its replies stay queued (in order) while those to other receivers go on, a
+/// retry timer looks again, and replies that have waited longer than `close_timeout` are
+/// dropped — so one client that never reads cannot freeze the socket for everyone.
+pub(super) fn flush_dgram_queue(d: &mut DgramEntry, core: &mut Core, id: ConnId) {
+    let udp = d.sock.is_udp();
+    let mut blocked: Vec<PeerAddr> = Vec::new();
+    let mut i = 0;
+    while let Some(q) = d.queue.items.get(i) {
+        if crate::timer::later(q.since, core.config.close_timeout) <= core.now {
+            log::debug!(
+                "reply to {} dropped: its receiver has not read for too long",
+                q.to
+            );
+            core.stats.datagrams_dropped += 1;
+            d.queue.items.remove(i);
+            continue;
+        }
+        if blocked.iter().any(|b| same_peer(b, &q.to)) {
+            i += 1;
+            continue;
+        }
+        match d.sock.try_send_to(&q.data, &q.to) {
+            Ok(_) => {
+                core.stats.datagrams_out += 1;
+                d.queue.items.remove(i);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if udp {
+                    break;
+                }
+                blocked.push(q.to.clone());
+                i += 1;
+            }
             Err(e) => {
-                log::debug!("send to {to}: {e}");
+                log::debug!("send to {}: {e}", q.to);
                 core.stats.datagrams_dropped += 1;
+                d.queue.items.remove(i);
             }
         }
-        d.queue.items.pop_front();
+    }
+    arm_retry(d, core, id);
+}
+
+/// Unix datagram sockets with replies waiting get a timer: a full receiver's reading
+/// raises no event on our side.
+fn arm_retry(d: &mut DgramEntry, core: &mut Core, id: ConnId) {
+    arm_queue_retry(&d.sock, &mut d.queue, core, id);
+}
+
+fn arm_queue_retry(sock: &Datagram, queue: &mut DgramQueue, core: &mut Core, id: ConnId) {
+    if sock.is_udp() || queue.items.is_empty() || queue.retry_timer.is_some() {
+        return;
+    }
+    let at = crate::timer::later(core.now, UNIX_RETRY);
+    queue.retry_timer = Some(core.timers.add(at, Owner::Dgram(id), Kind::DgramRetry));
+}
+
+/// How often queued Unix datagram replies are tried again.
+const UNIX_RETRY: Duration = Duration::from_millis(20);
+
+/// The retry timer of a Unix datagram socket's queue fired.
+pub(super) fn dgram_retry(d: &mut DgramEntry, core: &mut Core, key: usize) {
+    let id = ConnId::new(key, d.generation);
+    d.queue.retry_timer = None;
+    flush_dgram_queue(d, core, id);
+    if d.queue.paused && d.queue.items.len() <= core.config.datagram_queue / 2 {
+        d.queue.paused = false;
+        // Edge-triggered: datagrams that arrived while paused raise no new event.
+        core.schedule_read(id);
+    }
+}
+
+/// Same destination? (std's Unix `SocketAddr` has no `PartialEq`.)
+fn same_peer(a: &PeerAddr, b: &PeerAddr) -> bool {
+    use std::os::linux::net::SocketAddrExt;
+    match (a, b) {
+        (PeerAddr::Inet(x), PeerAddr::Inet(y)) => x == y,
+        (PeerAddr::Unix(x), PeerAddr::Unix(y)) => {
+            x.as_pathname() == y.as_pathname() && x.as_abstract_name() == y.as_abstract_name()
+        }
+        _ => false,
     }
 }
 
@@ -61,6 +135,7 @@ pub(crate) fn dgram_send(
     sock: &Datagram,
     queue: &mut DgramQueue,
     core: &mut Core,
+    id: ConnId,
     data: &[u8],
     to: &PeerAddr,
 ) -> Result<(), SendError> {
@@ -73,7 +148,11 @@ pub(crate) fn dgram_send(
         core.dgram_batch.push(data, *a);
         return Ok(());
     }
-    if queue.items.is_empty() {
+    // Replies to one receiver stay in order; for Unix sockets, a receiver with nothing
+    // queued need not wait behind another that is full.
+    let send_now = queue.items.is_empty()
+        || (!sock.is_udp() && !queue.items.iter().any(|q| same_peer(&q.to, to)));
+    if send_now {
         match sock.try_send_to(data, to) {
             Ok(_) => {
                 core.stats.datagrams_out += 1;
@@ -92,10 +171,15 @@ pub(crate) fn dgram_send(
     }
     // Datagram sockets can block too: keep it, and stop receiving until the queue drains
     // so that replies cannot pile up without bound.
-    queue.items.push_back((data.to_vec(), to.clone()));
+    queue.items.push_back(Queued {
+        data: data.to_vec(),
+        to: to.clone(),
+        since: core.now,
+    });
     if queue.items.len() >= core.config.datagram_queue {
         queue.paused = true;
     }
+    arm_queue_retry(sock, queue, core, id);
     Ok(())
 }
 
@@ -114,7 +198,7 @@ pub(super) fn dgram_ready(
     let id = ConnId::new(key, d.generation);
     let mut readable = readable;
     if writable && !d.queue.items.is_empty() {
-        flush_dgram_queue(d, core);
+        flush_dgram_queue(d, core, id);
         if d.queue.paused && d.queue.items.len() <= core.config.datagram_queue / 2 {
             d.queue.paused = false;
             // Edge-triggered: datagrams that arrived while paused raise no new event.
@@ -188,15 +272,22 @@ pub(super) fn dgram_read_batches(
         core.batching = true;
         for i in 0..n {
             let (data, from) = batch.get(i);
-            let from = PeerAddr::Inet(*from);
+            let Some(from) = from else {
+                // A sender we cannot name cannot be answered.
+                core.stats.datagrams_dropped += 1;
+                continue;
+            };
+            let from = PeerAddr::Inet(from);
             closed = call_dgram(d, core, key, |h, ctx| h.on_datagram(ctx, data, &from));
             if closed {
+                // The rest of the batch was received but will never be handled.
+                core.stats.datagrams_dropped += (n - i - 1) as u64;
                 break;
             }
         }
         core.batching = false;
         // The replies go out even if the handler closed the socket: they were accepted.
-        flush_send_batch(d, core);
+        flush_send_batch(d, core, key);
         if closed {
             return;
         }
@@ -211,7 +302,7 @@ pub(super) fn dgram_read_batches(
 
 /// Sends the replies gathered during a batch. On the first refusal the rest go through
 /// the one-at-a-time path, which queues on `WouldBlock` and drops on hard errors.
-pub(super) fn flush_send_batch(d: &mut DgramEntry, core: &mut Core) {
+pub(super) fn flush_send_batch(d: &mut DgramEntry, core: &mut Core, key: usize) {
     let mut replies = std::mem::take(&mut core.dgram_batch);
     let total = replies.len();
     let mut i = 0;
@@ -228,7 +319,13 @@ pub(super) fn flush_send_batch(d: &mut DgramEntry, core: &mut Core) {
         let (data, to) = replies.get(j);
         if let Some(to) = to.as_socket() {
             // Errors are counted inside; there is no handler to tell any more.
-            let _ = dgram_send(&d.sock, &mut d.queue, core, data, &PeerAddr::Inet(to));
+            if d.closed {
+                // Accepted during a batch whose handler then closed the socket.
+                core.stats.datagrams_dropped += 1;
+                continue;
+            }
+            let id = ConnId::new(key, d.generation);
+            let _ = dgram_send(&d.sock, &mut d.queue, core, id, data, &PeerAddr::Inet(to));
         }
     }
     replies.clear();

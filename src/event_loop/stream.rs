@@ -356,6 +356,9 @@ pub(super) fn read_loop(
                 core.stats.bytes_in += n as u64;
                 conn.last_active = core.now;
                 deliver(c, core, &rbuf[..n], plain, key);
+                // (Two rare exceptions stall only the peer that causes them: a Unix read
+                // stops early at passed file descriptors, a TCP read at urgent data. Their
+                // data waits for the peer's next bytes or the idle timeout.)
                 if trust_short_read && n < rbuf.len() {
                     c.conn.maybe_readable = false;
                     return;
@@ -510,6 +513,6 @@ pub(super) fn conn_timer(
             }
         }
         Kind::Linger => close_now(c, core, key, CloseReason::CloseTimeout),
-        Kind::AcceptBackoff => {}
+        Kind::AcceptBackoff | Kind::DgramRetry => {}
     }
 }

@@ -26,7 +26,8 @@ pub(crate) struct RecvBatch {
     /// kernel writes a datagram into them: a large slot costs memory only when used.
     buf: Box<[u8]>,
     lens: [usize; BATCH],
-    from: [SocketAddr; BATCH],
+    /// `None` for a sender address that is neither IPv4 nor IPv6 (never seen on UDP).
+    from: [Option<SocketAddr>; BATCH],
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -40,14 +41,14 @@ impl RecvBatch {
         RecvBatch {
             buf: vec![0u8; BATCH * SLOT].into_boxed_slice(),
             lens: [0; BATCH],
-            from: [SocketAddr::from(([0, 0, 0, 0], 0)); BATCH],
+            from: [None; BATCH],
         }
     }
 
     /// Datagram `i` of the last batch and its sender.
-    pub(crate) fn get(&self, i: usize) -> (&[u8], &SocketAddr) {
+    pub(crate) fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
         let start = i * SLOT;
-        (&self.buf[start..start + self.lens[i]], &self.from[i])
+        (&self.buf[start..start + self.lens[i]], self.from[i])
     }
 }
 
@@ -93,8 +94,7 @@ pub(crate) fn recv_batch(fd: RawFd, b: &mut RecvBatch) -> io::Result<usize> {
     };
     for i in 0..n {
         b.lens[i] = hdrs[i].msg_len as usize;
-        b.from[i] =
-            to_socket_addr(&names[i]).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        b.from[i] = to_socket_addr(&names[i]);
     }
     Ok(n)
 }
