@@ -17,14 +17,17 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::Pki;
+use echoloop::cli::bench::{CLOCK_TICKS_PER_SEC, proc_cpu_ticks};
+
 const ECHOLOOP: &str = env!("CARGO_BIN_EXE_echoloop");
-/// Linux reports CPU time in clock ticks of 1/100 s (USER_HZ) on every common platform.
-const TICKS_PER_SEC: f64 = 100.0;
 
 fn main() {
     if let Ok(kind) = std::env::var("ECHOLOOP_BASELINE") {
@@ -40,7 +43,7 @@ fn main() {
     let secs: f64 = env_num("ECHOLOOP_BENCH_SECS", 5.0);
     let rounds: usize = env_num("ECHOLOOP_BENCH_ROUNDS", 2.0) as usize;
     let only = std::env::var("ECHOLOOP_BENCH_ONLY").unwrap_or_default();
-    let pki = Pki::generate();
+    let pki = Pki::generate("compare");
     let pin = Path::new("/usr/bin/taskset").exists();
     if !pin {
         eprintln!("taskset not found: server and generator are not pinned");
@@ -289,18 +292,6 @@ fn start_server(kind: ServerKind, transport: &str, pki: &Pki, pin: bool) -> Resu
     Ok(Server { child, addr })
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    // The command name (field 2) may contain spaces; fields after the last ')' are fixed.
-    let rest = stat.rsplit_once(')').map(|x| x.1).ok_or("bad stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After ')': state is index 0, so utime (field 14) is index 11 and stime index 12.
-    let ut: u64 = f.get(11).and_then(|v| v.parse().ok()).ok_or("utime")?;
-    let st: u64 = f.get(12).and_then(|v| v.parse().ok()).ok_or("stime")?;
-    Ok(ut + st)
-}
-
 fn rss_kib(pid: u32) -> Result<f64, String> {
     let status =
         std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
@@ -324,7 +315,7 @@ fn run_one(
     if sc.idle {
         return idle_rss(&server, pid);
     }
-    let before = cpu_ticks(pid)?;
+    let before = proc_cpu_ticks(pid).map_err(|e| e.to_string())?;
     let mut generator = pinned(pin, "1", ECHOLOOP);
     generator.args([
         "bench",
@@ -345,7 +336,7 @@ fn run_one(
         .stderr(Stdio::null())
         .output()
         .map_err(|e| e.to_string())?;
-    let after = cpu_ticks(pid)?;
+    let after = proc_cpu_ticks(pid).map_err(|e| e.to_string())?;
     let json = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(format!("bench failed: {json}"));
@@ -354,7 +345,7 @@ fn run_one(
     if messages <= 0.0 {
         return Err("no messages echoed".into());
     }
-    let cpu_us = (after - before) as f64 / TICKS_PER_SEC * 1e6;
+    let cpu_us = (after - before) as f64 / CLOCK_TICKS_PER_SEC as f64 * 1e6;
     Ok(Sample {
         value: cpu_us / messages,
         msgs_per_sec: json_num(&json, "msgs_per_sec").unwrap_or(f64::NAN),
@@ -394,47 +385,6 @@ fn json_num(json: &str, key: &str) -> Option<f64> {
     let rest = &json[start..];
     let end = rest.find([',', '}']).unwrap_or(rest.len());
     rest[..end].trim().parse().ok()
-}
-
-/// A CA and a certificate for `localhost`, written to a temp dir for the TLS scenarios.
-struct Pki {
-    dir: PathBuf,
-    ca: PathBuf,
-    chain: PathBuf,
-    key: PathBuf,
-}
-
-impl Pki {
-    fn generate() -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let dir = std::env::temp_dir().join(format!("echoloop-bench-pki-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca =
-            CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-        let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec!["localhost".to_string()])
-            .expect("params")
-            .signed_by(&key, &ca)
-            .expect("sign");
-        let p = Pki {
-            ca: dir.join("ca.pem"),
-            chain: dir.join("server.pem"),
-            key: dir.join("server.key"),
-            dir,
-        };
-        std::fs::write(&p.ca, ca.pem()).expect("write");
-        std::fs::write(&p.chain, cert.pem()).expect("write");
-        std::fs::write(&p.key, key.serialize_pem()).expect("write");
-        p
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// The tokio baseline: what a careful async server looks like, one core.

@@ -10,6 +10,8 @@ use std::net::TcpStream;
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+mod common;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use echoloop::sendbuf::SendBuf;
 use echoloop::{Config, Echo, Endpoint, EventLoop, ListenKind, StopHandle};
@@ -117,34 +119,18 @@ fn echo_round_trip(c: &mut Criterion) {
 
 /// A server config and a client config that trusts it, made in memory.
 fn tls_pki() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let dir = std::env::temp_dir().join(format!("echoloop-micro-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let key = KeyPair::generate().expect("key");
-    let cert = CertificateParams::new(vec!["localhost".to_string()])
-        .expect("params")
-        .signed_by(&key, &ca)
-        .expect("sign");
-    let (ca_p, chain_p, key_p) = (dir.join("ca.pem"), dir.join("s.pem"), dir.join("s.key"));
-    std::fs::write(&ca_p, ca.pem()).expect("write");
-    std::fs::write(&chain_p, cert.pem()).expect("write");
-    std::fs::write(&key_p, key.serialize_pem()).expect("write");
+    let pki = common::Pki::generate("micro");
     let server = echoloop::tls_config::server_config(&echoloop::tls_config::ServerTlsOptions {
-        cert_chain: &chain_p,
-        key: &key_p,
+        cert_chain: &pki.chain,
+        key: &pki.key,
         client_ca: None,
     })
     .expect("server config");
     let client = echoloop::tls_config::client_config(&echoloop::tls_config::ClientTlsOptions {
-        ca: Some(&ca_p),
+        ca: Some(&pki.ca),
         client_cert: None,
     })
     .expect("client config");
-    let _ = std::fs::remove_dir_all(&dir);
     (server, client)
 }
 

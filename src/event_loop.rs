@@ -616,7 +616,8 @@ impl EventLoop {
                 return Ok(false);
             }
         }
-        let now = Instant::now();
+        // Read once above: deadlines only need the turn's clock.
+        let now = self.core.now;
         let mut wait = timeout;
         if let Some(at) = self.core.timers.next_deadline() {
             let until = at.saturating_duration_since(now);

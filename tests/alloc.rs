@@ -73,6 +73,26 @@ fn count_allocs(
     ALLOCS.swap(0, Ordering::SeqCst)
 }
 
+/// 64-byte ping-pongs over a stream: a warm-up (first-use allocations, buffers growing, are
+/// not steady state), then `n` counted ones between `mark(true)` and `mark(false)`.
+fn stream_ping_pong(s: &mut (impl Read + Write), n: u64, mark: &dyn Fn(bool)) {
+    let mut buf = [0u8; 64];
+    let mut ping = |i: u64| {
+        let msg = [i as u8; 64];
+        s.write_all(&msg).unwrap();
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg);
+    };
+    for i in 0..200 {
+        ping(i);
+    }
+    mark(true);
+    for i in 0..n {
+        ping(i);
+    }
+    mark(false);
+}
+
 static COUNT_NOW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// One test at a time: the counters are global.
@@ -97,22 +117,7 @@ fn alloc_tcp_echo_steady_state_is_zero() {
             };
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_nodelay(true).unwrap();
-            let mut buf = [0u8; 64];
-            let mut ping = |s: &mut TcpStream, i: u32| {
-                let msg = [i as u8; 64];
-                s.write_all(&msg).unwrap();
-                s.read_exact(&mut buf).unwrap();
-                assert_eq!(buf, msg);
-            };
-            // Warm up: first-use allocations (buffers growing) are not steady state.
-            for i in 0..200 {
-                ping(&mut s, i);
-            }
-            mark(true);
-            for i in 0..2000 {
-                ping(&mut s, i);
-            }
-            mark(false);
+            stream_ping_pong(&mut s, 2000, mark);
         },
     );
     assert_eq!(
@@ -199,22 +204,7 @@ fn alloc_tls_echo_per_message_is_bounded() {
             let sock = TcpStream::connect(addr).unwrap();
             sock.set_nodelay(true).unwrap();
             let mut s = rustls::StreamOwned::new(conn, sock);
-            let mut buf = [0u8; 64];
-            let mut ping = |s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
-                            i: u64| {
-                let msg = [i as u8; 64];
-                s.write_all(&msg).unwrap();
-                s.read_exact(&mut buf).unwrap();
-                assert_eq!(buf, msg);
-            };
-            for i in 0..200 {
-                ping(&mut s, i);
-            }
-            mark(true);
-            for i in 0..N {
-                ping(&mut s, i);
-            }
-            mark(false);
+            stream_ping_pong(&mut s, N, mark);
         },
     );
     let per_msg = allocs as f64 / N as f64;

@@ -58,6 +58,17 @@ fn stop(mut child: Child) -> std::process::ExitStatus {
     }
 }
 
+/// Runs an example that must succeed; returns its standard output.
+fn run_ok(name: &str, args: &[&str]) -> String {
+    let out = run(name, args);
+    assert!(
+        out.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn run(name: &str, args: &[&str]) -> Output {
     Command::new(example(name))
         .args(args)
@@ -68,13 +79,7 @@ fn run(name: &str, args: &[&str]) -> Output {
 #[test]
 fn example_echo_server_and_client() {
     let (server, addr) = start("echo_server", &["127.0.0.1:0"]);
-    let out = run("echo_client", &[&addr, "hello", "wörld"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = run_ok("echo_client", &[&addr, "hello", "wörld"]);
     assert!(
         stdout.contains("RCVD hello") && stdout.contains("RCVD wörld"),
         "{stdout}"
@@ -104,13 +109,8 @@ fn example_echo_client_reports_refused() {
 #[test]
 fn example_udp_echo_server_client_and_retry() {
     let (server, addr) = start("udp_echo", &["server", "127.0.0.1:0"]);
-    let out = run("udp_echo", &["client", &addr, "a datagram"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("RCVD a datagram"));
+    let stdout = run_ok("udp_echo", &["client", &addr, "a datagram"]);
+    assert!(stdout.contains("RCVD a datagram"), "{stdout}");
     assert!(stop(server).success());
 
     // Nobody answers: the client retries, then gives up with a failure.
@@ -126,13 +126,7 @@ fn example_udp_echo_server_client_and_retry() {
 
 #[test]
 fn example_tls_echo_verifies_and_echoes() {
-    let out = run("tls_echo", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = run_ok("tls_echo", &[]);
     assert!(
         stdout.contains("verified") && stdout.contains("RCVD hello over TLS"),
         "{stdout}"
@@ -159,13 +153,7 @@ fn example_line_upper_handles_split_and_joined_lines() {
 
 #[test]
 fn example_embed_stops_from_another_thread() {
-    let out = run("embed", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = run_ok("embed", &[]);
     assert!(
         stdout.contains("RCVD message 2") && stdout.contains("3 accepted"),
         "{stdout}"

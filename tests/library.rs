@@ -42,6 +42,19 @@ fn black_hole() -> (socket2::Socket, Vec<TcpStream>, SocketAddr) {
     (l, fill, addr)
 }
 
+/// A TCP echo listener on a free loopback port; returns its address.
+fn listen_echo(el: &mut EventLoop) -> SocketAddr {
+    let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+    match el
+        .listen(&any, ListenKind::Tcp, || Box::new(Echo))
+        .unwrap()
+        .addr
+    {
+        Endpoint::Inet(addr) => addr,
+        other => panic!("not an IP address: {other}"),
+    }
+}
+
 #[test]
 fn loop_connect_timeout_counts_from_the_call_not_the_last_wakeup() {
     let (_l, _fill, addr) = black_hole();
@@ -77,16 +90,7 @@ fn loop_zero_read_budget_and_inverted_marks_still_echo() {
     config.low_water = 1 << 20;
     config.high_water = 1024;
     let mut el = EventLoop::new(config).unwrap();
-    let bound = el
-        .listen(
-            &Endpoint::Inet("127.0.0.1:0".parse().unwrap()),
-            ListenKind::Tcp,
-            || Box::new(Echo),
-        )
-        .unwrap();
-    let Endpoint::Inet(addr) = bound.addr else {
-        panic!("inet")
-    };
+    let addr = listen_echo(&mut el);
     let stop = el.stop_handle();
     let client = std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -115,16 +119,7 @@ fn loop_zero_read_budget_and_inverted_marks_still_echo() {
 #[test]
 fn loop_stop_grace_counts_from_the_call() {
     let mut el = EventLoop::new(Config::default()).unwrap();
-    let bound = el
-        .listen(
-            &Endpoint::Inet("127.0.0.1:0".parse().unwrap()),
-            ListenKind::Tcp,
-            || Box::new(Echo),
-        )
-        .unwrap();
-    let Endpoint::Inet(addr) = bound.addr else {
-        panic!("inet")
-    };
+    let addr = listen_echo(&mut el);
     // A client that never closes: the loop must wait out the grace, then force the close.
     let idle = TcpStream::connect(addr).unwrap();
     while el.stats().accepted == 0 {

@@ -672,6 +672,24 @@ impl Env {
         }
     }
 
+    /// Open loop: what a sender with `in_flight` unanswered messages, whose next message is
+    /// number `k` of a schedule started at `anchor`, should do at `now`.
+    fn open_loop_step(&self, anchor: Instant, k: u64, in_flight: usize, now: Instant) -> Step {
+        match self.due(anchor, k) {
+            Some(due) if due < self.tl.end => {
+                if due > now {
+                    Step::WaitUntil(due)
+                } else if in_flight >= OPEN_LOOP_CAP {
+                    // The next echo asks again; the backlog keeps its due times.
+                    Step::Full
+                } else {
+                    Step::Send(due)
+                }
+            }
+            _ => Step::Finish,
+        }
+    }
+
     /// Staggers the connections' schedules so the total rate is smooth.
     fn anchor(&self, now: Instant, slot: usize) -> Instant {
         match self.s.load {
@@ -679,6 +697,18 @@ impl Env {
             _ => now,
         }
     }
+}
+
+/// What an open-loop sender does next (see [`Env::open_loop_step`]).
+enum Step {
+    /// Send the message that was due at this time.
+    Send(Instant),
+    /// Nothing is due yet: wake up then.
+    WaitUntil(Instant),
+    /// Too many in flight: wait for echoes.
+    Full,
+    /// The schedule ends inside the measured window: stop sending.
+    Finish,
 }
 
 /// One stream connection of the load.
@@ -745,27 +775,25 @@ impl StreamConn {
     /// Open loop: sends every message that is due, then arms the timer for the next one.
     fn pump(&mut self, ctx: &mut Ctx<'_>, now: Instant) {
         loop {
-            let Some(due) = self.env.due(self.anchor, self.sent) else {
-                self.finishing = true;
-                return;
-            };
-            if due >= self.env.tl.end {
-                self.finishing = true;
-                return;
-            }
-            if due > now {
-                if !self.timer_armed {
-                    // Measured from the loop's clock, which the timer heap uses too.
-                    ctx.set_timer(due.saturating_duration_since(ctx.now()));
-                    self.timer_armed = true;
+            match self
+                .env
+                .open_loop_step(self.anchor, self.sent, self.inflight.len(), now)
+            {
+                Step::Send(due) => self.send_one(ctx, due, now),
+                Step::WaitUntil(due) => {
+                    if !self.timer_armed {
+                        // Measured from the loop's clock, which the timer heap uses too.
+                        ctx.set_timer(due.saturating_duration_since(ctx.now()));
+                        self.timer_armed = true;
+                    }
+                    return;
                 }
-                return;
+                Step::Full => return,
+                Step::Finish => {
+                    self.finishing = true;
+                    return;
+                }
             }
-            if self.inflight.len() >= OPEN_LOOP_CAP {
-                // The next echo calls pump again; the backlog keeps its due times.
-                return;
-            }
-            self.send_one(ctx, due, now);
         }
     }
 
@@ -1004,25 +1032,24 @@ impl DgramSock {
     /// Open loop: sends what is due and arms the timer for the next message.
     fn pump(&mut self, ctx: &mut DgramCtx<'_>, now: Instant) {
         loop {
-            let Some(due) = self.env.due(self.anchor, self.next_seq()) else {
-                self.finishing = true;
-                return;
-            };
-            if due >= self.env.tl.end {
-                self.finishing = true;
-                return;
-            }
-            if due > now {
-                if self.schedule_timer.is_none() {
-                    let after = due.saturating_duration_since(ctx.now());
-                    self.schedule_timer = Some(ctx.set_timer(after));
+            match self
+                .env
+                .open_loop_step(self.anchor, self.next_seq(), self.pending, now)
+            {
+                Step::Send(due) => self.send_one(ctx, due, now),
+                Step::WaitUntil(due) => {
+                    if self.schedule_timer.is_none() {
+                        let after = due.saturating_duration_since(ctx.now());
+                        self.schedule_timer = Some(ctx.set_timer(after));
+                    }
+                    return;
                 }
-                return;
+                Step::Full => return,
+                Step::Finish => {
+                    self.finishing = true;
+                    return;
+                }
             }
-            if self.pending >= OPEN_LOOP_CAP {
-                return;
-            }
-            self.send_one(ctx, due, now);
         }
     }
 

@@ -71,7 +71,8 @@ pub(crate) fn recv_batch(fd: RawFd, b: &mut RecvBatch) -> io::Result<usize> {
         hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
         hdrs[i].msg_hdr.msg_iovlen = 1;
     }
-    let n = loop {
+    // EINTR is retried by `retry`; EAGAIN comes back as `WouldBlock`.
+    let n = super::retry(|| {
         // SAFETY: every header points at a live iovec over our buffer (SLOT bytes each) and
         // a live sockaddr_storage with its true size; all outlive the call, and the kernel
         // writes at most those sizes. No timeout pointer is passed.
@@ -84,14 +85,8 @@ pub(crate) fn recv_batch(fd: RawFd, b: &mut RecvBatch) -> io::Result<usize> {
                 std::ptr::null_mut(),
             )
         };
-        if r >= 0 {
-            break r as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
+        usize::try_from(r).map_err(|_| io::Error::last_os_error())
+    })?;
     for i in 0..n {
         b.lens[i] = hdrs[i].msg_len as usize;
         b.from[i] = to_socket_addr(&names[i]);
@@ -169,7 +164,8 @@ impl SendBatch {
 /// Sends datagrams `from..` of the batch, up to [`BATCH`] per call. Returns how many the
 /// kernel took; fewer than asked means the next one failed (call again to learn why).
 pub(crate) fn send_batch(fd: RawFd, b: &SendBatch, from: usize) -> io::Result<usize> {
-    let count = (b.len() - from).min(BATCH);
+    debug_assert!(from < b.len(), "nothing left to send");
+    let count = b.len().saturating_sub(from).min(BATCH);
     // SAFETY: all-zero bytes are a valid value for these plain C structs.
     let mut iovs: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
     // SAFETY: as above.
@@ -183,16 +179,10 @@ pub(crate) fn send_batch(fd: RawFd, b: &SendBatch, from: usize) -> io::Result<us
         hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
         hdrs[i].msg_hdr.msg_iovlen = 1;
     }
-    loop {
+    super::retry(|| {
         // SAFETY: the first `count` headers point at live slices of the batch's data and at
         // live socket addresses with their true lengths; the kernel only reads them.
         let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), count as libc::c_uint, 0) };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+        usize::try_from(r).map_err(|_| io::Error::last_os_error())
+    })
 }

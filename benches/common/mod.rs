@@ -1,0 +1,48 @@
+//! Shared by the benches: a throwaway PKI for the TLS scenarios.
+
+use std::path::PathBuf;
+
+/// A CA and a certificate for `localhost`, written to a temp dir that is removed on drop.
+pub struct Pki {
+    dir: PathBuf,
+    /// The CA certificate clients trust.
+    pub ca: PathBuf,
+    /// The server's certificate chain.
+    pub chain: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+}
+
+impl Pki {
+    /// Makes the CA and the server certificate; `tag` keeps benches' temp dirs apart.
+    pub fn generate(tag: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let dir = std::env::temp_dir().join(format!("echoloop-{tag}-pki-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca =
+            CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("sign");
+        let p = Pki {
+            ca: dir.join("ca.pem"),
+            chain: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            dir,
+        };
+        std::fs::write(&p.ca, ca.pem()).expect("write");
+        std::fs::write(&p.chain, cert.pem()).expect("write");
+        std::fs::write(&p.key, key.serialize_pem()).expect("write");
+        p
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
