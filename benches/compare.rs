@@ -7,7 +7,9 @@
 //! message as the server, so msgs/s mostly measures the generator; the figure that
 //! compares servers is the server's CPU time per echoed message (user+sys from
 //! /proc/PID/stat over the run, divided by messages). Each row prints the medians and the
-//! ratio echoloop / tokio (lower is better for CPU and memory).
+//! ratio echoloop / tokio (lower is better for CPU and memory). The last columns split off
+//! the user-space part of the server's CPU per message (utime alone): the cost of each
+//! server's own code, without the kernel's TCP/UDP work that dominates on loopback.
 //!
 //! Environment: `ECHOLOOP_BENCH_SECS` (default 5) seconds per run, `ECHOLOOP_BENCH_ROUNDS`
 //! (default 2) runs per server, `ECHOLOOP_BENCH_ONLY=a,c` to pick scenarios.
@@ -25,7 +27,7 @@ use std::time::Duration;
 mod common;
 
 use common::Pki;
-use echoloop::cli::bench::{CLOCK_TICKS_PER_SEC, proc_cpu_ticks};
+use echoloop::cli::bench::{CLOCK_TICKS_PER_SEC, proc_cpu_split};
 
 const ECHOLOOP: &str = env!("CARGO_BIN_EXE_echoloop");
 
@@ -83,6 +85,14 @@ fn main() {
             "udp",
             &["--connections", "16", "--size", "64"],
         ),
+        // Not one of the scenarios: the same clients with 8 datagrams in flight
+        // each, so the server's queue runs deep and receiving in batches pays.
+        Scenario::load(
+            "d8",
+            "udp, 16 sockets, 64 B, pipeline 8",
+            "udp",
+            &["--connections", "16", "--size", "64", "--pipeline", "8"],
+        ),
         Scenario::load(
             "e",
             "tls, 100 conns, 1 KiB",
@@ -99,7 +109,7 @@ fn main() {
     ];
     println!("echoloop vs tokio current_thread baseline; {rounds} rounds x {secs} s; medians\n");
     println!(
-        "{:<3} {:<38} {:>13} {:>13} {:>7} | {:>11} {:>11} | {:>8} {:>8}",
+        "{:<3} {:<38} {:>13} {:>13} {:>7} | {:>11} {:>11} | {:>8} {:>8} | {:>17} {:>6}",
         "",
         "scenario",
         "echoloop",
@@ -108,7 +118,9 @@ fn main() {
         "msgs/s el",
         "msgs/s tk",
         "gen% el",
-        "gen% tk"
+        "gen% tk",
+        "user us/msg el tk",
+        "ratio"
     );
     for sc in &scenarios {
         if !only.is_empty() && !only.split(',').any(|o| o == sc.id) {
@@ -182,6 +194,8 @@ impl Scenario {
 struct Sample {
     /// Server CPU microseconds per message, or RSS KiB for the idle scenario.
     value: f64,
+    /// The user-space part of `value`: the server's own code, without the kernel.
+    user: f64,
     msgs_per_sec: f64,
     gen_cpu: f64,
 }
@@ -210,8 +224,16 @@ fn print_row(sc: &Scenario, r: &[Vec<Sample>; 2]) {
             format!("{v:.2} {unit}")
         }
     };
+    let (ua, ub) = (m(0, |s| s.user), m(1, |s| s.user));
+    // The user-space share: what each server's own code costs per message, with the
+    // kernel's network stack (the same for both) left out.
+    let user = if sc.idle {
+        String::new()
+    } else {
+        format!(" | {ua:>8.3} {ub:>8.3} {:>5.2}x", ua / ub)
+    };
     println!(
-        "{:<3} {:<38} {:>13} {:>13} {:>6.2}x | {:>11.0} {:>11.0} | {:>7.0}% {:>7.0}%",
+        "{:<3} {:<38} {:>13} {:>13} {:>6.2}x | {:>11.0} {:>11.0} | {:>7.0}% {:>7.0}%{user}",
         sc.id,
         sc.title,
         fmt(a),
@@ -315,7 +337,7 @@ fn run_one(
     if sc.idle {
         return idle_rss(&server, pid);
     }
-    let before = proc_cpu_ticks(pid).map_err(|e| e.to_string())?;
+    let before = proc_cpu_split(pid).map_err(|e| e.to_string())?;
     let mut generator = pinned(pin, "1", ECHOLOOP);
     generator.args([
         "bench",
@@ -336,7 +358,7 @@ fn run_one(
         .stderr(Stdio::null())
         .output()
         .map_err(|e| e.to_string())?;
-    let after = proc_cpu_ticks(pid).map_err(|e| e.to_string())?;
+    let after = proc_cpu_split(pid).map_err(|e| e.to_string())?;
     let json = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(format!("bench failed: {json}"));
@@ -345,9 +367,12 @@ fn run_one(
     if messages <= 0.0 {
         return Err("no messages echoed".into());
     }
-    let cpu_us = (after - before) as f64 / CLOCK_TICKS_PER_SEC as f64 * 1e6;
+    let us = |ticks: u64| ticks as f64 / CLOCK_TICKS_PER_SEC as f64 * 1e6;
+    let user_us = us(after.user - before.user);
+    let cpu_us = user_us + us(after.system - before.system);
     Ok(Sample {
         value: cpu_us / messages,
+        user: user_us / messages,
         msgs_per_sec: json_num(&json, "msgs_per_sec").unwrap_or(f64::NAN),
         gen_cpu: json_num(&json, "generator_cpu_percent").unwrap_or(f64::NAN),
     })
@@ -373,6 +398,7 @@ fn idle_rss(server: &Server, pid: u32) -> Result<Sample, String> {
     drop(conns);
     Ok(Sample {
         value: grown,
+        user: f64::NAN,
         msgs_per_sec: f64::NAN,
         gen_cpu: f64::NAN,
     })

@@ -257,6 +257,9 @@ struct DgramEntry {
     queue: DgramQueue,
     generation: u32,
     closed: bool,
+    /// UDP: the last receive batch found two or more datagrams waiting, so the next
+    /// wake-up reads with `recvmmsg` straight away (see `datagram::dgram_read_udp`).
+    deep: bool,
 }
 
 enum Entry {
@@ -536,6 +539,7 @@ impl EventLoop {
             queue: DgramQueue::default(),
             generation: id.generation,
             closed: false,
+            deep: false,
         }));
         // Let a client send its first datagram.
         if let Some(Entry::Dgram(d)) = self.slab.get_mut(key) {

@@ -166,6 +166,27 @@ pub const CLOCK_TICKS_PER_SEC: u64 = 100;
 ///
 /// The process does not exist (any more), or the file is not in the expected format.
 pub fn proc_cpu_ticks(pid: u32) -> io::Result<u64> {
+    proc_cpu_split(pid).map(|t| t.user + t.system)
+}
+
+/// A process's CPU time split by where it was spent, in ticks of [`CLOCK_TICKS_PER_SEC`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// Time running the program's own code (utime).
+    pub user: u64,
+    /// Time in the kernel on the program's behalf: system calls, and for a network server
+    /// most of the network stack (stime).
+    pub system: u64,
+}
+
+/// Like [`proc_cpu_ticks`], but user and system time apart: for a server on loopback the
+/// system part is mostly the kernel's TCP/UDP work, the same for any server making the same
+/// system calls, while the user part is what the server's own code costs.
+///
+/// # Errors
+///
+/// As [`proc_cpu_ticks`].
+pub fn proc_cpu_split(pid: u32) -> io::Result<CpuTicks> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path)?;
     parse_stat_ticks(&text).ok_or_else(|| {
@@ -176,16 +197,16 @@ pub fn proc_cpu_ticks(pid: u32) -> io::Result<u64> {
     })
 }
 
-/// utime + stime from the text of `/proc/PID/stat`.
-fn parse_stat_ticks(stat: &str) -> Option<u64> {
+/// utime and stime from the text of `/proc/PID/stat`.
+fn parse_stat_ticks(stat: &str) -> Option<CpuTicks> {
     // Field 2, the command name, is in parentheses and may itself contain spaces and ')':
     // the fields after the *last* ')' are the unambiguous ones.
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
     // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    let user: u64 = fields.nth(11)?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(CpuTicks { user, system })
 }
 
 /// Parses a count such as `100`, `10k` or `1M` (decimal multiples, whole numbers only).
@@ -1662,7 +1683,13 @@ mod tests {
     fn stat_parsing_uses_fields_after_the_last_paren() {
         // Field 2 holds a name with spaces and parentheses; utime=1234, stime=56.
         let stat = "42 (a b) c)) S 1 42 42 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 1 0 5 0 0";
-        assert_eq!(parse_stat_ticks(stat), Some(1290));
+        assert_eq!(
+            parse_stat_ticks(stat),
+            Some(CpuTicks {
+                user: 1234,
+                system: 56
+            })
+        );
         assert_eq!(parse_stat_ticks("42 (x) S 1"), None);
         assert_eq!(parse_stat_ticks("no paren"), None);
     }

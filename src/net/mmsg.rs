@@ -1,11 +1,14 @@
 //! Many datagrams per system call: `recvmmsg(2)` and `sendmmsg(2)` (Linux).
 //!
 //! Teaches: where a reactor's time goes. Serving a small datagram costs one `recvfrom` and
-//! one `sendto`, nearly all of it kernel entry and exit. When several datagrams wait in
-//! the socket's queue (many clients, one socket), one `recvmmsg` takes them all and one
-//! `sendmmsg` sends all the replies. And because `recvmmsg` on a non-blocking socket stops
-//! at the first would-block, receiving fewer than asked proves the queue empty: no extra
-//! call just to hear `EAGAIN`.
+//! one `sendto`; most of that is the kernel's UDP work, but every call also pays a fixed
+//! price to enter and leave the kernel. When several datagrams wait in the socket's queue
+//! (many clients, one socket), one `recvmmsg` takes them all and one `sendmmsg` sends all
+//! the replies. Because `recvmmsg` on a non-blocking socket stops at the first
+//! would-block, receiving fewer than asked proves the queue empty: no extra call just to
+//! hear `EAGAIN`. The batch calls are not free either — the kernel copies and checks each
+//! message header — so for a queue holding one datagram they cost more than `recvfrom`;
+//! the reactor uses them only when the queue runs deep (`event_loop::datagram`).
 
 use std::io;
 use std::mem::{MaybeUninit, size_of};
