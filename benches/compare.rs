@@ -7,14 +7,20 @@
 //! message as the server, so msgs/s mostly measures the generator; the figure that
 //! compares servers is the server's CPU time per echoed message (user+sys from
 //! /proc/PID/stat over the run, divided by messages). Each row prints the medians and the
-//! ratio echoloop / tokio (lower is better for CPU and memory). The last columns split off
-//! the user-space part of the server's CPU per message (utime alone): the cost of each
-//! server's own code, without the kernel's TCP/UDP work that dominates on loopback.
+//! ratio echoloop / tokio (lower is better for CPU and memory), taken as the median of the
+//! rounds' own ratios so that the machine's slow and fast phases cancel. The last columns
+//! split off the user-space part of the server's CPU per message (utime alone): the cost
+//! of each server's own code, without the kernel's TCP/UDP work that dominates on loopback.
+//!
+//! For plain TCP and UDP a third server runs too, printed under the row: the floor, a bare
+//! mio loop that does nothing but echo (`mod floor`). No design can do much better than it,
+//! so its ratio against tokio shows what is left to win at all.
 //!
 //! Environment: `ECHOLOOP_BENCH_SECS` (default 5) seconds per run, `ECHOLOOP_BENCH_ROUNDS`
-//! (default 2) runs per server, `ECHOLOOP_BENCH_ONLY=a,c` to pick scenarios.
+//! (default 3) runs per server, `ECHOLOOP_BENCH_ONLY=a,c` to pick scenarios.
 //!
-//! The same binary is also the baseline server: run with `ECHOLOOP_BASELINE=<tcp|udp|tls>`
+//! The same binary is also the baseline server: run with
+//! `ECHOLOOP_BASELINE=<tcp|udp|tls|floor-tcp|floor-udp>`
 //! and `ECHOLOOP_BASELINE_ADDR`, it prints `listening <kind> <addr>` and serves.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -33,7 +39,10 @@ const ECHOLOOP: &str = env!("CARGO_BIN_EXE_echoloop");
 
 fn main() {
     if let Ok(kind) = std::env::var("ECHOLOOP_BASELINE") {
-        baseline::serve(&kind);
+        match kind.strip_prefix("floor-") {
+            Some(transport) => floor::serve(transport),
+            None => baseline::serve(&kind),
+        }
         return;
     }
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special. Only
@@ -43,7 +52,7 @@ fn main() {
         return;
     }
     let secs: f64 = env_num("ECHOLOOP_BENCH_SECS", 5.0);
-    let rounds: usize = env_num("ECHOLOOP_BENCH_ROUNDS", 2.0) as usize;
+    let rounds: usize = env_num("ECHOLOOP_BENCH_ROUNDS", 3.0) as usize;
     let only = std::env::var("ECHOLOOP_BENCH_ONLY").unwrap_or_default();
     let pki = Pki::generate("compare");
     let pin = Path::new("/usr/bin/taskset").exists();
@@ -126,12 +135,15 @@ fn main() {
         if !only.is_empty() && !only.split(',').any(|o| o == sc.id) {
             continue;
         }
-        let mut results: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+        let mut results: [Vec<Sample>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..rounds {
-            for (i, server) in [ServerKind::Echoloop, ServerKind::Tokio]
+            for (i, server) in [ServerKind::Echoloop, ServerKind::Tokio, ServerKind::Floor]
                 .into_iter()
                 .enumerate()
             {
+                if matches!(server, ServerKind::Floor) && !sc.floor {
+                    continue;
+                }
                 match run_one(sc, server, secs, &pki, pin) {
                     Ok(s) => results[i].push(s),
                     Err(e) => eprintln!("{} {:?}: {e}", sc.id, server),
@@ -153,6 +165,8 @@ fn env_num(name: &str, default: f64) -> f64 {
 enum ServerKind {
     Echoloop,
     Tokio,
+    /// The bare mio loop of `mod floor` (plain TCP and UDP scenarios only).
+    Floor,
 }
 
 struct Scenario {
@@ -161,6 +175,8 @@ struct Scenario {
     transport: &'static str,
     args: Vec<&'static str>,
     idle: bool,
+    /// Also measure the bare-loop floor server.
+    floor: bool,
 }
 
 impl Scenario {
@@ -176,6 +192,7 @@ impl Scenario {
             transport,
             args: args.to_vec(),
             idle: false,
+            floor: transport != "tls",
         }
     }
     fn idle(id: &'static str, title: &'static str) -> Self {
@@ -185,6 +202,7 @@ impl Scenario {
             transport: "tcp",
             args: Vec::new(),
             idle: true,
+            floor: false,
         }
     }
 }
@@ -213,8 +231,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn print_row(sc: &Scenario, r: &[Vec<Sample>; 2]) {
+fn print_row(sc: &Scenario, r: &[Vec<Sample>; 3]) {
     let m = |i: usize, f: fn(&Sample) -> f64| median(r[i].iter().map(f).collect());
+    // Ratios are taken round by round — each run against the other server's run right
+    // after it — and the median of those is reported: this shared machine drifts between
+    // slower and faster phases lasting seconds, which a pair of neighbouring runs mostly
+    // shares and a ratio of medians does not cancel.
+    let paired = |i: usize, f: fn(&Sample) -> f64| {
+        median(r[i].iter().zip(&r[1]).map(|(x, t)| f(x) / f(t)).collect())
+    };
     let (a, b) = (m(0, |s| s.value), m(1, |s| s.value));
     let unit = if sc.idle { "KiB" } else { "us/msg" };
     let fmt = |v: f64| {
@@ -230,7 +255,7 @@ fn print_row(sc: &Scenario, r: &[Vec<Sample>; 2]) {
     let user = if sc.idle {
         String::new()
     } else {
-        format!(" | {ua:>8.3} {ub:>8.3} {:>5.2}x", ua / ub)
+        format!(" | {ua:>8.3} {ub:>8.3} {:>5.2}x", paired(0, |s| s.user))
     };
     println!(
         "{:<3} {:<38} {:>13} {:>13} {:>6.2}x | {:>11.0} {:>11.0} | {:>7.0}% {:>7.0}%{user}",
@@ -238,12 +263,30 @@ fn print_row(sc: &Scenario, r: &[Vec<Sample>; 2]) {
         sc.title,
         fmt(a),
         fmt(b),
-        a / b,
+        paired(0, |s| s.value),
         m(0, |s| s.msgs_per_sec),
         m(1, |s| s.msgs_per_sec),
         m(0, |s| s.gen_cpu),
         m(1, |s| s.gen_cpu),
     );
+    if !r[2].is_empty() {
+        let f = m(2, |s| s.value);
+        println!(
+            "{:<3} {:<38} {:>13} {:>13} {:>6.2}x | {:>11.0} {:>11} | {:>7.0}% {:>8} | {:>8.3} {:>8} {:>5.2}x",
+            "",
+            "  floor: bare mio loop (ratio vs tokio)",
+            fmt(f),
+            "",
+            paired(2, |s| s.value),
+            m(2, |s| s.msgs_per_sec),
+            "",
+            m(2, |s| s.gen_cpu),
+            "",
+            m(2, |s| s.user),
+            "",
+            paired(2, |s| s.user),
+        );
+    }
 }
 
 /// A server process, pinned, with its first `listening` address.
@@ -285,10 +328,14 @@ fn start_server(kind: ServerKind, transport: &str, pki: &Pki, pin: bool) -> Resu
             }
             c
         }
-        ServerKind::Tokio => {
+        ServerKind::Tokio | ServerKind::Floor => {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let mut c = pinned(pin, "0", &exe.to_string_lossy());
-            c.env("ECHOLOOP_BASELINE", transport)
+            let baseline = match kind {
+                ServerKind::Floor => format!("floor-{transport}"),
+                _ => transport.to_string(),
+            };
+            c.env("ECHOLOOP_BASELINE", baseline)
                 .env("ECHOLOOP_BASELINE_ADDR", "127.0.0.1:0")
                 .env("ECHOLOOP_BASELINE_CERT", &pki.chain)
                 .env("ECHOLOOP_BASELINE_KEY", &pki.key);
@@ -446,7 +493,7 @@ mod baseline {
         });
     }
 
-    fn announce(kind: &str, addr: SocketAddr) {
+    pub(super) fn announce(kind: &str, addr: SocketAddr) {
         println!("listening {kind} {addr}");
         let _ = std::io::stdout().flush();
     }
@@ -505,6 +552,162 @@ mod baseline {
                 continue;
             };
             let _ = sock.send_to(&buf[..n], from).await;
+        }
+    }
+}
+
+/// The floor: the least a readiness-based echo server can do per message, written straight
+/// on mio with nothing else — no slab, timers, handlers, statistics, fairness or limits. It
+/// trusts its peers and is not a product; it is here to show how much of a server's CPU
+/// per message any design could still save once the kernel's share is paid.
+mod floor {
+    use std::io::{ErrorKind, Read, Write};
+
+    use mio::net::{TcpListener, TcpStream, UdpSocket};
+    use mio::{Events, Interest, Poll, Token};
+
+    const LISTENER: Token = Token(usize::MAX);
+
+    pub(super) fn serve(transport: &str) {
+        let addr = std::env::var("ECHOLOOP_BASELINE_ADDR")
+            .unwrap_or_else(|_| "127.0.0.1:0".into())
+            .parse()
+            .expect("address");
+        match transport {
+            "tcp" => tcp(addr),
+            "udp" => udp(addr),
+            other => panic!("no floor server for {other}"),
+        }
+    }
+
+    fn wait(poll: &mut Poll, events: &mut Events) {
+        match poll.poll(events, None) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("poll: {e}"),
+        }
+    }
+
+    /// One connection: its socket and the bytes a partial write left over.
+    struct Conn {
+        sock: TcpStream,
+        owed: Vec<u8>,
+    }
+
+    fn tcp(addr: std::net::SocketAddr) {
+        let mut poll = Poll::new().expect("poll");
+        let mut listener = TcpListener::bind(addr).expect("bind");
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .expect("register");
+        super::baseline::announce("tcp", listener.local_addr().expect("addr"));
+        let mut conns: Vec<Option<Conn>> = Vec::new();
+        let mut free: Vec<usize> = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut events = Events::with_capacity(1024);
+        loop {
+            wait(&mut poll, &mut events);
+            for ev in events.iter() {
+                if ev.token() == LISTENER {
+                    while let Ok((mut sock, _)) = listener.accept() {
+                        let _ = sock.set_nodelay(true);
+                        let k = free.pop().unwrap_or(conns.len());
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        if poll
+                            .registry()
+                            .register(&mut sock, Token(k), interest)
+                            .is_err()
+                        {
+                            continue;
+                        }
+                        let conn = Some(Conn {
+                            sock,
+                            owed: Vec::new(),
+                        });
+                        if k == conns.len() {
+                            conns.push(conn);
+                        } else {
+                            conns[k] = conn;
+                        }
+                    }
+                    continue;
+                }
+                let k = ev.token().0;
+                let Some(c) = conns[k].as_mut() else {
+                    continue;
+                };
+                if !echo(c, &mut buf) {
+                    let _ = poll.registry().deregister(&mut c.sock);
+                    conns[k] = None;
+                    free.push(k);
+                }
+            }
+        }
+    }
+
+    /// Writes what is owed, then reads and echoes until the socket is drained (a short read
+    /// proves it) or a write would block. False when the connection is finished.
+    fn echo(c: &mut Conn, buf: &mut [u8]) -> bool {
+        if !c.owed.is_empty() {
+            match c.sock.write(&c.owed) {
+                Ok(n) => {
+                    c.owed.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            }
+            if !c.owed.is_empty() {
+                return true;
+            }
+        }
+        loop {
+            let n = match c.sock.read(buf) {
+                Ok(0) => return false,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            };
+            let mut sent = 0;
+            while sent < n {
+                match c.sock.write(&buf[sent..n]) {
+                    Ok(m) => sent += m,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => return false,
+                }
+            }
+            if sent < n {
+                // Wait for writability before reading more (the next writable edge).
+                c.owed.extend_from_slice(&buf[sent..n]);
+                return true;
+            }
+            if n < buf.len() {
+                return true;
+            }
+        }
+    }
+
+    fn udp(addr: std::net::SocketAddr) {
+        let mut poll = Poll::new().expect("poll");
+        let mut sock = UdpSocket::bind(addr).expect("bind");
+        poll.registry()
+            .register(&mut sock, Token(0), Interest::READABLE)
+            .expect("register");
+        super::baseline::announce("udp", sock.local_addr().expect("addr"));
+        let mut buf = vec![0u8; 65536];
+        let mut events = Events::with_capacity(16);
+        loop {
+            wait(&mut poll, &mut events);
+            loop {
+                match sock.recv_from(&mut buf) {
+                    // A reply that would block is dropped: UDP may lose it anyway.
+                    Ok((n, from)) => {
+                        let _ = sock.send_to(&buf[..n], from);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {}
+                }
+            }
         }
     }
 }

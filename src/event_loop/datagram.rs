@@ -242,6 +242,9 @@ pub(super) fn dgram_ready(
 /// Datagrams handled per socket per turn before others get a go (fairness cap).
 const DGRAM_BUDGET: usize = 256;
 
+/// A receive batch at least this full says the queue runs deep.
+const DEEP: usize = 4;
+
 /// UDP's receive path, which reads in one of two ways depending on how deep the socket's
 /// queue runs:
 ///
@@ -252,15 +255,17 @@ const DGRAM_BUDGET: usize = 256;
 /// - **Deep** (datagrams arrive faster than we get round to them): `recvmmsg` takes up to
 ///   [`BATCH`] at once, the handler answers each, and one `sendmmsg` sends all the replies.
 ///
-/// Two single reads in a row that both found a datagram say the queue is building up:
-/// switch to batches. A batch that comes back short has drained the queue (`recvmmsg`
-/// stops at the first would-block), so stop and wait for the next edge-triggered event
-/// instead of asking again just to hear `EAGAIN`; whether that batch held two or more
-/// decides which way the next wake-up starts (`DgramEntry::deep`).
+/// Two single reads in a row that both found a datagram say the queue may be building up:
+/// try a batch. A batch of [`DEEP`] or more confirms it; a full one means more may wait,
+/// and one that comes back short has drained the queue (`recvmmsg` stops at the first
+/// would-block), so stop and wait for the next edge instead of asking again just to hear
+/// `EAGAIN` — the next wake-up starts with a batch straight away (`DgramEntry::deep`). A
+/// batch of fewer than [`DEEP`] says datagrams only trickle in: read singly again until
+/// `EAGAIN`, without another batch this wake-up.
 ///
-/// Measured with `echoloop bench udp ADDR --connections 16` (shallow) against a tokio
-/// server that reads one at a time: at parity; batches only would cost 15% more. With
-/// `--pipeline 8` (deep): about 0.8× tokio's server CPU per datagram.
+/// Measured (`cargo bench --bench compare`, rows d and d8), server CPU per datagram against
+/// a tokio server that reads one at a time: 16 ping-pong clients, parity (batching every
+/// read cost 1.08×); the same clients with 8 datagrams in flight each, 0.80×.
 pub(super) fn dgram_read_udp(
     d: &mut DgramEntry,
     core: &mut Core,
@@ -272,6 +277,8 @@ pub(super) fn dgram_read_udp(
     let mut budget = DGRAM_BUDGET;
     // Single reads in a row that found a datagram.
     let mut run = 0;
+    // A batch this wake-up came back nearly empty: the queue is shallow after all.
+    let mut shallow = false;
     while budget > 0 {
         if d.queue.paused || d.closed {
             return;
@@ -285,7 +292,7 @@ pub(super) fn dgram_read_udp(
                         return;
                     }
                     run += 1;
-                    d.deep = run >= 2;
+                    d.deep = run >= 2 && !shallow;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -334,9 +341,13 @@ pub(super) fn dgram_read_udp(
         if closed {
             return;
         }
-        if n < BATCH {
+        if n < DEEP {
+            // Hardly worth a batch: read singly again until EAGAIN, as datagrams
+            // trickling in are better met by `recvfrom` than by a trip through epoll.
+            d.deep = false;
+            shallow = true;
+        } else if n < BATCH {
             // Drained: any datagram arriving from now on raises a new edge.
-            d.deep = n >= 2;
             return;
         }
     }
