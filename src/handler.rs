@@ -341,8 +341,9 @@ impl DgramCtx<'_> {
     /// Sends one datagram. If the socket's buffer is full it waits in a bounded queue (and
     /// the loop stops receiving on this socket until the queue drains).
     ///
-    /// While a batch of received UDP datagrams is being handled, replies are gathered and
-    /// sent together (`sendmmsg`) after the batch: `Ok` then means "accepted for sending",
+    /// While a batch of received UDP datagrams is being handled (the loop receives in
+    /// batches when datagrams queue up), replies are gathered and sent together
+    /// (`sendmmsg`) after the batch: `Ok` then means "accepted for sending",
     /// and a later send error is counted in [`Stats::datagrams_dropped`] instead.
     pub fn send_to(&mut self, data: &[u8], to: &PeerAddr) -> Result<(), SendError> {
         crate::event_loop::dgram_send(self.sock, self.queue, self.core, self.id, data, to)

@@ -43,7 +43,7 @@
 //! | `conn` | one connection's state | connection life cycle, edge-triggered bookkeeping |
 //! | [`event_loop`] | the reactor: poll, dispatch, timers, stop | readiness, backpressure, fairness, half-close, EMFILE, slot reuse |
 //! | `event_loop/stream` | one stream connection's I/O | edge-triggered reads, partial writes, backpressure, half-close, non-blocking connect |
-//! | `event_loop/datagram` | datagram sockets | whole datagrams, blocking sends, `recvmmsg`/`sendmmsg` |
+//! | `event_loop/datagram` | datagram sockets | whole datagrams, blocking sends, `recvmmsg`/`sendmmsg` when the queue runs deep |
 //! | `net/mmsg` | many datagrams per system call | batching system calls |
 //! | [`handler`] | the protocol interface | separating protocol from I/O |
 //! | [`echo`] | echo as a handler | — |

@@ -2,8 +2,9 @@
 //!
 //! Teaches: no connection and no stream — every datagram stands alone, is received whole
 //! (or, if too large, not at all) and answered to the address it came from. Sending can
-//! block too, so replies wait in a bounded queue; and many datagrams can move per system
-//! call (`recvmmsg`/`sendmmsg`).
+//! block too, so replies wait in a bounded queue; and when datagrams queue up faster than
+//! they are read, many can move per system call (`recvmmsg`/`sendmmsg`), while a shallow
+//! queue is better served one `recvfrom` at a time.
 
 use super::*;
 
