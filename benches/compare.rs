@@ -135,8 +135,10 @@ fn main() {
         if !only.is_empty() && !only.split(',').any(|o| o == sc.id) {
             continue;
         }
-        let mut results: [Vec<Sample>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        // One entry per round: echoloop, tokio, floor (None: not run, or failed).
+        let mut results: Vec<[Option<Sample>; 3]> = Vec::new();
         for _ in 0..rounds {
+            let mut round = [None; 3];
             for (i, server) in [ServerKind::Echoloop, ServerKind::Tokio, ServerKind::Floor]
                 .into_iter()
                 .enumerate()
@@ -145,10 +147,11 @@ fn main() {
                     continue;
                 }
                 match run_one(sc, server, secs, &pki, pin) {
-                    Ok(s) => results[i].push(s),
+                    Ok(s) => round[i] = Some(s),
                     Err(e) => eprintln!("{} {:?}: {e}", sc.id, server),
                 }
             }
+            results.push(round);
         }
         print_row(sc, &results);
     }
@@ -231,15 +234,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn print_row(sc: &Scenario, r: &[Vec<Sample>; 3]) {
-    let m = |i: usize, f: fn(&Sample) -> f64| median(r[i].iter().map(f).collect());
-    // Ratios are taken round by round — each run against the other server's run right
-    // after it — and the median of those is reported: this shared machine drifts between
-    // slower and faster phases lasting seconds, which a pair of neighbouring runs mostly
-    // shares and a ratio of medians does not cancel.
-    let paired = |i: usize, f: fn(&Sample) -> f64| {
-        median(r[i].iter().zip(&r[1]).map(|(x, t)| f(x) / f(t)).collect())
+fn print_row(sc: &Scenario, r: &[[Option<Sample>; 3]]) {
+    let m = |i: usize, f: fn(&Sample) -> f64| {
+        median(r.iter().filter_map(|x| x[i]).map(|s| f(&s)).collect())
     };
+    // Ratios are taken round by round — each run against the tokio run of the same round,
+    // next to it in time — and the median of those is reported: this shared machine drifts
+    // between slower and faster phases lasting seconds, which neighbouring runs mostly
+    // share and a ratio of medians does not cancel. A round where either run failed is
+    // left out of the ratio.
+    let paired = |i: usize, f: fn(&Sample) -> f64| {
+        let ratios = r.iter().filter_map(|x| Some(f(&x[i]?) / f(&x[1]?)));
+        median(ratios.collect())
+    };
+    let has = |i: usize| r.iter().any(|x| x[i].is_some());
     let (a, b) = (m(0, |s| s.value), m(1, |s| s.value));
     let unit = if sc.idle { "KiB" } else { "us/msg" };
     let fmt = |v: f64| {
@@ -269,7 +277,7 @@ fn print_row(sc: &Scenario, r: &[Vec<Sample>; 3]) {
         m(0, |s| s.gen_cpu),
         m(1, |s| s.gen_cpu),
     );
-    if !r[2].is_empty() {
+    if has(2) {
         let f = m(2, |s| s.value);
         println!(
             "{:<3} {:<38} {:>13} {:>13} {:>6.2}x | {:>11.0} {:>11} | {:>7.0}% {:>8} | {:>8.3} {:>8} {:>5.2}x",
@@ -618,6 +626,9 @@ mod floor {
                             .register(&mut sock, Token(k), interest)
                             .is_err()
                         {
+                            if k < conns.len() {
+                                free.push(k);
+                            }
                             continue;
                         }
                         let conn = Some(Conn {
@@ -650,10 +661,12 @@ mod floor {
     fn echo(c: &mut Conn, buf: &mut [u8]) -> bool {
         if !c.owed.is_empty() {
             match c.sock.write(&c.owed) {
+                Ok(0) => return false,
                 Ok(n) => {
                     c.owed.drain(..n);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => return echo(c, buf),
                 Err(_) => return false,
             }
             if !c.owed.is_empty() {
@@ -671,8 +684,10 @@ mod floor {
             let mut sent = 0;
             while sent < n {
                 match c.sock.write(&buf[sent..n]) {
+                    Ok(0) => return false,
                     Ok(m) => sent += m,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => return false,
                 }
             }

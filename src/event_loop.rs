@@ -257,8 +257,9 @@ struct DgramEntry {
     queue: DgramQueue,
     generation: u32,
     closed: bool,
-    /// UDP: the last receive batch found two or more datagrams waiting, so the next
-    /// wake-up reads with `recvmmsg` straight away (see `datagram::dgram_read_udp`).
+    /// UDP: datagrams have been queueing up (two single reads in a row found one, and no
+    /// batch since came back nearly empty), so reads use `recvmmsg`, and the next wake-up
+    /// starts with it straight away (see `datagram::dgram_read_udp`).
     deep: bool,
 }
 
