@@ -2,8 +2,9 @@
 //!
 //! Micro benchmarks of the hot paths, with criterion: the send buffer's push/flush cycle
 //! (partial writes), and one echo round trip through an in-process loop for plain TCP and
-//! for TLS (the session's encrypt and decrypt on both ends). Allocations per echoed
-//! message in steady state are asserted to be zero by `tests/alloc.rs`.
+//! for TLS (the session's encrypt and decrypt on both ends). First it prints the reactor
+//! thread's allocations per echoed message in steady state (target: zero), counted by the
+//! allocator that `tests/alloc.rs` uses to assert them.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -11,6 +12,8 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 mod common;
+#[path = "../tests/common/counting.rs"]
+mod counting;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use echoloop::sendbuf::SendBuf;
@@ -134,5 +137,31 @@ fn tls_pki() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
     (server, client)
 }
 
-criterion_group!(benches, sendbuf, echo_round_trip);
+/// Not timed: counts the reactor thread's allocations over steady-state echoes and prints
+/// them per message.
+fn allocations(_: &mut Criterion) {
+    const N: u64 = 2000;
+    let per = |allocs: u64, messages: u64| allocs as f64 / messages as f64;
+    let (server, client) = tls_pki();
+    println!("allocations per echoed message on the reactor thread (steady state, {N} messages):");
+    println!(
+        "  tcp 64 B ping-pong          {:.3}",
+        per(counting::tcp_echo_allocs(N), N)
+    );
+    println!(
+        "  udp 64 B ping-pong          {:.3}",
+        per(counting::udp_echo_allocs(1, N), N)
+    );
+    let bursts = N / 32;
+    println!(
+        "  udp 64 B bursts of 32       {:.3}  (batched: recvmmsg/sendmmsg)",
+        per(counting::udp_echo_allocs(32, bursts), bursts * 32)
+    );
+    println!(
+        "  tls 64 B ping-pong          {:.3}  (inside rustls's buffered record queues)",
+        per(counting::tls_echo_allocs(server, client, N), N)
+    );
+}
+
+criterion_group!(benches, allocations, sendbuf, echo_round_trip);
 criterion_main!(benches);
