@@ -218,25 +218,51 @@ pub(super) fn dgram_ready(
         if d.queue.paused || d.closed {
             return;
         }
-        match d.sock.try_recv_from(rbuf) {
-            Ok((n, from)) => {
-                core.stats.datagrams_in += 1;
-                if call_dgram(d, core, key, |h, ctx| h.on_datagram(ctx, &rbuf[..n], &from)) {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) => {
-                // An error here concerns one datagram, not the socket, which goes on:
-                // InvalidData is one too large to receive whole (see `try_recv_from`).
-                if e.kind() == io::ErrorKind::InvalidData {
-                    core.stats.datagrams_dropped += 1;
-                }
-                log::debug!("recv on {id}: {e}");
-            }
+        match recv_one(d, core, rbuf, key) {
+            One::Handled | One::Failed => {}
+            One::Empty | One::Closed => return,
         }
     }
     core.schedule_read(id);
+}
+
+/// What one `recvfrom` came to.
+enum One {
+    /// A datagram was received and handled.
+    Handled,
+    /// The handler closed the socket.
+    Closed,
+    /// `WouldBlock`: the queue is empty, and edge-triggered readiness will say when it
+    /// is not.
+    Empty,
+    /// The receive failed; the socket goes on.
+    Failed,
+}
+
+/// Receives one datagram and hands it to the handler.
+fn recv_one(d: &mut DgramEntry, core: &mut Core, rbuf: &mut [u8], key: usize) -> One {
+    match d.sock.try_recv_from(rbuf) {
+        Ok((n, from)) => {
+            core.stats.datagrams_in += 1;
+            if call_dgram(d, core, key, |h, ctx| h.on_datagram(ctx, &rbuf[..n], &from)) {
+                One::Closed
+            } else {
+                One::Handled
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => One::Empty,
+        Err(e) => {
+            // An error here concerns one datagram, not the socket: InvalidData is a Unix
+            // datagram too large to receive whole (see `try_recv_from`). UDP errors are rare
+            // on an unconnected socket (ICMP errors such as "port unreachable" reach only
+            // connected ones, or those with IP_RECVERR).
+            if e.kind() == io::ErrorKind::InvalidData {
+                core.stats.datagrams_dropped += 1;
+            }
+            log::debug!("recv on {}: {e}", ConnId::new(key, d.generation));
+            One::Failed
+        }
+    }
 }
 
 /// Datagrams handled per socket per turn before others get a go (fairness cap).
@@ -284,25 +310,14 @@ pub(super) fn dgram_read_udp(
             return;
         }
         if !d.deep {
-            match d.sock.try_recv_from(rbuf) {
-                Ok((n, from)) => {
-                    budget -= 1;
-                    core.stats.datagrams_in += 1;
-                    if call_dgram(d, core, key, |h, ctx| h.on_datagram(ctx, &rbuf[..n], &from)) {
-                        return;
-                    }
+            budget -= 1;
+            match recv_one(d, core, rbuf, key) {
+                One::Handled => {
                     run += 1;
                     d.deep = run >= 2 && !shallow;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // Rare on an unconnected UDP socket (ICMP errors such as "port
-                    // unreachable" are reported only to connected ones, or with
-                    // IP_RECVERR); whatever it was, the socket goes on.
-                    log::debug!("recv on {id}: {e}");
-                    budget -= 1;
-                    run = 0;
-                }
+                One::Failed => run = 0,
+                One::Empty | One::Closed => return,
             }
             continue;
         }
@@ -313,6 +328,7 @@ pub(super) fn dgram_read_udp(
                 return;
             }
             Err(e) => {
+                // As for single reads: one failed receive, the socket goes on.
                 log::debug!("recv on {id}: {e}");
                 budget -= 1;
                 continue;
@@ -362,14 +378,16 @@ pub(super) fn flush_send_batch(d: &mut DgramEntry, core: &mut Core, key: usize) 
     let mut replies = std::mem::take(&mut core.dgram_batch);
     let total = replies.len();
     let mut i = 0;
-    // One reply goes by `sendto`: cheaper in the kernel than a batch of one.
-    while i < total && total > 1 {
-        match d.sock.try_send_batch(&replies, i) {
-            Ok(k) if k > 0 => {
-                core.stats.datagrams_out += k as u64;
-                i += k;
+    // One reply goes by `sendto` below: cheaper in the kernel than a batch of one.
+    if total > 1 {
+        while i < total {
+            match d.sock.try_send_batch(&replies, i) {
+                Ok(k) if k > 0 => {
+                    core.stats.datagrams_out += k as u64;
+                    i += k;
+                }
+                _ => break,
             }
-            _ => break,
         }
     }
     for j in i..total {
