@@ -100,7 +100,7 @@ fn run(addr: &str, messages: Vec<String>) -> Result<(), Box<dyn std::error::Erro
         report: tx,
     };
     let opts = ConnectOptions::new().timeout(Duration::from_secs(3));
-    el.connect(&Endpoint::Inet(resolve_one(addr)?), opts, Box::new(client))?;
+    el.connect(&Endpoint::Inet(resolve_one(addr)?), opts, Box::new(client));
     el.run()?;
     let mut ok = 0;
     for r in rx.try_iter() {

@@ -98,7 +98,7 @@ fn run_in(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let opts = ConnectOptions::new()
         .timeout(Duration::from_secs(5))
         .tls(client_cfg, server_name("localhost")?);
-    el.connect(&bound.addr, opts, Box::new(client))?;
+    el.connect(&bound.addr, opts, Box::new(client));
     el.run()?;
     let echoed = rx.try_recv().map_err(|_| "client reported nothing")??;
     if echoed != message {

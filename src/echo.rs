@@ -11,8 +11,8 @@ use crate::net::PeerAddr;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Echo;
 
-impl Handler for Echo {
-    fn on_data(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) {
+impl<S> Handler<S> for Echo {
+    fn on_data(&mut self, ctx: &mut Ctx<'_, S>, data: &[u8]) {
         ctx.send(data);
     }
 }
@@ -21,8 +21,8 @@ impl Handler for Echo {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EchoDatagram;
 
-impl DatagramHandler for EchoDatagram {
-    fn on_datagram(&mut self, ctx: &mut DgramCtx<'_>, data: &[u8], from: &PeerAddr) {
+impl<S> DatagramHandler<S> for EchoDatagram {
+    fn on_datagram(&mut self, ctx: &mut DgramCtx<'_, S>, data: &[u8], from: &PeerAddr) {
         if let Err(e) = ctx.send_to(data, from) {
             // A sender with no name (an unbound Unix socket) cannot be answered; the loop
             // counts it as dropped.

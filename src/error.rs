@@ -5,8 +5,6 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::net::Endpoint;
-
 /// An address that could not be parsed or resolved.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -74,7 +72,11 @@ pub enum ListenError {
 }
 
 impl ListenError {
-    pub(crate) fn bind(kind: &'static str, addr: &Endpoint, source: io::Error) -> ListenError {
+    pub(crate) fn bind(
+        kind: &'static str,
+        addr: &dyn fmt::Display,
+        source: io::Error,
+    ) -> ListenError {
         ListenError::Bind {
             kind,
             addr: addr.to_string(),
@@ -128,3 +130,98 @@ impl From<AddrError> for ListenError {
         ListenError::Addr(e)
     }
 }
+
+/// Why an action on a connection by its [`crate::ConnId`] was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnError {
+    /// No such connection: it has closed (its `on_close` has run or is about to), or the
+    /// id was never one of this loop's.
+    Gone,
+    /// The id names a listener or a datagram socket, not a stream connection.
+    NotStream,
+    /// Still connecting or in its TLS handshake: it cannot take application data yet.
+    NotOpen,
+    /// Our sending side is shut (`shutdown_write` or `close` was called, or the loop is
+    /// stopping): nothing more can be sent.
+    WriteShut,
+}
+
+impl fmt::Display for ConnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnError::Gone => "no such connection (it has closed)",
+            ConnError::NotStream => "the id names a listener or datagram socket, not a connection",
+            ConnError::NotOpen => "the connection is not open yet",
+            ConnError::WriteShut => "the connection's sending side is already shut",
+        })
+    }
+}
+
+impl StdError for ConnError {}
+
+/// Why a datagram could not be sent.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The destination is an unnamed Unix socket: there is no address to reply to.
+    Unaddressable,
+    /// The send queue is full; the datagram was dropped.
+    QueueFull,
+    /// The socket is closed, or the id names no datagram socket of this loop.
+    Closed,
+    /// The system refused it (for example: message too long, network unreachable).
+    Io(io::Error),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Unaddressable => f.write_str("the sender has no address to reply to"),
+            SendError::QueueFull => f.write_str("send queue full"),
+            SendError::Closed => f.write_str("the datagram socket is closed"),
+            SendError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl StdError for SendError {}
+
+/// Why a message could not be handed to a loop through its [`crate::Sender`]. The message
+/// comes back inside.
+#[non_exhaustive]
+pub enum TrySendError<M> {
+    /// The channel holds as many messages as it was made for; try again later.
+    Full(M),
+    /// The loop has stopped (or was dropped): nothing will read the message.
+    Closed(M),
+}
+
+impl<M> TrySendError<M> {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> M {
+        match self {
+            TrySendError::Full(m) | TrySendError::Closed(m) => m,
+        }
+    }
+}
+
+impl<M> fmt::Debug for TrySendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_) => f.write_str("Full(..)"),
+            TrySendError::Closed(_) => f.write_str("Closed(..)"),
+        }
+    }
+}
+
+impl<M> fmt::Display for TrySendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TrySendError::Full(_) => "the loop's channel is full",
+            TrySendError::Closed(_) => "the loop has stopped",
+        })
+    }
+}
+
+impl<M> StdError for TrySendError<M> {}

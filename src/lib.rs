@@ -60,12 +60,15 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 
+mod config;
 mod conn;
+mod dgram;
 pub mod echo;
 pub mod error;
 pub mod event_loop;
 pub mod guide;
 pub mod handler;
+mod id;
 pub mod net;
 pub mod sendbuf;
 pub mod stats;
@@ -77,10 +80,10 @@ pub mod tls_config;
 pub mod cli;
 
 pub use echo::{Echo, EchoDatagram};
-pub use error::{AddrError, ListenError};
-pub use event_loop::{Bound, Config, ConnectOptions, EventLoop, ListenKind, StopHandle};
+pub use error::{AddrError, ConnError, ListenError, SendError, TrySendError};
+pub use event_loop::{Bound, Config, ConnectOptions, EventLoop, ListenKind, Sender, StopHandle};
 pub use handler::{
-    CloseReason, ConnId, Ctx, DatagramHandler, DgramCtx, Handler, SendError, TimerId,
+    CloseReason, ConnId, ConnRef, Ctx, DatagramHandler, DgramCtx, Handler, LoopCtx, TimerId,
 };
 pub use net::{Endpoint, PeerAddr, UnixName};
 pub use stats::Stats;

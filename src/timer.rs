@@ -6,35 +6,26 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
-use crate::handler::{ConnId, TimerId};
+use crate::id::{ConnId, TimerId};
 
-/// Who a timer belongs to.
+/// What a timer is for, and whose it is: each kind of owner has its own variants, so a
+/// timer can never reach the wrong kind of entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Owner {
+pub(crate) enum Target {
+    /// A stream connection's own deadline (connect, handshake, idle, close): see
+    /// `Connection::poll_timeout`. One per connection at most.
+    Deadline(ConnId),
+    /// A handler's timer on a stream connection.
     Conn(ConnId),
+    /// A handler's timer on a datagram socket.
     Dgram(ConnId),
-    Listener(ConnId),
-}
-
-/// What a timer is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// Set by a handler.
-    User,
-    /// Check whether a connection has been idle too long.
-    Idle,
-    /// The TLS handshake must be done by now.
-    Handshake,
-    /// A connect must have completed by now.
-    Connect,
-    /// A closing connection's peer must have finished by now.
-    Linger,
-    /// Try `accept` again after running out of descriptors.
-    AcceptBackoff,
     /// Try a Unix datagram socket's queued replies again.
-    DgramRetry,
+    DgramRetry(ConnId),
+    /// Try `accept` again after running out of descriptors.
+    AcceptBackoff(ConnId),
 }
 
 /// `now + d`, saturating far in the future instead of overflowing: durations come from
@@ -45,24 +36,43 @@ pub(crate) fn later(now: Instant, d: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Timers {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
-    live: HashMap<u64, (Owner, Kind)>,
-    next: u64,
+    live: HashMap<u64, Target>,
+    /// The next id to hand out; ids start at 1 and only grow, so they are never zero.
+    next: NonZeroU64,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            heap: BinaryHeap::new(),
+            live: HashMap::new(),
+            next: NonZeroU64::MIN,
+        }
+    }
 }
 
 impl Timers {
-    pub(crate) fn add(&mut self, at: Instant, owner: Owner, kind: Kind) -> TimerId {
+    pub(crate) fn add(&mut self, at: Instant, target: Target) -> TimerId {
         let id = self.next;
-        self.next += 1;
-        self.heap.push(Reverse((at, id)));
-        self.live.insert(id, (owner, kind));
+        // A u64 counter does not wrap in the life of a process (one timer per nanosecond
+        // would take 584 years).
+        self.next = self.next.saturating_add(1);
+        self.heap.push(Reverse((at, id.get())));
+        self.live.insert(id.get(), target);
         TimerId(id)
     }
 
+    /// Timers still waiting (for tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.live.len()
+    }
+
     pub(crate) fn cancel(&mut self, id: TimerId) {
-        if self.live.remove(&id.0).is_some()
+        if self.live.remove(&id.0.get()).is_some()
             && self.heap.len() > 1024
             && self.heap.len() > 2 * self.live.len()
         {
@@ -88,7 +98,7 @@ impl Timers {
 
     /// Marks the start of a pass over due timers: see [`Timers::pop_due`].
     pub(crate) fn mark(&self) -> u64 {
-        self.next
+        self.next.get()
     }
 
     /// Removes and returns one timer due at `now` that was set before `mark`.
@@ -98,14 +108,15 @@ impl Timers {
     /// never get back to its sockets. Such timers wait for the next turn instead. Every
     /// timer is set for the loop's `now` or later, so the due timers from before the mark
     /// sort ahead of all later ones and stopping at the first later one skips none of them.
-    pub(crate) fn pop_due(&mut self, now: Instant, mark: u64) -> Option<(TimerId, Owner, Kind)> {
+    pub(crate) fn pop_due(&mut self, now: Instant, mark: u64) -> Option<(TimerId, Target)> {
         while let Some(Reverse((at, id))) = self.heap.peek().copied() {
             if at > now || id >= mark {
                 return None;
             }
             self.heap.pop();
-            if let Some((owner, kind)) = self.live.remove(&id) {
-                return Some((TimerId(id), owner, kind));
+            if let Some(target) = self.live.remove(&id) {
+                // Every id in the heap was made from a NonZeroU64.
+                return NonZeroU64::new(id).map(|n| (TimerId(n), target));
             }
         }
         None
@@ -117,8 +128,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn owner() -> Owner {
-        Owner::Conn(ConnId {
+    fn owner() -> Target {
+        Target::Conn(ConnId {
             key: 1,
             generation: 0,
         })
@@ -128,9 +139,9 @@ mod tests {
     fn timers_fire_in_deadline_order_and_skip_cancelled() {
         let mut t = Timers::default();
         let now = Instant::now();
-        let late = t.add(now + Duration::from_millis(20), owner(), Kind::User);
-        let early = t.add(now + Duration::from_millis(10), owner(), Kind::Idle);
-        let cancelled = t.add(now + Duration::from_millis(5), owner(), Kind::User);
+        let late = t.add(now + Duration::from_millis(20), owner());
+        let early = t.add(now + Duration::from_millis(10), owner());
+        let cancelled = t.add(now + Duration::from_millis(5), owner());
         t.cancel(cancelled);
         assert_eq!(t.next_deadline(), Some(now + Duration::from_millis(10)));
         let mark = t.mark();
@@ -147,7 +158,7 @@ mod tests {
         let mut t = Timers::default();
         let now = Instant::now();
         for _ in 0..10_000 {
-            let id = t.add(now + Duration::from_secs(3600), owner(), Kind::Idle);
+            let id = t.add(now + Duration::from_secs(3600), owner());
             t.cancel(id);
         }
         assert!(
@@ -162,11 +173,11 @@ mod tests {
     fn timers_set_during_a_pass_wait_for_the_next() {
         let mut t = Timers::default();
         let now = Instant::now();
-        let first = t.add(now, owner(), Kind::User);
+        let first = t.add(now, owner());
         let mark = t.mark();
         assert_eq!(t.pop_due(now, mark).map(|x| x.0), Some(first));
         // As a callback re-arming a zero delay would.
-        let again = t.add(now, owner(), Kind::User);
+        let again = t.add(now, owner());
         assert!(t.pop_due(now, mark).is_none());
         assert_eq!(t.next_deadline(), Some(now));
         assert_eq!(t.pop_due(now, t.mark()).map(|x| x.0), Some(again));

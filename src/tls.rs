@@ -8,8 +8,10 @@
 //! when the application has nothing to say (handshake messages, alerts, session tickets,
 //! `close_notify`), so the reactor asks for its output after every input.
 //!
-//! This is the only module (with [`crate::tls_config`]) that touches rustls; it uses the
-//! buffered API of rustls 0.23.
+//! This module drives rustls connections; [`crate::tls_config`] builds their
+//! configurations. Elsewhere rustls appears only as types in the public API (a server or
+//! client configuration to pass in, the rustls error inside [`crate::CloseReason::Tls`]).
+//! It uses the buffered API of rustls 0.23.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -27,6 +29,8 @@ const RUSTLS_BUFFER_LIMIT: usize = 64 * 1024;
 pub(crate) struct TlsSession {
     conn: Connection,
     peer_closed: bool,
+    /// Our `close_notify` is queued: it goes once, after all data.
+    close_notify_sent: bool,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -57,6 +61,7 @@ impl TlsSession {
         TlsSession {
             conn,
             peer_closed: false,
+            close_notify_sent: false,
         }
     }
 
@@ -123,26 +128,38 @@ impl TlsSession {
 
     /// Encrypts application data into `out`. Everything the handler produced in one pass
     /// is passed here at once, so small sends become few records.
-    pub(crate) fn write_plaintext(&mut self, mut data: &[u8], out: &mut SendBuf) {
+    ///
+    /// rustls's writer only copies into memory, so it fails only on a broken session; it
+    /// answers `Ok(0)` when its buffer limit is reached, which is not an error: move its
+    /// output to ours and go on. Before the handshake ends nothing can be encrypted, so
+    /// nothing drains; the limit is lifted rather than lose the bytes (our backpressure
+    /// bounds them). A writer that still takes nothing is an error, never a reason to loop.
+    pub(crate) fn write_plaintext(
+        &mut self,
+        mut data: &[u8],
+        out: &mut SendBuf,
+    ) -> Result<(), rustls::Error> {
+        let broken = |e: io::Error| rustls::Error::General(format!("TLS writer failed: {e}"));
         while !data.is_empty() {
-            // Writing to rustls's in-memory buffer cannot fail; Ok(0) means its buffer limit
-            // is reached (not an error: move its output to ours and go on).
-            let n = self.conn.writer().write(data).unwrap_or(0);
-            data = &data[n..];
+            let mut n = self.conn.writer().write(data).map_err(broken)?;
             if n == 0 {
                 let before = out.len();
                 self.poll_output(out);
                 if out.len() == before {
-                    // Before the handshake ends nothing can be encrypted, so nothing drains;
-                    // lift the limit rather than lose the bytes (bounded by our backpressure).
                     self.conn.set_buffer_limit(None);
-                    let n = self.conn.writer().write(data).unwrap_or(0);
-                    data = &data[n..];
+                    n = self.conn.writer().write(data).map_err(broken)?;
                     self.conn.set_buffer_limit(Some(RUSTLS_BUFFER_LIMIT));
+                    if n == 0 {
+                        return Err(rustls::Error::General(
+                            "TLS writer accepted no bytes".into(),
+                        ));
+                    }
                 }
             }
+            data = &data[n..];
         }
         self.poll_output(out);
+        Ok(())
     }
 
     /// Moves every TLS record the session wants to send into `out`.
@@ -157,7 +174,12 @@ impl TlsSession {
 
     /// Queues `close_notify` ("I will send no more") into `out`. rustls never sends it on
     /// its own; without it the peer cannot tell a clean end from a truncation attack.
+    /// Calling it again does nothing.
     pub(crate) fn send_close_notify(&mut self, out: &mut SendBuf) {
+        if self.close_notify_sent {
+            return;
+        }
+        self.close_notify_sent = true;
         self.conn.send_close_notify();
         self.poll_output(out);
     }

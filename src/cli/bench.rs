@@ -1271,14 +1271,9 @@ fn open_slot(el: &mut EventLoop, env: &Rc<Env>, slot: usize) -> Result<(), Strin
                 opts = opts.source(ip);
             }
             let handler = StreamConn::new(Rc::clone(env), slot, key, now);
-            if let Err(e) = el.connect(&s.target, opts, Box::new(handler)) {
-                // Failed before the loop took it (no descriptor, address unavailable...):
-                // the handler was never registered and hears nothing.
-                let mut st = env.st.borrow_mut();
-                st.c.connect_failures += 1;
-                st.note_error(|| format!("connect to {}: {e}", s.target_text));
-                st.requeue.push((now + RETRY_BACKOFF, slot));
-            }
+            // A connect that fails, even at once (no descriptor, address unavailable...),
+            // is counted and retried by the handler's `on_close`.
+            el.connect(&s.target, opts, Box::new(handler));
             Ok(())
         }
         Transport::Udp => {

@@ -222,17 +222,15 @@ fn start_stream(el: &mut EventLoop, args: &ClientArgs, common: Common) -> Result
         got: Vec::new(),
         timer: None,
     };
-    // The first connect is started here; one that fails at once (say, no IPv6 route) moves
-    // on to the next address like one that fails later in `on_close`.
-    while let Some(ep) = client.remaining.pop_front() {
-        let opts = client.opts.clone();
-        let next = client.successor(ep.clone());
-        match el.connect(&ep, opts, Box::new(next)) {
-            Ok(_) => return Ok(()),
-            Err(e) => client.failures.push((ep, describe_io(&e))),
-        }
-    }
-    Err(client.connect_failure().into())
+    // The first connect is started here; one that fails, at once (say, no IPv6 route) or
+    // later, moves on to the next address in `on_close`.
+    let Some(ep) = client.remaining.pop_front() else {
+        return Err(client.connect_failure().into());
+    };
+    let opts = client.opts.clone();
+    let next = client.successor(ep.clone());
+    el.connect(&ep, opts, Box::new(next));
+    Ok(())
 }
 
 /// The host part of `host:port` (brackets of an IPv6 literal kept: `server_name` takes them).

@@ -2,159 +2,215 @@
 //!
 //! Teaches: no connection and no stream — every datagram stands alone, is received whole
 //! (or, if too large, not at all) and answered to the address it came from. Sending can
-//! block too, so replies wait in a bounded queue; and when datagrams queue up faster than
-//! they are read, many can move per system call (`recvmmsg`/`sendmmsg`), while a shallow
-//! queue is better served one `recvfrom` at a time.
+//! block too, so replies wait in a bounded queue (`crate::dgram`); and when datagrams
+//! queue up faster than they are read, many can move per system call
+//! (`recvmmsg`/`sendmmsg`), while a shallow queue is better served one `recvfrom` at a
+//! time.
 
-use super::*;
+use std::io;
+use std::time::Duration;
 
-/// Runs a datagram handler callback with a context, then closes the socket if the
-/// handler asked to. Returns true if it did.
-pub(super) fn call_dgram(
-    d: &mut DgramEntry,
-    core: &mut Core,
-    key: usize,
-    f: impl FnOnce(&mut dyn DatagramHandler, &mut DgramCtx<'_>),
-) -> bool {
-    let mut close = false;
-    let mut ctx = DgramCtx {
-        sock: &d.sock,
-        queue: &mut d.queue,
-        core,
-        id: ConnId::new(key, d.generation),
-        close_requested: &mut close,
-    };
-    f(d.handler.as_mut(), &mut ctx);
-    if close {
-        close_dgram(d, core, key);
-    }
-    close
-}
+use mio::{Interest, Token};
 
-pub(super) fn close_dgram(d: &mut DgramEntry, core: &mut Core, key: usize) {
-    if d.closed {
-        return;
-    }
-    // Flush what can go now; a datagram socket has no half-close to wait for.
-    flush_dgram_queue(d, core, ConnId::new(key, d.generation));
-    d.closed = true;
-    // `close_dgram` returns at once if called again from inside on_close.
-    call_dgram(d, core, key, |h, ctx| h.on_close(ctx));
-    core.dead.push(key);
-}
-
-/// Sends queued replies, oldest first.
-///
-/// UDP: `WouldBlock` means *our* send buffer is full, so nothing else can go either: stop.
-/// Unix datagrams: it means *that receiver's* queue is full, and no event will say when it
-/// has room. Its replies stay queued (in order) while those to other receivers go on, a
-/// retry timer looks again, and replies that have waited longer than `close_timeout` are
-/// dropped — so one client that never reads cannot freeze the socket for everyone.
-pub(super) fn flush_dgram_queue(d: &mut DgramEntry, core: &mut Core, id: ConnId) {
-    let udp = d.sock.is_udp();
-    let mut blocked: Vec<PeerAddr> = Vec::new();
-    let mut i = 0;
-    while let Some(q) = d.queue.items.get(i) {
-        if crate::timer::later(q.since, core.config.close_timeout) <= core.now {
-            log::debug!(
-                "reply to {} dropped: its receiver has not read for too long",
-                q.to
-            );
-            core.stats.datagrams_dropped += 1;
-            d.queue.items.remove(i);
-            continue;
-        }
-        if blocked.iter().any(|b| same_peer(b, &q.to)) {
-            i += 1;
-            continue;
-        }
-        match d.sock.try_send_to(&q.data, &q.to) {
-            Ok(_) => {
-                core.stats.datagrams_out += 1;
-                d.queue.items.remove(i);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if udp {
-                    break;
-                }
-                blocked.push(q.to.clone());
-                i += 1;
-            }
-            Err(e) => {
-                log::debug!("send to {}: {e}", q.to);
-                core.stats.datagrams_dropped += 1;
-                d.queue.items.remove(i);
-            }
-        }
-    }
-    arm_retry(d, core, id);
-}
-
-/// Unix datagram sockets with replies waiting get a timer: a full receiver's reading
-/// raises no event on our side.
-fn arm_retry(d: &mut DgramEntry, core: &mut Core, id: ConnId) {
-    arm_queue_retry(&d.sock, &mut d.queue, core, id);
-}
-
-fn arm_queue_retry(sock: &Datagram, queue: &mut DgramQueue, core: &mut Core, id: ConnId) {
-    if sock.is_udp() || queue.items.is_empty() || queue.retry_timer.is_some() {
-        return;
-    }
-    let at = crate::timer::later(core.now, UNIX_RETRY);
-    queue.retry_timer = Some(core.timers.add(at, Owner::Dgram(id), Kind::DgramRetry));
-}
+use super::core::{Core, DgramEntry, Entry, Inner, dgram_at};
+use super::stream::{ReadBufs, commit_staged};
+use crate::dgram::DgramQueue;
+use crate::error::{ListenError, SendError};
+use crate::handler::{DatagramHandler, DgramCtx};
+use crate::id::{ConnId, TimerId};
+use crate::net::{BATCH, Datagram, Endpoint, PeerAddr, RecvBatch, UnixName};
+use crate::timer::{Target, later};
 
 /// How often queued Unix datagram replies are tried again.
 const UNIX_RETRY: Duration = Duration::from_millis(20);
 
-/// The retry timer of a Unix datagram socket's queue fired.
-pub(super) fn dgram_retry(d: &mut DgramEntry, core: &mut Core, key: usize) {
-    let id = ConnId::new(key, d.generation);
-    d.queue.retry_timer = None;
-    flush_dgram_queue(d, core, id);
-    if d.queue.paused && d.queue.items.len() <= core.config.datagram_queue / 2 {
-        d.queue.paused = false;
-        // Edge-triggered: datagrams that arrived while paused raise no new event.
-        core.schedule_read(id);
+/// Datagrams handled per socket per turn before others get a go (fairness cap).
+const DGRAM_BUDGET: usize = 256;
+
+/// A receive batch at least this full says the queue runs deep.
+const DEEP: usize = 4;
+
+/// Adds a bound datagram socket; its `on_ready` runs when the loop next settles (at once
+/// for the loop's own entry points, after the callback for one made from a callback).
+pub(crate) fn add<S>(
+    inner: &mut Inner<S>,
+    mut sock: Datagram,
+    handler: Box<dyn DatagramHandler<S>>,
+) -> Result<(ConnId, Endpoint), ListenError> {
+    let addr = sock
+        .local_endpoint()
+        .unwrap_or(Endpoint::Unix(UnixName::Abstract(Vec::new())));
+    let key = inner.slab.vacant_key();
+    inner
+        .poll
+        .registry()
+        .register(
+            &mut sock,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )
+        .map_err(ListenError::Register)?;
+    let id = inner.core.next_id(key);
+    inner.slab.insert(Entry::Dgram(DgramEntry {
+        sock,
+        handler: Some(handler),
+        queue: DgramQueue::default(),
+        generation: id.generation,
+        closed: false,
+        close_requested: false,
+        ready_pending: true,
+        deep: false,
+        user_timers: Vec::new(),
+    }));
+    inner.core.touched.push(id);
+    Ok((id, addr))
+}
+
+/// Runs what is owed to a socket after actions from elsewhere: its `on_ready`, or a close
+/// asked for.
+pub(crate) fn settle<S>(inner: &mut Inner<S>, key: usize) {
+    let Some(Entry::Dgram(d)) = inner.slab.get_mut(key) else {
+        return;
+    };
+    if d.closed {
+        return;
+    }
+    if std::mem::take(&mut d.ready_pending) {
+        // Let a client send its first datagram.
+        if callback(inner, key, |h, ctx| h.on_ready(ctx)) {
+            return;
+        }
+    }
+    if matches!(inner.slab.get(key), Some(Entry::Dgram(d)) if d.close_requested) {
+        close(inner, key);
     }
 }
 
-/// Same destination? (std's Unix `SocketAddr` has no `PartialEq`.)
-fn same_peer(a: &PeerAddr, b: &PeerAddr) -> bool {
-    use std::os::linux::net::SocketAddrExt;
-    match (a, b) {
-        (PeerAddr::Inet(x), PeerAddr::Inet(y)) => x == y,
-        (PeerAddr::Unix(x), PeerAddr::Unix(y)) => {
-            x.as_pathname() == y.as_pathname() && x.as_abstract_name() == y.as_abstract_name()
-        }
-        _ => false,
+/// Runs a datagram handler callback, then closes the socket if it was asked to. Returns
+/// true if the socket is closed.
+fn callback<S>(
+    inner: &mut Inner<S>,
+    key: usize,
+    f: impl FnOnce(&mut dyn DatagramHandler<S>, &mut DgramCtx<'_, S>),
+) -> bool {
+    let Some(Entry::Dgram(d)) = inner.slab.get_mut(key) else {
+        return true;
+    };
+    let id = ConnId::new(key, d.generation);
+    // Taken out for the call so the context can reach the rest of the loop; callbacks
+    // never nest, so it is there.
+    let Some(mut handler) = d.handler.take() else {
+        return d.closed;
+    };
+    f(handler.as_mut(), &mut DgramCtx { ops: inner, id });
+    let Some(Entry::Dgram(d)) = inner.slab.get_mut(key) else {
+        return true;
+    };
+    d.handler = Some(handler);
+    let close_now = d.close_requested && !d.closed;
+    // Datagram handlers may send to stream connections too.
+    commit_staged(inner, None);
+    if close_now {
+        close(inner, key);
     }
+    matches!(inner.slab.get(key), Some(Entry::Dgram(d)) if d.closed)
+}
+
+/// Closes a socket: flushes what can go now (a datagram socket has no half-close to wait
+/// for), cancels its timers, runs its `on_close`.
+pub(crate) fn close<S>(inner: &mut Inner<S>, key: usize) {
+    let Some(Entry::Dgram(d)) = inner.slab.get_mut(key) else {
+        return;
+    };
+    if d.closed {
+        return;
+    }
+    let id = ConnId::new(key, d.generation);
+    flush_queue(&mut inner.core, d, id);
+    d.closed = true;
+    for t in d.user_timers.drain(..).chain(d.queue.retry_timer.take()) {
+        inner.core.timers.cancel(t);
+    }
+    // `close` returns at once if called again from inside on_close.
+    callback(inner, key, |h, ctx| h.on_close(ctx));
+    inner.core.dead.push(key);
+}
+
+/// Sends queued replies, oldest first (see [`DgramQueue::flush`]), and arms the retry
+/// timer a Unix socket needs: a full receiver's reading raises no event on our side.
+fn flush_queue<S>(core: &mut Core, d: &mut DgramEntry<S>, id: ConnId) {
+    let sock = &d.sock;
+    let done = d.queue.flush(
+        core.now,
+        core.config.close_timeout,
+        sock.is_udp(),
+        |data, to| sock.try_send_to(data, to),
+    );
+    core.stats.datagrams_out += done.sent;
+    core.stats.datagrams_dropped += done.dropped;
+    arm_retry(core, d, id);
+}
+
+fn arm_retry<S>(core: &mut Core, d: &mut DgramEntry<S>, id: ConnId) {
+    if d.sock.is_udp() || d.queue.is_empty() || d.queue.retry_timer.is_some() {
+        return;
+    }
+    let at = later(core.now, UNIX_RETRY);
+    d.queue.retry_timer = Some(core.timers.add(at, Target::DgramRetry(id)));
+}
+
+/// The retry timer of a Unix datagram socket's queue fired.
+pub(crate) fn retry_fired<S>(inner: &mut Inner<S>, id: ConnId) {
+    let Some(d) = dgram_at(&mut inner.slab, id) else {
+        return;
+    };
+    if d.closed {
+        return;
+    }
+    d.queue.retry_timer = None;
+    flush_queue(&mut inner.core, d, id);
+    if d.queue.resume_if_drained(inner.core.config.datagram_queue) {
+        // Edge-triggered: datagrams that arrived while paused raise no new event.
+        inner.core.schedule_read(id);
+    }
+}
+
+/// A handler timer of this socket fired.
+pub(crate) fn user_timer_fired<S>(inner: &mut Inner<S>, id: ConnId, timer: TimerId) {
+    let Some(d) = dgram_at(&mut inner.slab, id) else {
+        return;
+    };
+    if d.closed {
+        return;
+    }
+    if let Some(i) = d.user_timers.iter().position(|t| *t == timer) {
+        d.user_timers.swap_remove(i);
+    }
+    callback(inner, id.key(), |h, ctx| h.on_timer(ctx, timer));
 }
 
 /// Sends one datagram now, or queues it if the socket would block.
-pub(crate) fn dgram_send(
-    sock: &Datagram,
-    queue: &mut DgramQueue,
+pub(crate) fn send<S>(
     core: &mut Core,
+    d: &mut DgramEntry<S>,
     id: ConnId,
     data: &[u8],
     to: &PeerAddr,
 ) -> Result<(), SendError> {
+    if d.closed {
+        return Err(SendError::Closed);
+    }
     if !to.is_addressable() {
         core.stats.datagrams_dropped += 1;
         return Err(SendError::Unaddressable);
     }
-    if let (true, true, PeerAddr::Inet(a)) = (core.batching, queue.items.is_empty(), to) {
+    if let (true, true, PeerAddr::Inet(a)) = (core.batching, d.queue.is_empty(), to) {
         // Inside a receive batch: gather, and send all replies with one call afterwards.
         core.dgram_batch.push(data, *a);
         return Ok(());
     }
-    // Replies to one receiver stay in order; for Unix sockets, a receiver with nothing
-    // queued need not wait behind another that is full.
-    let send_now = queue.items.is_empty()
-        || (!sock.is_udp() && !queue.items.iter().any(|q| same_peer(&q.to, to)));
-    if send_now {
-        match sock.try_send_to(data, to) {
+    if !d.queue.must_wait(d.sock.is_udp(), to) {
+        match d.sock.try_send_to(data, to) {
             Ok(_) => {
                 core.stats.datagrams_out += 1;
                 return Ok(());
@@ -166,42 +222,39 @@ pub(crate) fn dgram_send(
             }
         }
     }
-    if queue.items.len() >= core.config.datagram_queue {
+    // Datagram sockets can block too: keep it, and stop receiving once the queue is full
+    // so that replies cannot pile up without bound.
+    if d.queue
+        .push(data, to, core.now, core.config.datagram_queue)
+        .is_err()
+    {
         core.stats.datagrams_dropped += 1;
         return Err(SendError::QueueFull);
     }
-    // Datagram sockets can block too: keep it, and stop receiving until the queue drains
-    // so that replies cannot pile up without bound.
-    queue.items.push_back(Queued {
-        data: data.to_vec(),
-        to: to.clone(),
-        since: core.now,
-    });
-    if queue.items.len() >= core.config.datagram_queue {
-        queue.paused = true;
-    }
-    arm_queue_retry(sock, queue, core, id);
+    arm_retry(core, d, id);
     Ok(())
 }
 
-pub(super) fn dgram_ready(
-    d: &mut DgramEntry,
-    core: &mut Core,
-    rbuf: &mut [u8],
+/// One readiness event for a datagram socket (or a read scheduled without one).
+pub(crate) fn ready<S>(
+    inner: &mut Inner<S>,
+    bufs: &mut ReadBufs,
     batch: Option<&mut RecvBatch>,
     key: usize,
     readable: bool,
     writable: bool,
 ) {
+    let Some(Entry::Dgram(d)) = inner.slab.get_mut(key) else {
+        return;
+    };
     if d.closed {
         return;
     }
     let id = ConnId::new(key, d.generation);
     let mut readable = readable;
-    if writable && !d.queue.items.is_empty() {
-        flush_dgram_queue(d, core, id);
-        if d.queue.paused && d.queue.items.len() <= core.config.datagram_queue / 2 {
-            d.queue.paused = false;
+    if writable && !d.queue.is_empty() {
+        flush_queue(&mut inner.core, d, id);
+        if d.queue.resume_if_drained(inner.core.config.datagram_queue) {
             // Edge-triggered: datagrams that arrived while paused raise no new event.
             readable = true;
         }
@@ -210,27 +263,24 @@ pub(super) fn dgram_ready(
         return;
     }
     if let (true, Some(batch)) = (d.sock.is_udp(), batch) {
-        dgram_read_udp(d, core, rbuf, batch, id, key);
+        read_udp(inner, bufs, batch, id);
         return;
     }
     // Fairness cap, counted in datagrams.
     for _ in 0..DGRAM_BUDGET {
-        if d.queue.paused || d.closed {
-            return;
-        }
-        match recv_one(d, core, rbuf, key) {
+        match recv_one(inner, &mut bufs.wire, key) {
             One::Handled | One::Failed => {}
             One::Empty | One::Closed => return,
         }
     }
-    core.schedule_read(id);
+    inner.core.schedule_read(id);
 }
 
 /// What one `recvfrom` came to.
 enum One {
     /// A datagram was received and handled.
     Handled,
-    /// The handler closed the socket.
+    /// The socket is closed (by the handler), or paused until its queue drains.
     Closed,
     /// `WouldBlock`: the queue is empty, and edge-triggered readiness will say when it
     /// is not.
@@ -240,11 +290,17 @@ enum One {
 }
 
 /// Receives one datagram and hands it to the handler.
-fn recv_one(d: &mut DgramEntry, core: &mut Core, rbuf: &mut [u8], key: usize) -> One {
-    match d.sock.try_recv_from(rbuf) {
+fn recv_one<S>(inner: &mut Inner<S>, buf: &mut [u8], key: usize) -> One {
+    let Some(Entry::Dgram(d)) = inner.slab.get_mut(key) else {
+        return One::Closed;
+    };
+    if d.queue.is_paused() || d.closed {
+        return One::Closed;
+    }
+    match d.sock.try_recv_from(buf) {
         Ok((n, from)) => {
-            core.stats.datagrams_in += 1;
-            if call_dgram(d, core, key, |h, ctx| h.on_datagram(ctx, &rbuf[..n], &from)) {
+            inner.core.stats.datagrams_in += 1;
+            if callback(inner, key, |h, ctx| h.on_datagram(ctx, &buf[..n], &from)) {
                 One::Closed
             } else {
                 One::Handled
@@ -257,19 +313,13 @@ fn recv_one(d: &mut DgramEntry, core: &mut Core, rbuf: &mut [u8], key: usize) ->
             // on an unconnected socket (ICMP errors such as "port unreachable" reach only
             // connected ones, or those with IP_RECVERR).
             if e.kind() == io::ErrorKind::InvalidData {
-                core.stats.datagrams_dropped += 1;
+                inner.core.stats.datagrams_dropped += 1;
             }
             log::debug!("recv on {}: {e}", ConnId::new(key, d.generation));
             One::Failed
         }
     }
 }
-
-/// Datagrams handled per socket per turn before others get a go (fairness cap).
-const DGRAM_BUDGET: usize = 256;
-
-/// A receive batch at least this full says the queue runs deep.
-const DEEP: usize = 4;
 
 /// UDP's receive path, which reads in one of two ways depending on how deep the socket's
 /// queue runs:
@@ -292,29 +342,28 @@ const DEEP: usize = 4;
 /// Measured (`cargo bench --bench compare`, rows d and d8), server CPU per datagram against
 /// a tokio server that reads one at a time: 16 ping-pong clients, parity (batching every
 /// read cost 1.08×); the same clients with 8 datagrams in flight each, 0.80–0.87×.
-pub(super) fn dgram_read_udp(
-    d: &mut DgramEntry,
-    core: &mut Core,
-    rbuf: &mut [u8],
-    batch: &mut RecvBatch,
-    id: ConnId,
-    key: usize,
-) {
+fn read_udp<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, batch: &mut RecvBatch, id: ConnId) {
+    let key = id.key();
     let mut budget = DGRAM_BUDGET;
     // Single reads in a row that found a datagram.
     let mut run = 0;
     // A batch this wake-up came back nearly empty: the queue is shallow after all.
     let mut shallow = false;
     while budget > 0 {
-        if d.queue.paused || d.closed {
+        let Some(Entry::Dgram(d)) = inner.slab.get_mut(key) else {
+            return;
+        };
+        if d.queue.is_paused() || d.closed {
             return;
         }
         if !d.deep {
             budget -= 1;
-            match recv_one(d, core, rbuf, key) {
+            match recv_one(inner, &mut bufs.wire, key) {
                 One::Handled => {
                     run += 1;
-                    d.deep = run >= 2 && !shallow;
+                    if let Some(Entry::Dgram(d)) = inner.slab.get_mut(key) {
+                        d.deep = run >= 2 && !shallow;
+                    }
                 }
                 One::Failed => run = 0,
                 One::Empty | One::Closed => return,
@@ -335,47 +384,56 @@ pub(super) fn dgram_read_udp(
             }
         };
         budget = budget.saturating_sub(n.max(1));
-        core.stats.datagrams_in += n as u64;
+        inner.core.stats.datagrams_in += n as u64;
         let mut closed = false;
-        core.batching = true;
+        inner.core.batching = true;
         for i in 0..n {
             let (data, from) = batch.get(i);
             let Some(from) = from else {
                 // A sender we cannot name cannot be answered.
-                core.stats.datagrams_dropped += 1;
+                inner.core.stats.datagrams_dropped += 1;
                 continue;
             };
             let from = PeerAddr::Inet(from);
-            closed = call_dgram(d, core, key, |h, ctx| h.on_datagram(ctx, data, &from));
+            closed = callback(inner, key, |h, ctx| h.on_datagram(ctx, data, &from));
             if closed {
                 // The rest of the batch was received but will never be handled.
-                core.stats.datagrams_dropped += (n - i - 1) as u64;
+                inner.core.stats.datagrams_dropped += (n - i - 1) as u64;
                 break;
             }
         }
-        core.batching = false;
+        inner.core.batching = false;
         // The replies go out even if the handler closed the socket: they were accepted.
-        flush_send_batch(d, core, key);
+        flush_send_batch(inner, key);
         if closed {
             return;
         }
         if n < DEEP {
             // Hardly worth a batch: read singly again until EAGAIN, as datagrams
             // trickling in are better met by `recvfrom` than by a trip through epoll.
-            d.deep = false;
+            if let Some(Entry::Dgram(d)) = inner.slab.get_mut(key) {
+                d.deep = false;
+            }
             shallow = true;
         } else if n < BATCH {
             // Drained: any datagram arriving from now on raises a new edge.
             return;
         }
     }
-    core.schedule_read(id);
+    inner.core.schedule_read(id);
 }
 
 /// Sends the replies gathered during a batch. On the first refusal the rest go through
 /// the one-at-a-time path, which queues on `WouldBlock` and drops on hard errors.
-pub(super) fn flush_send_batch(d: &mut DgramEntry, core: &mut Core, key: usize) {
+fn flush_send_batch<S>(inner: &mut Inner<S>, key: usize) {
+    let core = &mut inner.core;
     let mut replies = std::mem::take(&mut core.dgram_batch);
+    let Some(Entry::Dgram(d)) = inner.slab.get_mut(key) else {
+        replies.clear();
+        core.dgram_batch = replies;
+        return;
+    };
+    let id = ConnId::new(key, d.generation);
     let total = replies.len();
     let mut i = 0;
     // One reply goes by `sendto` below: cheaper in the kernel than a batch of one.
@@ -406,8 +464,7 @@ pub(super) fn flush_send_batch(d: &mut DgramEntry, core: &mut Core, key: usize) 
             continue;
         }
         // Errors are counted inside; there is no handler to tell any more.
-        let id = ConnId::new(key, d.generation);
-        let _ = dgram_send(&d.sock, &mut d.queue, core, id, data, &to);
+        let _ = send(core, d, id, data, &to);
     }
     replies.clear();
     core.dgram_batch = replies;
@@ -415,9 +472,15 @@ pub(super) fn flush_send_batch(d: &mut DgramEntry, core: &mut Core, key: usize) 
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::echo::EchoDatagram;
     use std::net::UdpSocket;
+    use std::time::Instant;
+
+    use super::{Duration, Entry};
+    use crate::echo::EchoDatagram;
+    use crate::handler::{DatagramHandler, DgramCtx};
+    use crate::id::ConnId;
+    use crate::net::{Endpoint, PeerAddr};
+    use crate::{Config, EventLoop};
 
     /// Runs turns until `want` echoes have reached `client` (or a deadline passes).
     fn echoes(el: &mut EventLoop, client: &UdpSocket, want: usize) -> Vec<Vec<u8>> {
@@ -439,7 +502,7 @@ mod tests {
     }
 
     fn deep(el: &EventLoop, id: ConnId) -> bool {
-        match &el.slab[id.key as usize] {
+        match &el.inner.slab[id.key()] {
             Entry::Dgram(d) => d.deep,
             _ => panic!("not a datagram socket"),
         }

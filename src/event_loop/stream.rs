@@ -1,314 +1,214 @@
-//! Stream connections inside the reactor: reading, handing bytes to the session and the
-//! handler, sending, half-close and close.
+//! Stream connections inside the reactor: the driver that does the system calls for each
+//! connection's state machine (`crate::conn::Connection`).
 //!
 //! Teaches: the life of one TCP, TLS or Unix stream connection under edge-triggered
-//! readiness — read until `WouldBlock` (or a short read), partial writes kept in the
-//! send buffer, backpressure, EOF as half-close, non-blocking connect completed on
-//! writability, and TLS output that appears without application data.
+//! readiness — read until `WouldBlock` (or a short read), write straight after
+//! processing, partial writes kept in the send buffer, half-close as `shutdown(Write)`,
+//! non-blocking connect completed on writability, and a reset when output we owed is
+//! thrown away. The rules themselves (what to send when, when to close, deadlines) are
+//! the connection's; this file only carries them out.
 
-use super::*;
+use std::io;
 
-/// Stands in for a handler while an entry is being made.
-pub(super) struct NoopHandler;
-impl Handler for NoopHandler {
-    fn on_data(&mut self, _: &mut Ctx<'_>, _: &[u8]) {}
+use mio::{Interest, Token};
+
+use super::core::{Core, Entry, FailedEntry, Inner, StreamEntry, stream_at};
+use crate::config::ConnectOptions;
+use crate::conn::{CloseReason, Connection, Event, SendPath, Session, State, Teardown};
+use crate::handler::{Ctx, Handler};
+use crate::id::ConnId;
+use crate::net::{Endpoint, PeerAddr, Stream};
+use crate::sendbuf::{Flush, write_until_blocked};
+use crate::timer::Target;
+use crate::tls::TlsSession;
+
+/// The reactor's read buffers, shared by all connections: only unsent output is kept per
+/// connection, so an idle connection costs no buffer memory.
+pub(crate) struct ReadBufs {
+    /// Large enough for the largest UDP datagram too (65,507 bytes over IPv4): a smaller
+    /// buffer silently truncates datagrams.
+    pub(crate) wire: Box<[u8]>,
+    /// Decrypted TLS input.
+    pub(crate) plain: Vec<u8>,
 }
 
+/// What one readiness event says about a connection.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Readiness {
-    pub(super) readable: bool,
-    pub(super) writable: bool,
-    pub(super) error: bool,
-    pub(super) read_closed: bool,
+pub(crate) struct Readiness {
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
+    pub(crate) error: bool,
+    pub(crate) read_closed: bool,
 }
 
-/// Runs a handler callback with a context, then sends what it produced and applies what
-/// it asked for.
-pub(super) fn call_handler(
-    c: &mut ConnEntry,
-    core: &mut Core,
-    key: usize,
-    f: impl FnOnce(&mut dyn Handler, &mut Ctx<'_>),
+/// Adds a connection accepted from a listener; a plain one hears `on_open` at once.
+pub(crate) fn add_accepted<S>(
+    inner: &mut Inner<S>,
+    mut stream: Stream,
+    session: Session,
+    handler: Box<dyn Handler<S>>,
+    peer: &PeerAddr,
 ) {
-    let id = ConnId::new(key, c.conn.generation);
-    let mut ctx = Ctx {
-        conn: Some(&mut c.conn),
-        core,
-        id,
+    let key = inner.slab.vacant_key();
+    // Registered once for both directions and never changed: with edge triggering,
+    // writability is reported only when a full send buffer gains room, so asking for it
+    // all along costs nothing while nothing is owed, and re-registering would cost a
+    // system call per change.
+    if let Err(e) = inner.poll.registry().register(
+        &mut stream,
+        Token(key),
+        Interest::READABLE | Interest::WRITABLE,
+    ) {
+        log::warn!("cannot register connection from {peer}: {e}");
+        return;
+    }
+    let id = inner.core.next_id(key);
+    log::debug!("{id} open from {peer}");
+    let conn = Connection::accepted(session, inner.core.now, &inner.core.limits);
+    inner.slab.insert(Entry::Stream(StreamEntry {
+        conn,
+        stream,
+        handler: Some(handler),
+        generation: id.generation,
+        deadline: None,
+        user_timers: Vec::new(),
+    }));
+    inner.core.stats.connections_open += 1;
+    // Data the client sent right after connecting is not missed: registering a socket
+    // that is already readable produces an event at once.
+    drive(inner, key, &[]);
+}
+
+/// Starts a non-blocking connect and returns its id. Whatever happens, `handler` hears
+/// the outcome later — `on_open`, or `on_close` — never the caller, and never before the
+/// current callback (or entry point) returns.
+pub(crate) fn connect<S>(
+    inner: &mut Inner<S>,
+    to: &Endpoint,
+    opts: ConnectOptions,
+    handler: Box<dyn Handler<S>>,
+) -> ConnId {
+    let key = inner.slab.vacant_key();
+    let id = inner.core.next_id(key);
+    let made = open_socket(inner, to, &opts, key);
+    let entry = match made {
+        Ok((stream, session)) => {
+            let conn = Connection::connecting(session, inner.core.now, opts.timeout);
+            inner.core.stats.connections_open += 1;
+            Entry::Stream(StreamEntry {
+                conn,
+                stream,
+                handler: Some(handler),
+                generation: id.generation,
+                deadline: None,
+                user_timers: Vec::new(),
+            })
+        }
+        Err(e) => Entry::Failed(FailedEntry {
+            handler: Some(handler),
+            error: Some(e),
+            generation: id.generation,
+        }),
     };
-    f(c.handler.as_mut(), &mut ctx);
-    commit_output(&mut c.conn, core);
-    progress(c, core, key);
+    inner.slab.insert(entry);
+    // Arms the connect deadline, or reports the failure, once the caller is done.
+    inner.core.touched.push(id);
+    id
 }
 
-/// Sends what the callback queued. For a plain connection with nothing already waiting,
-/// the bytes go straight to the socket (write right after processing instead of waiting for
-/// a writable event); what the kernel does not take is kept in the send buffer.
-pub(super) fn commit_output(conn: &mut Connection, core: &mut Core) {
-    if core.out.is_empty() {
-        return;
-    }
-    if conn.is_closed() {
-        core.out.clear();
-        return;
-    }
-    match &mut conn.session {
-        Session::Plain => {
-            let mut sent = 0;
-            if conn.sendbuf.is_empty() && !conn.write_blocked {
-                let stream = &mut conn.stream;
-                let (n, result) = write_until_blocked(&core.out, |d| stream.try_write(d));
-                sent = n;
-                if n > 0 {
-                    core.stats.bytes_out += n as u64;
-                    conn.last_active = core.now;
-                }
-                match result {
-                    // Partial send: the kernel's buffer is full; the rest waits below.
-                    Ok(Flush::Blocked) => conn.write_blocked = true,
-                    Ok(_) => {}
-                    // Keep the rest; the error surfaces again on the next flush or read,
-                    // where the connection is closed.
-                    Err(e) => log::debug!("write: {e}"),
-                }
-            }
-            conn.sendbuf.push(&core.out[sent..]);
-        }
-        Session::Tls(tls) => tls.write_plaintext(&core.out, &mut conn.sendbuf),
-    }
-    core.out.clear();
-}
-
-/// Moves a connection forward after anything happened: flush, backpressure, half-close,
-/// close.
-pub(super) fn progress(c: &mut ConnEntry, core: &mut Core, key: usize) {
-    let conn = &mut c.conn;
-    if conn.is_closed() {
-        return;
-    }
-    if conn.abort_requested {
-        close_now(c, core, key, CloseReason::Aborted);
-        return;
-    }
-    if conn.write_shut == WriteShut::Requested {
-        // TLS says goodbye inside the stream before TCP does; once, after all data.
-        if let (Session::Tls(tls), State::Open) = (&mut conn.session, conn.state) {
-            tls.send_close_notify(&mut conn.sendbuf);
-        }
-        conn.write_shut = WriteShut::Flushing;
-    }
-    if !conn.sendbuf.is_empty() && !conn.write_blocked {
-        if let Err(e) = flush(conn, core) {
-            close_now(c, core, key, CloseReason::Io(e));
-            return;
-        }
-    }
-    let conn = &mut c.conn;
-    // Backpressure: stop reading while too much is owed; resume below the low mark.
-    let owed = conn.sendbuf.len();
-    if owed > core.config.high_water {
-        conn.bp_paused = true;
-    } else if conn.bp_paused && owed <= core.config.low_water {
-        conn.bp_paused = false;
-        // Edge-triggered: bytes that arrived while paused will not raise a new event, so
-        // if we stopped with data possibly waiting, go back for it ourselves.
-        if conn.maybe_readable {
-            core.schedule_read(ConnId::new(key, conn.generation));
-        }
-    }
-    if conn.write_shut == WriteShut::Flushing && conn.sendbuf.is_empty() {
-        if conn.state == State::Open || conn.state == State::Handshaking {
-            if let Err(e) = conn.stream.shutdown_write() {
-                close_now(c, core, key, CloseReason::Io(e));
-                return;
-            }
-        }
-        c.conn.write_shut = WriteShut::Done;
-        if c.conn.closing && !c.conn.read_eof {
-            // Wait (bounded) for the peer to finish, reading and dropping what it sends.
-            let id = ConnId::new(key, c.conn.generation);
-            let at = crate::timer::later(core.now, core.config.close_timeout);
-            arm_timer(core, &mut c.conn, id, Kind::Linger, at);
-            // It may have sent everything already.
-            core.schedule_read(id);
-        }
-    }
-    let conn = &c.conn;
-    if conn.write_shut == WriteShut::Done && conn.read_eof {
-        close_now(c, core, key, CloseReason::Done);
-    }
-}
-
-/// Writes the send buffer until empty or `WouldBlock`.
-pub(super) fn flush(conn: &mut Connection, core: &mut Core) -> io::Result<()> {
-    let stream = &mut conn.stream;
-    let (sent, state) = conn.sendbuf.flush_with(|d| stream.try_write(d))?;
-    if sent > 0 {
-        core.stats.bytes_out += sent as u64;
-        conn.last_active = core.now;
-    }
-    conn.write_blocked = state == Flush::Blocked;
-    Ok(())
-}
-
-/// Sets one of the loop's own timers on a connection, replacing the previous one of its
-/// kind, and remembers it so that closing can cancel it.
-pub(super) fn arm_timer(
-    core: &mut Core,
-    conn: &mut Connection,
-    id: ConnId,
-    kind: Kind,
-    at: Instant,
-) {
-    disarm_timer(core, conn, kind);
-    conn.timers[timer_slot(kind)] = Some(core.timers.add(at, Owner::Conn(id), kind));
-}
-
-/// Cancels the connection's timer of this kind, if any (a deadline that no longer applies
-/// should not sit in the heap until it expires).
-pub(super) fn disarm_timer(core: &mut Core, conn: &mut Connection, kind: Kind) {
-    if let Some(old) = conn.timers[timer_slot(kind)].take() {
-        core.timers.cancel(old);
-    }
-}
-
-pub(super) fn timer_slot(kind: Kind) -> usize {
-    match kind {
-        Kind::Idle => 0,
-        Kind::Handshake => 1,
-        Kind::Connect => 2,
-        _ => 3,
-    }
-}
-
-pub(super) fn close_now(c: &mut ConnEntry, core: &mut Core, key: usize, reason: CloseReason) {
-    if c.conn.is_closed() {
-        return;
-    }
-    let was = c.conn.state;
-    c.conn.state = State::Closed;
-    core.stats.connections_open -= 1;
-    core.stats.closed += 1;
-    let id = ConnId::new(key, c.conn.generation);
-    match (&reason, was) {
-        (_, State::Connecting) => core.stats.connect_failures += 1,
-        (_, State::Handshaking) => core.stats.tls_handshakes_failed += 1,
-        _ => {}
-    }
-    log::debug!("{id} closed: {reason}");
-    for t in c.conn.timers.iter_mut().filter_map(Option::take) {
-        core.timers.cancel(t);
-    }
-    let mut ctx = Ctx {
-        conn: Some(&mut c.conn),
-        core,
-        id,
-    };
-    c.handler.on_close(&mut ctx, &reason);
-    core.out.clear();
-    // Dropped (and the descriptor closed) after this batch; see `EventLoop::sweep`.
-    core.dead.push(key);
-}
-
-pub(super) fn conn_ready(
-    c: &mut ConnEntry,
-    core: &mut Core,
-    rbuf: &mut [u8],
-    plain: &mut Vec<u8>,
+fn open_socket<S>(
+    inner: &mut Inner<S>,
+    to: &Endpoint,
+    opts: &ConnectOptions,
     key: usize,
-    r: Readiness,
-) {
-    if c.conn.is_closed() {
+) -> io::Result<(Stream, Session)> {
+    let session = match &opts.tls {
+        Some((cfg, name)) => Session::Tls(Box::new(
+            TlsSession::client(cfg, name.clone()).map_err(io::Error::other)?,
+        )),
+        None => Session::Plain,
+    };
+    let mut stream = Stream::connect(to, opts.source)?;
+    inner.poll.registry().register(
+        &mut stream,
+        Token(key),
+        Interest::READABLE | Interest::WRITABLE,
+    )?;
+    Ok((stream, session))
+}
+
+/// Tells the handler of a connect that failed before it had a socket.
+pub(crate) fn report_failed_connect<S>(inner: &mut Inner<S>, key: usize) {
+    let Some(Entry::Failed(f)) = inner.slab.get_mut(key) else {
+        return;
+    };
+    let (Some(mut handler), Some(error)) = (f.handler.take(), f.error.take()) else {
+        return; // reported already
+    };
+    let id = ConnId::new(key, f.generation);
+    inner.core.stats.connect_failures += 1;
+    log::debug!("{id} connect failed: {error}");
+    handler.on_close(
+        &mut Ctx { ops: inner, id },
+        &CloseReason::ConnectFailed(error),
+    );
+    commit_staged(inner, Some(id));
+    inner.core.dead.push(key);
+}
+
+/// One readiness event for a connection.
+pub(crate) fn ready<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, key: usize, r: Readiness) {
+    let Some(Entry::Stream(e)) = inner.slab.get_mut(key) else {
+        return;
+    };
+    if e.conn.is_closed() {
         return;
     }
-    if c.conn.state == State::Connecting {
+    if e.conn.state() == State::Connecting {
         if !(r.writable || r.error || r.read_closed) {
             return;
         }
-        finish_connect(c, core, key);
-        if c.conn.is_closed() || c.conn.state == State::Connecting {
-            return;
+        finish_connect(&mut inner.core, e);
+        drive(inner, key, &[]);
+        match inner.slab.get(key) {
+            Some(Entry::Stream(e))
+                if !e.conn.is_closed() && e.conn.state() != State::Connecting => {}
+            // Failed, or a spurious wake-up: nothing to read yet.
+            _ => return,
         }
-    }
-    if r.writable && c.conn.write_blocked {
-        c.conn.write_blocked = false;
-        if let Err(e) = flush(&mut c.conn, core) {
-            close_now(c, core, key, CloseReason::Io(e));
-            return;
-        }
-        if c.conn.sendbuf.is_empty() && c.conn.state == State::Open {
-            call_handler(c, core, key, |h, ctx| h.on_drained(ctx));
-        } else {
-            progress(c, core, key);
-        }
-        if c.conn.is_closed() {
-            return;
+    } else if r.writable {
+        if let Some(Entry::Stream(e)) = inner.slab.get_mut(key) {
+            if e.conn.is_write_blocked() {
+                // Room in the kernel's send buffer again: flush what waited.
+                e.conn.handle_writable();
+                drive(inner, key, &[]);
+            }
         }
     }
     if r.readable || r.read_closed || r.error {
         // A short read proves the queue empty only if no FIN is pending behind it: with
         // EPOLLRDHUP set, read on until EOF.
         let trust_short_read = !r.read_closed && !r.error;
-        read_loop(c, core, rbuf, plain, key, trust_short_read);
+        read_loop(inner, bufs, key, trust_short_read);
     }
 }
 
-/// Reading again without a fresh event (after a pause or the fairness cap).
-pub(super) fn conn_ready_again(
-    c: &mut ConnEntry,
-    core: &mut Core,
-    rbuf: &mut [u8],
-    plain: &mut Vec<u8>,
-    key: usize,
-) {
-    if c.conn.is_closed() || c.conn.state == State::Connecting {
-        return;
-    }
-    // No event tells us whether EOF is pending: read until WouldBlock.
-    read_loop(c, core, rbuf, plain, key, false);
-}
-
-/// Completes a non-blocking connect. Writable does not mean connected: the result is in
-/// `SO_ERROR` (`take_error`), and `peer_addr` succeeds only once really connected.
-pub(super) fn finish_connect(c: &mut ConnEntry, core: &mut Core, key: usize) {
-    match c.conn.stream.take_error() {
+/// Completes a non-blocking connect. Writable does not mean connected (mio#1523): the
+/// result is in `SO_ERROR` (`take_error`), and `getpeername` succeeds only once really
+/// connected.
+fn finish_connect<S>(core: &mut Core, e: &mut StreamEntry<S>) {
+    match e.stream.take_error() {
         Ok(None) => {}
-        Ok(Some(e)) | Err(e) => {
-            close_now(c, core, key, CloseReason::ConnectFailed(e));
-            return;
-        }
+        Ok(Some(err)) | Err(err) => return e.conn.handle_connect_failed(err),
     }
-    match c.conn.stream.peer_addr() {
-        Ok(_) => {}
+    match e.stream.peer_addr() {
+        Ok(_) => {
+            core.stats.connected += 1;
+            e.conn.handle_connected(core.now, &core.limits);
+        }
         // Spurious wake-up: still connecting.
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-        Err(e) => {
-            close_now(c, core, key, CloseReason::ConnectFailed(e));
-            return;
-        }
-    }
-    core.stats.connected += 1;
-    c.conn.last_active = core.now;
-    let id = ConnId::new(key, c.conn.generation);
-    if let Some(idle) = core.config.idle_timeout {
-        let at = crate::timer::later(core.now, idle);
-        arm_timer(core, &mut c.conn, id, Kind::Idle, at);
-    }
-    if matches!(c.conn.session, Session::Tls(_)) {
-        // Same deadline as an accepted handshake, so a server that never answers cannot
-        // hold the connection forever.
-        let at = crate::timer::later(core.now, core.config.handshake_timeout);
-        arm_timer(core, &mut c.conn, id, Kind::Handshake, at);
-    }
-    if let Session::Tls(tls) = &mut c.conn.session {
-        // The client speaks first: the ClientHello.
-        c.conn.state = State::Handshaking;
-        tls.poll_output(&mut c.conn.sendbuf);
-        progress(c, core, key);
-    } else {
-        c.conn.state = State::Open;
-        disarm_timer(core, &mut c.conn, Kind::Connect);
-        call_handler(c, core, key, |h, ctx| h.on_open(ctx));
+        Err(err) if err.kind() == io::ErrorKind::NotConnected => {}
+        Err(err) => e.conn.handle_connect_failed(err),
     }
 }
 
@@ -316,203 +216,301 @@ pub(super) fn finish_connect(c: &mut ConnEntry, core: &mut Core, key: usize) {
 ///
 /// `trust_short_read`: epoll(7) notes that for stream sockets a read that returns less
 /// than asked for means the receive queue is drained, so the trailing read that would
-/// only return `WouldBlock` can be skipped (one system call less per message). Any data
-/// arriving later raises a new edge.
-pub(super) fn read_loop(
-    c: &mut ConnEntry,
-    core: &mut Core,
-    rbuf: &mut [u8],
-    plain: &mut Vec<u8>,
+/// only return `WouldBlock` can be skipped (one system call less per message). This goes
+/// beyond mio's documented contract, which asks callers to read until `WouldBlock`
+/// ("Draining readiness" in mio's `Poll` docs): it is sound on Linux because mio registers
+/// with `EPOLLET`, and the kernel raises a new edge for every arrival on the socket after
+/// our read, so nothing that arrives later is missed. Two rare exceptions stall only the
+/// peer that causes them: a Unix read stops early at passed file descriptors, a TCP read
+/// at urgent data; their data waits for the peer's next bytes or the idle timeout.
+pub(crate) fn read_loop<S>(
+    inner: &mut Inner<S>,
+    bufs: &mut ReadBufs,
     key: usize,
     trust_short_read: bool,
 ) {
-    let mut budget = core.config.read_budget;
-    let id = ConnId::new(key, c.conn.generation);
+    let mut budget = inner.core.config.read_budget;
     loop {
-        let conn = &mut c.conn;
-        if conn.is_closed() || conn.read_eof {
+        let Some(Entry::Stream(e)) = inner.slab.get_mut(key) else {
             return;
-        }
-        if conn.is_reading_paused() && !conn.closing {
-            // Backpressure or the handler paused us; whoever resumes must come back.
-            conn.maybe_readable = true;
+        };
+        if !e.conn.wants_read() {
+            // Paused (backpressure, the handler) or not reading in this state. Readiness
+            // is edge-triggered: whoever resumes must come back for waiting data.
+            e.conn.handle_read_stopped();
             return;
         }
         if budget == 0 {
             // Fairness: let other connections have a turn; continue on the next turn
             // without waiting for an event (none will come for data already here).
-            conn.maybe_readable = true;
-            core.schedule_read(id);
+            e.conn.handle_read_stopped();
+            if e.conn.poll_read_again() {
+                inner.core.schedule_read(ConnId::new(key, e.generation));
+            }
             return;
         }
-        match conn.stream.try_read(rbuf) {
+        let core = &mut inner.core;
+        match e.stream.try_read(&mut bufs.wire) {
             Ok(0) => {
-                conn.maybe_readable = false;
-                on_eof(c, core, key);
+                e.conn.handle_eof(core.now);
+                drive(inner, key, &[]);
                 return;
             }
             Ok(n) => {
                 budget = budget.saturating_sub(n);
                 core.stats.bytes_in += n as u64;
-                conn.last_active = core.now;
-                deliver(c, core, &rbuf[..n], plain, key);
-                // (Two rare exceptions stall only the peer that causes them: a Unix read
-                // stops early at passed file descriptors, a TCP read at urgent data. Their
-                // data waits for the peer's next bytes or the idle timeout.)
-                if trust_short_read && n < rbuf.len() {
-                    c.conn.maybe_readable = false;
+                let data =
+                    e.conn
+                        .handle_input(core.now, &bufs.wire[..n], &mut bufs.plain, &core.limits);
+                let drained = trust_short_read && n < bufs.wire.len();
+                if drained {
+                    e.conn.handle_read_drained();
+                }
+                drive(inner, key, data);
+                if drained {
                     return;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                conn.maybe_readable = false;
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                e.conn.handle_read_drained();
                 return;
             }
-            Err(e) => {
+            Err(err) => {
                 // ECONNRESET and friends: the peer is gone; only this connection ends.
-                close_now(c, core, key, CloseReason::Io(e));
+                e.conn.handle_io_error(err);
+                drive(inner, key, &[]);
                 return;
             }
         }
     }
 }
 
-/// Hands bytes read from the socket to the session and the handler.
-pub(super) fn deliver(
-    c: &mut ConnEntry,
-    core: &mut Core,
-    data: &[u8],
-    plain: &mut Vec<u8>,
-    key: usize,
-) {
-    if c.conn.closing && c.conn.write_shut == WriteShut::Done {
-        // Closing gracefully: read and drop, waiting for the peer's EOF. For TLS the peer's
-        // close_notify is that EOF (many peers keep TCP open until we close it), so the
-        // session still reads the records, only to notice it.
-        if let Session::Tls(tls) = &mut c.conn.session {
-            plain.clear();
-            match tls.handle_ciphertext(data, plain) {
-                Ok(()) if tls.is_peer_closed() => on_eof(c, core, key),
-                Ok(()) => {}
-                Err(e) => close_now(c, core, key, CloseReason::Tls(e)),
-            }
-        }
-        return;
-    }
-    match &mut c.conn.session {
-        Session::Plain => {
-            if c.conn.closing {
-                return;
-            }
-            call_handler(c, core, key, |h, ctx| h.on_data(ctx, data));
-        }
-        Session::Tls(tls) => {
-            let was_handshaking = tls.is_handshaking();
-            plain.clear();
-            let result = tls.handle_ciphertext(data, plain);
-            // Handshake replies, tickets, alerts: the session may need to write even when
-            // the application has nothing to say.
-            tls.poll_output(&mut c.conn.sendbuf);
-            if let Err(e) = result {
-                log::debug!("#{key} TLS error: {e}");
-                // Best effort to deliver the alert so the peer learns why.
-                let _ = flush(&mut c.conn, core);
-                close_now(c, core, key, CloseReason::Tls(e));
-                return;
-            }
-            let now_open = was_handshaking && !tls.is_handshaking();
-            let peer_closed = tls.is_peer_closed();
-            if now_open {
-                core.stats.tls_handshakes_ok += 1;
-                log::debug!(
-                    "#{key} TLS handshake done ({})",
-                    tls.protocol().unwrap_or("?")
-                );
-                c.conn.state = State::Open;
-                disarm_timer(core, &mut c.conn, Kind::Handshake);
-                disarm_timer(core, &mut c.conn, Kind::Connect);
-                call_handler(c, core, key, |h, ctx| h.on_open(ctx));
-            } else {
-                progress(c, core, key);
-            }
-            if !plain.is_empty() && !c.conn.is_closed() && !c.conn.closing {
-                call_handler(c, core, key, |h, ctx| h.on_data(ctx, plain));
-            }
-            if peer_closed && !c.conn.is_closed() {
-                on_eof(c, core, key);
-            }
-        }
-    }
-}
-
-/// The peer will send no more. Half-close: not "close now" — what we owe still goes out.
-pub(super) fn on_eof(c: &mut ConnEntry, core: &mut Core, key: usize) {
-    if c.conn.read_eof {
-        return;
-    }
-    c.conn.read_eof = true;
-    match c.conn.state {
-        State::Open if !c.conn.closing => {
-            call_handler(c, core, key, |h, ctx| h.on_peer_closed(ctx))
-        }
-        State::Open => progress(c, core, key),
-        _ => close_now(
-            c,
-            core,
-            key,
-            CloseReason::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "peer closed during the handshake",
-            )),
-        ),
-    }
-}
-
-pub(super) fn conn_timer(
-    c: &mut ConnEntry,
-    core: &mut Core,
-    key: usize,
-    timer: crate::handler::TimerId,
-    kind: Kind,
-) {
-    let id = ConnId::new(key, c.conn.generation);
-    match kind {
-        Kind::User => call_handler(c, core, key, |h, ctx| h.on_timer(ctx, timer)),
-        Kind::Idle => {
-            let Some(idle) = core.config.idle_timeout else {
-                return;
-            };
-            let due = crate::timer::later(c.conn.last_active, idle);
-            if due <= core.now {
-                log::debug!("{id} idle for {idle:?}: closing");
-                if c.conn.closing {
-                    close_now(c, core, key, CloseReason::IdleTimeout);
-                } else {
-                    c.conn.closing = true;
-                    if c.conn.write_shut == WriteShut::Open {
-                        c.conn.write_shut = WriteShut::Requested;
-                    }
-                    progress(c, core, key);
+/// Runs the connection's outputs until it has nothing more to say: events to its handler
+/// (`data` is what the last `handle_input` returned), bytes to the socket, the FIN, its
+/// deadline timer, a read to come back for.
+pub(crate) fn drive<S>(inner: &mut Inner<S>, key: usize, data: &[u8]) {
+    loop {
+        let Some(Entry::Stream(e)) = inner.slab.get_mut(key) else {
+            return;
+        };
+        match e.conn.poll_event() {
+            Some(Event::Open) => {
+                if e.conn.is_tls() {
+                    inner.core.stats.tls_handshakes_ok += 1;
+                    log::debug!(
+                        "#{key} TLS handshake done ({})",
+                        e.conn.tls_protocol().unwrap_or("?")
+                    );
                 }
-            } else {
-                // Traffic since: check again when it could next expire (one heap entry per
-                // connection instead of one per byte moved).
-                arm_timer(core, &mut c.conn, id, Kind::Idle, due);
+                callback(inner, key, |h, ctx| h.on_open(ctx));
+            }
+            Some(Event::Data) => callback(inner, key, |h, ctx| h.on_data(ctx, data)),
+            Some(Event::Drained) => callback(inner, key, |h, ctx| h.on_drained(ctx)),
+            Some(Event::PeerClosed) => callback(inner, key, |h, ctx| h.on_peer_closed(ctx)),
+            Some(Event::Closed(reason)) => return closed(inner, key, reason),
+            None => {
+                let core = &mut inner.core;
+                push_output(core, e);
+                if e.conn.has_events() {
+                    continue;
+                }
+                let id = ConnId::new(key, e.generation);
+                arm_deadline(core, e, id);
+                if e.conn.poll_read_again() {
+                    core.schedule_read(id);
+                }
+                return;
             }
         }
-        Kind::Handshake => {
-            if c.conn.state == State::Handshaking {
-                close_now(c, core, key, CloseReason::HandshakeTimeout);
-            }
-        }
-        Kind::Connect => {
-            if c.conn.state == State::Connecting {
-                close_now(c, core, key, CloseReason::ConnectTimeout);
-            } else if c.conn.state == State::Handshaking {
-                close_now(c, core, key, CloseReason::HandshakeTimeout);
-            }
-        }
-        Kind::Linger => close_now(c, core, key, CloseReason::CloseTimeout),
-        Kind::AcceptBackoff | Kind::DgramRetry => {}
     }
+}
+
+/// Runs one handler callback. The handler is taken out of its slot for the call, so that
+/// its context can reach every other entry of the loop (callbacks never nest, so it is
+/// always there); what the callback sent is written when it returns.
+pub(crate) fn callback<S>(
+    inner: &mut Inner<S>,
+    key: usize,
+    f: impl FnOnce(&mut dyn Handler<S>, &mut Ctx<'_, S>),
+) {
+    let Some(Entry::Stream(e)) = inner.slab.get_mut(key) else {
+        return;
+    };
+    let id = ConnId::new(key, e.generation);
+    let Some(mut handler) = e.handler.take() else {
+        return;
+    };
+    f(handler.as_mut(), &mut Ctx { ops: inner, id });
+    if let Some(Entry::Stream(e)) = inner.slab.get_mut(key) {
+        e.handler = Some(handler);
+    }
+    commit_staged(inner, Some(id));
+}
+
+/// Writes what the connection has queued, and the FIN when it is due.
+fn push_output<S>(core: &mut Core, e: &mut StreamEntry<S>) {
+    let bytes = e.conn.poll_transmit();
+    if !bytes.is_empty() {
+        let stream = &mut e.stream;
+        let (n, result) = write_until_blocked(bytes, |d| stream.try_write(d));
+        core.stats.bytes_out += n as u64;
+        match result {
+            Ok(flush) => e
+                .conn
+                .handle_sent(core.now, n, flush == Flush::Blocked, &core.limits),
+            Err(err) => {
+                e.conn.handle_sent(core.now, n, false, &core.limits);
+                e.conn.handle_io_error(err);
+            }
+        }
+    }
+    if e.conn.poll_shutdown(core.now, &core.limits) {
+        // Half-close: FIN after everything already queued; we can still read.
+        if let Err(err) = e.stream.shutdown_write() {
+            e.conn.handle_io_error(err);
+        }
+    }
+}
+
+/// Keeps one timer per connection standing for its earliest deadline, changed only when
+/// the deadline changes (not on every message).
+fn arm_deadline<S>(core: &mut Core, e: &mut StreamEntry<S>, id: ConnId) {
+    let changed = e.conn.poll_timeout_changed();
+    let at = e.conn.poll_timeout();
+    if !changed && (e.deadline.is_some() || at.is_none()) {
+        return;
+    }
+    if let Some(t) = e.deadline.take() {
+        core.timers.cancel(t);
+    }
+    if let Some(at) = at {
+        e.deadline = Some(core.timers.add(at, Target::Deadline(id)));
+    }
+}
+
+/// Commits the output staged by a callback (or by calls made outside callbacks), in the
+/// order it was sent. For a plain connection with nothing queued ahead, the bytes go
+/// straight to the socket — writing right after processing instead of waiting for a
+/// writable event; what the kernel does not take waits in the connection's send buffer.
+/// Connections other than `current` are marked for a look at their outputs.
+pub(crate) fn commit_staged<S>(inner: &mut Inner<S>, current: Option<ConnId>) {
+    if inner.core.segs.is_empty() {
+        return;
+    }
+    let Core {
+        out,
+        segs,
+        touched,
+        stats,
+        now,
+        limits,
+        ..
+    } = &mut inner.core;
+    let mut start = 0;
+    for &(id, end) in segs.iter() {
+        let data = &out[start..end];
+        start = end;
+        let e = match inner.slab.get_mut(id.key()) {
+            Some(Entry::Stream(e)) if e.generation == id.generation => e,
+            _ => continue,
+        };
+        match e.conn.send_path() {
+            SendPath::Direct => {
+                let stream = &mut e.stream;
+                let (n, result) = write_until_blocked(data, |d| stream.try_write(d));
+                stats.bytes_out += n as u64;
+                match result {
+                    Ok(flush) => {
+                        // Partial send: the kernel's buffer is full; the rest waits.
+                        e.conn.handle_direct_sent(*now, n, flush == Flush::Blocked);
+                        e.conn.queue(&data[n..], limits);
+                    }
+                    Err(err) => {
+                        e.conn.handle_direct_sent(*now, n, false);
+                        e.conn.handle_io_error(err);
+                    }
+                }
+            }
+            SendPath::Buffered => e.conn.queue(data, limits),
+            // Aborted meanwhile: what it was sent is dropped, as abort promises.
+            SendPath::Refused => {}
+        }
+        if Some(id) != current {
+            touched.push(id);
+        }
+    }
+    inner.core.clear_staged();
+}
+
+/// The connection has closed: statistics, timers, `on_close`, then the socket is released
+/// after the batch (see `Core::dead`).
+fn closed<S>(inner: &mut Inner<S>, key: usize, reason: CloseReason) {
+    let Some(Entry::Stream(e)) = inner.slab.get_mut(key) else {
+        return;
+    };
+    let id = ConnId::new(key, e.generation);
+    let core = &mut inner.core;
+    core.stats.connections_open = core.stats.connections_open.saturating_sub(1);
+    core.stats.closed += 1;
+    match e.conn.closed_from() {
+        State::Connecting => core.stats.connect_failures += 1,
+        State::Handshaking => core.stats.tls_handshakes_failed += 1,
+        _ => {}
+    }
+    log::debug!("{id} closed: {reason}");
+    // Deadlines and the handler's timers no longer apply: they should not sit in the
+    // heap until they expire.
+    if let Some(t) = e.deadline.take() {
+        core.timers.cancel(t);
+    }
+    for t in e.user_timers.drain(..) {
+        core.timers.cancel(t);
+    }
+    callback(inner, key, |h, ctx| h.on_close(ctx, &reason));
+    let Some(Entry::Stream(e)) = inner.slab.get_mut(key) else {
+        return;
+    };
+    match e.conn.teardown() {
+        Teardown::Drop => {}
+        Teardown::Flush => {
+            // Best effort: the alert tells the peer why; if it does not fit, so be it.
+            let stream = &mut e.stream;
+            let (n, _) = write_until_blocked(e.conn.unsent(), |d| stream.try_write(d));
+            inner.core.stats.bytes_out += n as u64;
+        }
+        Teardown::Reset => {
+            if let Err(err) = e.stream.reset_on_close() {
+                log::debug!("{id}: cannot set a reset on close: {err}");
+            }
+        }
+    }
+    // Dropped (and the descriptor closed) after this batch; see `EventLoop::sweep`.
+    inner.core.dead.push(key);
+}
+
+/// The connection's own deadline timer fired (connect, handshake, idle, close).
+pub(crate) fn deadline_fired<S>(inner: &mut Inner<S>, id: ConnId) {
+    let Some(e) = stream_at(&mut inner.slab, id) else {
+        return;
+    };
+    // The timer has fired: whatever the connection says next needs a new one.
+    e.deadline = None;
+    e.conn.handle_timeout(inner.core.now, &inner.core.limits);
+    drive(inner, id.key(), &[]);
+}
+
+/// A handler timer of this connection fired.
+pub(crate) fn user_timer_fired<S>(inner: &mut Inner<S>, id: ConnId, timer: crate::id::TimerId) {
+    let Some(e) = stream_at(&mut inner.slab, id) else {
+        return;
+    };
+    if e.conn.is_closed() {
+        return;
+    }
+    if let Some(i) = e.user_timers.iter().position(|t| *t == timer) {
+        e.user_timers.swap_remove(i);
+    }
+    let key = id.key();
+    callback(inner, key, |h, ctx| h.on_timer(ctx, timer));
+    drive(inner, key, &[]);
 }

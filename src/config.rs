@@ -1,0 +1,119 @@
+//! Settings: of a whole loop ([`Config`]), of one outgoing connection ([`ConnectOptions`]),
+//! and of one listener ([`ListenKind`]).
+//!
+//! Kept apart from the loop so that the connection state machine and the handler
+//! interface can read them without depending on the reactor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+
+/// Settings of one event loop.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Stop reading a connection when this many bytes are owed to it.
+    pub high_water: usize,
+    /// Resume reading when the bytes owed fall to this.
+    pub low_water: usize,
+    /// At most this many bytes are read from one connection per turn, so one busy peer
+    /// cannot starve the others.
+    pub read_budget: usize,
+    /// Connections beyond this are accepted and closed at once.
+    pub max_connections: Option<usize>,
+    /// Close connections with no traffic for this long.
+    pub idle_timeout: Option<Duration>,
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// How long a closing connection may go without traffic: while it sends what it owes,
+    /// and then while it waits for the peer to finish. Past it the connection is closed,
+    /// with a reset if output was still owed.
+    pub close_timeout: Duration,
+    /// Listen backlog (capped by the system at `net.core.somaxconn`).
+    pub backlog: i32,
+    /// Pause before accepting again after running out of descriptors.
+    pub accept_backoff: Duration,
+    /// Datagrams queued per socket while its send buffer is full.
+    pub datagram_queue: usize,
+    /// Bind IP sockets with `SO_REUSEPORT` (several loops sharing one address).
+    pub reuse_port: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            high_water: 256 * 1024,
+            low_water: 64 * 1024,
+            read_budget: 256 * 1024,
+            max_connections: None,
+            idle_timeout: None,
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            backlog: 4096,
+            accept_backoff: Duration::from_millis(100),
+            datagram_queue: 1024,
+            reuse_port: false,
+        }
+    }
+}
+
+impl Config {
+    /// Settings that would make the loop spin (a zero read budget never reads) or flap
+    /// (resuming above the pause mark) are corrected rather than obeyed.
+    pub(crate) fn sanitized(mut self) -> Config {
+        self.read_budget = self.read_budget.max(1);
+        self.low_water = self.low_water.min(self.high_water);
+        self.datagram_queue = self.datagram_queue.max(1);
+        self
+    }
+}
+
+/// How to open an outgoing connection.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// Speak TLS, verifying the server as `server_name`.
+    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// Give up if not connected (and, for TLS, handshaken) within this.
+    pub timeout: Option<Duration>,
+    /// Bind to this local address first (spreads many connections over source IPs).
+    pub source: Option<std::net::IpAddr>,
+}
+
+impl ConnectOptions {
+    /// Plain connection, no timeout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a connect (and handshake) timeout.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// Speaks TLS to a server that must prove it is `name`.
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>, name: ServerName<'static>) -> Self {
+        self.tls = Some((config, name));
+        self
+    }
+
+    /// Binds to a local IP before connecting.
+    pub fn source(mut self, ip: std::net::IpAddr) -> Self {
+        self.source = Some(ip);
+        self
+    }
+}
+
+/// What kind of stream listener to add.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ListenKind {
+    /// Plain TCP.
+    Tcp,
+    /// TLS over TCP with this server configuration.
+    Tls(Arc<rustls::ServerConfig>),
+    /// Unix stream socket.
+    Unix,
+}

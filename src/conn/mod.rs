@@ -1,0 +1,840 @@
+//! One stream connection (TCP, TLS or Unix) as a state machine that does no I/O.
+//!
+//! Teaches: a connection's whole life — connect, TLS handshake, data both ways,
+//! half-close in either direction, graceful close with lingering, abort, deadlines — is a
+//! set of rules about *bytes and events*, not about sockets. Written without system calls
+//! and without reading the clock ("sans-IO"), the rules can be tested byte by byte through
+//! an in-memory pipe (`tests::Pair`), while the reactor's driver (`event_loop::stream`)
+//! does the system calls and keeps its shortcuts.
+//!
+//! # The call order
+//!
+//! A driver owns the socket and one [`Connection`], and repeats:
+//!
+//! 1. **Inputs** (`handle_*`), as the socket reports them: [`Connection::handle_connected`]
+//!    or [`Connection::handle_connect_failed`] once, then any number of
+//!    [`Connection::handle_input`] (bytes read), [`Connection::handle_eof`] (read returned
+//!    0), [`Connection::handle_writable`], [`Connection::handle_sent`] (how much the kernel
+//!    took of [`Connection::poll_transmit`], and whether it would block),
+//!    [`Connection::handle_io_error`] and [`Connection::handle_timeout`]. The application's
+//!    requests are inputs too: [`Connection::queue`], [`Connection::shutdown_write`],
+//!    [`Connection::close`], [`Connection::abort`], [`Connection::pause_reading`],
+//!    [`Connection::resume_reading`], and the loop's [`Connection::stop`].
+//! 2. **Outputs** (`poll_*`), after every input, until they have nothing to say:
+//!    [`Connection::poll_event`] (tell the application: open, data, drained, peer closed,
+//!    closed), [`Connection::poll_transmit`] (bytes to write), [`Connection::poll_shutdown`]
+//!    (send FIN now), [`Connection::poll_read_again`] (read without waiting for readiness),
+//!    [`Connection::poll_timeout`] (when to call `handle_timeout` next), and once closed
+//!    [`Connection::teardown`] (how to release the socket).
+//!
+//! [`Connection::wants_read`] says whether to read at all right now.
+//!
+//! Application output takes one of two ways ([`Connection::send_path`]): when nothing is
+//! queued ahead of it on a plain connection, the driver writes it straight to the socket
+//! and reports what the kernel took ([`Connection::handle_direct_sent`]); the rest, and all
+//! TLS output, goes through [`Connection::queue`] into the send buffer.
+//!
+//! # States
+//!
+//! ```text
+//!  Connecting ──connected──► Handshaking (TLS) ──done──► Open ──EOF──────────► PeerShut
+//!      │                         │                       │  │                     │
+//!      └──fails, timeout─────────┴──► Closed             │  └─shutdown_write─► WriteShut
+//!                                                        │                        │
+//!                                   close (or idle) ─────┴──► Closing ──FIN──► Lingering
+//!                                                               │                │
+//!                       EOF and FIN both done, abort, error, deadline ──► Closed ◄┘
+//! ```
+
+mod reason;
+#[cfg(test)]
+mod tests;
+
+use std::time::{Duration, Instant};
+
+pub use reason::CloseReason;
+
+use crate::config::Config;
+use crate::error::ConnError;
+use crate::sendbuf::SendBuf;
+use crate::timer::later;
+use crate::tls::TlsSession;
+
+/// The loop-wide settings a connection obeys. Passed in rather than copied into every
+/// connection: an idle connection should cost as few bytes as possible.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) high_water: usize,
+    pub(crate) low_water: usize,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+}
+
+impl Limits {
+    pub(crate) fn new(c: &Config) -> Limits {
+        Limits {
+            high_water: c.high_water,
+            low_water: c.low_water.min(c.high_water),
+            idle_timeout: c.idle_timeout,
+            handshake_timeout: c.handshake_timeout,
+            close_timeout: c.close_timeout,
+        }
+    }
+}
+
+/// Where a connection is in its life. Each state says what both directions may still do,
+/// so that no combination of flags can say, for example, "closing but still sending".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Non-blocking connect in flight: it completes on writability.
+    Connecting,
+    /// TLS handshake in flight: no application data yet.
+    Handshaking,
+    /// Application data flows both ways.
+    Open,
+    /// The peer sent EOF (TCP FIN or TLS `close_notify`): it sends no more, but may still
+    /// read, so we may still send. This is half-close, not "close now".
+    PeerShut,
+    /// We said we send no more ([`Connection::shutdown_write`]): the FIN goes after
+    /// everything owed; reading goes on.
+    WriteShut {
+        /// The FIN (and for TLS `close_notify` before it) has been handed to the kernel.
+        fin_sent: bool,
+    },
+    /// Graceful close: everything owed goes out, then the FIN. Input is read and dropped.
+    Closing {
+        /// The peer's EOF has arrived already: the FIN ends the connection.
+        peer_eof: bool,
+    },
+    /// Our FIN is out; waiting (bounded) for the peer's EOF, reading and dropping input,
+    /// because closing with unread input makes the kernel reset the connection and throw
+    /// away output the peer has not received yet.
+    Lingering,
+    /// Gone; the driver releases the socket as [`Connection::teardown`] says.
+    Closed,
+}
+
+/// Bytes between the wire and the application.
+#[derive(Debug)]
+pub(crate) enum Session {
+    /// Plaintext passes straight through.
+    Plain,
+    /// TLS (boxed: a rustls connection is large and plain connections should stay small).
+    Tls(Box<TlsSession>),
+}
+
+/// What the application should be told, in the order [`Connection::poll_event`] yields.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// Ready for application data (after the TLS handshake for TLS).
+    Open,
+    /// Application data: the slice [`Connection::handle_input`] returned.
+    Data,
+    /// Everything owed was handed to the kernel after the socket had been full.
+    Drained,
+    /// The peer will send no more.
+    PeerClosed,
+    /// The connection is gone; nothing follows.
+    Closed(CloseReason),
+}
+
+const EV_OPEN: u8 = 1;
+const EV_DATA: u8 = 2;
+const EV_DRAINED: u8 = 4;
+const EV_PEER_CLOSED: u8 = 8;
+const EV_CLOSED: u8 = 16;
+
+/// How application output should reach the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendPath {
+    /// Write it straight to the socket: nothing is queued ahead of it (plain only).
+    Direct,
+    /// Hand it to [`Connection::queue`].
+    Buffered,
+    /// The connection is closed: drop it.
+    Refused,
+}
+
+/// How the driver releases a closed connection's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Teardown {
+    /// Just close it.
+    Drop,
+    /// Try once to write what is queued (a TLS alert telling the peer why), then close.
+    Flush,
+    /// Close with a reset (`SO_LINGER` 0): output we owed is being thrown away, and the
+    /// peer must not mistake the end for a clean one.
+    Reset,
+}
+
+/// One stream connection's state machine. See the module docs for the call order.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    state: State,
+    session: Session,
+    sendbuf: SendBuf,
+    /// The last time a byte moved in either direction (for the idle timeout).
+    last_active: Instant,
+    /// The deadline of the current phase: connect (Connecting), handshake (Handshaking),
+    /// close (Closing, Lingering).
+    phase_deadline: Option<Instant>,
+    /// When to look at the idle clock next. Traffic moves the idle deadline on every
+    /// message; re-arming a timer each time would cost more than looking late and finding
+    /// that the connection was busy after all.
+    idle_check: Option<Instant>,
+    /// Bytes owed when the close deadline was last set: less at the deadline is progress.
+    owed_at_check: u32,
+    /// Set once closed, taken by `poll_event`. Boxed: most connections never carry one for
+    /// long, and an inline `CloseReason` would make every connection larger.
+    reason: Option<Box<CloseReason>>,
+    /// The state the connection was in when it closed (for the loop's statistics).
+    closed_from: State,
+    teardown: Teardown,
+    /// Pending `EV_*` events.
+    events: u8,
+    /// Reading paused by the application.
+    user_paused: bool,
+    /// Reading paused because too much output is owed (backpressure).
+    bp_paused: bool,
+    /// We stopped reading before the socket said `WouldBlock`. Readiness is
+    /// edge-triggered: no new event comes for data already waiting, so whoever resumes
+    /// reading must go back for it (see [`Connection::poll_read_again`]).
+    maybe_readable: bool,
+    /// The kernel's send buffer was full at the last write: wait for writability.
+    write_blocked: bool,
+    /// A write blocked since the last `Drained` event: tell the application when the
+    /// send buffer empties.
+    drain_pending: bool,
+    /// `poll_timeout` changed since the driver last asked.
+    deadline_dirty: bool,
+}
+
+impl Connection {
+    /// A connection just accepted from a listener: open at once (plain), or waiting for
+    /// the client's TLS handshake.
+    pub(crate) fn accepted(session: Session, now: Instant, limits: &Limits) -> Connection {
+        let mut c = Connection::new(session, State::Open, now);
+        if c.is_tls() {
+            c.state = State::Handshaking;
+            c.set_phase_deadline(Some(later(now, limits.handshake_timeout)));
+        } else {
+            c.events = EV_OPEN;
+        }
+        c.set_idle_check(limits.idle_timeout.map(|d| later(now, d)));
+        c
+    }
+
+    /// A connection whose non-blocking connect is in flight. `timeout` bounds the connect
+    /// and, for TLS, the handshake after it.
+    pub(crate) fn connecting(
+        session: Session,
+        now: Instant,
+        timeout: Option<Duration>,
+    ) -> Connection {
+        let mut c = Connection::new(session, State::Connecting, now);
+        c.set_phase_deadline(timeout.map(|t| later(now, t)));
+        c
+    }
+
+    fn new(session: Session, state: State, now: Instant) -> Connection {
+        Connection {
+            state,
+            session,
+            sendbuf: SendBuf::new(),
+            last_active: now,
+            phase_deadline: None,
+            idle_check: None,
+            owed_at_check: 0,
+            reason: None,
+            closed_from: state,
+            teardown: Teardown::Drop,
+            events: 0,
+            user_paused: false,
+            bp_paused: false,
+            maybe_readable: false,
+            write_blocked: false,
+            drain_pending: false,
+            deadline_dirty: false,
+        }
+    }
+
+    // ----- inputs from the socket -----
+
+    /// The non-blocking connect succeeded (the driver checked `SO_ERROR` and
+    /// `getpeername`). A TLS client speaks first: its ClientHello is queued now.
+    pub(crate) fn handle_connected(&mut self, now: Instant, limits: &Limits) {
+        if self.state != State::Connecting {
+            return;
+        }
+        self.last_active = now;
+        self.set_idle_check(limits.idle_timeout.map(|d| later(now, d)));
+        match &mut self.session {
+            Session::Plain => {
+                self.state = State::Open;
+                self.set_phase_deadline(None);
+                self.events |= EV_OPEN;
+            }
+            Session::Tls(tls) => {
+                self.state = State::Handshaking;
+                tls.poll_output(&mut self.sendbuf);
+                // The connect timeout, if any, still bounds the handshake; so does the
+                // loop's handshake timeout, so that a server that never answers cannot
+                // hold the connection forever.
+                let hs = later(now, limits.handshake_timeout);
+                self.set_phase_deadline(Some(self.phase_deadline.map_or(hs, |d| d.min(hs))));
+            }
+        }
+    }
+
+    /// The non-blocking connect failed.
+    pub(crate) fn handle_connect_failed(&mut self, e: std::io::Error) {
+        self.finish(CloseReason::ConnectFailed(e), Teardown::Drop);
+    }
+
+    /// Bytes read from the socket. Returns the application data they carry — `wire`
+    /// itself for a plain connection, the decrypted bytes (in `plain`) for TLS — which the
+    /// driver hands over when [`Event::Data`] comes out of [`Connection::poll_event`].
+    pub(crate) fn handle_input<'a>(
+        &mut self,
+        now: Instant,
+        wire: &'a [u8],
+        plain: &'a mut Vec<u8>,
+        limits: &Limits,
+    ) -> &'a [u8] {
+        self.last_active = now;
+        let dropping = matches!(
+            self.state,
+            State::Closing { peer_eof: false } | State::Lingering
+        );
+        match self.state {
+            State::Handshaking | State::Open | State::WriteShut { .. } => {}
+            // Closing: read and drop. TLS still decrypts, only to notice the peer's
+            // close_notify, which many peers send instead of a TCP FIN.
+            _ if dropping => {}
+            // Not reading in any other state: nothing to do with stray bytes.
+            _ => return &[],
+        }
+        let Session::Tls(tls) = &mut self.session else {
+            if dropping {
+                return &[];
+            }
+            self.events |= EV_DATA;
+            return wire;
+        };
+        plain.clear();
+        let was_handshaking = tls.is_handshaking();
+        let result = tls.handle_ciphertext(wire, plain);
+        // Handshake replies, session tickets, alerts: the session may need to write when
+        // the application has nothing to say.
+        tls.poll_output(&mut self.sendbuf);
+        let handshake_done = was_handshaking && !tls.is_handshaking();
+        let peer_closed = tls.is_peer_closed();
+        if let Err(e) = result {
+            // The alert is queued: the driver tries once to deliver it, so the peer learns
+            // why.
+            self.finish(CloseReason::Tls(e), Teardown::Flush);
+            return &[];
+        }
+        if handshake_done {
+            self.state = State::Open;
+            self.set_phase_deadline(None);
+            self.events |= EV_OPEN;
+        }
+        self.update_backpressure(limits);
+        let data: &'a [u8] = plain;
+        if !data.is_empty() && !dropping {
+            self.events |= EV_DATA;
+        }
+        if peer_closed {
+            self.handle_eof(now);
+        }
+        if dropping { &[] } else { data }
+    }
+
+    /// The peer will send no more: read returned 0, or TLS `close_notify` arrived.
+    pub(crate) fn handle_eof(&mut self, now: Instant) {
+        self.last_active = now;
+        self.maybe_readable = false;
+        match self.state {
+            State::Handshaking => self.finish(
+                CloseReason::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "peer closed during the handshake",
+                )),
+                Teardown::Drop,
+            ),
+            State::Open => {
+                self.state = State::PeerShut;
+                self.events |= EV_PEER_CLOSED;
+            }
+            State::WriteShut { fin_sent: false } => {
+                self.state = State::Closing { peer_eof: true };
+                self.events |= EV_PEER_CLOSED;
+            }
+            State::WriteShut { fin_sent: true } => {
+                // Both directions are done: the application still hears of the peer's
+                // EOF, then of the end.
+                self.events |= EV_PEER_CLOSED;
+                self.finish(CloseReason::Done, Teardown::Drop);
+            }
+            State::Closing { peer_eof: false } => self.state = State::Closing { peer_eof: true },
+            State::Lingering => self.finish(CloseReason::Done, Teardown::Drop),
+            State::Connecting | State::PeerShut | State::Closing { .. } | State::Closed => {}
+        }
+    }
+
+    /// The socket reported writability.
+    pub(crate) fn handle_writable(&mut self) {
+        self.write_blocked = false;
+    }
+
+    /// The kernel took `n` bytes of [`Connection::poll_transmit`]; `blocked` if it would
+    /// take no more now (a partial send: the rest stays in the send buffer).
+    pub(crate) fn handle_sent(&mut self, now: Instant, n: usize, blocked: bool, limits: &Limits) {
+        self.sendbuf.consume(n);
+        self.note_sent(now, n, blocked);
+        if !blocked && self.sendbuf.is_empty() && self.drain_pending {
+            self.drain_pending = false;
+            if self.has_opened() {
+                self.events |= EV_DRAINED;
+            }
+        }
+        self.update_backpressure(limits);
+    }
+
+    /// The driver wrote `n` bytes of application output straight to the socket
+    /// ([`SendPath::Direct`]); what the kernel did not take goes to [`Connection::queue`].
+    pub(crate) fn handle_direct_sent(&mut self, now: Instant, n: usize, blocked: bool) {
+        self.note_sent(now, n, blocked);
+    }
+
+    fn note_sent(&mut self, now: Instant, n: usize, blocked: bool) {
+        if n > 0 {
+            self.last_active = now;
+        }
+        if blocked {
+            self.write_blocked = true;
+            self.drain_pending = true;
+        }
+    }
+
+    /// A read, write or shutdown failed (a reset from the peer, a broken pipe...).
+    pub(crate) fn handle_io_error(&mut self, e: std::io::Error) {
+        self.finish(CloseReason::Io(e), Teardown::Drop);
+    }
+
+    /// A deadline from [`Connection::poll_timeout`] may have passed.
+    pub(crate) fn handle_timeout(&mut self, now: Instant, limits: &Limits) {
+        if self.phase_deadline.is_some_and(|at| at <= now) {
+            self.set_phase_deadline(None);
+            match self.state {
+                State::Connecting => self.finish(CloseReason::ConnectTimeout, Teardown::Drop),
+                State::Handshaking => self.finish(CloseReason::HandshakeTimeout, Teardown::Drop),
+                State::Closing { .. } if owed_u32(self.sendbuf.len()) < self.owed_at_check => {
+                    // The peer is reading what we owe, only slowly: give it more time.
+                    self.owed_at_check = owed_u32(self.sendbuf.len());
+                    self.set_phase_deadline(Some(later(now, limits.close_timeout)));
+                }
+                State::Closing { .. } | State::Lingering => {
+                    let teardown = self.reset_if_owed();
+                    self.finish(CloseReason::CloseTimeout, teardown);
+                }
+                _ => {}
+            }
+        }
+        if self.idle_check.is_some_and(|at| at <= now) {
+            self.set_idle_check(None);
+            let Some(idle) = limits.idle_timeout else {
+                return;
+            };
+            let due = later(self.last_active, idle);
+            if due > now {
+                // Traffic since: look again when it could next expire.
+                self.set_idle_check(Some(due));
+                return;
+            }
+            match self.state {
+                State::Open | State::PeerShut | State::WriteShut { .. } => {
+                    // Begin a graceful close; if even that makes no progress for another
+                    // idle period, the connection is closed outright.
+                    let _ = self.close(now, limits);
+                    self.set_idle_check(Some(later(now, idle)));
+                }
+                State::Closing { .. } | State::Lingering => {
+                    let teardown = self.reset_if_owed();
+                    self.finish(CloseReason::IdleTimeout, teardown);
+                }
+                State::Handshaking => self.finish(CloseReason::IdleTimeout, Teardown::Drop),
+                State::Connecting | State::Closed => {}
+            }
+        }
+    }
+
+    // ----- inputs from the application -----
+
+    /// Whether application output may be accepted now.
+    pub(crate) fn can_send(&self) -> Result<(), ConnError> {
+        match self.state {
+            State::Open | State::PeerShut => Ok(()),
+            State::Connecting | State::Handshaking => Err(ConnError::NotOpen),
+            State::WriteShut { .. } | State::Closing { .. } | State::Lingering => {
+                Err(ConnError::WriteShut)
+            }
+            State::Closed => Err(ConnError::Gone),
+        }
+    }
+
+    /// Where accepted application output should go.
+    pub(crate) fn send_path(&self) -> SendPath {
+        match (&self.session, self.state) {
+            (_, State::Closed) => SendPath::Refused,
+            (Session::Plain, _) if self.sendbuf.is_empty() && !self.write_blocked => {
+                SendPath::Direct
+            }
+            _ => SendPath::Buffered,
+        }
+    }
+
+    /// Queues accepted application output (TLS encrypts it here). Everything one callback
+    /// produced is passed at once, so small sends become few TLS records.
+    pub(crate) fn queue(&mut self, data: &[u8], limits: &Limits) {
+        if data.is_empty() || self.state == State::Closed {
+            return;
+        }
+        match &mut self.session {
+            Session::Plain => self.sendbuf.push(data),
+            Session::Tls(tls) => {
+                if let Err(e) = tls.write_plaintext(data, &mut self.sendbuf) {
+                    self.finish(CloseReason::Tls(e), Teardown::Drop);
+                    return;
+                }
+            }
+        }
+        self.update_backpressure(limits);
+    }
+
+    /// Half-close: after everything queued, tell the peer we send no more (TLS
+    /// `close_notify`, then TCP FIN). Reading goes on. Calling it again changes nothing.
+    pub(crate) fn shutdown_write(&mut self) -> Result<(), ConnError> {
+        match self.state {
+            State::Open => self.state = State::WriteShut { fin_sent: false },
+            State::PeerShut => self.state = State::Closing { peer_eof: true },
+            State::Connecting | State::Handshaking => return Err(ConnError::NotOpen),
+            State::Closed => return Err(ConnError::Gone),
+            State::WriteShut { .. } | State::Closing { .. } | State::Lingering => {}
+        }
+        Ok(())
+    }
+
+    /// Graceful close: everything owed goes out, then the FIN, then we wait (bounded by
+    /// the close timeout, counted from the last progress) for the peer's EOF, reading and
+    /// dropping its input. The application hears no more data, only `Closed`. A connection
+    /// that is not open yet owes nothing: it closes at once. Calling it again changes
+    /// nothing.
+    pub(crate) fn close(&mut self, now: Instant, limits: &Limits) -> Result<(), ConnError> {
+        self.state = match self.state {
+            State::Open | State::WriteShut { fin_sent: false } => {
+                State::Closing { peer_eof: false }
+            }
+            State::PeerShut => State::Closing { peer_eof: true },
+            State::WriteShut { fin_sent: true } => State::Lingering,
+            State::Connecting | State::Handshaking => {
+                self.finish(CloseReason::Aborted, Teardown::Drop);
+                return Ok(());
+            }
+            State::Closing { .. } | State::Lingering => return Ok(()),
+            State::Closed => return Err(ConnError::Gone),
+        };
+        self.events &= !(EV_DATA | EV_PEER_CLOSED);
+        self.owed_at_check = owed_u32(self.sendbuf.len());
+        self.set_phase_deadline(Some(later(now, limits.close_timeout)));
+        Ok(())
+    }
+
+    /// Closes at once, dropping anything unsent; a TCP peer gets a reset.
+    pub(crate) fn abort(&mut self) -> Result<(), ConnError> {
+        if self.state == State::Closed {
+            return Err(ConnError::Gone);
+        }
+        self.finish(CloseReason::Aborted, Teardown::Reset);
+        Ok(())
+    }
+
+    /// Stops reading: the peer's data waits in the kernel, and TCP flow control
+    /// eventually stops the peer.
+    pub(crate) fn pause_reading(&mut self) -> Result<(), ConnError> {
+        self.check_alive()?;
+        self.user_paused = true;
+        Ok(())
+    }
+
+    /// Reading resumes; data that arrived meanwhile is read without waiting for an event
+    /// (see [`Connection::poll_read_again`]).
+    pub(crate) fn resume_reading(&mut self) -> Result<(), ConnError> {
+        self.check_alive()?;
+        self.user_paused = false;
+        Ok(())
+    }
+
+    /// The loop is stopping: open connections close gracefully, ones not yet open at once.
+    pub(crate) fn stop(&mut self, now: Instant, limits: &Limits) {
+        match self.state {
+            State::Connecting | State::Handshaking => {
+                self.finish(CloseReason::Shutdown, Teardown::Drop)
+            }
+            State::Open | State::PeerShut | State::WriteShut { .. } => {
+                let _ = self.close(now, limits);
+            }
+            State::Closing { .. } | State::Lingering | State::Closed => {}
+        }
+    }
+
+    /// The loop's grace period is over.
+    pub(crate) fn stop_now(&mut self) {
+        if self.state != State::Closed {
+            let teardown = self.reset_if_owed();
+            self.finish(CloseReason::Shutdown, teardown);
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next thing to tell the application, in order: open, data, drained, peer
+    /// closed, closed. Nothing follows `Closed`.
+    pub(crate) fn poll_event(&mut self) -> Option<Event> {
+        let ev = self.events;
+        if ev == 0 {
+            return None;
+        }
+        let bit = ev & ev.wrapping_neg(); // the lowest pending event comes first
+        self.events &= !bit;
+        Some(match bit {
+            EV_OPEN => Event::Open,
+            EV_DATA => Event::Data,
+            EV_DRAINED => Event::Drained,
+            EV_PEER_CLOSED => Event::PeerClosed,
+            _ => {
+                let reason = self.reason.take().map_or(CloseReason::Done, |r| *r);
+                Event::Closed(reason)
+            }
+        })
+    }
+
+    /// Whether [`Connection::poll_event`] has something to say.
+    pub(crate) fn has_events(&self) -> bool {
+        self.events != 0
+    }
+
+    /// Bytes to write now (empty: nothing, or the socket is full).
+    pub(crate) fn poll_transmit(&mut self) -> &[u8] {
+        if matches!(self.state, State::Connecting | State::Closed) || self.write_blocked {
+            return &[];
+        }
+        self.queue_close_notify_if_due();
+        self.sendbuf.as_slice()
+    }
+
+    /// True once, when the driver should shut the socket's write side (send FIN): our side
+    /// is finishing and everything owed has been handed to the kernel.
+    pub(crate) fn poll_shutdown(&mut self, now: Instant, limits: &Limits) -> bool {
+        let finishing = matches!(
+            self.state,
+            State::WriteShut { fin_sent: false } | State::Closing { .. }
+        );
+        if !finishing {
+            return false;
+        }
+        self.queue_close_notify_if_due();
+        if !self.sendbuf.is_empty() {
+            return false;
+        }
+        match self.state {
+            State::WriteShut { .. } => self.state = State::WriteShut { fin_sent: true },
+            State::Closing { peer_eof: true } => self.finish(CloseReason::Done, Teardown::Drop),
+            _ => {
+                self.state = State::Lingering;
+                self.set_phase_deadline(Some(later(now, limits.close_timeout)));
+            }
+        }
+        true
+    }
+
+    /// True once, when reading should resume without waiting for a readiness event: we
+    /// stopped early with data possibly waiting, and reading is wanted again.
+    pub(crate) fn poll_read_again(&mut self) -> bool {
+        if self.maybe_readable && self.wants_read() {
+            self.maybe_readable = false;
+            return true;
+        }
+        false
+    }
+
+    /// True once after [`Connection::poll_timeout`] changed: the driver re-arms its timer
+    /// only then, not after every message.
+    pub(crate) fn poll_timeout_changed(&mut self) -> bool {
+        std::mem::take(&mut self.deadline_dirty)
+    }
+
+    /// When [`Connection::handle_timeout`] should next be called.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        match (self.phase_deadline, self.idle_check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether to read from the socket now.
+    pub(crate) fn wants_read(&self) -> bool {
+        match self.state {
+            // The handshake must progress whatever the application asked.
+            State::Handshaking => true,
+            State::Open | State::WriteShut { .. } => !(self.user_paused || self.bp_paused),
+            // Closing reads (and drops) regardless of pauses, to see the peer's EOF.
+            State::Closing { peer_eof: false } | State::Lingering => true,
+            State::Connecting | State::PeerShut | State::Closing { .. } | State::Closed => false,
+        }
+    }
+
+    /// The driver stopped reading before `WouldBlock` (a pause or its fairness budget).
+    pub(crate) fn handle_read_stopped(&mut self) {
+        self.maybe_readable = true;
+    }
+
+    /// The driver knows the receive queue is empty (`WouldBlock`, or a short read).
+    pub(crate) fn handle_read_drained(&mut self) {
+        self.maybe_readable = false;
+    }
+
+    /// Everything still queued, whatever the state (a closing driver's last, best-effort
+    /// write of a TLS alert).
+    pub(crate) fn unsent(&self) -> &[u8] {
+        self.sendbuf.as_slice()
+    }
+
+    /// How to release the socket, once closed.
+    pub(crate) fn teardown(&self) -> Teardown {
+        self.teardown
+    }
+
+    // ----- queries -----
+
+    pub(crate) fn state(&self) -> State {
+        self.state
+    }
+
+    /// The state it was in when it closed.
+    pub(crate) fn closed_from(&self) -> State {
+        self.closed_from
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self.session, Session::Tls(_))
+    }
+
+    /// Bytes owed to the peer that the kernel has not taken yet.
+    pub(crate) fn pending_output(&self) -> usize {
+        self.sendbuf.len()
+    }
+
+    /// Whether a write is waiting for writability.
+    pub(crate) fn is_write_blocked(&self) -> bool {
+        self.write_blocked
+    }
+
+    /// The negotiated TLS version, for logs.
+    pub(crate) fn tls_protocol(&self) -> Option<&'static str> {
+        match &self.session {
+            Session::Tls(t) => t.protocol(),
+            Session::Plain => None,
+        }
+    }
+
+    // ----- rules used by several inputs -----
+
+    fn set_phase_deadline(&mut self, at: Option<Instant>) {
+        self.phase_deadline = at;
+        self.deadline_dirty = true;
+    }
+
+    fn set_idle_check(&mut self, at: Option<Instant>) {
+        self.idle_check = at;
+        self.deadline_dirty = true;
+    }
+
+    fn has_opened(&self) -> bool {
+        !matches!(
+            self.state,
+            State::Connecting | State::Handshaking | State::Closed
+        )
+    }
+
+    fn check_alive(&self) -> Result<(), ConnError> {
+        if self.state == State::Closed {
+            Err(ConnError::Gone)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// TLS says goodbye inside the stream before TCP does: once, after all data.
+    fn queue_close_notify_if_due(&mut self) {
+        let shutting = matches!(
+            self.state,
+            State::WriteShut { fin_sent: false } | State::Closing { .. }
+        );
+        if let (true, Session::Tls(tls)) = (shutting, &mut self.session) {
+            tls.send_close_notify(&mut self.sendbuf);
+        }
+    }
+
+    /// Backpressure: stop reading while too much is owed; resume at the low mark.
+    fn update_backpressure(&mut self, limits: &Limits) {
+        let owed = self.sendbuf.len();
+        if owed > limits.high_water {
+            self.bp_paused = true;
+        } else if self.bp_paused && owed <= limits.low_water {
+            self.bp_paused = false;
+        }
+    }
+
+    /// Closing drops output we owed: reset the peer rather than let it see a clean end.
+    fn reset_if_owed(&self) -> Teardown {
+        if self.sendbuf.is_empty() {
+            Teardown::Drop
+        } else {
+            Teardown::Reset
+        }
+    }
+
+    /// The one way into `Closed`. A clean end keeps the data and EOF still to be told
+    /// (they came before it); any other end makes them moot.
+    fn finish(&mut self, reason: CloseReason, teardown: Teardown) {
+        if self.state == State::Closed {
+            return;
+        }
+        let keep = if reason.is_clean() {
+            self.events & (EV_DATA | EV_PEER_CLOSED)
+        } else {
+            0
+        };
+        self.closed_from = self.state;
+        self.state = State::Closed;
+        self.events = keep | EV_CLOSED;
+        self.reason = Some(Box::new(reason));
+        self.teardown = teardown;
+        self.set_phase_deadline(None);
+        self.set_idle_check(None);
+        self.maybe_readable = false;
+    }
+}
+
+/// Bytes owed, as kept for the close deadline's progress test (saturating: a connection
+/// owing 4 GiB is not made smaller by a few bytes of progress anyway).
+fn owed_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,139 @@
+//! Listeners inside the reactor: accepting connections.
+//!
+//! Teaches: one readiness event may stand for many waiting connections, so a listener
+//! accepts until `WouldBlock` — up to a budget, so that a connect flood cannot keep the
+//! loop from the connections it already has. Out of file descriptors (`EMFILE`),
+//! `accept` fails while the connection stays queued in the kernel and the listener stays
+//! readable: retrying at once would spin the CPU, so the listener backs off on a timer
+//! while established connections are served.
+
+use std::io;
+use std::time::Duration;
+
+use mio::{Interest, Token};
+
+use super::core::{Entry, Inner, ListenerEntry};
+use super::stream;
+use crate::config::ListenKind;
+use crate::conn::Session;
+use crate::error::ListenError;
+use crate::handler::Handler;
+use crate::id::ConnId;
+use crate::net::{self, Endpoint, Listener};
+use crate::timer::{Target, later};
+use crate::tls::TlsSession;
+
+/// Connections accepted per listener per turn before other sockets get a go.
+const ACCEPT_BUDGET: usize = 256;
+
+/// Registers a bound listener; returns its id and real address.
+pub(crate) fn add<S>(
+    inner: &mut Inner<S>,
+    mut sock: Listener,
+    kind: ListenKind,
+    factory: Box<dyn FnMut() -> Box<dyn Handler<S>>>,
+) -> Result<(ConnId, Endpoint), ListenError> {
+    let addr = sock.local_endpoint().map_err(ListenError::Register)?;
+    let key = inner.slab.vacant_key();
+    inner
+        .poll
+        .registry()
+        .register(&mut sock, Token(key), Interest::READABLE)
+        .map_err(ListenError::Register)?;
+    let id = inner.core.next_id(key);
+    inner.slab.insert(Entry::Listener(ListenerEntry {
+        sock,
+        kind,
+        factory,
+        generation: id.generation,
+        backoff: None,
+    }));
+    Ok((id, addr))
+}
+
+/// Accepts until the queue is empty (`WouldBlock`) or the budget is spent.
+pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
+    for _ in 0..ACCEPT_BUDGET {
+        let core = &mut inner.core;
+        let Some(Entry::Listener(l)) = inner.slab.get_mut(key) else {
+            return;
+        };
+        if l.backoff.is_some() || !core.is_running() {
+            return;
+        }
+        let (sock, peer) = match l.sock.try_accept() {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if net::is_resource_exhaustion(&e) => {
+                // Out of descriptors: the connection stays in the kernel's queue and
+                // accepting again now would fail the same way, spinning the CPU.
+                // Keep serving what we have; try again after a pause.
+                core.stats.accept_errors += 1;
+                let pause = core.config.accept_backoff;
+                log::warn!(
+                    "accept: {e}; pausing accepts for {pause:?} while existing connections are served"
+                );
+                let id = ConnId::new(key, l.generation);
+                l.backoff = Some(
+                    core.timers
+                        .add(later(core.now, pause), Target::AcceptBackoff(id)),
+                );
+                return;
+            }
+            Err(e) => {
+                // The client gave up before we accepted (ECONNABORTED) and the like:
+                // that connection is lost, the listener is fine.
+                core.stats.accept_errors += 1;
+                log::debug!("accept: {e}");
+                continue;
+            }
+        };
+        if let Some(max) = core.config.max_connections {
+            if core.stats.connections_open >= max as u64 {
+                // Accept and close at once: left in the kernel's queue the client would
+                // wait, believing it was connected.
+                core.stats.rejected += 1;
+                // One line per rejection would let a connect flood stall the loop on a
+                // slow stderr: details at debug, a summary at most once a second.
+                log::debug!("rejecting connection from {peer}: {max} connections already open");
+                if core.reject_log.is_none_or(|t| core.now >= t) {
+                    log::warn!(
+                        "rejecting connections: {max} already open ({} rejected so far)",
+                        core.stats.rejected
+                    );
+                    core.reject_log = Some(core.now + Duration::from_secs(1));
+                }
+                drop(sock);
+                continue;
+            }
+        }
+        let session = match &l.kind {
+            ListenKind::Tls(cfg) => match TlsSession::server(cfg) {
+                Ok(s) => Session::Tls(Box::new(s)),
+                Err(e) => {
+                    log::warn!("cannot start TLS session: {e}");
+                    continue;
+                }
+            },
+            _ => Session::Plain,
+        };
+        let handler = (l.factory)();
+        core.stats.accepted += 1;
+        stream::add_accepted(inner, sock, session, handler, &peer);
+    }
+    // Fairness: the rest of the queue is taken on the next turn; no new event would come
+    // for connections already queued.
+    if let Some(Entry::Listener(l)) = inner.slab.get(key) {
+        let id = ConnId::new(key, l.generation);
+        inner.core.schedule_read(id);
+    }
+}
+
+/// The pause after running out of descriptors is over.
+pub(crate) fn backoff_over<S>(inner: &mut Inner<S>, id: ConnId) {
+    match inner.slab.get_mut(id.key()) {
+        Some(Entry::Listener(l)) if l.generation == id.generation => l.backoff = None,
+        _ => return,
+    }
+    accept_loop(inner, id.key());
+}

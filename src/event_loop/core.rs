@@ -1,0 +1,231 @@
+//! What the reactor's drivers share: the slab of entries, the loop-wide bookkeeping, and
+//! the staging buffer for application output.
+//!
+//! Teaches: slot reuse. Closed entries stay in the slab until the whole batch of events is
+//! dispatched (`dead`, swept by the loop), so a later event in the same batch cannot reach
+//! a new connection that took the slot (mio#172); ids carry a generation for everything
+//! that outlives a batch (timers, other connections' handlers, messages from threads).
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use mio::Poll;
+use slab::Slab;
+
+use crate::config::{Config, ListenKind};
+use crate::conn::{Connection, Limits};
+use crate::dgram::DgramQueue;
+use crate::handler::{DatagramHandler, Handler};
+use crate::id::{ConnId, TimerId};
+use crate::net::{BindOptions, Datagram, Listener, SendBatch, Stream};
+use crate::stats::Stats;
+use crate::timer::Timers;
+
+/// Retained capacity of the staging buffer between callbacks: one huge send must not pin
+/// its size in memory for the life of the loop.
+const OUT_KEEP: usize = 1 << 20;
+
+/// Everything a callback can reach through its context: the loop minus its event buffer,
+/// read buffers and channels (which only the dispatch code touches).
+pub(crate) struct Inner<S> {
+    pub(crate) poll: Poll,
+    pub(crate) slab: Slab<Entry<S>>,
+    pub(crate) core: Core,
+    pub(crate) state: S,
+}
+
+/// Loop-wide bookkeeping, kept apart from the slab so that a driver can borrow both an
+/// entry and this.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) config: Config,
+    pub(crate) limits: Limits,
+    /// The clock, read once per turn (and at entry points called between turns).
+    pub(crate) now: Instant,
+    pub(crate) timers: Timers,
+    pub(crate) stats: Stats,
+    pub(crate) phase: Phase,
+    /// Entries to read (or accept on) again without waiting for an event.
+    pub(crate) ready: Vec<ConnId>,
+    /// Application output of the running callback, sent when it returns (batching small
+    /// sends into one write), and which connection each run of bytes is for.
+    pub(crate) out: Vec<u8>,
+    pub(crate) segs: Vec<(ConnId, usize)>,
+    /// Entries acted on from elsewhere (another callback, another thread, the loop's own
+    /// stop) whose consequences still need to run.
+    pub(crate) touched: Vec<ConnId>,
+    /// Slots to free after this batch of events.
+    pub(crate) dead: Vec<usize>,
+    pub(crate) stop_request: Option<Duration>,
+    next_generation: u32,
+    /// True while a UDP receive batch is being handled: replies are gathered in
+    /// `dgram_batch` and sent together.
+    pub(crate) batching: bool,
+    pub(crate) dgram_batch: SendBatch,
+    /// When the next "rejecting connections" warning may be logged.
+    pub(crate) reject_log: Option<Instant>,
+}
+
+/// Whether the loop is serving, winding down, or done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Running,
+    Stopping { deadline: Instant },
+    Stopped,
+}
+
+impl Core {
+    pub(crate) fn new(config: Config) -> Core {
+        Core {
+            limits: Limits::new(&config),
+            config,
+            now: Instant::now(),
+            timers: Timers::default(),
+            stats: Stats::default(),
+            phase: Phase::Running,
+            // Preallocated so that steady-state work does not allocate.
+            ready: Vec::with_capacity(64),
+            out: Vec::new(),
+            segs: Vec::with_capacity(16),
+            touched: Vec::with_capacity(64),
+            dead: Vec::with_capacity(64),
+            stop_request: None,
+            next_generation: 0,
+            batching: false,
+            dgram_batch: SendBatch::default(),
+            reject_log: None,
+        }
+    }
+
+    pub(crate) fn schedule_read(&mut self, id: ConnId) {
+        self.ready.push(id);
+    }
+
+    pub(crate) fn bind_options(&self) -> BindOptions {
+        BindOptions {
+            backlog: self.config.backlog,
+            reuse_port: self.config.reuse_port,
+        }
+    }
+
+    /// A fresh id for slot `key`: the generation tells it from earlier users of the slot.
+    pub(crate) fn next_id(&mut self, key: usize) -> ConnId {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        ConnId::new(key, self.next_generation)
+    }
+
+    /// Stages application output for `id`; consecutive sends to one connection form one
+    /// run, written with one system call when the callback returns.
+    pub(crate) fn stage(&mut self, id: ConnId, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.out.extend_from_slice(data);
+        let end = self.out.len();
+        match self.segs.last_mut() {
+            Some((last, e)) if *last == id => *e = end,
+            _ => self.segs.push((id, end)),
+        }
+    }
+
+    /// Forgets staged output once committed, keeping a bounded allocation.
+    pub(crate) fn clear_staged(&mut self) {
+        self.segs.clear();
+        self.out.clear();
+        if self.out.capacity() > OUT_KEEP {
+            self.out = Vec::new();
+        }
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.phase == Phase::Running
+    }
+}
+
+/// One slot of the slab.
+pub(crate) enum Entry<S> {
+    Listener(ListenerEntry<S>),
+    Stream(StreamEntry<S>),
+    Dgram(DgramEntry<S>),
+    /// A connect that failed before it had a socket: its `on_close` is still to run.
+    Failed(FailedEntry<S>),
+}
+
+impl<S> Entry<S> {
+    pub(crate) fn generation(&self) -> u32 {
+        match self {
+            Entry::Listener(l) => l.generation,
+            Entry::Stream(c) => c.generation,
+            Entry::Dgram(d) => d.generation,
+            Entry::Failed(f) => f.generation,
+        }
+    }
+}
+
+/// A listening socket and the factory of handlers for what it accepts.
+pub(crate) struct ListenerEntry<S> {
+    pub(crate) sock: Listener,
+    pub(crate) kind: ListenKind,
+    pub(crate) factory: Box<dyn FnMut() -> Box<dyn Handler<S>>>,
+    pub(crate) generation: u32,
+    /// Out of descriptors: accepting waits for this timer.
+    pub(crate) backoff: Option<TimerId>,
+}
+
+/// A stream connection: its socket, its state machine and its handler.
+pub(crate) struct StreamEntry<S> {
+    pub(crate) conn: Connection,
+    pub(crate) stream: Stream,
+    /// `None` only while one of its callbacks runs (the handler is taken out so that the
+    /// callback's context can reach every other entry of the loop).
+    pub(crate) handler: Option<Box<dyn Handler<S>>>,
+    pub(crate) generation: u32,
+    /// The timer standing for `conn.poll_timeout()`.
+    pub(crate) deadline: Option<TimerId>,
+    /// The handler's timers, cancelled when the connection closes.
+    pub(crate) user_timers: Vec<TimerId>,
+}
+
+/// A datagram socket, its reply queue and its handler.
+pub(crate) struct DgramEntry<S> {
+    pub(crate) sock: Datagram,
+    pub(crate) handler: Option<Box<dyn DatagramHandler<S>>>,
+    pub(crate) queue: DgramQueue,
+    pub(crate) generation: u32,
+    pub(crate) closed: bool,
+    /// `close` was asked for (by its handler or from elsewhere): it happens after the
+    /// running callback.
+    pub(crate) close_requested: bool,
+    /// `on_ready` is still to run.
+    pub(crate) ready_pending: bool,
+    /// UDP: datagrams have been queueing up (two single reads in a row found one, and no
+    /// batch since came back nearly empty), so reads use `recvmmsg`, and the next wake-up
+    /// starts with it straight away (see `datagram::read_udp`).
+    pub(crate) deep: bool,
+    /// The handler's timers, cancelled when the socket closes.
+    pub(crate) user_timers: Vec<TimerId>,
+}
+
+/// A connect that failed at once (no socket could be made, or registering it failed).
+pub(crate) struct FailedEntry<S> {
+    pub(crate) handler: Option<Box<dyn Handler<S>>>,
+    pub(crate) error: Option<io::Error>,
+    pub(crate) generation: u32,
+}
+
+/// The stream entry `id` names, if it is still that connection. (A function of the slab
+/// alone, so that the caller can borrow the rest of `Inner` beside it.)
+pub(crate) fn stream_at<S>(slab: &mut Slab<Entry<S>>, id: ConnId) -> Option<&mut StreamEntry<S>> {
+    match slab.get_mut(id.key()) {
+        Some(Entry::Stream(e)) if e.generation == id.generation => Some(e),
+        _ => None,
+    }
+}
+
+/// The datagram entry `id` names, if it is still that socket.
+pub(crate) fn dgram_at<S>(slab: &mut Slab<Entry<S>>, id: ConnId) -> Option<&mut DgramEntry<S>> {
+    match slab.get_mut(id.key()) {
+        Some(Entry::Dgram(d)) if d.generation == id.generation => Some(d),
+        _ => None,
+    }
+}

@@ -1,0 +1,199 @@
+//! What the handler contexts do: the reactor's side of `handler::LoopOps`.
+//!
+//! Teaches: acting on a connection from anywhere — its own callback, another connection's,
+//! a message from another thread — goes through the same few calls on its state machine
+//! (`Connection::close`, `Connection::shutdown_write`...), so each rule lives in one place.
+//! What an action causes (a FIN to send, an `on_close` to run) is not done inside the
+//! caller's callback: the connection is marked "touched" and [`settle`] runs its outputs
+//! once the callback has returned.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::core::{Entry, Inner, StreamEntry, dgram_at};
+use super::{datagram, stream};
+use crate::config::ConnectOptions;
+use crate::error::{ConnError, ListenError, SendError};
+use crate::handler::{ConnOp, DatagramHandler, Handler, LoopOps};
+use crate::id::{ConnId, TimerId};
+use crate::net::{self, Datagram, Endpoint, PeerAddr};
+use crate::stats::Stats;
+use crate::timer::{Target, later};
+
+/// Runs everything actions have left to do: commits staged output, then drives every
+/// touched entry (which may touch more) until none is left.
+pub(crate) fn settle<S>(inner: &mut Inner<S>) {
+    stream::commit_staged(inner, None);
+    while let Some(id) = inner.core.touched.pop() {
+        match inner.slab.get(id.key()) {
+            Some(Entry::Stream(e)) if e.generation == id.generation => {
+                stream::drive(inner, id.key(), &[]);
+            }
+            Some(Entry::Dgram(d)) if d.generation == id.generation => {
+                datagram::settle(inner, id.key());
+            }
+            Some(Entry::Failed(f)) if f.generation == id.generation => {
+                stream::report_failed_connect(inner, id.key());
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<S> Inner<S> {
+    /// Looks `id` up as a stream connection, naming what it is otherwise.
+    fn conn_entry(&mut self, id: ConnId) -> Result<&mut StreamEntry<S>, ConnError> {
+        match self.slab.get_mut(id.key()) {
+            Some(entry) if entry.generation() == id.generation => match entry {
+                Entry::Stream(e) => Ok(e),
+                // A connect that failed at once: its on_close is on its way.
+                Entry::Failed(_) => Err(ConnError::NotOpen),
+                Entry::Listener(_) | Entry::Dgram(_) => Err(ConnError::NotStream),
+            },
+            _ => Err(ConnError::Gone),
+        }
+    }
+
+    fn conn_view(&self, id: ConnId) -> Result<&StreamEntry<S>, ConnError> {
+        match self.slab.get(id.key()) {
+            Some(entry) if entry.generation() == id.generation => match entry {
+                Entry::Stream(e) => Ok(e),
+                Entry::Failed(_) => Err(ConnError::NotOpen),
+                Entry::Listener(_) | Entry::Dgram(_) => Err(ConnError::NotStream),
+            },
+            _ => Err(ConnError::Gone),
+        }
+    }
+}
+
+impl<S> LoopOps<S> for Inner<S> {
+    fn now(&self) -> Instant {
+        self.core.now
+    }
+
+    fn stats(&self) -> Stats {
+        self.core.stats
+    }
+
+    fn state(&mut self) -> &mut S {
+        &mut self.state
+    }
+
+    fn stop_loop(&mut self, grace: Duration) {
+        self.core.stop_request = Some(grace);
+    }
+
+    fn connect(
+        &mut self,
+        to: &Endpoint,
+        opts: ConnectOptions,
+        handler: Box<dyn Handler<S>>,
+    ) -> ConnId {
+        stream::connect(self, to, opts, handler)
+    }
+
+    fn bind_udp(
+        &mut self,
+        addr: SocketAddr,
+        handler: Box<dyn DatagramHandler<S>>,
+    ) -> Result<ConnId, ListenError> {
+        let sock = net::bind_udp(addr, self.core.bind_options())?;
+        datagram::add(self, Datagram::Udp(sock), handler).map(|(id, _)| id)
+    }
+
+    fn set_timer(&mut self, owner: ConnId, after: Duration) -> TimerId {
+        let at = later(self.core.now, after);
+        let timers = &mut self.core.timers;
+        match self.slab.get_mut(owner.key()) {
+            Some(Entry::Stream(e)) if e.generation == owner.generation => {
+                let t = timers.add(at, Target::Conn(owner));
+                if !e.conn.is_closed() {
+                    e.user_timers.push(t);
+                }
+                t
+            }
+            Some(Entry::Dgram(d)) if d.generation == owner.generation => {
+                let t = timers.add(at, Target::Dgram(owner));
+                if !d.closed {
+                    d.user_timers.push(t);
+                }
+                t
+            }
+            // A timer for something already gone (set from its `on_close`, say): it will
+            // find nobody and do nothing.
+            _ => timers.add(at, Target::Conn(owner)),
+        }
+    }
+
+    fn cancel_timer(&mut self, owner: ConnId, timer: TimerId) {
+        self.core.timers.cancel(timer);
+        let list = match self.slab.get_mut(owner.key()) {
+            Some(Entry::Stream(e)) if e.generation == owner.generation => &mut e.user_timers,
+            Some(Entry::Dgram(d)) if d.generation == owner.generation => &mut d.user_timers,
+            _ => return,
+        };
+        if let Some(i) = list.iter().position(|t| *t == timer) {
+            list.swap_remove(i);
+        }
+    }
+
+    fn conn_send(&mut self, id: ConnId, data: &[u8]) -> Result<(), ConnError> {
+        self.conn_entry(id)?.conn.can_send()?;
+        self.core.stage(id, data);
+        Ok(())
+    }
+
+    fn conn_op(&mut self, id: ConnId, op: ConnOp) -> Result<(), ConnError> {
+        let (now, limits) = (self.core.now, self.core.limits);
+        let conn = &mut self.conn_entry(id)?.conn;
+        match op {
+            ConnOp::ShutdownWrite => conn.shutdown_write(),
+            ConnOp::Close => conn.close(now, &limits),
+            ConnOp::Abort => conn.abort(),
+            ConnOp::PauseReading => conn.pause_reading(),
+            ConnOp::ResumeReading => conn.resume_reading(),
+        }?;
+        // Its outputs (a FIN, `on_close`, a read to come back for) run after the caller.
+        self.core.touched.push(id);
+        Ok(())
+    }
+
+    fn conn_pending(&self, id: ConnId) -> Result<usize, ConnError> {
+        Ok(self.conn_view(id)?.conn.pending_output())
+    }
+
+    fn conn_peer_addr(&self, id: ConnId) -> Result<PeerAddr, ConnError> {
+        self.conn_view(id)?
+            .stream
+            .peer_addr()
+            .map_err(|_| ConnError::Gone)
+    }
+
+    fn dgram_send(&mut self, id: ConnId, data: &[u8], to: &PeerAddr) -> Result<(), SendError> {
+        let core = &mut self.core;
+        match self.slab.get_mut(id.key()) {
+            Some(Entry::Dgram(d)) if d.generation == id.generation => {
+                datagram::send(core, d, id, data, to)
+            }
+            _ => Err(SendError::Closed),
+        }
+    }
+
+    fn dgram_close(&mut self, id: ConnId) {
+        if let Some(d) = dgram_at(&mut self.slab, id) {
+            d.close_requested = true;
+            self.core.touched.push(id);
+        }
+    }
+
+    fn dgram_local_addr(&self, id: ConnId) -> Option<PeerAddr> {
+        match self.slab.get(id.key()) {
+            Some(Entry::Dgram(d)) if d.generation == id.generation => d.sock.local_addr().ok(),
+            _ => None,
+        }
+    }
+
+    fn settle(&mut self) {
+        settle(self);
+    }
+}

@@ -1,0 +1,705 @@
+//! The reactor: one thread, one `mio::Poll`, every socket registered in it.
+//!
+//! Teaches: readiness-based I/O. `poll` says which sockets *became* ready; the loop then
+//! does the non-blocking calls until they would block. The rules that make this correct are
+//! named where they are applied:
+//!
+//! * **Edge-triggered readiness** — mio reports a change, not a level. After a readable
+//!   event we read until `WouldBlock` (or a short read, see `stream::read_loop`); when we
+//!   stop early (fairness cap, backpressure, a paused handler) the connection remembers
+//!   "maybe readable" and the loop comes back by itself, because no new event will come
+//!   for bytes already waiting.
+//! * **Interest registered once** — every connection is registered for both readable and
+//!   writable when it is created and never re-registered (`stream::add_accepted`).
+//! * **Partial writes** — see [`crate::sendbuf`] and `stream::commit_staged`.
+//! * **Backpressure** — a peer that sends but does not read would make us buffer without
+//!   bound; above `high_water` bytes owed we stop reading it, below `low_water` we resume.
+//! * **Slot reuse** — see `core`: closed entries are freed only after the batch.
+//! * **EMFILE on accept** — see `accept`.
+//! * **Several connections at once** — a callback may act on any connection by id; what
+//!   that causes runs after the callback returns (`ctx`), so callbacks never nest.
+//!
+//! # Layout
+//!
+//! | file | what it does |
+//! |---|---|
+//! | `mod.rs` | [`EventLoop`]: the turn (poll, dispatch, ready list, timers, stop, sweep) |
+//! | `core` | the slab, its entries and the loop-wide bookkeeping every driver shares |
+//! | `stream` | the stream driver: system calls for each `conn::Connection` |
+//! | `datagram` | the datagram driver: UDP and Unix datagram sockets |
+//! | `accept` | listeners and the accept loop |
+//! | `ctx` | what the handler contexts do (`handler::LoopOps`), and `settle` |
+//! | `wake` | [`StopHandle`] and [`Sender`]: reaching the loop from other threads |
+//!
+//! # Nesting in a host's poller
+//!
+//! The loop's poll descriptor is an epoll descriptor, and epoll descriptors can be waited
+//! on like sockets: it becomes readable when the loop has events. A host with its own
+//! poller registers it ([`AsRawFd`] / [`AsFd`]), waits at most [`EventLoop::timeout`] (the
+//! loop's timers do not make its descriptor readable), and calls
+//! `run_once(Some(Duration::ZERO))` when it is readable or the timeout has passed.
+//! `examples/host_poll.rs` does exactly that.
+//!
+//! # When a handler panics
+//!
+//! A panic in a callback unwinds out of `run_once` (or whichever entry point ran the
+//! callback). The loop does not catch it: the handler that panicked is gone and the
+//! connection it served is half-updated. If the host catches the panic, the loop is
+//! *poisoned*: every later `run_once` (and `run`) returns an error saying so, rather than
+//! serve on in an unknown state. Dropping it is safe; make a new one.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+mod accept;
+mod core;
+mod ctx;
+mod datagram;
+mod stream;
+mod wake;
+
+pub use crate::config::{Config, ConnectOptions, ListenKind};
+pub use wake::{Sender, StopHandle};
+
+use self::core::{Core, Entry, Inner, Phase};
+use self::ctx::settle;
+use self::stream::{ReadBufs, Readiness};
+use self::wake::{Channel, Wake};
+use crate::error::{AddrError, ListenError};
+use crate::handler::{ConnRef, DatagramHandler, Handler, LoopCtx};
+use crate::id::ConnId;
+use crate::net::{self, Datagram, Endpoint, RecvBatch, UnixName};
+use crate::stats::Stats;
+use crate::timer::{Target, later};
+
+const WAKER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+
+/// One read buffer for every socket: 64 KiB, which holds the largest UDP datagram.
+const READ_BUF: usize = 64 * 1024;
+
+/// Events collected per `poll`.
+const EVENTS: usize = 1024;
+
+/// An address a listener or datagram socket is bound to, as reported by the system.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// The id of the listener or socket.
+    pub id: ConnId,
+    /// The real address (the chosen port when port 0 was asked for).
+    pub addr: Endpoint,
+}
+
+/// A single-threaded reactor serving stream and datagram sockets through handlers.
+///
+/// Typical use: [`EventLoop::new`] (or [`EventLoop::with_state`] for application state
+/// shared by every callback), add listeners, sockets or connections, then
+/// [`EventLoop::run`]. Hosts that own their loop call [`EventLoop::run_once`] instead,
+/// possibly from their own poller (see the module docs, "Nesting").
+///
+/// Other threads reach it through a [`StopHandle`] and through [`Sender`]s made by
+/// [`EventLoop::channel`]; the loop itself (and its handlers) stays on its thread.
+pub struct EventLoop<S: 'static = ()> {
+    inner: Inner<S>,
+    events: Events,
+    bufs: ReadBufs,
+    /// Buffers for receiving UDP datagrams in batches; made with the first UDP socket.
+    recv_batch: Option<Box<RecvBatch>>,
+    /// The other half of `Core::ready`, swapped in each turn.
+    ready_spare: Vec<ConnId>,
+    wake: Arc<Wake>,
+    channels: Vec<Box<dyn Channel<S>>>,
+    /// A channel had more messages than one turn handles.
+    messages_left: bool,
+    /// The last poll filled the events buffer: more may be waiting.
+    events_left: bool,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    signal_grace: Duration,
+    /// An entry point that runs callbacks is under way. Still set when the next one
+    /// starts only if a callback panicked out of the last: the loop is poisoned.
+    busy: bool,
+}
+
+impl<S> std::fmt::Debug for EventLoop<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("entries", &self.inner.slab.len())
+            .field("phase", &self.inner.core.phase)
+            .field("stats", &self.inner.core.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLoop<()> {
+    /// Creates a loop with its poller and waker, and no application state.
+    pub fn new(config: Config) -> io::Result<EventLoop<()>> {
+        EventLoop::with_state(config, ())
+    }
+}
+
+impl<S: 'static> EventLoop<S> {
+    /// Creates a loop whose callbacks all reach `state` (`ctx.state()`), for servers
+    /// whose connections work together — a chat room's members, a proxy's pairs — without
+    /// `Rc<RefCell<…>>` side channels.
+    pub fn with_state(config: Config, state: S) -> io::Result<EventLoop<S>> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        Ok(EventLoop {
+            inner: Inner {
+                poll,
+                slab: Slab::new(),
+                core: Core::new(config.sanitized()),
+                state,
+            },
+            events: Events::with_capacity(EVENTS),
+            bufs: ReadBufs {
+                wire: vec![0u8; READ_BUF].into_boxed_slice(),
+                plain: Vec::new(),
+            },
+            recv_batch: None,
+            ready_spare: Vec::with_capacity(64),
+            wake: Arc::new(Wake::new(waker)),
+            channels: Vec::new(),
+            messages_left: false,
+            events_left: false,
+            signals: None,
+            signal_grace: Duration::from_secs(5),
+            busy: false,
+        })
+    }
+
+    /// A handle to stop this loop from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            wake: Arc::clone(&self.wake),
+        }
+    }
+
+    /// A channel for other threads to hand this loop work: every message sent through the
+    /// returned [`Sender`] (cloneable, `Send` when `M` is) wakes the loop and is passed to
+    /// `callback` on the loop's thread, in order. At most `capacity` messages wait; past
+    /// that [`Sender::try_send`] says the channel is full. Once the loop has stopped (or
+    /// is dropped), it says so.
+    pub fn channel<M: 'static>(
+        &mut self,
+        capacity: usize,
+        callback: impl FnMut(&mut LoopCtx<'_, S>, M) + 'static,
+    ) -> Sender<M> {
+        let (tx, rx) = wake::channel(&self.wake, capacity, Box::new(callback));
+        self.channels.push(rx);
+        tx
+    }
+
+    /// SIGINT and SIGTERM start a graceful stop with `grace`; a second signal stops at once.
+    /// The signals arrive through the poll loop (a self-pipe), not in a signal handler.
+    pub fn handle_signals(&mut self, grace: Duration) -> io::Result<()> {
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        self.inner
+            .poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        self.signal_grace = grace;
+        Ok(())
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.inner.core.stats
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.core.config
+    }
+
+    /// The application state.
+    pub fn state(&self) -> &S {
+        &self.inner.state
+    }
+
+    /// The application state, to change between turns.
+    pub fn state_mut(&mut self) -> &mut S {
+        &mut self.inner.state
+    }
+
+    /// True once the loop has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.core.phase == Phase::Stopped
+    }
+
+    /// Binds a stream listener; every accepted connection gets a handler from `factory`.
+    pub fn listen(
+        &mut self,
+        addr: &Endpoint,
+        kind: ListenKind,
+        factory: impl FnMut() -> Box<dyn Handler<S>> + 'static,
+    ) -> Result<Bound, ListenError> {
+        self.inner.core.now = Instant::now();
+        let opts = self.inner.core.bind_options();
+        let sock = match (addr, &kind) {
+            (Endpoint::Inet(a), ListenKind::Tcp | ListenKind::Tls(_)) => net::bind_tcp(*a, opts)?,
+            (Endpoint::Unix(name), ListenKind::Unix) => net::bind_unix(name)?,
+            (Endpoint::Unix(name), _) => return Err(unix_mismatch(name)),
+            (Endpoint::Inet(a), ListenKind::Unix) => {
+                return Err(ListenError::Addr(AddrError::Invalid {
+                    input: a.to_string(),
+                    reason: "a Unix listener needs a path or @name".into(),
+                }));
+            }
+        };
+        let (id, addr) = accept::add(&mut self.inner, sock, kind, Box::new(factory))?;
+        Ok(Bound { id, addr })
+    }
+
+    /// Binds a UDP socket served by `handler`; its `on_ready` runs before this returns.
+    pub fn bind_udp(
+        &mut self,
+        addr: std::net::SocketAddr,
+        handler: Box<dyn DatagramHandler<S>>,
+    ) -> Result<Bound, ListenError> {
+        let sock = net::bind_udp(addr, self.inner.core.bind_options())?;
+        self.add_datagram(Datagram::Udp(sock), handler)
+    }
+
+    /// Binds a Unix datagram socket (path or `@abstract`) served by `handler`.
+    pub fn bind_unix_datagram(
+        &mut self,
+        name: &UnixName,
+        handler: Box<dyn DatagramHandler<S>>,
+    ) -> Result<Bound, ListenError> {
+        let sock = Datagram::bind_unix(name)?;
+        self.add_datagram(sock, handler)
+    }
+
+    /// Adds an already-made Unix datagram socket (for example an autobound client socket).
+    pub fn add_unix_datagram(
+        &mut self,
+        sock: std::os::unix::net::UnixDatagram,
+        handler: Box<dyn DatagramHandler<S>>,
+    ) -> Result<Bound, ListenError> {
+        let sock = Datagram::from_unix(sock).map_err(ListenError::Register)?;
+        self.add_datagram(sock, handler)
+    }
+
+    fn add_datagram(
+        &mut self,
+        sock: Datagram,
+        handler: Box<dyn DatagramHandler<S>>,
+    ) -> Result<Bound, ListenError> {
+        // The handler's on_ready may set timers: count them from now.
+        self.inner.core.now = Instant::now();
+        if sock.is_udp() && self.recv_batch.is_none() {
+            self.recv_batch = Some(Box::new(RecvBatch::new()));
+        }
+        let (id, addr) = datagram::add(&mut self.inner, sock, handler)?;
+        self.with_callbacks(settle).map_err(ListenError::Register)?;
+        Ok(Bound { id, addr })
+    }
+
+    /// Starts a non-blocking connect and returns the new connection's id at once.
+    ///
+    /// The outcome always reaches `handler`, never the caller — the same contract as
+    /// [`crate::Ctx::connect`]: `on_open` once connected (after the TLS handshake for TLS),
+    /// or `on_close` with [`crate::CloseReason::ConnectFailed`] or
+    /// [`crate::CloseReason::ConnectTimeout`]. A connect that fails at once (no route, no
+    /// descriptors) is reported the same way, by the next [`EventLoop::run_once`].
+    pub fn connect(
+        &mut self,
+        to: &Endpoint,
+        opts: ConnectOptions,
+        handler: Box<dyn Handler<S>>,
+    ) -> ConnId {
+        // Called between turns, possibly long after the last poll: deadlines (the connect
+        // timeout) must count from now, not from the loop's last wake-up.
+        self.inner.core.now = Instant::now();
+        stream::connect(&mut self.inner, to, opts, handler)
+    }
+
+    /// A stream connection of this loop, to act on from outside the callbacks: send to it,
+    /// close it, pause it. What the action causes — its handler's callbacks included —
+    /// runs before the returned [`ConnRef`] is dropped.
+    pub fn conn(&mut self, id: ConnId) -> ConnRef<'_, S> {
+        self.inner.core.now = Instant::now();
+        ConnRef {
+            ops: &mut self.inner,
+            id,
+            settle: true,
+        }
+    }
+
+    /// Stops the loop (see [`StopHandle::stop`]). Callbacks run before this returns (the
+    /// `on_close` of connections that were not open yet, say); `run_once` finishes the job.
+    pub fn stop(&mut self, grace: Duration) {
+        self.inner.core.now = Instant::now();
+        if let Err(e) = self.with_callbacks(|inner| begin_stop(inner, grace)) {
+            log::error!("{e}");
+        }
+    }
+
+    /// Runs until stopped.
+    pub fn run(&mut self) -> io::Result<()> {
+        while self.run_once(None)? {}
+        Ok(())
+    }
+
+    /// Waits for events at most `timeout` (or until the next timer) and handles them.
+    /// Returns `false` once the loop has stopped. After a handler panicked out of an
+    /// earlier call, returns an error: the loop is poisoned (see the module docs).
+    pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.enter()?;
+        let result = self.turn(timeout);
+        self.busy = false;
+        result
+    }
+
+    /// How long a host may wait on the loop's descriptor before calling
+    /// [`EventLoop::run_once`]: until the loop's next timer, zero if work is waiting that
+    /// no event will announce, `None` for as long as it likes.
+    pub fn timeout(&mut self) -> Option<Duration> {
+        self.wait_for(None)
+    }
+
+    /// Number of live entries (listeners, sockets, connections).
+    pub fn len(&self) -> usize {
+        self.inner.slab.len()
+    }
+
+    /// True when nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.inner.slab.is_empty()
+    }
+
+    fn enter(&mut self) -> io::Result<()> {
+        if self.busy {
+            return Err(io::Error::other(
+                "the event loop is poisoned: a handler panicked during an earlier call; drop it and make a new one",
+            ));
+        }
+        self.busy = true;
+        Ok(())
+    }
+
+    /// Runs `f`, which may call handlers, under the poison guard.
+    fn with_callbacks(&mut self, f: impl FnOnce(&mut Inner<S>)) -> io::Result<()> {
+        self.enter()?;
+        f(&mut self.inner);
+        self.busy = false;
+        Ok(())
+    }
+
+    fn turn(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        if self.is_stopped() {
+            return Ok(false);
+        }
+        self.inner.core.now = Instant::now();
+        // Work asked for between turns (a connect that failed at once, an action through
+        // `conn`) must not wait for an event that may never come.
+        settle(&mut self.inner);
+        self.apply_stop_request();
+        if self.is_stopped() {
+            return Ok(false);
+        }
+        let wait = self.wait_for(timeout);
+        match self.inner.poll.poll(&mut self.events, wait) {
+            Ok(()) => {}
+            // A signal interrupted the wait: not an error, just look again.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        self.events_left = self.events.iter().count() >= EVENTS;
+        self.inner.core.now = Instant::now();
+        self.dispatch_events();
+        if self.messages_left {
+            self.messages_left = drain(&mut self.inner, &mut self.channels);
+        }
+        self.run_ready();
+        self.run_timers();
+        self.apply_stop_request();
+        self.sweep();
+        self.check_stopped();
+        Ok(!self.is_stopped())
+    }
+
+    /// How long the next poll may wait.
+    fn wait_for(&mut self, timeout: Option<Duration>) -> Option<Duration> {
+        let core = &mut self.inner.core;
+        let now = core.now;
+        let mut wait = timeout;
+        let mut cap = |until: Duration| wait = Some(wait.map_or(until, |w| w.min(until)));
+        if let Some(at) = core.timers.next_deadline() {
+            cap(at.saturating_duration_since(now));
+        }
+        if let Phase::Stopping { deadline } = core.phase {
+            cap(deadline.saturating_duration_since(now));
+        }
+        // Work left undone on purpose (fairness), or that no event will announce: only
+        // look for new events.
+        if !core.ready.is_empty()
+            || !core.touched.is_empty()
+            || core.stop_request.is_some()
+            || self.messages_left
+            || self.events_left
+        {
+            cap(Duration::ZERO);
+        }
+        wait
+    }
+
+    fn dispatch_events(&mut self) {
+        let EventLoop {
+            inner,
+            events,
+            bufs,
+            recv_batch,
+            wake,
+            channels,
+            messages_left,
+            signals,
+            signal_grace,
+            ..
+        } = self;
+        for event in events.iter() {
+            match event.token() {
+                WAKER => {
+                    if let Some(grace) = wake.woken() {
+                        request_stop(&mut inner.core, grace);
+                    }
+                    *messages_left = drain(inner, channels);
+                }
+                SIGNALS => take_signals(&mut inner.core, signals.as_mut(), *signal_grace),
+                Token(key) => dispatch(inner, bufs, recv_batch.as_deref_mut(), key, event),
+            }
+            settle(inner);
+        }
+    }
+
+    fn run_ready(&mut self) {
+        // Swap in the spare list: entries scheduled while we work go to the next turn, and
+        // both lists keep their capacity (no allocation per turn).
+        let mut ready = std::mem::take(&mut self.ready_spare);
+        std::mem::swap(&mut ready, &mut self.inner.core.ready);
+        for id in &ready {
+            let key = id.key();
+            let inner = &mut self.inner;
+            match inner.slab.get(key) {
+                Some(e) if e.generation() != id.generation => continue,
+                // No event tells us whether EOF is pending: read until WouldBlock.
+                Some(Entry::Stream(_)) => stream::read_loop(inner, &mut self.bufs, key, false),
+                Some(Entry::Dgram(_)) => {
+                    let batch = self.recv_batch.as_deref_mut();
+                    datagram::ready(inner, &mut self.bufs, batch, key, true, false);
+                }
+                Some(Entry::Listener(_)) => accept::accept_loop(inner, key),
+                Some(Entry::Failed(_)) | None => continue,
+            }
+            settle(inner);
+        }
+        ready.clear();
+        self.ready_spare = ready;
+    }
+
+    fn run_timers(&mut self) {
+        let inner = &mut self.inner;
+        // Timers set by these callbacks, even for "now", fire on the next turn (after a
+        // poll), so a handler re-arming a zero delay cannot starve every socket.
+        let mark = inner.core.timers.mark();
+        while let Some((timer, target)) = inner.core.timers.pop_due(inner.core.now, mark) {
+            match target {
+                Target::Deadline(id) => stream::deadline_fired(inner, id),
+                Target::Conn(id) => stream::user_timer_fired(inner, id, timer),
+                Target::Dgram(id) => datagram::user_timer_fired(inner, id, timer),
+                Target::DgramRetry(id) => datagram::retry_fired(inner, id),
+                Target::AcceptBackoff(id) => accept::backoff_over(inner, id),
+            }
+            settle(inner);
+        }
+    }
+
+    fn apply_stop_request(&mut self) {
+        if let Some(grace) = self.inner.core.stop_request.take() {
+            begin_stop(&mut self.inner, grace);
+        }
+    }
+
+    fn check_stopped(&mut self) {
+        if let Phase::Stopping { deadline } = self.inner.core.phase {
+            if self.inner.core.now >= deadline {
+                force_close_all(&mut self.inner);
+                self.sweep();
+            }
+            if self.inner.slab.is_empty() {
+                self.inner.core.phase = Phase::Stopped;
+                // Senders learn that nobody will read their messages.
+                self.channels.clear();
+            }
+        }
+    }
+
+    /// Frees the slots of everything closed during this batch. Only now: a slot freed
+    /// earlier could be reused by a new connection and receive a stale event.
+    fn sweep(&mut self) {
+        let inner = &mut self.inner;
+        for key in inner.core.dead.drain(..) {
+            match inner.slab.try_remove(key) {
+                // Rare: deregister explicitly, tidy for embedders watching the poller.
+                Some(Entry::Listener(mut l)) => {
+                    let _ = inner.poll.registry().deregister(&mut l.sock);
+                }
+                Some(Entry::Dgram(mut d)) => {
+                    let _ = inner.poll.registry().deregister(&mut d.sock);
+                }
+                // Dropping closes the descriptor, and closing removes it from epoll (we
+                // never duplicate descriptors): one system call fewer per connection than
+                // deregistering first.
+                Some(Entry::Stream(_) | Entry::Failed(_)) | None => {}
+            }
+        }
+    }
+}
+
+impl<S> AsRawFd for EventLoop<S> {
+    /// The poll (epoll) descriptor, for a host's poller: readable when the loop has events.
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.poll.as_raw_fd()
+    }
+}
+
+impl<S> AsFd for EventLoop<S> {
+    /// The poll (epoll) descriptor, for a host's poller: readable when the loop has events.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.poll.registry().as_fd()
+    }
+}
+
+/// One readiness event for an entry.
+fn dispatch<S>(
+    inner: &mut Inner<S>,
+    bufs: &mut ReadBufs,
+    batch: Option<&mut RecvBatch>,
+    key: usize,
+    event: &Event,
+) {
+    match inner.slab.get(key) {
+        Some(Entry::Listener(_)) if event.is_readable() => accept::accept_loop(inner, key),
+        Some(Entry::Stream(_)) => {
+            let r = Readiness {
+                readable: event.is_readable(),
+                writable: event.is_writable(),
+                error: event.is_error(),
+                read_closed: event.is_read_closed(),
+            };
+            stream::ready(inner, bufs, key, r);
+        }
+        Some(Entry::Dgram(_)) => {
+            datagram::ready(
+                inner,
+                bufs,
+                batch,
+                key,
+                event.is_readable(),
+                event.is_writable(),
+            );
+        }
+        _ => {}
+    }
+}
+
+/// Runs the channels' callbacks; true if messages are left for the next turn.
+fn drain<S>(inner: &mut Inner<S>, channels: &mut [Box<dyn Channel<S>>]) -> bool {
+    let mut left = false;
+    for ch in channels.iter_mut() {
+        left |= ch.drain(inner);
+    }
+    left
+}
+
+/// A stop asked for (by a handle, a callback or a signal); the shortest grace wins.
+fn request_stop(core: &mut Core, grace: Duration) {
+    core.stop_request = Some(core.stop_request.map_or(grace, |g| g.min(grace)));
+}
+
+fn take_signals(
+    core: &mut Core,
+    signals: Option<&mut signal_hook_mio::v1_0::Signals>,
+    grace: Duration,
+) {
+    let Some(signals) = signals else {
+        return;
+    };
+    if signals.pending().count() == 0 {
+        return;
+    }
+    if matches!(core.phase, Phase::Stopping { .. }) {
+        log::warn!("second signal: stopping now");
+        request_stop(core, Duration::ZERO);
+    } else {
+        log::info!("signal received: shutting down (grace {grace:?})");
+        request_stop(core, grace);
+    }
+}
+
+/// Graceful stop: no new connections, no new input; what was read is answered, then each
+/// connection is half-closed and closed when its peer finishes.
+fn begin_stop<S>(inner: &mut Inner<S>, grace: Duration) {
+    let core = &mut inner.core;
+    let deadline = later(core.now, grace);
+    match core.phase {
+        Phase::Stopped => return,
+        Phase::Stopping { deadline: d } if d <= deadline => return,
+        _ => {}
+    }
+    core.phase = Phase::Stopping { deadline };
+    let mut dgrams = Vec::new();
+    for (key, entry) in inner.slab.iter_mut() {
+        match entry {
+            Entry::Listener(l) => {
+                if let Some(t) = l.backoff.take() {
+                    core.timers.cancel(t);
+                }
+                core.dead.push(key);
+            }
+            Entry::Dgram(_) => dgrams.push(key),
+            Entry::Stream(e) => {
+                e.conn.stop(core.now, &core.limits);
+                core.touched.push(ConnId::new(key, e.generation));
+            }
+            Entry::Failed(_) => {}
+        }
+    }
+    for key in dgrams {
+        datagram::close(inner, key);
+    }
+    settle(inner);
+    if grace.is_zero() {
+        force_close_all(inner);
+    }
+}
+
+/// The grace is over: whatever is left closes now, with a reset where output was owed.
+fn force_close_all<S>(inner: &mut Inner<S>) {
+    let core = &mut inner.core;
+    for (key, entry) in inner.slab.iter_mut() {
+        if let Entry::Stream(e) = entry {
+            e.conn.stop_now();
+            core.touched.push(ConnId::new(key, e.generation));
+        }
+    }
+    settle(inner);
+}
+
+fn unix_mismatch(name: &UnixName) -> ListenError {
+    ListenError::Addr(AddrError::Invalid {
+        input: name.to_string(),
+        reason: "TCP and TLS listeners need host:port".into(),
+    })
+}

@@ -1,0 +1,43 @@
+//! Sockets: the only module that makes socket system calls.
+//!
+//! Teaches: address families ([`addr`]), how a listening socket is made by hand
+//! (`listener`), connected streams and the non-blocking connect (`stream`), datagram
+//! sockets (`datagram`, `mmsg`), and the two results of a non-blocking call that are not
+//! failures: `Interrupted` ("a signal arrived, just try again"), which is retried here and
+//! never reaches a caller, and `WouldBlock` ("nothing can be done now, wait for
+//! readiness"), which reaches callers as `Err(WouldBlock)` — every caller matches on it and
+//! treats it as "done for now", never as an error.
+
+use std::io;
+
+mod addr;
+mod datagram;
+mod listener;
+mod mmsg;
+mod stream;
+
+pub use addr::{Endpoint, PeerAddr, UnixName, resolve_all, resolve_one};
+pub(crate) use datagram::Datagram;
+pub(crate) use listener::{BindOptions, Listener, bind_tcp, bind_udp, bind_unix};
+pub(crate) use mmsg::{BATCH, RecvBatch, SendBatch};
+pub(crate) use stream::Stream;
+
+/// Runs a system call again while it fails with `EINTR`: a signal interrupting a call is not
+/// an error, only a reason to try again.
+pub(crate) fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// True for the accept errors that mean "out of descriptors or kernel memory": retrying at
+/// once would fail the same way and spin the CPU.
+pub(crate) fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
