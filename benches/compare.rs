@@ -17,7 +17,10 @@
 //! so its ratio against tokio shows what is left to win at all.
 //!
 //! Environment: `ECHOLOOP_BENCH_SECS` (default 5) seconds per run, `ECHOLOOP_BENCH_ROUNDS`
-//! (default 3) runs per server, `ECHOLOOP_BENCH_ONLY=a,c` to pick scenarios.
+//! (default 3) runs per server, `ECHOLOOP_BENCH_ONLY=a,c` to pick scenarios, and
+//! `ECHOLOOP_BENCH_PREVIOUS=/path/to/echoloop` to add a fourth server: another build of
+//! echoloop (say, the previous main), run the same way and printed under each row as the
+//! paired ratio of this build to it — how a change is shown to cost nothing.
 //!
 //! The same binary is also the baseline server: run with
 //! `ECHOLOOP_BASELINE=<tcp|udp|tls|floor-tcp|floor-udp>`
@@ -54,6 +57,7 @@ fn main() {
     let secs: f64 = env_num("ECHOLOOP_BENCH_SECS", 5.0);
     let rounds: usize = env_num("ECHOLOOP_BENCH_ROUNDS", 3.0) as usize;
     let only = std::env::var("ECHOLOOP_BENCH_ONLY").unwrap_or_default();
+    let previous = std::env::var("ECHOLOOP_BENCH_PREVIOUS").ok();
     let pki = Pki::generate("compare");
     let pin = Path::new("/usr/bin/taskset").exists();
     if !pin {
@@ -135,15 +139,20 @@ fn main() {
         if !only.is_empty() && !only.split(',').any(|o| o == sc.id) {
             continue;
         }
-        // One entry per round: echoloop, tokio, floor (None: not run, or failed).
-        let mut results: Vec<[Option<Sample>; 3]> = Vec::new();
+        // One entry per round: echoloop, tokio, floor, previous (None: not run, or failed).
+        let mut results: Vec<[Option<Sample>; 4]> = Vec::new();
         for _ in 0..rounds {
-            let mut round = [None; 3];
-            for (i, server) in [ServerKind::Echoloop, ServerKind::Tokio, ServerKind::Floor]
-                .into_iter()
-                .enumerate()
-            {
-                if matches!(server, ServerKind::Floor) && !sc.floor {
+            let mut round = [None; 4];
+            let servers = [
+                ServerKind::Echoloop(ECHOLOOP),
+                ServerKind::Tokio,
+                ServerKind::Floor,
+                ServerKind::Echoloop(previous.as_deref().unwrap_or("")),
+            ];
+            for (i, server) in servers.into_iter().enumerate() {
+                if matches!(server, ServerKind::Floor) && !sc.floor
+                    || matches!(server, ServerKind::Echoloop(""))
+                {
                     continue;
                 }
                 match run_one(sc, server, secs, &pki, pin) {
@@ -165,8 +174,9 @@ fn env_num(name: &str, default: f64) -> f64 {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum ServerKind {
-    Echoloop,
+enum ServerKind<'a> {
+    /// `echoloop serve` from this binary (this build, or another one given by path).
+    Echoloop(&'a str),
     Tokio,
     /// The bare mio loop of `mod floor` (plain TCP and UDP scenarios only).
     Floor,
@@ -234,7 +244,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn print_row(sc: &Scenario, r: &[[Option<Sample>; 3]]) {
+fn print_row(sc: &Scenario, r: &[[Option<Sample>; 4]]) {
     let m = |i: usize, f: fn(&Sample) -> f64| {
         median(r.iter().filter_map(|x| x[i]).map(|s| f(&s)).collect())
     };
@@ -243,10 +253,11 @@ fn print_row(sc: &Scenario, r: &[[Option<Sample>; 3]]) {
     // between slower and faster phases lasting seconds, which neighbouring runs mostly
     // share and a ratio of medians does not cancel. A round where either run failed is
     // left out of the ratio.
-    let paired = |i: usize, f: fn(&Sample) -> f64| {
-        let ratios = r.iter().filter_map(|x| Some(f(&x[i]?) / f(&x[1]?)));
+    let paired_to = |i: usize, base: usize, f: fn(&Sample) -> f64| {
+        let ratios = r.iter().filter_map(|x| Some(f(&x[i]?) / f(&x[base]?)));
         median(ratios.collect())
     };
+    let paired = |i: usize, f: fn(&Sample) -> f64| paired_to(i, 1, f);
     let has = |i: usize| r.iter().any(|x| x[i].is_some());
     let (a, b) = (m(0, |s| s.value), m(1, |s| s.value));
     let unit = if sc.idle { "KiB" } else { "us/msg" };
@@ -295,6 +306,30 @@ fn print_row(sc: &Scenario, r: &[[Option<Sample>; 3]]) {
             paired(2, |s| s.user),
         );
     }
+    if has(3) {
+        let user = if sc.idle {
+            String::new()
+        } else {
+            format!(
+                " | {:>8.3} {:>8} {:>5.2}x",
+                m(3, |s| s.user),
+                "",
+                paired_to(0, 3, |s| s.user)
+            )
+        };
+        println!(
+            "{:<3} {:<38} {:>13} {:>13} {:>6.2}x | {:>11.0} {:>11} | {:>7.0}% {:>8}{user}",
+            "",
+            "  previous build (this ÷ previous)",
+            fmt(m(3, |s| s.value)),
+            "",
+            paired_to(0, 3, |s| s.value),
+            m(3, |s| s.msgs_per_sec),
+            "",
+            m(3, |s| s.gen_cpu),
+            "",
+        );
+    }
 }
 
 /// A server process, pinned, with its first `listening` address.
@@ -322,8 +357,8 @@ fn pinned(pin: bool, core: &str, program: &str) -> Command {
 
 fn start_server(kind: ServerKind, transport: &str, pki: &Pki, pin: bool) -> Result<Server, String> {
     let mut cmd = match kind {
-        ServerKind::Echoloop => {
-            let mut c = pinned(pin, "0", ECHOLOOP);
+        ServerKind::Echoloop(program) => {
+            let mut c = pinned(pin, "0", program);
             c.args([
                 "serve",
                 "--log-level",

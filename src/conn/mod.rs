@@ -183,8 +183,9 @@ pub(crate) struct Connection {
     /// message; re-arming a timer each time would cost more than looking late and finding
     /// that the connection was busy after all.
     idle_check: Option<Instant>,
-    /// Bytes owed when the close deadline was last set: less at the deadline is progress.
-    owed_at_check: u32,
+    /// Queued bytes reached the kernel since the close deadline was last set: the peer is
+    /// reading what we owe, only slowly.
+    sent_since_check: bool,
     /// Set once closed, taken by `poll_event`. Boxed: most connections never carry one for
     /// long, and an inline `CloseReason` would make every connection larger.
     reason: Option<Box<CloseReason>>,
@@ -245,7 +246,7 @@ impl Connection {
             last_active: now,
             phase_deadline: None,
             idle_check: None,
-            owed_at_check: 0,
+            sent_since_check: false,
             reason: None,
             closed_from: state,
             teardown: Teardown::Drop,
@@ -394,6 +395,9 @@ impl Connection {
     pub(crate) fn handle_sent(&mut self, now: Instant, n: usize, blocked: bool, limits: &Limits) {
         self.sendbuf.consume(n);
         self.note_sent(now, n, blocked);
+        // Progress for the close deadline: the send buffer, not the output of the callback
+        // that closed (written at the same instant), is what a stuck peer leaves behind.
+        self.sent_since_check |= n > 0;
         if !blocked && self.sendbuf.is_empty() && self.drain_pending {
             self.drain_pending = false;
             if self.has_opened() {
@@ -431,9 +435,9 @@ impl Connection {
             match self.state {
                 State::Connecting => self.finish(CloseReason::ConnectTimeout, Teardown::Drop),
                 State::Handshaking => self.finish(CloseReason::HandshakeTimeout, Teardown::Drop),
-                State::Closing { .. } if owed_u32(self.sendbuf.len()) < self.owed_at_check => {
+                State::Closing { .. } if self.sent_since_check => {
                     // The peer is reading what we owe, only slowly: give it more time.
-                    self.owed_at_check = owed_u32(self.sendbuf.len());
+                    self.sent_since_check = false;
                     self.set_phase_deadline(Some(later(now, limits.close_timeout)));
                 }
                 State::Closing { .. } | State::Lingering => {
@@ -547,7 +551,7 @@ impl Connection {
             State::Closed => return Err(ConnError::Gone),
         };
         self.events &= !(EV_DATA | EV_PEER_CLOSED);
-        self.owed_at_check = owed_u32(self.sendbuf.len());
+        self.sent_since_check = false;
         self.set_phase_deadline(Some(later(now, limits.close_timeout)));
         Ok(())
     }
@@ -831,10 +835,4 @@ impl Connection {
         self.set_idle_check(None);
         self.maybe_readable = false;
     }
-}
-
-/// Bytes owed, as kept for the close deadline's progress test (saturating: a connection
-/// owing 4 GiB is not made smaller by a few bytes of progress anyway).
-fn owed_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }

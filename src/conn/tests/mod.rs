@@ -1,0 +1,534 @@
+//! The connection state machine, tested without sockets through [`pair::Pair`], grouped by
+//! the state the test is about (as smoltcp's TCP tests are). Every test ends by checking
+//! that each side heard `Closed` at most once — exactly once if it is closed.
+
+mod fuzz;
+mod pair;
+
+use std::time::{Duration, Instant};
+
+use pair::{Act, App, Deaf, EchoApp, Heard, Pair, Quiet, Who, test_limits};
+
+use super::{Connection, Event, Limits, Session, State, Teardown};
+
+/// Sends `msg` once open, then half-closes; records nothing else.
+struct SendThenShut {
+    msg: Vec<u8>,
+}
+
+impl App for SendThenShut {
+    fn on_event(&mut self, ev: &Heard, _: &[u8]) -> Vec<Act> {
+        match ev {
+            Heard::Open => vec![Act::Send(std::mem::take(&mut self.msg)), Act::ShutdownWrite],
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// Byte-exact comparison that reports lengths and the first difference, not the bytes.
+#[track_caller]
+fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let at = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "{what}: got {} bytes, want {}; first difference at {at:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// `on_close` exactly once for a closed side, never for an open one.
+fn assert_closed_once(p: &Pair) {
+    for (name, side) in [("client", &p.client), ("server", &p.server)] {
+        let want = usize::from(side.is_closed());
+        assert_eq!(side.closes.len(), want, "{name} heard {:?}", side.heard);
+        if let Some(i) = side.heard.iter().position(|h| matches!(h, Heard::Closed(_))) {
+            assert_eq!(i + 1, side.heard.len(), "{name}: events after Closed");
+        }
+    }
+}
+
+fn closed_as(p: &Pair, who: Who) -> Option<&str> {
+    let side = match who {
+        Who::Client => &p.client,
+        Who::Server => &p.server,
+    };
+    side.closes.first().map(String::as_str)
+}
+
+mod connecting {
+    use super::*;
+
+    #[test]
+    fn conn_connecting_opens_on_connected() {
+        let now = Instant::now();
+        let limits = test_limits();
+        let mut c = Connection::connecting(Session::Plain, now, Some(Duration::from_secs(1)));
+        assert_eq!(c.state(), State::Connecting);
+        assert!(!c.wants_read(), "nothing to read before the connect completes");
+        assert!(c.poll_transmit().is_empty());
+        assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(1)));
+        c.handle_connected(now, &limits);
+        assert!(matches!(c.poll_event(), Some(Event::Open)));
+        assert_eq!(c.poll_timeout(), None, "connect deadline cleared once open");
+    }
+
+    #[test]
+    fn conn_connecting_times_out_and_fails() {
+        let now = Instant::now();
+        let limits = test_limits();
+        let mut c = Connection::connecting(Session::Plain, now, Some(Duration::from_secs(1)));
+        c.handle_timeout(now + Duration::from_millis(999), &limits);
+        assert!(c.poll_event().is_none(), "not yet");
+        c.handle_timeout(now + Duration::from_secs(1), &limits);
+        assert!(matches!(
+            c.poll_event(),
+            Some(Event::Closed(super::super::CloseReason::ConnectTimeout))
+        ));
+        assert!(c.poll_event().is_none(), "nothing after Closed");
+
+        let mut f = Connection::connecting(Session::Plain, now, None);
+        f.handle_connect_failed(std::io::ErrorKind::ConnectionRefused.into());
+        assert!(matches!(
+            f.poll_event(),
+            Some(Event::Closed(super::super::CloseReason::ConnectFailed(_)))
+        ));
+        // Actions on a connection that is gone say so.
+        assert!(f.abort().is_err());
+        assert!(f.close(now, &limits).is_err());
+        assert!(f.poll_event().is_none(), "Closed comes once");
+    }
+
+    #[test]
+    fn conn_connecting_refuses_data_until_open() {
+        let c = Connection::connecting(Session::Plain, Instant::now(), None);
+        assert_eq!(c.can_send(), Err(crate::error::ConnError::NotOpen));
+    }
+}
+
+mod handshaking {
+    use super::*;
+
+    #[test]
+    fn conn_handshaking_tls_echo_through_a_one_byte_pipe() {
+        let msg = pattern(20_000);
+        let mut p = Pair::tls(
+            Box::new(SendThenShut { msg: msg.clone() }),
+            Box::new(EchoApp),
+            1,
+        );
+        p.run();
+        assert_bytes(&p.client.received, &msg, "received");
+        assert_eq!(closed_as(&p, Who::Client), Some("done"));
+        assert_eq!(closed_as(&p, Who::Server), Some("done"));
+        assert_eq!(p.server.heard.first(), Some(&Heard::Open));
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_handshaking_times_out() {
+        let mut p = Pair::tls(Box::new(Quiet), Box::new(Quiet), 64 * 1024);
+        // The client's hello never reaches the server: drop it from the pipe.
+        p.server.inbox.bytes.clear();
+        p.advance(Duration::from_secs(11));
+        assert_eq!(closed_as(&p, Who::Server), Some("handshake-timeout"));
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_handshaking_garbage_closes_with_an_alert() {
+        let mut p = Pair::tls(Box::new(Quiet), Box::new(Quiet), 64 * 1024);
+        p.server.inbox.bytes.clear();
+        p.server.inbox.bytes.extend(b"GET / HTTP/1.1\r\n\r\n");
+        p.run();
+        assert_eq!(closed_as(&p, Who::Server), Some("tls"));
+        assert_eq!(
+            p.server.released,
+            Some(Teardown::Flush),
+            "the alert is sent first"
+        );
+        assert_eq!(closed_as(&p, Who::Client), Some("tls"), "the client got an alert");
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_handshaking_eof_is_an_error() {
+        let mut p = Pair::tls(Box::new(Quiet), Box::new(Quiet), 64 * 1024);
+        p.server.inbox.bytes.clear();
+        p.server.inbox.fin = true;
+        p.run();
+        assert_eq!(closed_as(&p, Who::Server), Some("io"));
+        assert!(!p.server.heard.contains(&Heard::Open));
+        assert_closed_once(&p);
+    }
+}
+
+mod open {
+    use super::*;
+
+    #[test]
+    fn conn_open_partial_sends_through_a_one_byte_pipe() {
+        let msg = pattern(100_000);
+        let mut p = Pair::plain(
+            Box::new(SendThenShut { msg: msg.clone() }),
+            Box::new(EchoApp),
+            1,
+        );
+        p.run();
+        assert_bytes(&p.client.received, &msg, "byte-exact through a 1-byte pipe");
+        assert_eq!(closed_as(&p, Who::Client), Some("done"));
+        assert_eq!(closed_as(&p, Who::Server), Some("done"));
+        assert!(p.client.heard.contains(&Heard::Drained), "the writer was blocked");
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_open_backpressure_pauses_above_high_and_resumes_at_low() {
+        let mut p = Pair::plain(Box::new(Quiet), Box::new(EchoApp), 1024);
+        // The client sends 16 KiB and reads nothing: the server's output piles up.
+        p.client.inbox.bytes.clear();
+        p.act(Who::Client, vec![Act::Send(pattern(16 * 1024)), Act::Pause]);
+        p.run();
+        let owed = p.server.conn.pending_output();
+        assert!(owed > p.limits.high_water, "owed {owed}");
+        assert!(!p.server.conn.wants_read(), "paused above the high-water mark");
+        assert!(
+            p.server.max_owed <= p.limits.high_water + 64 * 1024,
+            "bounded: {}",
+            p.server.max_owed
+        );
+        // The client reads again: the server drains, resumes below the low mark, and
+        // goes back by itself for the data that waited (no new event would say so).
+        p.act(Who::Client, vec![Act::Resume]);
+        p.run();
+        assert_bytes(&p.client.received, &pattern(16 * 1024), "received");
+        assert!(p.server.conn.wants_read());
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_open_resume_reads_data_that_already_waits() {
+        let limits = test_limits();
+        let now = Instant::now();
+        let mut c = Connection::accepted(Session::Plain, now, &limits);
+        assert!(matches!(c.poll_event(), Some(Event::Open)));
+        c.pause_reading().unwrap();
+        assert!(!c.wants_read());
+        // The driver stopped before WouldBlock: data may be waiting.
+        c.handle_read_stopped();
+        assert!(!c.poll_read_again(), "still paused");
+        c.resume_reading().unwrap();
+        assert!(c.poll_read_again(), "resuming must go back for waiting data");
+        assert!(!c.poll_read_again(), "once");
+    }
+
+    #[test]
+    fn conn_open_idle_timeout_closes_gracefully() {
+        let mut limits = test_limits();
+        limits.idle_timeout = Some(Duration::from_secs(3));
+        let mut p = Pair::new(Box::new(Quiet), Box::new(Quiet), 1024, false, limits);
+        p.run();
+        p.advance(Duration::from_secs(2));
+        assert!(!p.server.is_closed());
+        p.advance(Duration::from_secs(2));
+        p.run();
+        // Both were idle; each began a graceful close and the FINs met.
+        assert_eq!(closed_as(&p, Who::Server), Some("done"));
+        assert_eq!(closed_as(&p, Who::Client), Some("done"));
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_open_idle_timeout_with_a_stuck_peer_resets() {
+        let mut limits = test_limits();
+        limits.idle_timeout = Some(Duration::from_secs(3));
+        limits.close_timeout = Duration::from_secs(60);
+        let mut p = Pair::new(Box::new(Quiet), Box::new(EchoApp), 1024, false, limits);
+        // The client sends more than the pipe and the server's buffer hold, and never reads.
+        p.act(Who::Client, vec![Act::Pause, Act::Send(pattern(32 * 1024))]);
+        p.run();
+        for _ in 0..4 {
+            p.advance(Duration::from_secs(2));
+            p.run();
+        }
+        assert_eq!(closed_as(&p, Who::Server), Some("idle-timeout"));
+        assert_eq!(
+            p.server.released,
+            Some(Teardown::Reset),
+            "dropping owed output must not look like a clean end"
+        );
+        assert_eq!(closed_as(&p, Who::Client), Some("io"), "the client sees a reset");
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_open_abort_resets_and_drops_what_is_owed() {
+        let mut p = Pair::plain(Box::new(Quiet), Box::new(Quiet), 16);
+        p.act(Who::Server, vec![Act::Send(pattern(1000)), Act::Abort]);
+        // Sent after abort: refused.
+        p.act(Who::Server, vec![Act::Send(b"late".to_vec())]);
+        p.run();
+        assert_eq!(closed_as(&p, Who::Server), Some("aborted"));
+        assert_eq!(p.server.released, Some(Teardown::Reset));
+        assert!(p.client.received.len() < 1000, "the rest was dropped");
+        assert!(!p.client.received.ends_with(b"late"));
+        assert_eq!(closed_as(&p, Who::Client), Some("io"));
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_open_misuse_gives_results_not_panics() {
+        let limits = test_limits();
+        let now = Instant::now();
+        let mut c = Connection::accepted(Session::Plain, now, &limits);
+        c.close(now, &limits).unwrap();
+        assert!(c.close(now, &limits).is_ok(), "closing twice is harmless");
+        assert_eq!(c.can_send(), Err(crate::error::ConnError::WriteShut));
+        c.abort().unwrap();
+        assert_eq!(c.can_send(), Err(crate::error::ConnError::Gone));
+        assert!(c.abort().is_err());
+        assert!(c.pause_reading().is_err());
+        let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert!(matches!(events.last(), Some(Event::Closed(_))));
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Closed(_)))
+                .count(),
+            1
+        );
+    }
+}
+
+mod peer_shut {
+    use super::*;
+
+    /// Half-close by the peer: we hear `PeerClosed` and may still send.
+    struct ReplyAfterEof;
+
+    impl App for ReplyAfterEof {
+        fn on_event(&mut self, ev: &Heard, _: &[u8]) -> Vec<Act> {
+            match ev {
+                Heard::PeerClosed => vec![Act::Send(b"bye after your EOF".to_vec()), Act::Close],
+                _ => Vec::new(),
+            }
+        }
+    }
+
+    #[test]
+    fn conn_peer_shut_we_may_still_send() {
+        for tls in [false, true] {
+            let mut p = Pair::new(
+                Box::new(SendThenShut {
+                    msg: b"hi".to_vec(),
+                }),
+                Box::new(ReplyAfterEof),
+                64,
+                tls,
+                test_limits(),
+            );
+            p.run();
+            assert_bytes(&p.client.received, b"bye after your EOF", &format!("tls {tls}"));
+            assert_bytes(&p.server.received, b"hi", "received");
+            assert_eq!(closed_as(&p, Who::Client), Some("done"));
+            assert_eq!(closed_as(&p, Who::Server), Some("done"));
+            assert_closed_once(&p);
+        }
+    }
+
+    #[test]
+    fn conn_peer_shut_tls_close_notify_alone_is_eof() {
+        // The peer says close_notify but keeps TCP open (many do).
+        let mut p = Pair::tls(Box::new(Quiet), Box::new(Quiet), 64 * 1024);
+        p.run();
+        p.act(Who::Client, vec![Act::ShutdownWrite]);
+        // Deliver the close_notify, hold back the TCP FIN.
+        p.server.inbox.fin = false;
+        p.run();
+        assert_eq!(p.server.heard.last(), Some(&Heard::Closed("done".into())));
+        assert!(p.server.heard.contains(&Heard::PeerClosed));
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_peer_shut_tls_without_close_notify_is_still_eof() {
+        // A TCP FIN with no close_notify before it: treated as EOF, as TCP would.
+        let mut p = Pair::tls(Box::new(Quiet), Box::new(Quiet), 64 * 1024);
+        p.run();
+        p.server.inbox.fin = true;
+        p.run();
+        assert!(p.server.heard.contains(&Heard::PeerClosed));
+        assert_closed_once(&p);
+    }
+}
+
+mod write_shut {
+    use super::*;
+
+    /// Shuts its sending side at once, then keeps reading.
+    struct ShutFirst;
+
+    impl App for ShutFirst {
+        fn on_event(&mut self, ev: &Heard, _: &[u8]) -> Vec<Act> {
+            match ev {
+                Heard::Open => vec![Act::Send(b"hello".to_vec()), Act::ShutdownWrite],
+                _ => Vec::new(),
+            }
+        }
+    }
+
+    /// Keeps sending after the peer half-closed, then closes.
+    struct TalkBack;
+
+    impl App for TalkBack {
+        fn on_event(&mut self, ev: &Heard, _: &[u8]) -> Vec<Act> {
+            match ev {
+                Heard::PeerClosed => vec![Act::Send(pattern(5000)), Act::ShutdownWrite],
+                _ => Vec::new(),
+            }
+        }
+    }
+
+    #[test]
+    fn conn_write_shut_reading_goes_on() {
+        for tls in [false, true] {
+            let mut p = Pair::new(
+                Box::new(TalkBack),
+                Box::new(ShutFirst),
+                256,
+                tls,
+                test_limits(),
+            );
+            p.run();
+            assert_bytes(&p.client.received, b"hello", "received");
+            assert_bytes(&p.server.received, &pattern(5000), &format!("tls {tls}"));
+            assert_eq!(closed_as(&p, Who::Server), Some("done"));
+            assert_eq!(closed_as(&p, Who::Client), Some("done"));
+            assert_closed_once(&p);
+        }
+    }
+
+    #[test]
+    fn conn_write_shut_refuses_more_data() {
+        let limits = test_limits();
+        let mut c = Connection::accepted(Session::Plain, Instant::now(), &limits);
+        c.shutdown_write().unwrap();
+        assert_eq!(c.can_send(), Err(crate::error::ConnError::WriteShut));
+        assert!(c.shutdown_write().is_ok(), "twice is harmless");
+        assert!(c.wants_read(), "half-close keeps reading");
+    }
+}
+
+mod closing {
+    use super::*;
+
+    #[test]
+    fn conn_closing_delivers_what_is_owed_then_fin() {
+        let msg = pattern(50_000);
+        let mut p = Pair::plain(Box::new(Quiet), Box::new(Quiet), 100);
+        p.act(Who::Server, vec![Act::Send(msg.clone()), Act::Close]);
+        p.run();
+        assert_bytes(&p.client.received, &msg, "received");
+        assert_eq!(closed_as(&p, Who::Server), Some("done"));
+        assert_eq!(closed_as(&p, Who::Client), Some("done"));
+        assert_eq!(p.server.released, Some(Teardown::Drop));
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_closing_with_a_peer_that_never_reads_resets_after_the_close_timeout() {
+        let mut p = Pair::plain(Box::new(Quiet), Box::new(Quiet), 100);
+        p.act(Who::Client, vec![Act::Pause]);
+        p.act(Who::Server, vec![Act::Send(pattern(50_000)), Act::Close]);
+        p.run();
+        p.advance(Duration::from_secs(4));
+        p.run();
+        assert!(!p.server.is_closed(), "within the close timeout");
+        p.advance(Duration::from_secs(2));
+        p.run();
+        assert_eq!(closed_as(&p, Who::Server), Some("close-timeout"));
+        assert_eq!(p.server.released, Some(Teardown::Reset));
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_closing_slow_but_steady_reader_gets_more_time() {
+        let mut p = Pair::plain(Box::new(Quiet), Box::new(Quiet), 100);
+        p.act(Who::Client, vec![Act::Pause]);
+        let msg = pattern(2000);
+        p.act(Who::Server, vec![Act::Send(msg.clone()), Act::Close]);
+        p.run();
+        // The client reads a little every 4 s: each close deadline finds progress, until
+        // the server has sent everything and waits for the client's FIN.
+        while matches!(p.server.conn.state(), State::Closing { .. }) {
+            p.act(Who::Client, vec![Act::Resume]);
+            p.step(Who::Client);
+            p.act(Who::Client, vec![Act::Pause]);
+            p.step(Who::Server);
+            p.advance(Duration::from_secs(4));
+        }
+        p.act(Who::Client, vec![Act::Resume]);
+        p.run();
+        assert_bytes(&p.client.received, &msg, "received");
+        assert_eq!(closed_as(&p, Who::Server), Some("done"));
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_closing_lingers_reading_and_dropping_input() {
+        let mut p = Pair::plain(Box::new(Deaf), Box::new(Quiet), 1024);
+        p.act(Who::Server, vec![Act::Close]);
+        p.run();
+        assert_eq!(p.server.conn.state(), State::Lingering);
+        // The client goes on sending: dropped, not delivered, and no reset.
+        p.act(Who::Client, vec![Act::Send(pattern(3000))]);
+        p.run();
+        assert!(p.server.received.is_empty());
+        assert!(!p.client.inbox.reset);
+        // The peer never finishes: the close timeout ends it, cleanly (nothing was owed).
+        p.advance(Duration::from_secs(6));
+        p.run();
+        assert_eq!(closed_as(&p, Who::Server), Some("close-timeout"));
+        assert_eq!(p.server.released, Some(Teardown::Drop));
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_closing_tls_close_notify_both_ways() {
+        let mut p = Pair::tls(Box::new(Quiet), Box::new(Quiet), 64 * 1024);
+        p.run();
+        p.act(Who::Server, vec![Act::Send(b"last words".to_vec()), Act::Close]);
+        p.run();
+        assert_bytes(&p.client.received, b"last words", "received");
+        assert!(p.client.heard.contains(&Heard::PeerClosed));
+        assert_eq!(closed_as(&p, Who::Server), Some("done"));
+        assert_eq!(closed_as(&p, Who::Client), Some("done"));
+        assert_closed_once(&p);
+    }
+
+    #[test]
+    fn conn_closing_stop_then_stop_now() {
+        let limits = Limits {
+            close_timeout: Duration::from_secs(60),
+            ..test_limits()
+        };
+        let mut p = Pair::new(Box::new(Quiet), Box::new(Quiet), 10, false, limits);
+        p.act(Who::Client, vec![Act::Pause]);
+        p.act(Who::Server, vec![Act::Send(pattern(10_000))]);
+        let now = p.now;
+        p.server.conn.stop(now, &limits);
+        p.run();
+        assert!(!p.server.is_closed(), "graceful while the grace lasts");
+        p.server.conn.stop_now();
+        p.act(Who::Server, Vec::new());
+        p.run();
+        assert_eq!(closed_as(&p, Who::Server), Some("shutdown"));
+        assert_eq!(p.server.released, Some(Teardown::Reset), "output was owed");
+        assert_closed_once(&p);
+    }
+}
