@@ -30,7 +30,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
@@ -505,7 +504,11 @@ fn json_num(json: &str, key: &str) -> Option<f64> {
 
 /// The tokio baseline: what a careful async server looks like, one core.
 mod baseline {
-    use super::*;
+    use std::io::Write;
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     pub(super) fn serve(kind: &str) {

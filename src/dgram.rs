@@ -165,7 +165,7 @@ fn same_peer(a: &PeerAddr, b: &PeerAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{DgramQueue, Duration, Flushed, Instant, PeerAddr, io};
 
     fn peer(port: u16) -> PeerAddr {
         PeerAddr::Inet(([127, 0, 0, 1], port).into())

@@ -119,7 +119,7 @@ pub(crate) fn write_until_blocked(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{Flush, SendBuf, io};
 
     #[test]
     fn sendbuf_partial_write_keeps_rest_in_order() {

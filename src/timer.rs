@@ -125,7 +125,7 @@ impl Timers {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{ConnId, Instant, Target, Timers};
     use std::time::Duration;
 
     fn owner() -> Target {

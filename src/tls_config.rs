@@ -483,7 +483,11 @@ mod tests {
     use rustls::pki_types::PrivatePkcs8KeyDer;
     use rustls::{ClientConnection, HandshakeKind, ServerConnection};
 
-    use super::*;
+    use super::{
+        Arc, ClientConfig, ClientTlsOptions, FileRole, PathBuf, PemObject, PrivateKeyDer,
+        ServerConfig, ServerName, ServerTlsOptions, TlsConfigError, client_config, io, load_certs,
+        load_private_key, server_config, server_name,
+    };
 
     /// A fresh directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);

@@ -140,3 +140,418 @@ fn loop_stop_grace_counts_from_the_call() {
     );
     drop(idle);
 }
+
+// ----- The embedding API: loop state, other connections by id, threads, misuse -----
+
+use std::io::ErrorKind;
+use std::net::Shutdown;
+use std::sync::mpsc;
+
+use echoloop::{ConnError, ConnId, LoopCtx, TrySendError};
+
+/// Runs turns until `done` says so, bounded in time.
+fn run_until<S>(el: &mut EventLoop<S>, mut done: impl FnMut(&mut EventLoop<S>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done(el) {
+        assert!(Instant::now() < deadline, "condition not reached in time");
+        if !el.run_once(Some(Duration::from_millis(20))).unwrap() {
+            return;
+        }
+    }
+}
+
+/// Reads until EOF or an error; returns the bytes and how it ended.
+fn read_all(s: &mut TcpStream) -> (usize, std::io::Result<()>) {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (total, Ok(())),
+            Ok(n) => total += n,
+            Err(e) => return (total, Err(e)),
+        }
+    }
+}
+
+/// Sends `size` bytes on open, then aborts in the same callback, then sends more.
+struct SendThenAbort {
+    size: usize,
+}
+
+impl Handler for SendThenAbort {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>) {
+        ctx.send(&vec![7u8; self.size]);
+        ctx.abort();
+        ctx.send(b"after abort");
+    }
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: &[u8]) {}
+}
+
+#[test]
+fn loop_abort_with_output_owed_resets_the_peer() {
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+    let bound = el
+        .listen(&any, ListenKind::Tcp, || {
+            Box::new(SendThenAbort { size: 8 << 20 })
+        })
+        .unwrap();
+    let Endpoint::Inet(addr) = bound.addr else {
+        panic!()
+    };
+    let mut client = TcpStream::connect(addr).unwrap();
+    run_until(&mut el, |el| el.stats().closed == 1);
+    let (got, end) = read_all(&mut client);
+    // Whatever part of the first send the kernel had taken may or may not arrive; the
+    // end must be a reset, never a clean EOF after a silently cut stream.
+    let err = end.expect_err("a reset, not EOF");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert!(got < 8 << 20, "got {got} bytes");
+}
+
+#[test]
+fn loop_bytes_sent_after_abort_never_go_out() {
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+    let bound = el
+        .listen(&any, ListenKind::Tcp, || {
+            Box::new(SendThenAbort { size: 0 })
+        })
+        .unwrap();
+    let Endpoint::Inet(addr) = bound.addr else {
+        panic!()
+    };
+    let mut client = TcpStream::connect(addr).unwrap();
+    run_until(&mut el, |el| el.stats().closed == 1);
+    let (got, end) = read_all(&mut client);
+    assert_eq!(got, 0, "nothing sent after abort may arrive");
+    assert_eq!(end.unwrap_err().kind(), ErrorKind::ConnectionReset);
+}
+
+/// A client that sends `total` bytes to an echo server and never reads a byte back.
+fn flood_without_reading(addr: SocketAddr, total: usize) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let chunk = vec![1u8; 64 * 1024];
+        let mut sent = 0;
+        // Stops when the server's window closes for good (the write blocks until the
+        // reset) or when everything went.
+        while sent < total {
+            match w.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => return,
+            }
+        }
+    });
+    s
+}
+
+#[test]
+fn loop_idle_timeout_with_output_owed_resets_the_peer() {
+    let mut config = Config::default();
+    config.idle_timeout = Some(Duration::from_millis(300));
+    config.close_timeout = Duration::from_secs(30);
+    let mut el = EventLoop::new(config).unwrap();
+    let addr = listen_echo(&mut el);
+    let mut client = flood_without_reading(addr, 8 << 20);
+    run_until(&mut el, |el| el.stats().closed == 1);
+    let (got, end) = read_all(&mut client);
+    let err = end.expect_err("an idle timeout that drops owed output must reset");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert!(got < 8 << 20, "got {got}");
+}
+
+#[test]
+fn loop_end_of_shutdown_grace_resets_connections_still_owed_output() {
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let addr = listen_echo(&mut el);
+    let mut client = flood_without_reading(addr, 8 << 20);
+    // Until our own send buffer holds output (the kernel's buffers are full): bytes read
+    // but not yet handed back to the kernel.
+    run_until(&mut el, |el| {
+        el.stats().bytes_in > el.stats().bytes_out + (200 << 10)
+    });
+    el.stop(Duration::from_millis(200));
+    run_until(&mut el, |el| el.is_stopped());
+    let (_, end) = read_all(&mut client);
+    assert_eq!(end.unwrap_err().kind(), ErrorKind::ConnectionReset);
+}
+
+/// A relay through loop state: what the first client sends goes to the second.
+#[derive(Default)]
+struct Room {
+    members: Vec<ConnId>,
+}
+
+struct Member;
+
+impl Handler<Room> for Member {
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Room>) {
+        let id = ctx.id();
+        ctx.state().members.push(id);
+    }
+    fn on_data(&mut self, ctx: &mut Ctx<'_, Room>, data: &[u8]) {
+        let me = ctx.id();
+        let others: Vec<ConnId> = ctx
+            .state()
+            .members
+            .iter()
+            .copied()
+            .filter(|m| *m != me)
+            .collect();
+        for m in others {
+            ctx.conn(m).send(data).unwrap();
+        }
+    }
+    fn on_close(&mut self, ctx: &mut Ctx<'_, Room>, _: &CloseReason) {
+        let me = ctx.id();
+        ctx.state().members.retain(|m| *m != me);
+    }
+}
+
+#[test]
+fn loop_state_reaches_every_callback_and_conns_act_on_each_other() {
+    let mut el = EventLoop::with_state(Config::default(), Room::default()).unwrap();
+    let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+    let bound = el
+        .listen(&any, ListenKind::Tcp, || Box::new(Member))
+        .unwrap();
+    let Endpoint::Inet(addr) = bound.addr else {
+        panic!()
+    };
+    let mut a = TcpStream::connect(addr).unwrap();
+    run_until(&mut el, |el| el.state().members.len() == 1);
+    let mut b = TcpStream::connect(addr).unwrap();
+    run_until(&mut el, |el| el.state().members.len() == 2);
+    a.write_all(b"from a").unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 6];
+    let reader = std::thread::spawn(move || {
+        b.read_exact(&mut buf).unwrap();
+        (b, buf)
+    });
+    run_until(&mut el, |el| el.stats().bytes_out >= 6);
+    let (b, buf) = reader.join().unwrap();
+    assert_eq!(&buf, b"from a");
+
+    // From outside any callback, by id: the send goes out before `conn` returns's handle
+    // is dropped, with no callback running.
+    let first = el.state().members[0];
+    el.conn(first).send(b"hello from outside").unwrap();
+    a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut back = [0u8; 18];
+    a.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello from outside");
+
+    // The listener's id is not a connection's.
+    assert_eq!(el.conn(bound.id).send(b"x"), Err(ConnError::NotStream));
+
+    // A connection that has gone: every action says so.
+    drop(b);
+    run_until(&mut el, |el| el.state().members.len() == 1);
+    let gone = ConnId::clone(&first);
+    a.shutdown(Shutdown::Both).unwrap();
+    run_until(&mut el, |el| el.state().members.is_empty());
+    run_until(&mut el, |el| el.stats().connections_open == 0);
+    let mut c = el.conn(gone);
+    assert_eq!(c.send(b"x"), Err(ConnError::Gone));
+    assert_eq!(c.close(), Err(ConnError::Gone));
+    assert_eq!(c.abort(), Err(ConnError::Gone));
+    assert_eq!(c.pending_output(), Err(ConnError::Gone));
+    assert_eq!(c.pause_reading(), Err(ConnError::Gone));
+}
+
+/// Records how a connection's life went.
+#[derive(Default)]
+struct Outcomes {
+    opened: u32,
+    closed: Vec<String>,
+}
+
+struct Recorder;
+
+impl Handler<Outcomes> for Recorder {
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Outcomes>) {
+        ctx.state().opened += 1;
+    }
+    fn on_data(&mut self, _: &mut Ctx<'_, Outcomes>, _: &[u8]) {}
+    fn on_close(&mut self, ctx: &mut Ctx<'_, Outcomes>, reason: &CloseReason) {
+        let what = match reason {
+            CloseReason::ConnectFailed(_) => "connect-failed".to_string(),
+            other => other.to_string(),
+        };
+        ctx.state().closed.push(what);
+    }
+}
+
+#[test]
+fn loop_connect_failures_reach_the_handler_wherever_started() {
+    let missing =
+        std::env::temp_dir().join(format!("echoloop-missing-{}.sock", std::process::id()));
+    let to = Endpoint::Unix(echoloop::UnixName::Path(missing));
+    let mut el = EventLoop::with_state(Config::default(), Outcomes::default()).unwrap();
+    // From the loop: the failure is immediate (no such file), yet it is reported the
+    // same way as a later one, by on_close, after the call.
+    let id = el.connect(&to, ConnectOptions::new(), Box::new(Recorder));
+    assert!(el.state().closed.is_empty(), "never from inside connect");
+    // Not open yet: a send is refused with a reason.
+    assert_eq!(el.conn(id).send(b"x"), Err(ConnError::NotOpen));
+    // From a callback of another thread's message: the same contract.
+    let target = to.clone();
+    let tx = el.channel(4, move |ctx: &mut LoopCtx<'_, Outcomes>, (): ()| {
+        ctx.connect(target.clone(), ConnectOptions::new(), Box::new(Recorder));
+    });
+    tx.try_send(()).unwrap();
+    run_until(&mut el, |el| el.state().closed.len() == 2);
+    assert_eq!(el.state().closed, vec!["connect-failed", "connect-failed"]);
+    assert_eq!(el.state().opened, 0);
+    assert_eq!(el.stats().connect_failures, 2);
+    // Once reported, the id is gone.
+    run_until(&mut el, |el| el.is_empty());
+    assert_eq!(el.conn(id).send(b"x"), Err(ConnError::Gone));
+}
+
+#[test]
+fn loop_channel_is_bounded_delivers_in_order_and_says_when_stopped() {
+    let mut el = EventLoop::with_state(Config::default(), Vec::<u32>::new()).unwrap();
+    let tx = el.channel(2, |ctx: &mut LoopCtx<'_, Vec<u32>>, n: u32| {
+        ctx.state().push(n)
+    });
+    let (done_tx, done_rx) = mpsc::channel();
+    let sender = tx.clone();
+    std::thread::spawn(move || {
+        sender.try_send(1).unwrap();
+        sender.try_send(2).unwrap();
+        // The loop has not run yet: the channel holds two.
+        let full = sender.try_send(3).unwrap_err();
+        assert!(matches!(full, TrySendError::Full(3)), "{full:?}");
+        done_tx.send(()).unwrap();
+    });
+    done_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    run_until(&mut el, |el| el.state().len() == 2);
+    assert_eq!(el.state(), &vec![1, 2]);
+    // Another thread's message wakes a loop blocked in poll (no timeout given).
+    let sender = tx.clone();
+    std::thread::spawn(move || sender.try_send(9).unwrap());
+    while el.state().len() < 3 {
+        el.run_once(Some(Duration::from_secs(20))).unwrap();
+    }
+    assert_eq!(el.state(), &vec![1, 2, 9]);
+    el.stop(Duration::ZERO);
+    run_until(&mut el, |el| el.is_stopped());
+    let closed = tx.try_send(4).unwrap_err();
+    assert!(matches!(closed, TrySendError::Closed(4)), "{closed:?}");
+    assert_eq!(closed.into_inner(), 4);
+}
+
+/// Panics on its first byte.
+struct Bomb;
+
+impl Handler for Bomb {
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: &[u8]) {
+        panic!("handler bug");
+    }
+}
+
+#[test]
+fn loop_is_poisoned_after_a_handler_panics() {
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+    let bound = el.listen(&any, ListenKind::Tcp, || Box::new(Bomb)).unwrap();
+    let Endpoint::Inet(addr) = bound.addr else {
+        panic!()
+    };
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"boom").unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            el.run_once(Some(Duration::from_millis(20))).unwrap();
+        }
+    }));
+    assert!(caught.is_err(), "the panic reaches the host");
+    // The loop says plainly that it cannot go on, every time; dropping it is fine.
+    for _ in 0..2 {
+        let e = el.run_once(Some(Duration::ZERO)).unwrap_err();
+        assert!(e.to_string().contains("poisoned"), "{e}");
+    }
+    assert!(el.run().is_err());
+    drop(el);
+}
+
+/// Sends, closes twice, sends again, and stops the loop from inside its callback.
+struct Misuse;
+
+impl Handler for Misuse {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>) {
+        ctx.send(b"before");
+        ctx.close();
+        ctx.close();
+        ctx.send(b"after");
+        let me = ctx.id();
+        assert_eq!(ctx.conn(me).send(b"x"), Err(ConnError::WriteShut));
+        assert!(ctx.conn(me).close().is_ok(), "closing again is harmless");
+        ctx.stop_loop(Duration::from_secs(5));
+    }
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: &[u8]) {}
+}
+
+#[test]
+fn loop_misuse_from_callbacks_gives_results_not_panics() {
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+    let bound = el
+        .listen(&any, ListenKind::Tcp, || Box::new(Misuse))
+        .unwrap();
+    let Endpoint::Inet(addr) = bound.addr else {
+        panic!()
+    };
+    let mut s = TcpStream::connect(addr).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut back = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.read_to_end(&mut back).unwrap();
+        back
+    });
+    run_until(&mut el, |el| el.is_stopped());
+    assert_eq!(reader.join().unwrap(), b"before");
+}
+
+/// Stays half-open after the peer's EOF, sending nothing: it only waits.
+struct StayHalfOpen;
+
+impl Handler for StayHalfOpen {
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: &[u8]) {}
+    fn on_peer_closed(&mut self, _: &mut Ctx<'_>) {}
+}
+
+/// A reset after the peer's FIN reaches a connection that no longer reads: the loop takes
+/// the socket's error on the error event instead of leaving the connection open forever.
+#[test]
+fn loop_reset_after_peer_eof_closes_a_connection_that_no_longer_reads() {
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+    let bound = el
+        .listen(&any, ListenKind::Tcp, || Box::new(StayHalfOpen))
+        .unwrap();
+    let Endpoint::Inet(addr) = bound.addr else {
+        panic!()
+    };
+    let client = TcpStream::connect(addr).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    run_until(&mut el, |el| {
+        el.stats().bytes_in == 0 && el.stats().accepted == 1
+    });
+    // Let the EOF be read: the connection is then half-open, waiting.
+    for _ in 0..5 {
+        el.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    assert_eq!(el.stats().connections_open, 1);
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client); // RST
+    run_until(&mut el, |el| el.stats().connections_open == 0);
+}

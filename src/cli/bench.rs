@@ -75,9 +75,9 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
+use super::common::{CliError, Transport, init_logging, parse_level};
 use super::report::{LatencySummary, Recorder, Report, status_line};
 use super::units::{parse_duration, parse_rate, parse_size};
-use super::{CliError, Transport, init_logging, parse_level};
 use crate::net::{Endpoint, PeerAddr, UnixName, resolve_one};
 use crate::tls_config::{ClientTlsOptions, client_config, server_name};
 use crate::{
@@ -1672,7 +1672,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        CpuTicks, Duration, Instant, Pattern, SPREAD, mix64, parse_count, parse_stat_ticks,
+        proc_cpu_ticks, random_template,
+    };
 
     #[test]
     fn stat_parsing_uses_fields_after_the_last_paren() {

@@ -52,8 +52,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use super::common::{CliError, Transport};
 use super::units::parse_duration;
-use super::{CliError, Transport};
 use crate::net::{Endpoint, PeerAddr, UnixName, resolve_all};
 use crate::tls_config::{ClientTlsOptions, client_config, server_name};
 use crate::{
@@ -973,7 +973,10 @@ impl DatagramHandler for DgramClient {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        Common, Config, DgramClient, Duration, EventLoop, Messages, Outcome, PeerAddr, Rc, RefCell,
+        VecDeque, explain_tls, host_part, unspecified_like,
+    };
 
     fn lines(input: &'static [u8]) -> Vec<Result<String, String>> {
         let mut m = Messages::from_reader(input);

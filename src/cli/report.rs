@@ -450,7 +450,7 @@ pub fn status_line(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{Duration, HIGHEST_US, LatencySummary, Recorder, Report, status_line};
     use std::collections::BTreeSet;
 
     fn uniform_1_to_1000() -> Recorder {

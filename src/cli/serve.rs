@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use super::common::{CliError, init_logging, parse_level};
 use super::units::{parse_duration, parse_size};
-use super::{CliError, init_logging, parse_level};
 use crate::net::{Endpoint, UnixName, resolve_one};
 use crate::tls_config::{ServerTlsOptions, server_config};
 use crate::{Bound, Config, Echo, EchoDatagram, EventLoop, ListenKind, StopHandle};

@@ -207,7 +207,9 @@ pub fn format_count(n: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        Duration, format_bytes_per_sec, format_count, parse_duration, parse_rate, parse_size,
+    };
 
     #[test]
     fn sizes() {

@@ -23,7 +23,7 @@ use crate::timer::Timers;
 
 /// Retained capacity of the staging buffer between callbacks: one huge send must not pin
 /// its size in memory for the life of the loop.
-const OUT_KEEP: usize = 1 << 20;
+pub(crate) const OUT_KEEP: usize = 1 << 20;
 
 /// Everything a callback can reach through its context: the loop minus its event buffer,
 /// read buffers and channels (which only the dispatch code touches).

@@ -703,3 +703,84 @@ fn unix_mismatch(name: &UnixName) -> ListenError {
         reason: "TCP and TLS listeners need host:port".into(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    use super::{Config, EventLoop, ListenKind};
+    use crate::handler::{Ctx, Handler};
+    use crate::net::Endpoint;
+
+    /// Sets a long timer, and on its first bytes sends `reply` bytes back.
+    struct TimerThenReply {
+        reply: usize,
+    }
+
+    impl Handler for TimerThenReply {
+        fn on_open(&mut self, ctx: &mut Ctx<'_>) {
+            ctx.set_timer(Duration::from_secs(3600));
+            ctx.set_timer(Duration::from_secs(7200));
+        }
+        fn on_data(&mut self, ctx: &mut Ctx<'_>, _: &[u8]) {
+            ctx.send(&vec![9u8; self.reply]);
+            ctx.close();
+        }
+    }
+
+    fn serve(reply: usize) -> (EventLoop, std::net::SocketAddr) {
+        let mut el = EventLoop::new(Config::default()).unwrap();
+        let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+        let bound = el
+            .listen(&any, ListenKind::Tcp, move || {
+                Box::new(TimerThenReply { reply })
+            })
+            .unwrap();
+        let Endpoint::Inet(addr) = bound.addr else {
+            panic!("not an IP address")
+        };
+        (el, addr)
+    }
+
+    fn turn_until(el: &mut EventLoop, mut done: impl FnMut(&EventLoop) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(el) {
+            assert!(Instant::now() < deadline, "not reached in time");
+            el.run_once(Some(Duration::from_millis(20))).unwrap();
+        }
+    }
+
+    #[test]
+    fn loop_user_timers_are_cancelled_when_their_connection_ends() {
+        let (mut el, addr) = serve(1);
+        let mut s = TcpStream::connect(addr).unwrap();
+        turn_until(&mut el, |el| el.inner.core.timers.len() == 2);
+        s.write_all(b"x").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        turn_until(&mut el, |el| el.stats().closed == 1);
+        // Hours-long timers of a connection that is gone do not wait in the heap.
+        assert_eq!(el.inner.core.timers.len(), 0);
+    }
+
+    #[test]
+    fn loop_staging_buffer_keeps_a_bounded_allocation_after_a_huge_send() {
+        let (mut el, addr) = serve(64 << 20);
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"x").unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut back = Vec::new();
+            s.read_to_end(&mut back).unwrap();
+            back.len()
+        });
+        turn_until(&mut el, |el| el.stats().bytes_out > 0);
+        assert!(
+            el.inner.core.out.capacity() <= super::core::OUT_KEEP,
+            "staging buffer keeps {} bytes",
+            el.inner.core.out.capacity()
+        );
+        turn_until(&mut el, |el| el.stats().closed == 1);
+        assert_eq!(reader.join().unwrap(), 64 << 20);
+    }
+}

@@ -185,6 +185,19 @@ pub(crate) fn ready<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, key: usize, r:
             }
         }
     }
+    if r.error {
+        // A reset, say, after the peer's FIN: a connection that no longer reads would not
+        // learn of it from a read, so take the socket's pending error (`SO_ERROR`) now.
+        if let Some(Entry::Stream(e)) = inner.slab.get_mut(key) {
+            if !e.conn.wants_read() {
+                if let Ok(Some(err)) = e.stream.take_error() {
+                    e.conn.handle_io_error(err);
+                    drive(inner, key, &[]);
+                    return;
+                }
+            }
+        }
+    }
     if r.readable || r.read_closed || r.error {
         // A short read proves the queue empty only if no FIN is pending behind it: with
         // EPOLLRDHUP set, read on until EOF.

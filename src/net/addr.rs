@@ -182,7 +182,7 @@ pub(crate) fn unix_endpoint(a: &unix::SocketAddr) -> io::Result<Endpoint> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{UnixName, resolve_all, resolve_one};
 
     #[test]
     fn addr_parses_ipv4_ipv6_and_names() {

@@ -17,7 +17,7 @@ use mio::{Interest, Registry, Token};
 use super::addr::{Endpoint, PeerAddr, UnixName, unix_endpoint};
 use super::listener::clear_stale_socket;
 use super::mmsg::{self, RecvBatch, SendBatch};
-use super::retry;
+use super::sys::retry;
 use crate::error::ListenError;
 
 /// A datagram socket: UDP, or Unix datagram.

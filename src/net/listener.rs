@@ -16,8 +16,8 @@ use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::addr::{Endpoint, PeerAddr, UnixName, unix_endpoint};
-use super::retry;
 use super::stream::Stream;
+use super::sys::retry;
 use crate::error::ListenError;
 
 /// A listening stream socket. A Unix listener remembers the file it created so that it can

@@ -75,7 +75,7 @@ pub(crate) fn recv_batch(fd: RawFd, b: &mut RecvBatch) -> io::Result<usize> {
         hdrs[i].msg_hdr.msg_iovlen = 1;
     }
     // EINTR is retried by `retry`; EAGAIN comes back as `WouldBlock`.
-    let n = super::retry(|| {
+    let n = super::sys::retry(|| {
         // SAFETY: every header points at a live iovec over our buffer (SLOT bytes each) and
         // a live sockaddr_storage with its true size; all outlive the call, and the kernel
         // writes at most those sizes. No timeout pointer is passed.
@@ -182,7 +182,7 @@ pub(crate) fn send_batch(fd: RawFd, b: &SendBatch, from: usize) -> io::Result<us
         hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
         hdrs[i].msg_hdr.msg_iovlen = 1;
     }
-    super::retry(|| {
+    super::sys::retry(|| {
         // SAFETY: the first `count` headers point at live slices of the batch's data and at
         // live socket addresses with their true lengths; the kernel only reads them.
         let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), count as libc::c_uint, 0) };

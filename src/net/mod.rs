@@ -8,36 +8,16 @@
 //! readiness"), which reaches callers as `Err(WouldBlock)` — every caller matches on it and
 //! treats it as "done for now", never as an error.
 
-use std::io;
-
 mod addr;
 mod datagram;
 mod listener;
 mod mmsg;
 mod stream;
+mod sys;
 
 pub use addr::{Endpoint, PeerAddr, UnixName, resolve_all, resolve_one};
 pub(crate) use datagram::Datagram;
 pub(crate) use listener::{BindOptions, Listener, bind_tcp, bind_udp, bind_unix};
 pub(crate) use mmsg::{BATCH, RecvBatch, SendBatch};
 pub(crate) use stream::Stream;
-
-/// Runs a system call again while it fails with `EINTR`: a signal interrupting a call is not
-/// an error, only a reason to try again.
-pub(crate) fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    loop {
-        match f() {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
-        }
-    }
-}
-
-/// True for the accept errors that mean "out of descriptors or kernel memory": retrying at
-/// once would fail the same way and spin the CPU.
-pub(crate) fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
+pub(crate) use sys::is_resource_exhaustion;

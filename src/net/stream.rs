@@ -14,7 +14,7 @@ use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::addr::{Endpoint, PeerAddr};
-use super::retry;
+use super::sys::retry;
 
 /// A connected stream socket: TCP or Unix. An enum, not a trait object, so the hot path has
 /// no indirect calls.

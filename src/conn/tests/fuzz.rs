@@ -90,16 +90,27 @@ fn check_always(p: &Pair, sent: &[u8], clean_data: bool) -> Result<(), TestCaseE
     for side in [&p.client, &p.server] {
         prop_assert!(side.closes.len() <= 1, "on_close twice: {:?}", side.heard);
         prop_assert_eq!(side.closes.len(), usize::from(side.is_closed()));
-        if let Some(i) = side.heard.iter().position(|h| matches!(h, Heard::Closed(_))) {
+        if let Some(i) = side
+            .heard
+            .iter()
+            .position(|h| matches!(h, Heard::Closed(_)))
+        {
             prop_assert_eq!(i + 1, side.heard.len(), "events after Closed");
         }
     }
     // One read's worth of echo (64 KiB) may land above the mark before reading pauses,
     // plus TLS record overhead.
     let bound = p.limits.high_water + 64 * 1024 + 4096;
-    prop_assert!(p.server.max_owed <= bound, "server owed {}", p.server.max_owed);
+    prop_assert!(
+        p.server.max_owed <= bound,
+        "server owed {}",
+        p.server.max_owed
+    );
     if clean_data {
-        prop_assert!(sent.starts_with(&p.server.received), "server got bytes never sent");
+        prop_assert!(
+            sent.starts_with(&p.server.received),
+            "server got bytes never sent"
+        );
         prop_assert!(
             sent.starts_with(&p.client.received),
             "echo lost, duplicated or invented bytes"
@@ -167,17 +178,35 @@ fn run_case(tls: bool, cap: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
         p.run();
     }
     check_always(&p, &sent, !tampered)?;
-    prop_assert!(p.client.is_closed(), "client never ended: {:?}", p.client.heard);
-    prop_assert!(p.server.is_closed(), "server never ended: {:?}", p.server.heard);
+    prop_assert!(
+        p.client.is_closed(),
+        "client never ended: {:?}",
+        p.client.heard
+    );
+    prop_assert!(
+        p.server.is_closed(),
+        "server never ended: {:?}",
+        p.server.heard
+    );
     let done = |s: &super::pair::Side| s.closes.first().map(String::as_str) == Some("done");
     if !tampered && !dropped && done(&p.client) && done(&p.server) {
-        prop_assert_eq!(p.client.received.len(), sent.len(), "a clean end lost bytes");
+        prop_assert_eq!(
+            p.client.received.len(),
+            sent.len(),
+            "a clean end lost bytes"
+        );
     }
     Ok(())
 }
 
 proptest::proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    // Failures found are kept as named tests (see the `regressions` module of the state
+    // tests), not in a persistence file.
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn conn_fuzz_plain_pair(cap in capacity(), ops in prop::collection::vec(op(false), 0..60)) {

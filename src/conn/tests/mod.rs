@@ -47,7 +47,11 @@ fn assert_closed_once(p: &Pair) {
     for (name, side) in [("client", &p.client), ("server", &p.server)] {
         let want = usize::from(side.is_closed());
         assert_eq!(side.closes.len(), want, "{name} heard {:?}", side.heard);
-        if let Some(i) = side.heard.iter().position(|h| matches!(h, Heard::Closed(_))) {
+        if let Some(i) = side
+            .heard
+            .iter()
+            .position(|h| matches!(h, Heard::Closed(_)))
+        {
             assert_eq!(i + 1, side.heard.len(), "{name}: events after Closed");
         }
     }
@@ -62,7 +66,7 @@ fn closed_as(p: &Pair, who: Who) -> Option<&str> {
 }
 
 mod connecting {
-    use super::*;
+    use super::{Connection, Duration, Event, Instant, Session, State, test_limits};
 
     #[test]
     fn conn_connecting_opens_on_connected() {
@@ -70,7 +74,10 @@ mod connecting {
         let limits = test_limits();
         let mut c = Connection::connecting(Session::Plain, now, Some(Duration::from_secs(1)));
         assert_eq!(c.state(), State::Connecting);
-        assert!(!c.wants_read(), "nothing to read before the connect completes");
+        assert!(
+            !c.wants_read(),
+            "nothing to read before the connect completes"
+        );
         assert!(c.poll_transmit().is_empty());
         assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(1)));
         c.handle_connected(now, &limits);
@@ -112,7 +119,10 @@ mod connecting {
 }
 
 mod handshaking {
-    use super::*;
+    use super::{
+        Duration, EchoApp, Heard, Pair, Quiet, SendThenShut, Teardown, Who, assert_bytes,
+        assert_closed_once, closed_as, pattern,
+    };
 
     #[test]
     fn conn_handshaking_tls_echo_through_a_one_byte_pipe() {
@@ -152,7 +162,11 @@ mod handshaking {
             Some(Teardown::Flush),
             "the alert is sent first"
         );
-        assert_eq!(closed_as(&p, Who::Client), Some("tls"), "the client got an alert");
+        assert_eq!(
+            closed_as(&p, Who::Client),
+            Some("tls"),
+            "the client got an alert"
+        );
         assert_closed_once(&p);
     }
 
@@ -169,7 +183,10 @@ mod handshaking {
 }
 
 mod open {
-    use super::*;
+    use super::{
+        Act, Connection, Duration, EchoApp, Event, Heard, Instant, Pair, Quiet, SendThenShut,
+        Session, Teardown, Who, assert_bytes, assert_closed_once, closed_as, pattern, test_limits,
+    };
 
     #[test]
     fn conn_open_partial_sends_through_a_one_byte_pipe() {
@@ -183,7 +200,10 @@ mod open {
         assert_bytes(&p.client.received, &msg, "byte-exact through a 1-byte pipe");
         assert_eq!(closed_as(&p, Who::Client), Some("done"));
         assert_eq!(closed_as(&p, Who::Server), Some("done"));
-        assert!(p.client.heard.contains(&Heard::Drained), "the writer was blocked");
+        assert!(
+            p.client.heard.contains(&Heard::Drained),
+            "the writer was blocked"
+        );
         assert_closed_once(&p);
     }
 
@@ -196,7 +216,10 @@ mod open {
         p.run();
         let owed = p.server.conn.pending_output();
         assert!(owed > p.limits.high_water, "owed {owed}");
-        assert!(!p.server.conn.wants_read(), "paused above the high-water mark");
+        assert!(
+            !p.server.conn.wants_read(),
+            "paused above the high-water mark"
+        );
         assert!(
             p.server.max_owed <= p.limits.high_water + 64 * 1024,
             "bounded: {}",
@@ -223,7 +246,10 @@ mod open {
         c.handle_read_stopped();
         assert!(!c.poll_read_again(), "still paused");
         c.resume_reading().unwrap();
-        assert!(c.poll_read_again(), "resuming must go back for waiting data");
+        assert!(
+            c.poll_read_again(),
+            "resuming must go back for waiting data"
+        );
         assert!(!c.poll_read_again(), "once");
     }
 
@@ -262,7 +288,11 @@ mod open {
             Some(Teardown::Reset),
             "dropping owed output must not look like a clean end"
         );
-        assert_eq!(closed_as(&p, Who::Client), Some("io"), "the client sees a reset");
+        assert_eq!(
+            closed_as(&p, Who::Client),
+            Some("io"),
+            "the client sees a reset"
+        );
         assert_closed_once(&p);
     }
 
@@ -306,7 +336,10 @@ mod open {
 }
 
 mod peer_shut {
-    use super::*;
+    use super::{
+        Act, App, Heard, Pair, Quiet, SendThenShut, Who, assert_bytes, assert_closed_once,
+        closed_as, test_limits,
+    };
 
     /// Half-close by the peer: we hear `PeerClosed` and may still send.
     struct ReplyAfterEof;
@@ -333,7 +366,11 @@ mod peer_shut {
                 test_limits(),
             );
             p.run();
-            assert_bytes(&p.client.received, b"bye after your EOF", &format!("tls {tls}"));
+            assert_bytes(
+                &p.client.received,
+                b"bye after your EOF",
+                &format!("tls {tls}"),
+            );
             assert_bytes(&p.server.received, b"hi", "received");
             assert_eq!(closed_as(&p, Who::Client), Some("done"));
             assert_eq!(closed_as(&p, Who::Server), Some("done"));
@@ -368,7 +405,10 @@ mod peer_shut {
 }
 
 mod write_shut {
-    use super::*;
+    use super::{
+        Act, App, Connection, Heard, Instant, Pair, Session, Who, assert_bytes, assert_closed_once,
+        closed_as, pattern, test_limits,
+    };
 
     /// Shuts its sending side at once, then keeps reading.
     struct ShutFirst;
@@ -425,7 +465,10 @@ mod write_shut {
 }
 
 mod closing {
-    use super::*;
+    use super::{
+        Act, Deaf, Duration, Heard, Limits, Pair, Quiet, State, Teardown, Who, assert_bytes,
+        assert_closed_once, closed_as, pattern, test_limits,
+    };
 
     #[test]
     fn conn_closing_delivers_what_is_owed_then_fin() {
@@ -502,7 +545,10 @@ mod closing {
     fn conn_closing_tls_close_notify_both_ways() {
         let mut p = Pair::tls(Box::new(Quiet), Box::new(Quiet), 64 * 1024);
         p.run();
-        p.act(Who::Server, vec![Act::Send(b"last words".to_vec()), Act::Close]);
+        p.act(
+            Who::Server,
+            vec![Act::Send(b"last words".to_vec()), Act::Close],
+        );
         p.run();
         assert_bytes(&p.client.received, b"last words", "received");
         assert!(p.client.heard.contains(&Heard::PeerClosed));
@@ -529,6 +575,49 @@ mod closing {
         p.run();
         assert_eq!(closed_as(&p, Who::Server), Some("shutdown"));
         assert_eq!(p.server.released, Some(Teardown::Reset), "output was owed");
+        assert_closed_once(&p);
+    }
+}
+
+/// Cases the fuzzer found, kept by name.
+mod regressions {
+    use super::{Act, EchoApp, Heard, Pair, Quiet, Who, assert_closed_once, closed_as};
+
+    /// rustls counts its own `close_notify` as a fatal alert sent, so a bad record from the
+    /// peer after we half-closed tripped a debug assertion inside rustls (rustls#959).
+    /// Dependencies are built without debug assertions, as in release; this must close
+    /// the connection with a TLS error, never panic.
+    #[test]
+    fn conn_tls_bad_record_after_our_close_notify_closes_cleanly() {
+        let mut p = Pair::tls(Box::new(Quiet), Box::new(EchoApp), 1);
+        p.act(Who::Client, vec![Act::Pause]);
+        p.run();
+        // A byte of the server's records vanishes on the way to the client.
+        let keep = p.client.inbox.bytes.len().saturating_sub(1);
+        p.client.inbox.bytes.truncate(keep);
+        p.run();
+        p.act(Who::Client, vec![Act::Resume]);
+        p.act(Who::Client, vec![Act::ShutdownWrite]);
+        p.run();
+        assert_eq!(closed_as(&p, Who::Client), Some("tls"));
+        assert_closed_once(&p);
+    }
+
+    /// A reset that arrives after the peer's FIN, while we still owe output and no longer
+    /// read: the write path must notice it (a reset socket is writable; the write fails).
+    #[test]
+    fn conn_reset_after_peer_fin_while_output_is_owed() {
+        let mut p = Pair::plain(Box::new(Quiet), Box::new(EchoApp), 1);
+        p.act(Who::Client, vec![Act::Send(vec![1, 2])]);
+        p.act(Who::Client, vec![Act::Pause]);
+        p.run();
+        p.act(Who::Server, vec![Act::ShutdownWrite]);
+        p.act(Who::Client, vec![Act::ShutdownWrite]);
+        p.step(Who::Server);
+        assert!(p.server.heard.contains(&Heard::PeerClosed));
+        p.act(Who::Client, vec![Act::Abort]);
+        p.run();
+        assert_eq!(closed_as(&p, Who::Server), Some("io"));
         assert_closed_once(&p);
     }
 }

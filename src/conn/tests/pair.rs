@@ -97,8 +97,10 @@ pub(crate) struct Side {
     pub(crate) heard: Vec<Heard>,
     /// Every `Closed` reason (exactly one expected, once closed).
     pub(crate) closes: Vec<String>,
-    /// The EOF (or reset) in the inbox has been handed to the connection.
+    /// The EOF in the inbox has been handed to the connection.
     eof_seen: bool,
+    /// The peer's reset has been handed to the connection.
+    reset_seen: bool,
     /// The connection was released (its "socket" closed), and how.
     pub(crate) released: Option<Teardown>,
     /// Largest send buffer seen, for the "no buffer past its bound" invariant.
@@ -117,6 +119,7 @@ impl Side {
             heard: Vec::new(),
             closes: Vec::new(),
             eof_seen: false,
+            reset_seen: false,
             released: None,
             max_owed: 0,
             staged: Vec::new(),
@@ -216,7 +219,9 @@ impl Pair {
             let name = ServerName::try_from("localhost").expect("name");
             (
                 Session::Tls(Box::new(TlsSession::server(s).expect("server session"))),
-                Session::Tls(Box::new(TlsSession::client(c, name).expect("client session"))),
+                Session::Tls(Box::new(
+                    TlsSession::client(c, name).expect("client session"),
+                )),
             )
         } else {
             (Session::Plain, Session::Plain)
@@ -302,15 +307,21 @@ impl Pair {
         if me.released.is_some() {
             return false;
         }
-        if me.conn.is_write_blocked() && self.peer_room(who) > 0 {
+        // A reset socket is writable too: the write then fails.
+        let peer_gone = self.sides(who).1.released.is_some();
+        let blocked = self.side(who).conn.is_write_blocked();
+        if blocked && (self.peer_room(who) > 0 || peer_gone) {
             self.side(who).conn.handle_writable();
             self.settle(who, &[]);
             moved = true;
         }
         let me = self.side(who);
-        if me.inbox.reset && !me.eof_seen {
-            me.eof_seen = true;
-            me.conn.handle_io_error(std::io::ErrorKind::ConnectionReset.into());
+        // The kernel reports a reset (EPOLLERR) whether or not we read; the driver takes
+        // the socket's error then.
+        if me.inbox.reset && !me.reset_seen && !me.is_closed() {
+            me.reset_seen = true;
+            me.conn
+                .handle_io_error(std::io::ErrorKind::ConnectionReset.into());
             self.settle(who, &[]);
             return true;
         }
@@ -323,7 +334,10 @@ impl Pair {
             let wire: Vec<u8> = me.inbox.bytes.drain(..n).collect();
             let mut plain = std::mem::take(&mut self.plain);
             let me = self.side(who);
-            let data = me.conn.handle_input(now, &wire, &mut plain, &limits).to_vec();
+            let data = me
+                .conn
+                .handle_input(now, &wire, &mut plain, &limits)
+                .to_vec();
             self.plain = plain;
             self.settle(who, &data);
             return true;
@@ -373,7 +387,8 @@ impl Pair {
         }
         if peer.released.is_some() {
             // The peer's socket is gone: its kernel answers with a reset.
-            me.conn.handle_io_error(std::io::ErrorKind::BrokenPipe.into());
+            me.conn
+                .handle_io_error(std::io::ErrorKind::BrokenPipe.into());
             return;
         }
         match me.conn.send_path() {
@@ -421,7 +436,8 @@ impl Pair {
             let bytes = me.conn.poll_transmit();
             if !bytes.is_empty() && peer.released.is_some() {
                 // The peer's socket is gone: its kernel answers with a reset.
-                me.conn.handle_io_error(std::io::ErrorKind::BrokenPipe.into());
+                me.conn
+                    .handle_io_error(std::io::ErrorKind::BrokenPipe.into());
                 continue;
             }
             if !bytes.is_empty() && room > 0 {
