@@ -72,6 +72,8 @@ mod id;
 pub mod net;
 pub mod sendbuf;
 pub mod stats;
+#[cfg(test)]
+mod test_support;
 mod timer;
 mod tls;
 pub mod tls_config;

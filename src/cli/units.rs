@@ -359,4 +359,37 @@ mod tests {
         assert_eq!(format_count(999.96), "1.0k");
         assert_eq!(format_count(f64::INFINITY), "n/a");
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::test_support::fuzz_config(256))]
+
+        /// Any text: a clear answer, never a panic; errors quote the input.
+        #[test]
+        fn units_fuzz_never_panic(input in ".{0,30}") {
+            for r in [
+                parse_size(&input).err(),
+                parse_duration(&input).err(),
+                parse_rate(&input).err(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                proptest::prop_assert!(r.contains(&format!("{input:?}")), "{r}");
+            }
+        }
+
+        #[test]
+        fn units_fuzz_sizes_round_trip(n in 0u64..(1 << 40)) {
+            proptest::prop_assert_eq!(parse_size(&n.to_string()), Ok(n));
+            proptest::prop_assert_eq!(parse_size(&format!("{n}k")), Ok(n << 10));
+            proptest::prop_assert_eq!(parse_size(&format!("{n} KiB")), Ok(n << 10));
+        }
+
+        #[test]
+        fn units_fuzz_durations_round_trip(ms in 0u64..(1 << 40)) {
+            proptest::prop_assert_eq!(parse_duration(&format!("{ms}ms")), Ok(Duration::from_millis(ms)));
+            let text = format!("{}.{:03}s", ms / 1000, ms % 1000);
+            proptest::prop_assert_eq!(parse_duration(&text), Ok(Duration::from_millis(ms)));
+        }
+    }
 }

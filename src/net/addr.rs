@@ -82,31 +82,9 @@ pub fn resolve_all(input: &str) -> Result<Vec<SocketAddr>, AddrError> {
     if let Ok(addr) = input.parse::<SocketAddr>() {
         return Ok(vec![addr]);
     }
-    // Catch the common mistakes before asking the resolver, so the message says what is wrong.
-    let Some((host, port)) = input.rsplit_once(':') else {
-        return Err(AddrError::Invalid {
-            input: input.to_owned(),
-            reason: "expected host:port (IPv6 as [addr]:port)".into(),
-        });
-    };
-    if host.is_empty() {
-        return Err(AddrError::Invalid {
-            input: input.to_owned(),
-            reason: "the host is missing".into(),
-        });
-    }
-    if port.parse::<u16>().is_err() {
-        return Err(AddrError::Invalid {
-            input: input.to_owned(),
-            reason: format!("{port:?} is not a port number (0-65535)"),
-        });
-    }
-    if host.contains(':') && !host.starts_with('[') {
-        return Err(AddrError::Invalid {
-            input: input.to_owned(),
-            reason: "write IPv6 addresses in brackets, as [::1]:port".into(),
-        });
-    }
+    // Catch the common mistakes before asking the resolver, so the message says what is
+    // wrong (and nothing malformed ever reaches it).
+    split_host_port(input)?;
     let addrs: Vec<SocketAddr> = input
         .to_socket_addrs()
         .map_err(|e| AddrError::Resolve {
@@ -121,6 +99,48 @@ pub fn resolve_all(input: &str) -> Result<Vec<SocketAddr>, AddrError> {
         });
     }
     Ok(addrs)
+}
+
+/// The syntax of `host:port`, checked without resolving anything: the host as written
+/// (brackets kept for IPv6) and the port.
+pub(crate) fn split_host_port(input: &str) -> Result<(&str, u16), AddrError> {
+    let invalid = |reason: String| AddrError::Invalid {
+        input: input.to_owned(),
+        reason,
+    };
+    let (host, port) = if input.starts_with('[') {
+        // `[v6]:port`: the colons inside the brackets are the address's own.
+        let Some(close) = input.find(']') else {
+            return Err(invalid("an opening [ without its closing ]".into()));
+        };
+        match input[close + 1..].strip_prefix(':') {
+            Some(port) => (&input[..=close], port),
+            None => {
+                return Err(invalid(
+                    "expected [addr]:port: the port is missing after ]".into(),
+                ));
+            }
+        }
+    } else {
+        match input.rsplit_once(':') {
+            Some(split) => split,
+            None => return Err(invalid("expected host:port (IPv6 as [addr]:port)".into())),
+        }
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(invalid("the host is missing".into()));
+    }
+    if host.contains(':') && !host.starts_with('[') {
+        return Err(invalid(
+            "write IPv6 addresses in brackets, as [::1]:port".into(),
+        ));
+    }
+    // Digits only: `u16::from_str` would also take `+80`.
+    let port_ok = !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+    match port.parse::<u16>() {
+        Ok(p) if port_ok => Ok((host, p)),
+        _ => Err(invalid(format!("{port:?} is not a port number (0-65535)"))),
+    }
 }
 
 /// Resolves `host:port` to one address to bind (the resolver's first answer).
@@ -182,7 +202,7 @@ pub(crate) fn unix_endpoint(a: &unix::SocketAddr) -> io::Result<Endpoint> {
 
 #[cfg(test)]
 mod tests {
-    use super::{UnixName, resolve_all, resolve_one};
+    use super::{SocketAddr, UnixName, resolve_all, resolve_one, split_host_port};
 
     #[test]
     fn addr_parses_ipv4_ipv6_and_names() {
@@ -212,6 +232,57 @@ mod tests {
         ] {
             let e = resolve_one(input).unwrap_err().to_string();
             assert!(e.contains(needle), "{input}: {e}");
+        }
+    }
+
+    #[test]
+    fn addr_syntax_is_checked_before_any_resolver() {
+        assert_eq!(split_host_port("[::1]:80").ok(), Some(("[::1]", 80)));
+        assert_eq!(
+            split_host_port("example.test:7").ok(),
+            Some(("example.test", 7))
+        );
+        for (input, needle) in [
+            ("[::1]", "port is missing"),
+            ("[::1", "closing ]"),
+            ("127.0.0.1:+80", "not a port"),
+            ("h:", "not a port"),
+            ("[]:80", "host is missing"),
+        ] {
+            let e = split_host_port(input).unwrap_err().to_string();
+            assert!(e.contains(needle), "{input}: {e}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::test_support::fuzz_config(256))]
+
+        /// Any text: a clear answer, never a panic; and what is accepted really says
+        /// `host:port` with a port in digits.
+        #[test]
+        fn addr_fuzz_split_host_port(input in ".{0,40}") {
+            if let Ok((host, port)) = split_host_port(&input) {
+                proptest::prop_assert!(!host.is_empty());
+                let tail = &input[host.len()..];
+                let digits = tail.strip_prefix(':').unwrap_or("");
+                proptest::prop_assert!(digits.bytes().all(|b| b.is_ascii_digit()));
+                proptest::prop_assert_eq!(digits.parse::<u16>().ok(), Some(port));
+            }
+        }
+
+        #[test]
+        fn addr_fuzz_socket_addrs_round_trip(ip in proptest::prelude::any::<std::net::IpAddr>(), port in proptest::prelude::any::<u16>()) {
+            let text = SocketAddr::new(ip, port).to_string();
+            proptest::prop_assert_eq!(split_host_port(&text).map(|(_, p)| p).ok(), Some(port));
+        }
+
+        #[test]
+        fn addr_fuzz_unix_names(input in ".{0,40}") {
+            match UnixName::parse(&input) {
+                Ok(UnixName::Abstract(name)) => proptest::prop_assert_eq!(&name[..], &input.as_bytes()[1..]),
+                Ok(UnixName::Path(p)) => proptest::prop_assert_eq!(p.to_string_lossy(), input.as_str()),
+                Err(_) => proptest::prop_assert!(input.is_empty()),
+            }
         }
     }
 

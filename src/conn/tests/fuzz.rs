@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use proptest::prelude::{Just, Strategy, any, prop, prop_assert, prop_assert_eq, prop_oneof};
-use proptest::test_runner::{Config as ProptestConfig, TestCaseError};
+use proptest::test_runner::TestCaseError;
 
 use super::pair::{Act, EchoApp, Heard, Pair, Quiet, Who, test_limits};
 
@@ -77,13 +77,6 @@ fn capacity() -> impl Strategy<Value = usize> {
 
 fn pattern_at(start: usize, n: usize) -> Vec<u8> {
     (start..start + n).map(|i| (i % 251) as u8).collect()
-}
-
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
 }
 
 fn check_always(p: &Pair, sent: &[u8], clean_data: bool) -> Result<(), TestCaseError> {
@@ -202,11 +195,7 @@ fn run_case(tls: bool, cap: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
 proptest::proptest! {
     // Failures found are kept as named tests (see the `regressions` module of the state
     // tests), not in a persistence file.
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::test_support::fuzz_config(64))]
 
     #[test]
     fn conn_fuzz_plain_pair(cap in capacity(), ops in prop::collection::vec(op(false), 0..60)) {
