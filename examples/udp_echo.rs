@@ -6,10 +6,8 @@
 //! needs a timeout and retries: nothing tells it that a datagram (or its answer) was lost,
 //! and an answer to an earlier try may still arrive, so it checks what it gets.
 
-use std::cell::Cell;
 use std::io::Write;
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::time::Duration;
 
 use echoloop::net::resolve_one;
@@ -24,12 +22,14 @@ struct Client {
     message: Vec<u8>,
     attempts: u32,
     timer: Option<TimerId>,
-    /// Shared with `main`, which reads it after the loop ends.
-    answered: Rc<Cell<bool>>,
 }
 
+/// The loop's state: whether the answer came. `main` reads it after the loop ends; every
+/// callback reaches it through `ctx.state()`.
+type Answered = bool;
+
 impl Client {
-    fn attempt(&mut self, ctx: &mut DgramCtx<'_>) {
+    fn attempt(&mut self, ctx: &mut DgramCtx<'_, Answered>) {
         self.attempts += 1;
         println!(
             "SENT {} (try {})",
@@ -43,25 +43,25 @@ impl Client {
     }
 }
 
-impl DatagramHandler for Client {
-    fn on_ready(&mut self, ctx: &mut DgramCtx<'_>) {
+impl DatagramHandler<Answered> for Client {
+    fn on_ready(&mut self, ctx: &mut DgramCtx<'_, Answered>) {
         self.attempt(ctx);
     }
 
-    fn on_datagram(&mut self, ctx: &mut DgramCtx<'_>, data: &[u8], from: &PeerAddr) {
+    fn on_datagram(&mut self, ctx: &mut DgramCtx<'_, Answered>, data: &[u8], from: &PeerAddr) {
         // Anyone can send us a datagram; only the server's copy of our message counts.
         if data != self.message.as_slice() {
             return;
         }
         println!("RCVD {} from {from}", String::from_utf8_lossy(data));
-        self.answered.set(true);
+        *ctx.state() = true;
         if let Some(t) = self.timer.take() {
             ctx.cancel_timer(t);
         }
         ctx.stop_loop(Duration::ZERO);
     }
 
-    fn on_timer(&mut self, ctx: &mut DgramCtx<'_>, _timer: TimerId) {
+    fn on_timer(&mut self, ctx: &mut DgramCtx<'_, Answered>, _timer: TimerId) {
         if self.attempts > RETRIES {
             eprintln!("no answer after {} tries", self.attempts);
             ctx.stop_loop(Duration::ZERO);
@@ -111,8 +111,7 @@ fn client(addr: &str, message: &str) -> Result<bool, Box<dyn std::error::Error>>
     } else {
         "0.0.0.0:0".parse()?
     };
-    let answered = Rc::new(Cell::new(false));
-    let mut el = EventLoop::new(Config::default())?;
+    let mut el = EventLoop::with_state(Config::default(), false)?;
     el.bind_udp(
         local,
         Box::new(Client {
@@ -120,9 +119,8 @@ fn client(addr: &str, message: &str) -> Result<bool, Box<dyn std::error::Error>>
             message: message.as_bytes().to_vec(),
             attempts: 0,
             timer: None,
-            answered: Rc::clone(&answered),
         }),
     )?;
     el.run()?;
-    Ok(answered.get())
+    Ok(*el.state())
 }

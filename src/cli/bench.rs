@@ -59,7 +59,6 @@
 //! 0 after a run; 1 when an echo failed verification or no echo completed in the window
 //! (the report is printed all the same), or for bad input (nothing is sent then).
 
-use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::io::{self, IsTerminal, Write};
@@ -623,6 +622,8 @@ impl Counters {
 /// What the handlers of one thread record into.
 #[derive(Debug, Default)]
 struct ThreadState {
+    /// Connection keys handed out so far (see [`Env::key`]).
+    serial: u64,
     c: Counters,
     latency: Recorder,
     connect: Recorder,
@@ -657,15 +658,15 @@ impl ThreadState {
     }
 }
 
-/// Shared by every handler of one thread.
+/// What every handler of one thread reads: the run's settings, timeline and payload.
+/// Read-only, so handlers share it freely; what they count goes to the loop's state
+/// ([`ThreadState`], reached through `ctx.state()`).
 #[derive(Debug)]
 struct Env {
     s: Arc<Settings>,
     tl: Timeline,
     thread: usize,
     template: Box<[u8]>,
-    st: RefCell<ThreadState>,
-    next_serial: std::cell::Cell<u64>,
 }
 
 impl Env {
@@ -678,9 +679,7 @@ impl Env {
 
     /// A key no other connection of the run has: the thread in the high bits, a serial in
     /// the low ones, mixed bijectively.
-    fn next_key(&self) -> u64 {
-        let serial = self.next_serial.get();
-        self.next_serial.set(serial + 1);
+    fn key(&self, serial: u64) -> u64 {
         mix64(((self.thread as u64) << 48) | (serial & ((1 << 48) - 1)))
     }
 
@@ -778,7 +777,7 @@ impl StreamConn {
     }
 
     /// Sends the next message; `t` is when its latency starts counting.
-    fn send_one(&mut self, ctx: &mut Ctx<'_>, t: Instant, now: Instant) {
+    fn send_one(&mut self, ctx: &mut Ctx<'_, ThreadState>, t: Instant, now: Instant) {
         let p = self.env.pattern();
         let seq = self.sent;
         ctx.send(&Pattern::header(self.key, seq)[..p.header_len()]);
@@ -789,12 +788,12 @@ impl StreamConn {
         self.inflight.push_back(t);
         self.sent += 1;
         if self.env.tl.in_window(now) {
-            self.env.st.borrow_mut().c.bytes_sent += p.size as u64;
+            ctx.state().c.bytes_sent += p.size as u64;
         }
     }
 
     /// Open loop: sends every message that is due, then arms the timer for the next one.
-    fn pump(&mut self, ctx: &mut Ctx<'_>, now: Instant) {
+    fn pump(&mut self, ctx: &mut Ctx<'_, ThreadState>, now: Instant) {
         loop {
             match self
                 .env
@@ -818,31 +817,30 @@ impl StreamConn {
         }
     }
 
-    fn maybe_finish(&mut self, ctx: &mut Ctx<'_>) {
+    fn maybe_finish(&mut self, ctx: &mut Ctx<'_, ThreadState>) {
         if self.finishing && self.inflight.is_empty() {
             ctx.close();
         }
     }
 
     /// A wrong byte: count it and drop the connection (on_close reopens it).
-    fn verify_failed(&mut self, ctx: &mut Ctx<'_>) {
+    fn verify_failed(&mut self, ctx: &mut Ctx<'_, ThreadState>) {
         self.broken = true;
-        let mut st = self.env.st.borrow_mut();
+        let st = ctx.state();
         st.c.verify_errors += 1;
         let slot = self.slot;
         st.note_error(|| format!("connection {slot}: echo differs from what was sent"));
-        drop(st);
         ctx.abort();
     }
 }
 
-impl Handler for StreamConn {
-    fn on_open(&mut self, ctx: &mut Ctx<'_>) {
+impl Handler<ThreadState> for StreamConn {
+    fn on_open(&mut self, ctx: &mut Ctx<'_, ThreadState>) {
         let now = Instant::now();
         self.opened = true;
         let env = Rc::clone(&self.env);
         {
-            let mut st = env.st.borrow_mut();
+            let st = ctx.state();
             st.c.connects_ok += 1;
             let in_window = env.tl.in_window(now);
             if in_window {
@@ -873,7 +871,7 @@ impl Handler for StreamConn {
         }
     }
 
-    fn on_data(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) {
+    fn on_data(&mut self, ctx: &mut Ctx<'_, ThreadState>, data: &[u8]) {
         if self.broken {
             return;
         }
@@ -902,7 +900,7 @@ impl Handler for StreamConn {
             }
             self.recv_off = 0;
             self.inflight.pop_front();
-            env.st.borrow_mut().complete(&env.tl, now, since, p.size);
+            ctx.state().complete(&env.tl, now, since, p.size);
             match env.s.load {
                 Load::Closed { .. } if now < env.tl.end => self.send_one(ctx, now, now),
                 Load::Open { .. } if !self.finishing => self.pump(ctx, now),
@@ -910,12 +908,12 @@ impl Handler for StreamConn {
             }
         }
         if env.tl.in_window(now) {
-            env.st.borrow_mut().c.bytes_received += received as u64;
+            ctx.state().c.bytes_received += received as u64;
         }
         self.maybe_finish(ctx);
     }
 
-    fn on_timer(&mut self, ctx: &mut Ctx<'_>, _timer: TimerId) {
+    fn on_timer(&mut self, ctx: &mut Ctx<'_, ThreadState>, _timer: TimerId) {
         self.timer_armed = false;
         if !self.finishing {
             self.pump(ctx, Instant::now());
@@ -923,10 +921,10 @@ impl Handler for StreamConn {
         self.maybe_finish(ctx);
     }
 
-    fn on_close(&mut self, _ctx: &mut Ctx<'_>, reason: &CloseReason) {
+    fn on_close(&mut self, ctx: &mut Ctx<'_, ThreadState>, reason: &CloseReason) {
         let now = Instant::now();
         let env = &self.env;
-        let mut st = env.st.borrow_mut();
+        let st = ctx.state();
         let slot = self.slot;
         if !self.opened {
             st.c.connect_failures += 1;
@@ -1000,13 +998,13 @@ impl DgramSock {
         self.first + self.inflight.len() as u64
     }
 
-    fn send_one(&mut self, ctx: &mut DgramCtx<'_>, t: Instant, now: Instant) {
+    fn send_one(&mut self, ctx: &mut DgramCtx<'_, ThreadState>, t: Instant, now: Instant) {
         let seq = self.next_seq();
         let env = Rc::clone(&self.env);
         env.pattern().fill(self.key, seq, &mut self.buf);
         let counted = env.tl.in_window(now);
         let result = ctx.send_to(&self.buf, &self.target);
-        let mut st = env.st.borrow_mut();
+        let st = ctx.state();
         match result {
             Ok(()) => {
                 self.inflight.push_back(Sent {
@@ -1037,7 +1035,7 @@ impl DgramSock {
     }
 
     /// Closed loop: back to `pipeline` messages in flight.
-    fn top_up(&mut self, ctx: &mut DgramCtx<'_>, now: Instant) {
+    fn top_up(&mut self, ctx: &mut DgramCtx<'_, ThreadState>, now: Instant) {
         if let Load::Closed { pipeline } = self.env.s.load {
             if now < self.env.tl.end {
                 // Bounded: a failed send does not raise `pending`.
@@ -1051,7 +1049,7 @@ impl DgramSock {
     }
 
     /// Open loop: sends what is due and arms the timer for the next message.
-    fn pump(&mut self, ctx: &mut DgramCtx<'_>, now: Instant) {
+    fn pump(&mut self, ctx: &mut DgramCtx<'_, ThreadState>, now: Instant) {
         loop {
             match self
                 .env
@@ -1075,7 +1073,7 @@ impl DgramSock {
     }
 
     /// Drops answered entries from the front and declares the ones past the timeout lost.
-    fn sweep(&mut self, now: Instant) {
+    fn sweep(&mut self, st: &mut ThreadState, now: Instant) {
         let timeout = self.env.s.timeout;
         let mut lost = 0;
         while let Some(front) = self.inflight.front() {
@@ -1093,7 +1091,7 @@ impl DgramSock {
             self.first += 1;
         }
         if lost > 0 {
-            self.env.st.borrow_mut().c.lost += lost;
+            st.c.lost += lost;
         }
     }
 
@@ -1105,17 +1103,17 @@ impl DgramSock {
         }
     }
 
-    fn maybe_finish(&mut self, ctx: &mut DgramCtx<'_>) {
+    fn maybe_finish(&mut self, ctx: &mut DgramCtx<'_, ThreadState>) {
         if self.finishing && self.pending == 0 {
             ctx.close();
         }
     }
 }
 
-impl DatagramHandler for DgramSock {
-    fn on_ready(&mut self, ctx: &mut DgramCtx<'_>) {
+impl DatagramHandler<ThreadState> for DgramSock {
+    fn on_ready(&mut self, ctx: &mut DgramCtx<'_, ThreadState>) {
         let now = Instant::now();
-        self.env.st.borrow_mut().c.connects_ok += 1;
+        ctx.state().c.connects_ok += 1;
         self.sweep_timer = Some(ctx.set_timer(sweep_period(self.env.s.timeout)));
         if now >= self.env.tl.end {
             self.finishing = true;
@@ -1128,13 +1126,13 @@ impl DatagramHandler for DgramSock {
         self.maybe_finish(ctx);
     }
 
-    fn on_datagram(&mut self, ctx: &mut DgramCtx<'_>, data: &[u8], _from: &PeerAddr) {
+    fn on_datagram(&mut self, ctx: &mut DgramCtx<'_, ThreadState>, data: &[u8], _from: &PeerAddr) {
         let now = Instant::now();
         let env = Rc::clone(&self.env);
         let p = env.pattern();
         let seq = Pattern::seq_of(self.key, data);
         let valid = |seq: u64| data.len() == p.size && p.matches(self.key, seq, 0, data);
-        let mut st = env.st.borrow_mut();
+        let st = ctx.state();
         match seq {
             Some(seq) if seq < self.first => {
                 // Answered or declared lost already: never taken for a newer message.
@@ -1173,7 +1171,6 @@ impl DatagramHandler for DgramSock {
                 st.note_error(|| format!("socket {slot}: echo differs from what was sent"));
             }
         }
-        drop(st);
         self.trim();
         match env.s.load {
             Load::Open { .. } if !self.finishing => self.pump(ctx, now),
@@ -1183,7 +1180,7 @@ impl DatagramHandler for DgramSock {
         self.maybe_finish(ctx);
     }
 
-    fn on_timer(&mut self, ctx: &mut DgramCtx<'_>, timer: TimerId) {
+    fn on_timer(&mut self, ctx: &mut DgramCtx<'_, ThreadState>, timer: TimerId) {
         let now = Instant::now();
         if Some(timer) == self.schedule_timer {
             self.schedule_timer = None;
@@ -1191,7 +1188,7 @@ impl DatagramHandler for DgramSock {
                 self.pump(ctx, now);
             }
         } else if Some(timer) == self.sweep_timer {
-            self.sweep(now);
+            self.sweep(ctx.state(), now);
             match self.env.s.load {
                 Load::Open { .. } => {
                     if now >= self.env.tl.end {
@@ -1207,14 +1204,14 @@ impl DatagramHandler for DgramSock {
         self.maybe_finish(ctx);
     }
 
-    fn on_close(&mut self, _ctx: &mut DgramCtx<'_>) {
+    fn on_close(&mut self, ctx: &mut DgramCtx<'_, ThreadState>) {
         // Still unanswered when the run was cut off: lost.
         let lost = self
             .inflight
             .iter()
             .filter(|s| !s.done && s.counted)
             .count();
-        self.env.st.borrow_mut().c.lost += lost as u64;
+        ctx.state().c.lost += lost as u64;
     }
 }
 
@@ -1257,9 +1254,11 @@ fn datagram_target(target: &Endpoint) -> io::Result<PeerAddr> {
 }
 
 /// Starts connection (or socket) `slot` in `el`.
-fn open_slot(el: &mut EventLoop, env: &Rc<Env>, slot: usize) -> Result<(), String> {
+fn open_slot(el: &mut EventLoop<ThreadState>, env: &Rc<Env>, slot: usize) -> Result<(), String> {
     let s = &env.s;
-    let key = env.next_key();
+    let serial = el.state().serial;
+    el.state_mut().serial += 1;
+    let key = env.key(serial);
     let now = Instant::now();
     match s.transport {
         Transport::Tcp | Transport::Tls | Transport::Unix => {
@@ -1323,15 +1322,14 @@ fn drive(
         close_timeout: s.timeout,
         ..Config::default()
     };
-    let mut el = EventLoop::new(config).map_err(|e| format!("cannot create a poller: {e}"))?;
+    let mut el = EventLoop::with_state(config, ThreadState::default())
+        .map_err(|e| format!("cannot create a poller: {e}"))?;
     let template = random_template(SPREAD + s.size, thread as u64);
     let env = Rc::new(Env {
         s: Arc::clone(&s),
         tl,
         thread,
         template,
-        st: RefCell::new(ThreadState::default()),
-        next_serial: std::cell::Cell::new(0),
     });
 
     // Connections to open, earliest first. With --connect-rate connection i is due at
@@ -1351,8 +1349,7 @@ fn drive(
     loop {
         let now = Instant::now();
         queue.extend(
-            env.st
-                .borrow_mut()
+            el.state_mut()
                 .requeue
                 .drain(..)
                 .map(|(at, slot)| Reverse((at, slot))),
@@ -1367,7 +1364,7 @@ fn drive(
             }
         }
         if now >= next_tick && next_tick <= tl.end {
-            let mut st = env.st.borrow_mut();
+            let st = el.state_mut();
             let msg = Msg::Tick {
                 thread,
                 tick,
@@ -1379,7 +1376,6 @@ fn drive(
             st.tick.reset();
             st.tick_msgs = 0;
             st.tick_bytes = 0;
-            drop(st);
             // The main thread only stops listening when it gave up on us.
             let _ = tx.send(msg);
             tick += 1;
@@ -1413,8 +1409,8 @@ fn drive(
             break;
         }
     }
+    let st = std::mem::take(el.state_mut());
     drop(el);
-    let st = env.st.replace(ThreadState::default());
     Ok(ThreadResult {
         c: st.c,
         latency: st.latency,

@@ -39,7 +39,6 @@
 //! is an empty message (over a stream it trivially echoes, over datagrams it is a real empty
 //! datagram).
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, BufRead, Write};
 use std::os::fd::OwnedFd;
@@ -47,7 +46,6 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixDatagram};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -136,14 +134,14 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, CliError> {
         close_timeout: timeout,
         ..Config::default()
     };
-    let mut el = EventLoop::new(config)?;
-    let outcome: Outcome = Rc::default();
-    let common = Common {
-        messages: Rc::new(RefCell::new(messages)),
-        outcome: Rc::clone(&outcome),
-        timeout,
-        index: 0,
-    };
+    let mut el = EventLoop::with_state(
+        config,
+        Shared {
+            messages,
+            outcome: None,
+        },
+    )?;
+    let common = Common { timeout, index: 0 };
     match args.transport {
         Transport::Tcp | Transport::Tls | Transport::Unix => {
             start_stream(&mut el, &args, common)?;
@@ -157,7 +155,7 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, CliError> {
     if el.run_once(Some(Duration::ZERO))? {
         el.run()?;
     }
-    let result = outcome.borrow_mut().take();
+    let result = el.state_mut().outcome.take();
     match result {
         Some(Ok(())) => Ok(ExitCode::SUCCESS),
         Some(Err(msg)) => Err(msg.into()),
@@ -186,7 +184,11 @@ fn check_options(args: &ClientArgs) -> Result<(), CliError> {
 }
 
 /// Resolves the target and starts the first connect.
-fn start_stream(el: &mut EventLoop, args: &ClientArgs, common: Common) -> Result<(), CliError> {
+fn start_stream(
+    el: &mut EventLoop<Shared>,
+    args: &ClientArgs,
+    common: Common,
+) -> Result<(), CliError> {
     let endpoints: VecDeque<Endpoint> = match args.transport {
         Transport::Unix => VecDeque::from([Endpoint::Unix(UnixName::parse(&args.addr)?)]),
         _ => resolve_all(&args.addr)?
@@ -240,7 +242,11 @@ fn host_part(addr: &str) -> &str {
 
 /// Binds the client's datagram socket and registers it; the handler sends the first
 /// message from `on_ready`.
-fn start_dgram(el: &mut EventLoop, args: &ClientArgs, common: Common) -> Result<(), CliError> {
+fn start_dgram(
+    el: &mut EventLoop<Shared>,
+    args: &ClientArgs,
+    common: Common,
+) -> Result<(), CliError> {
     let retries = args.retries.unwrap_or(DGRAM_RETRIES);
     match args.transport {
         Transport::Udp => {
@@ -289,34 +295,37 @@ fn autobound_unix_datagram() -> io::Result<UnixDatagram> {
     Ok(UnixDatagram::from(OwnedFd::from(sock)))
 }
 
-/// The result, set once by whichever handler finishes the exchange. Shared with `run`
-/// because the handlers are owned by the loop.
-type Outcome = Rc<RefCell<Option<Result<(), String>>>>;
+/// The loop's state: what every handler of the exchange shares, and `run` reads after.
+struct Shared {
+    /// The messages still to send: a connect to the next address takes over where a
+    /// failed one was.
+    messages: Messages,
+    /// The result, set once by whichever handler finishes the exchange.
+    outcome: Option<Result<(), String>>,
+}
 
-/// What both handlers need: the messages, where to put the result, the timeout.
+impl Shared {
+    /// Records the result unless one is already recorded (the first word is the true one:
+    /// a failure is often followed by the close it caused).
+    fn settle(&mut self, result: Result<(), String>) {
+        if self.outcome.is_none() {
+            self.outcome = Some(result);
+        }
+    }
+
+    fn is_settled(&self) -> bool {
+        self.outcome.is_some()
+    }
+}
+
+/// What both handlers need besides the shared state: the timeout, the message count.
 struct Common {
-    /// Shared so that a connect to the next address can take over where a failed one was.
-    messages: Rc<RefCell<Messages>>,
-    outcome: Outcome,
     timeout: Duration,
     /// Number of the current message (1-based once the first is sent).
     index: usize,
 }
 
 impl Common {
-    /// Records the result unless one is already recorded (the first word is the true one:
-    /// a failure is often followed by the close it caused).
-    fn settle(&self, result: Result<(), String>) {
-        let mut o = self.outcome.borrow_mut();
-        if o.is_none() {
-            *o = Some(result);
-        }
-    }
-
-    fn is_settled(&self) -> bool {
-        self.outcome.borrow().is_some()
-    }
-
     /// The delay to pass to `set_timer` for a deadline `timeout` from now. Timers count
     /// from the moment the loop woke up for this batch of events, and reading the next line
     /// of standard input may have blocked since then: add the time spent.
@@ -325,8 +334,8 @@ impl Common {
     }
 
     /// The next message, or `None` at the end; failures to read or print become `Err`.
-    fn next_message(&mut self) -> Option<Result<String, String>> {
-        let next = self.messages.borrow_mut().next()?;
+    fn next_message(&mut self, shared: &mut Shared) -> Option<Result<String, String>> {
+        let next = shared.messages.next()?;
         Some(next.and_then(|text| {
             self.index += 1;
             say(&format!("SENT {text} ({} bytes)", text.len()))?;
@@ -444,8 +453,6 @@ impl StreamClient {
     fn successor(&self, ep: Endpoint) -> StreamClient {
         StreamClient {
             common: Common {
-                messages: Rc::clone(&self.common.messages),
-                outcome: Rc::clone(&self.common.outcome),
                 timeout: self.common.timeout,
                 index: 0,
             },
@@ -486,23 +493,23 @@ impl StreamClient {
     }
 
     /// Ends the exchange with an error; the close that follows stops the loop.
-    fn fail(&mut self, ctx: &mut Ctx<'_>, msg: String) {
-        self.common.settle(Err(msg));
+    fn fail(&mut self, ctx: &mut Ctx<'_, Shared>, msg: String) {
+        ctx.state().settle(Err(msg));
         self.phase = Phase::Finished;
         self.cancel_timer(ctx);
         ctx.abort();
     }
 
-    fn cancel_timer(&mut self, ctx: &mut Ctx<'_>) {
+    fn cancel_timer(&mut self, ctx: &mut Ctx<'_, Shared>) {
         if let Some(t) = self.timer.take() {
             ctx.cancel_timer(t);
         }
     }
 
     /// Sends the next message, or half-closes after the last one.
-    fn send_next(&mut self, ctx: &mut Ctx<'_>) {
+    fn send_next(&mut self, ctx: &mut Ctx<'_, Shared>) {
         loop {
-            match self.common.next_message() {
+            match self.common.next_message(ctx.state()) {
                 None => {
                     // Our side is done; the server's EOF says it has echoed everything.
                     ctx.shutdown_write();
@@ -530,7 +537,7 @@ impl StreamClient {
     }
 
     /// The whole echo is in: print and compare it.
-    fn echo_complete(&mut self, ctx: &mut Ctx<'_>) {
+    fn echo_complete(&mut self, ctx: &mut Ctx<'_, Shared>) {
         self.cancel_timer(ctx);
         let text = String::from_utf8_lossy(&self.got).into_owned();
         if let Err(e) = say(&format!(
@@ -581,15 +588,15 @@ impl StreamClient {
     }
 }
 
-impl Handler for StreamClient {
-    fn on_open(&mut self, ctx: &mut Ctx<'_>) {
+impl Handler<Shared> for StreamClient {
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Shared>) {
         self.peer = ctx
             .peer_addr()
             .map_or_else(|| self.endpoint.to_string(), |p| p.to_string());
         self.send_next(ctx);
     }
 
-    fn on_data(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) {
+    fn on_data(&mut self, ctx: &mut Ctx<'_, Shared>, data: &[u8]) {
         match self.phase {
             Phase::Awaiting => {
                 // Take only what completes this echo: we send the next message only after
@@ -620,12 +627,12 @@ impl Handler for StreamClient {
         }
     }
 
-    fn on_peer_closed(&mut self, ctx: &mut Ctx<'_>) {
+    fn on_peer_closed(&mut self, ctx: &mut Ctx<'_, Shared>) {
         match self.phase {
             Phase::Finishing => {
                 self.cancel_timer(ctx);
                 self.phase = Phase::Finished;
-                self.common.settle(Ok(()));
+                ctx.state().settle(Ok(()));
                 ctx.close();
             }
             Phase::Awaiting => {
@@ -642,7 +649,7 @@ impl Handler for StreamClient {
         }
     }
 
-    fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: TimerId) {
+    fn on_timer(&mut self, ctx: &mut Ctx<'_, Shared>, timer: TimerId) {
         if self.timer != Some(timer) {
             return;
         }
@@ -665,7 +672,7 @@ impl Handler for StreamClient {
         self.fail(ctx, msg);
     }
 
-    fn on_close(&mut self, ctx: &mut Ctx<'_>, reason: &CloseReason) {
+    fn on_close(&mut self, ctx: &mut Ctx<'_, Shared>, reason: &CloseReason) {
         self.cancel_timer(ctx);
         let connect_failed = matches!(
             reason,
@@ -683,10 +690,10 @@ impl Handler for StreamClient {
                 ctx.connect(ep, opts, Box::new(next));
                 return;
             }
-            self.common.settle(Err(self.connect_failure()));
-        } else if !self.common.is_settled() {
+            ctx.state().settle(Err(self.connect_failure()));
+        } else if !ctx.state().is_settled() {
             let msg = self.explain(reason);
-            self.common.settle(Err(msg));
+            ctx.state().settle(Err(msg));
         }
         self.phase = Phase::Finished;
         ctx.stop_loop(Duration::ZERO);
@@ -786,7 +793,7 @@ impl DgramClient {
 
     /// Moves the exchange to the server's next address, on a new socket of its family
     /// (the current message is sent again from there). Returns false if there is none.
-    fn try_next_address(&mut self, ctx: &mut DgramCtx<'_>) -> bool {
+    fn try_next_address(&mut self, ctx: &mut DgramCtx<'_, Shared>) -> bool {
         if self.answered {
             return false;
         }
@@ -799,8 +806,6 @@ impl DgramClient {
         );
         let successor = DgramClient {
             common: Common {
-                messages: Rc::clone(&self.common.messages),
-                outcome: Rc::clone(&self.common.outcome),
                 timeout: self.common.timeout,
                 index: self.common.index,
             },
@@ -828,8 +833,8 @@ impl DgramClient {
         true
     }
 
-    fn finish(&mut self, ctx: &mut DgramCtx<'_>, result: Result<(), String>) {
-        self.common.settle(result);
+    fn finish(&mut self, ctx: &mut DgramCtx<'_, Shared>, result: Result<(), String>) {
+        ctx.state().settle(result);
         self.current = None;
         if let Some(t) = self.timer.take() {
             ctx.cancel_timer(t);
@@ -838,8 +843,8 @@ impl DgramClient {
         ctx.stop_loop(Duration::ZERO);
     }
 
-    fn send_next(&mut self, ctx: &mut DgramCtx<'_>) {
-        match self.common.next_message() {
+    fn send_next(&mut self, ctx: &mut DgramCtx<'_, Shared>) {
+        match self.common.next_message(ctx.state()) {
             None => self.finish(ctx, Ok(())),
             Some(Err(e)) => self.finish(ctx, Err(e)),
             Some(Ok(text)) => {
@@ -853,7 +858,7 @@ impl DgramClient {
     }
 
     /// Sends (or resends) the current message and arms its timeout.
-    fn transmit(&mut self, ctx: &mut DgramCtx<'_>) {
+    fn transmit(&mut self, ctx: &mut DgramCtx<'_, Shared>) {
         let Some(msg) = &self.current else { return };
         self.attempts = self.attempts.saturating_add(1);
         if let Err(e) = ctx.send_to(msg, &self.server) {
@@ -883,8 +888,8 @@ impl DgramClient {
     }
 }
 
-impl DatagramHandler for DgramClient {
-    fn on_ready(&mut self, ctx: &mut DgramCtx<'_>) {
+impl DatagramHandler<Shared> for DgramClient {
+    fn on_ready(&mut self, ctx: &mut DgramCtx<'_, Shared>) {
         if self.current.is_some() {
             // Taking over from a socket on another address: the message is not answered yet.
             self.transmit(ctx);
@@ -893,7 +898,7 @@ impl DatagramHandler for DgramClient {
         }
     }
 
-    fn on_datagram(&mut self, ctx: &mut DgramCtx<'_>, data: &[u8], from: &PeerAddr) {
+    fn on_datagram(&mut self, ctx: &mut DgramCtx<'_, Shared>, data: &[u8], from: &PeerAddr) {
         let Some(current) = &self.current else {
             // Between messages or after the end: a late duplicate, nothing waits for it.
             return;
@@ -920,7 +925,7 @@ impl DatagramHandler for DgramClient {
         self.send_next(ctx);
     }
 
-    fn on_timer(&mut self, ctx: &mut DgramCtx<'_>, timer: TimerId) {
+    fn on_timer(&mut self, ctx: &mut DgramCtx<'_, Shared>, timer: TimerId) {
         if self.timer != Some(timer) || self.current.is_none() {
             return;
         }
@@ -961,11 +966,11 @@ impl DatagramHandler for DgramClient {
         self.finish(ctx, Err(msg));
     }
 
-    fn on_close(&mut self, ctx: &mut DgramCtx<'_>) {
+    fn on_close(&mut self, ctx: &mut DgramCtx<'_, Shared>) {
         if self.handed_over {
             return;
         }
-        self.common
+        ctx.state()
             .settle(Err("the socket closed before the exchange was over".into()));
         ctx.stop_loop(Duration::ZERO);
     }
@@ -974,8 +979,8 @@ impl DatagramHandler for DgramClient {
 #[cfg(test)]
 mod tests {
     use super::{
-        Common, Config, DgramClient, Duration, EventLoop, Messages, Outcome, PeerAddr, Rc, RefCell,
-        VecDeque, explain_tls, host_part, unspecified_like,
+        Common, Config, DgramClient, Duration, EventLoop, Messages, PeerAddr, Shared, VecDeque,
+        explain_tls, host_part, unspecified_like,
     };
 
     fn lines(input: &'static [u8]) -> Vec<Result<String, String>> {
@@ -1048,20 +1053,18 @@ mod tests {
                 echo.send_to(&buf[..n], from).unwrap();
             }
         });
-        let outcome: Outcome = Rc::default();
         let common = Common {
-            messages: Rc::new(RefCell::new(Messages::from_list(vec![
-                "one".into(),
-                "two".into(),
-            ]))),
-            outcome: Rc::clone(&outcome),
             timeout: Duration::from_millis(100),
             index: 0,
         };
         let first = PeerAddr::Inet(silent.local_addr().unwrap());
         let mut client = DgramClient::new(common, first, 1, true);
         client.fallbacks = VecDeque::from([echo_addr]);
-        let mut el = EventLoop::new(Config::default()).unwrap();
+        let shared = Shared {
+            messages: Messages::from_list(vec!["one".into(), "two".into()]),
+            outcome: None,
+        };
+        let mut el = EventLoop::with_state(Config::default(), shared).unwrap();
         el.bind_udp(
             unspecified_like(silent.local_addr().unwrap()),
             Box::new(client),
@@ -1075,6 +1078,6 @@ mod tests {
             );
         }
         server.join().unwrap();
-        assert_eq!(outcome.borrow().clone(), Some(Ok(())));
+        assert_eq!(el.state().outcome, Some(Ok(())));
     }
 }
