@@ -35,7 +35,7 @@ use std::time::Duration;
 mod common;
 
 use common::Pki;
-use echoloop::cli::bench::{CLOCK_TICKS_PER_SEC, proc_cpu_split};
+use echoloop::cli::bench::{clock_ticks_per_sec, proc_cpu_split};
 
 const ECHOLOOP: &str = env!("CARGO_BIN_EXE_echoloop");
 
@@ -456,7 +456,7 @@ fn run_one(
     if messages <= 0.0 {
         return Err("no messages echoed".into());
     }
-    let us = |ticks: u64| ticks as f64 / CLOCK_TICKS_PER_SEC as f64 * 1e6;
+    let us = |ticks: u64| ticks as f64 / clock_ticks_per_sec() as f64 * 1e6;
     let user_us = us(after.user - before.user);
     let cpu_us = user_us + us(after.system - before.system);
     Ok(Sample {

@@ -86,7 +86,10 @@
 //! purpose (so one busy client cannot starve the others, or because of backpressure) it
 //! remembers "maybe readable" and comes back by itself. One system call can be saved:
 //! `epoll(7)` notes that a read returning less than asked for on a stream socket means the
-//! queue is drained (see `read_loop` in `src/event_loop/stream.rs`).
+//! queue is drained (see `read_loop` in `src/event_loop/stream.rs`). That goes beyond
+//! mio's own contract, which asks callers to read until `WouldBlock`; it is sound on Linux
+//! because mio registers sockets edge-triggered (`EPOLLET`) and the kernel raises a new
+//! edge for every arrival after our read, so bytes that come later are never missed.
 //!
 //! # 5. Partial writes
 //!
@@ -110,7 +113,15 @@
 //! calls `shutdown(Write)` to send its own FIN, then closes. Closing a socket that still
 //! has unread input makes the kernel send a reset (RST) and discard output the peer has
 //! not received; so a server that closes on its own initiative first half-closes, then
-//! reads and drops until the peer's EOF (bounded by a timeout). See [`crate::Ctx::close`].
+//! *lingers*: reads and drops until the peer's EOF (bounded by a timeout). See
+//! [`crate::Ctx::close`].
+//!
+//! The other way round, a reset is sometimes the honest answer. When the loop gives up on
+//! output it owed — [`crate::Ctx::abort`], an idle timeout or the end of the shutdown
+//! grace with a peer that stopped reading — a FIN would tell the peer "that was all",
+//! and it would take a cut stream for a whole one. So the loop closes those with
+//! `SO_LINGER` set to zero, which makes the kernel send RST: the peer's next read fails
+//! with `ECONNRESET`. (Unix stream sockets have no reset; their peer sees EOF.)
 //!
 //! # 8. Datagrams: no connection, no guarantee
 //!
@@ -144,7 +155,50 @@
 //! reactor logs it, keeps serving existing connections, and tries `accept` again after a
 //! short timer ([`crate::event_loop::Config::accept_backoff`]).
 //!
-//! # 11. Stopping properly
+//! # 11. Non-blocking connect
+//!
+//! A blocking `connect` waits for the handshake (SYN, SYN-ACK, ACK). A non-blocking one
+//! returns at once with `EINPROGRESS`: the handshake goes on in the kernel, and the socket
+//! becomes *writable* when it is over — however it went. Writable does not mean
+//! connected: the result waits in the socket's pending error, read with
+//! `getsockopt(SO_ERROR)` (`take_error`); and a wake-up can come early, so `getpeername`
+//! (`peer_addr`) succeeding is the proof that it is really connected (mio#1523). A peer
+//! that never answers leaves the connect pending for minutes, so a timeout is ours to set
+//! ([`crate::ConnectOptions::timeout`]). A connect can also fail at once — no route, no
+//! descriptors left: echoloop reports that the same way as a later failure, to the
+//! handler's `on_close`, so a program handles failures in one place. See
+//! `finish_connect` in `src/event_loop/stream.rs`.
+//!
+//! # 12. A connection as a state machine
+//!
+//! Put together, sections 4 to 11 are rules about one connection: connecting, the TLS
+//! handshake, data both ways, a half-close from either side, a graceful close that
+//! lingers, an abort, deadlines for each phase. Written as flags ("EOF seen", "closing",
+//! "write side shut"...) they allow combinations that mean nothing; written as one state
+//! (`Open`, `PeerShut`, `WriteShut`, `Closing`, `Lingering`...) they cannot. echoloop's
+//! connection (`src/conn/`) is such a state machine, and it does no I/O at all: bytes,
+//! EOF and "the kernel took n bytes" go in, and "tell the handler this", "write these
+//! bytes", "send FIN now" come out. The reactor does the system calls; the tests drive two
+//! connections through an in-memory pipe of any capacity, with a clock they move, and a
+//! fuzzer throws random interleavings and corrupted TLS records at them.
+//!
+//! # 13. Many connections, one loop, other threads
+//!
+//! Real servers make connections talk to each other: a proxy pairs two, a chat server
+//! sends each line to everyone. A handler names another connection by its
+//! [`crate::ConnId`] and acts on it through [`crate::Ctx::conn`]; the id carries a
+//! generation, so one kept after that connection closed is refused
+//! ([`crate::ConnError::Gone`]) instead of reaching whoever took its slab slot. What the
+//! action causes over there (that connection's `on_close`, say) runs after the current
+//! callback returns: callbacks never nest. State every callback needs lives in the loop
+//! ([`crate::EventLoop::with_state`], `ctx.state()`).
+//!
+//! Other threads may not touch the loop; they leave messages in a bounded channel and
+//! wake it ([`crate::EventLoop::channel`]): a write to an `eventfd` that makes the poll
+//! return. And a program with its own poller can wait on the loop's epoll descriptor like
+//! on a socket ([`crate::event_loop`], "Nesting").
+//!
+//! # 14. Stopping properly
 //!
 //! The textbook server stops with Ctrl-C, dropping whatever was in flight. Here SIGINT and
 //! SIGTERM arrive through the poll loop (a self-pipe, [`crate::EventLoop::handle_signals`]);

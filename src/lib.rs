@@ -33,30 +33,94 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Embedding: state, other connections, other threads
+//!
+//! A loop can carry application state that every callback reaches (`ctx.state()`), act
+//! on any of its connections by id (`ctx.conn(id)`), and take work from other threads
+//! through a bounded channel that wakes it. Here a thread hands the loop a line, and the
+//! loop sends it to every client it has:
+//!
+//! ```
+//! use std::io::Read;
+//! use std::time::Duration;
+//! use echoloop::{Config, ConnId, Ctx, Endpoint, EventLoop, Handler, ListenKind, LoopCtx};
+//!
+//! /// Every connected client, in the loop's state.
+//! #[derive(Default)]
+//! struct Clients(Vec<ConnId>);
+//!
+//! struct Client;
+//! impl Handler<Clients> for Client {
+//!     fn on_open(&mut self, ctx: &mut Ctx<'_, Clients>) {
+//!         let me = ctx.id();
+//!         ctx.state().0.push(me);
+//!     }
+//!     fn on_data(&mut self, _: &mut Ctx<'_, Clients>, _: &[u8]) {}
+//! }
+//!
+//! let mut el = EventLoop::with_state(Config::default(), Clients::default())?;
+//! let any = Endpoint::Inet("127.0.0.1:0".parse()?);
+//! let Endpoint::Inet(addr) = el.listen(&any, ListenKind::Tcp, || Box::new(Client))?.addr
+//! else { unreachable!() };
+//! // Messages from other threads arrive here, on the loop's thread.
+//! let tx = el.channel(16, |ctx: &mut LoopCtx<'_, Clients>, line: String| {
+//!     for id in ctx.state().0.clone() {
+//!         let _ = ctx.conn(id).send(line.as_bytes()); // Err(Gone) if it left meanwhile
+//!     }
+//! });
+//! let mut client = std::net::TcpStream::connect(addr)?;
+//! while el.state().0.is_empty() {
+//!     el.run_once(Some(Duration::from_millis(10)))?;
+//! }
+//! let stop = el.stop_handle();
+//! std::thread::spawn(move || {
+//!     tx.try_send("news\n".to_string()).expect("room in the channel");
+//!     stop.stop(Duration::from_secs(1));
+//! });
+//! el.run()?;
+//! let mut got = String::new();
+//! client.read_to_string(&mut got)?;
+//! assert_eq!(got, "news\n");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! `examples/proxy.rs` (a TCP proxy with backpressure both ways and half-close carried
+//! across), `examples/chat.rs` (lines to every other client, slow readers cut off),
+//! `examples/host_poll.rs` (the loop inside a host's own poller) and `examples/embed.rs`
+//! (work handed in from another thread) go further.
+//!
 //! # Layout
+//!
+//! Modules are layered: each uses only those above it in this table (the
+//! `layering` test checks that no import goes in a circle), and the reactor at the bottom
+//! is the only part that knows all the others.
 //!
 //! | module | what it does | socket concept it teaches |
 //! |---|---|---|
 //! | [`guide`] | documentation only | from a blocking echo server to the reactor |
-//! | [`net`] | the only code making socket system calls | address families, backlog, `WouldBlock` and `EINTR`, stale Unix socket files |
+//! | `id` | [`ConnId`], [`TimerId`] | why ids carry a generation (slot reuse) |
+//! | [`error`], [`stats`] | errors per concern, counters | — |
 //! | [`sendbuf`] | unsent bytes of one connection | partial writes |
-//! | `conn` | one connection's state | connection life cycle, edge-triggered bookkeeping |
-//! | [`event_loop`] | the reactor: poll, dispatch, timers, stop | readiness, backpressure, fairness, half-close, EMFILE, slot reuse |
-//! | `event_loop/stream` | one stream connection's I/O | edge-triggered reads, partial writes, backpressure, half-close, non-blocking connect |
-//! | `event_loop/datagram` | datagram sockets | whole datagrams, blocking sends, `recvmmsg`/`sendmmsg` when the queue runs deep |
-//! | `net/mmsg` | many datagrams per system call | batching system calls |
-//! | [`handler`] | the protocol interface | separating protocol from I/O |
+//! | `timer` | a deadline heap feeding the poll timeout | timers without threads |
+//! | [`net`] | the only code making socket system calls | address families, backlog, `WouldBlock` and `EINTR`, non-blocking connect, stale Unix socket files |
+//! | `tls`, [`tls_config`] | rustls driven by hand; certificates, keys, trust | TLS as a state machine between byte streams; hostname verification |
+//! | `config` | [`Config`], [`ConnectOptions`], [`ListenKind`] | — |
+//! | `conn` | one stream connection's state machine, without I/O | connect, handshake, half-close either way, lingering, abort, deadlines, backpressure |
+//! | `dgram` | a datagram socket's reply queue | datagram sends block too |
+//! | [`handler`] | the protocol interface and its contexts | separating protocol from I/O; acting on other connections |
 //! | [`echo`] | echo as a handler | — |
-//! | `tls` | rustls driven by hand | TLS as a state machine between byte streams |
-//! | [`tls_config`] | certificates, keys, trust | secure default contexts, hostname verification |
-//! | [`stats`] | counters | — |
+//! | [`event_loop`] | the reactor: poll, dispatch, drivers for streams, datagrams, listeners, other threads | edge-triggered readiness, fairness, EMFILE, slot reuse, `recvmmsg`, waking a loop |
 //! | `cli` | the `echoloop` command (feature `cli`) | — |
 //!
 //! # Panics and errors
 //!
-//! A panic is a bug: no input from a peer or a user may cause one. Errors are typed
-//! (`#[non_exhaustive]` enums per concern: [`AddrError`], [`ListenError`],
-//! [`tls_config::TlsConfigError`]) with messages a user can act on.
+//! A panic is a bug: no input from a peer or a user may cause one (the connection state
+//! machine and the parsers of user input are fuzzed to keep it so: see the README). Errors
+//! are typed (`#[non_exhaustive]` enums per concern: [`AddrError`], [`ListenError`],
+//! [`ConnError`], [`SendError`], [`TrySendError`], [`tls_config::TlsConfigError`]) with
+//! messages a user can act on. A panic in *your* handler unwinds to the caller of
+//! [`EventLoop::run_once`] and leaves the loop poisoned: see [`event_loop`], "When a
+//! handler panics".
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 

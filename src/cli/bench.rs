@@ -150,16 +150,22 @@ pub struct BenchArgs {
     log_level: log::LevelFilter,
 }
 
-/// The CPU time in `/proc/PID/stat` is counted in USER_HZ ticks. USER_HZ is 100 on every
-/// Linux architecture in use (it is what `sysconf(_SC_CLK_TCK)` returns); asking sysconf
-/// would need libc for a constant.
-pub const CLOCK_TICKS_PER_SEC: u64 = 100;
+/// The clock ticks per second that `/proc/PID/stat` counts CPU time in (`USER_HZ`), as
+/// the system says (`sysconf(_SC_CLK_TCK)`); 100 if it will not say.
+pub fn clock_ticks_per_sec() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        // SAFETY: sysconf takes a plain integer and touches no memory of ours.
+        let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
+    })
+}
 
 /// CPU time (user + system, all threads) that process `pid` has used so far, in ticks of
-/// [`CLOCK_TICKS_PER_SEC`], read from `/proc/PID/stat`.
+/// [`clock_ticks_per_sec`], read from `/proc/PID/stat`.
 ///
 /// Sample it at the start and the end of a measured window: the difference divided by
-/// `CLOCK_TICKS_PER_SEC` is the CPU seconds the process spent in between.
+/// `clock_ticks_per_sec()` is the CPU seconds the process spent in between.
 ///
 /// # Errors
 ///
@@ -168,7 +174,7 @@ pub fn proc_cpu_ticks(pid: u32) -> io::Result<u64> {
     proc_cpu_split(pid).map(|t| t.user + t.system)
 }
 
-/// A process's CPU time split by where it was spent, in ticks of [`CLOCK_TICKS_PER_SEC`].
+/// A process's CPU time split by where it was spent, in ticks of [`clock_ticks_per_sec`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuTicks {
     /// Time running the program's own code (utime).
@@ -1594,7 +1600,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     }
     let generator_cpu_percent = match (cpu_start, cpu_end) {
         (Some((t0, a)), Some((t1, b))) if t1 > t0 => {
-            let cpu_secs = b.saturating_sub(a) as f64 / CLOCK_TICKS_PER_SEC as f64;
+            let cpu_secs = b.saturating_sub(a) as f64 / clock_ticks_per_sec() as f64;
             Some(100.0 * cpu_secs / (t1 - t0).as_secs_f64())
         }
         _ => None,

@@ -1,6 +1,6 @@
 //! Sockets: the only module that makes socket system calls.
 //!
-//! Teaches: address families ([`addr`]), how a listening socket is made by hand
+//! Teaches: address families (`addr`: [`Endpoint`], [`UnixName`]), how a listening socket is made by hand
 //! (`listener`), connected streams and the non-blocking connect (`stream`), datagram
 //! sockets (`datagram`, `mmsg`), and the two results of a non-blocking call that are not
 //! failures: `Interrupted` ("a signal arrived, just try again"), which is retried here and
