@@ -183,7 +183,33 @@ pub(crate) struct StreamEntry<S> {
     /// The timer standing for `conn.poll_timeout()`.
     pub(crate) deadline: Option<TimerId>,
     /// The handler's timers, cancelled when the connection closes.
-    pub(crate) user_timers: Vec<TimerId>,
+    pub(crate) user_timers: TimerList,
+}
+
+/// The timers a handler has set on its connection or socket. Most connections never set
+/// one, and every byte of an idle connection counts (10,000 of them should cost under
+/// 2 MiB): the list is a pointer until the first timer.
+#[derive(Debug, Default)]
+pub(crate) struct TimerList(Option<Box<Vec<TimerId>>>);
+
+impl TimerList {
+    pub(crate) fn push(&mut self, t: TimerId) {
+        self.0.get_or_insert_with(Box::default).push(t);
+    }
+
+    /// Forgets `t` (it fired or was cancelled).
+    pub(crate) fn remove(&mut self, t: TimerId) {
+        if let Some(list) = self.0.as_deref_mut() {
+            if let Some(i) = list.iter().position(|x| *x == t) {
+                list.swap_remove(i);
+            }
+        }
+    }
+
+    /// Every timer still set, leaving the list empty.
+    pub(crate) fn take_all(&mut self) -> Vec<TimerId> {
+        self.0.take().map(|b| *b).unwrap_or_default()
+    }
 }
 
 /// A datagram socket, its reply queue and its handler.
@@ -203,7 +229,7 @@ pub(crate) struct DgramEntry<S> {
     /// starts with it straight away (see `datagram::read_udp`).
     pub(crate) deep: bool,
     /// The handler's timers, cancelled when the socket closes.
-    pub(crate) user_timers: Vec<TimerId>,
+    pub(crate) user_timers: TimerList,
 }
 
 /// A connect that failed at once (no socket could be made, or registering it failed).

@@ -132,9 +132,7 @@ impl<S> LoopOps<S> for Inner<S> {
             Some(Entry::Dgram(d)) if d.generation == owner.generation => &mut d.user_timers,
             _ => return,
         };
-        if let Some(i) = list.iter().position(|t| *t == timer) {
-            list.swap_remove(i);
-        }
+        list.remove(timer);
     }
 
     fn conn_send(&mut self, id: ConnId, data: &[u8]) -> Result<(), ConnError> {

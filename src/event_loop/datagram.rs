@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use mio::{Interest, Token};
 
-use super::core::{Core, DgramEntry, Entry, Inner, dgram_at};
+use super::core::{Core, DgramEntry, Entry, Inner, TimerList, dgram_at};
 use super::stream::{ReadBufs, commit_staged};
 use crate::dgram::DgramQueue;
 use crate::error::{ListenError, SendError};
@@ -60,7 +60,7 @@ pub(crate) fn add<S>(
         close_requested: false,
         ready_pending: true,
         deep: false,
-        user_timers: Vec::new(),
+        user_timers: TimerList::default(),
     }));
     inner.core.touched.push(id);
     Ok((id, addr))
@@ -128,7 +128,12 @@ pub(crate) fn close<S>(inner: &mut Inner<S>, key: usize) {
     let id = ConnId::new(key, d.generation);
     flush_queue(&mut inner.core, d, id);
     d.closed = true;
-    for t in d.user_timers.drain(..).chain(d.queue.retry_timer.take()) {
+    for t in d
+        .user_timers
+        .take_all()
+        .into_iter()
+        .chain(d.queue.retry_timer.take())
+    {
         inner.core.timers.cancel(t);
     }
     // `close` returns at once if called again from inside on_close.
@@ -183,9 +188,7 @@ pub(crate) fn user_timer_fired<S>(inner: &mut Inner<S>, id: ConnId, timer: Timer
     if d.closed {
         return;
     }
-    if let Some(i) = d.user_timers.iter().position(|t| *t == timer) {
-        d.user_timers.swap_remove(i);
-    }
+    d.user_timers.remove(timer);
     callback(inner, id.key(), |h, ctx| h.on_timer(ctx, timer));
 }
 

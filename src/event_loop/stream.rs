@@ -12,7 +12,7 @@ use std::io;
 
 use mio::{Interest, Token};
 
-use super::core::{Core, Entry, FailedEntry, Inner, StreamEntry, stream_at};
+use super::core::{Core, Entry, FailedEntry, Inner, StreamEntry, TimerList, stream_at};
 use crate::config::ConnectOptions;
 use crate::conn::{CloseReason, Connection, Event, SendPath, Session, State, Teardown};
 use crate::handler::{Ctx, Handler};
@@ -71,7 +71,7 @@ pub(crate) fn add_accepted<S>(
         handler: Some(handler),
         generation: id.generation,
         deadline: None,
-        user_timers: Vec::new(),
+        user_timers: TimerList::default(),
     }));
     inner.core.stats.connections_open += 1;
     // Data the client sent right after connecting is not missed: registering a socket
@@ -101,7 +101,7 @@ pub(crate) fn connect<S>(
                 handler: Some(handler),
                 generation: id.generation,
                 deadline: None,
-                user_timers: Vec::new(),
+                user_timers: TimerList::default(),
             })
         }
         Err(e) => Entry::Failed(FailedEntry {
@@ -476,7 +476,7 @@ fn closed<S>(inner: &mut Inner<S>, key: usize, reason: CloseReason) {
     if let Some(t) = e.deadline.take() {
         core.timers.cancel(t);
     }
-    for t in e.user_timers.drain(..) {
+    for t in e.user_timers.take_all() {
         core.timers.cancel(t);
     }
     callback(inner, key, |h, ctx| h.on_close(ctx, &reason));
@@ -520,9 +520,7 @@ pub(crate) fn user_timer_fired<S>(inner: &mut Inner<S>, id: ConnId, timer: crate
     if e.conn.is_closed() {
         return;
     }
-    if let Some(i) = e.user_timers.iter().position(|t| *t == timer) {
-        e.user_timers.swap_remove(i);
-    }
+    e.user_timers.remove(timer);
     let key = id.key();
     callback(inner, key, |h, ctx| h.on_timer(ctx, timer));
     drive(inner, key, &[]);
