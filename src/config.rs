@@ -38,6 +38,10 @@ pub struct Config {
     pub datagram_queue: usize,
     /// Bind IP sockets with `SO_REUSEPORT` (several loops sharing one address).
     pub reuse_port: bool,
+    /// Idle strategy: after the last event, keep polling without sleeping for up to this
+    /// long before blocking in `epoll_wait` (see [`crate::event_loop`], "Busy polling").
+    /// `None`, the default, blocks at once.
+    pub busy_poll: Option<Duration>,
 }
 
 impl Default for Config {
@@ -54,6 +58,7 @@ impl Default for Config {
             accept_backoff: Duration::from_millis(100),
             datagram_queue: 1024,
             reuse_port: false,
+            busy_poll: None,
         }
     }
 }
@@ -65,6 +70,8 @@ impl Config {
         self.read_budget = self.read_budget.max(1);
         self.low_water = self.low_water.min(self.high_water);
         self.datagram_queue = self.datagram_queue.max(1);
+        // A window of nothing is no busy polling at all.
+        self.busy_poll = self.busy_poll.filter(|w| !w.is_zero());
         self
     }
 }

@@ -74,7 +74,9 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
-use super::common::{CliError, Transport, init_logging, parse_level};
+use super::common::{
+    BUSY_POLL_HELP, CliError, Transport, idle_strategy, init_logging, parse_level,
+};
 use super::report::{LatencySummary, Recorder, Report, status_line};
 use super::units::{parse_duration, parse_rate, parse_size};
 use crate::net::{Endpoint, PeerAddr, UnixName, resolve_one};
@@ -145,6 +147,8 @@ pub struct BenchArgs {
     /// Give up on a connect (and TLS handshake) after this.
     #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "5s")]
     connect_timeout: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0", help = BUSY_POLL_HELP)]
+    busy_poll: Duration,
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", value_parser = parse_level, default_value = "warn")]
     log_level: log::LevelFilter,
@@ -273,6 +277,8 @@ struct Settings {
     connect_timeout: Duration,
     warmup: Duration,
     duration: Duration,
+    /// The idle strategy of every load thread's loop.
+    busy_poll: Option<Duration>,
 }
 
 impl Settings {
@@ -391,6 +397,7 @@ impl Settings {
             connect_timeout: a.connect_timeout,
             warmup: a.warmup,
             duration: a.duration,
+            busy_poll: Some(a.busy_poll).filter(|d| !d.is_zero()),
         })
     }
 
@@ -1326,6 +1333,8 @@ fn drive(
     let config = Config {
         // A closing connection waits this long for the server's side of the close.
         close_timeout: s.timeout,
+        // Every thread's loop spins on its own.
+        busy_poll: s.busy_poll,
         ..Config::default()
     };
     let mut el = EventLoop::with_state(config, ThreadState::default())
@@ -1376,7 +1385,7 @@ fn drive(
                 tick,
                 msgs: st.tick_msgs,
                 bytes: st.tick_bytes,
-                p99_us: st.tick.percentile_us(0.99),
+                p99_us: st.tick.percentile_us(0.99).round() as u64,
                 errors: st.c.errors(),
             };
             st.tick.reset();
@@ -1610,6 +1619,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         mode: s.mode(),
         transport: s.transport.name().to_owned(),
         target: s.target_text.clone(),
+        idle_strategy: idle_strategy(s.busy_poll),
         connections_requested: s.connections as u64,
         connections_up: c.connects_ok,
         connect_failures: c.connect_failures,

@@ -63,3 +63,16 @@ pub fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
     s.parse::<log::LevelFilter>()
         .map_err(|_| format!("invalid log level {s:?}: use off, error, warn, info, debug or trace"))
 }
+
+/// The `--busy-poll` help shared by `serve` and `bench`.
+pub(super) const BUSY_POLL_HELP: &str = "Idle strategy: after the last event, keep polling without sleeping for this long \
+(50us, 1ms, 2s) before blocking in epoll_wait. Trades a core for latency: it helps with few \
+connections whose messages come closer together than the window. 0 (the default) blocks at once.";
+
+/// How a loop with this busy-poll window waits, as reports name it.
+pub fn idle_strategy(busy_poll: Option<std::time::Duration>) -> String {
+    match busy_poll.filter(|d| !d.is_zero()) {
+        Some(d) => format!("busy-poll {d:?}"),
+        None => "block".to_string(),
+    }
+}

@@ -1,6 +1,6 @@
 //! Latency recording and the final report of `echoloop bench`.
 //!
-//! [`Recorder`] is a fixed-range HdrHistogram of microsecond latencies that
+//! [`Recorder`] is a fixed-range HdrHistogram of nanosecond latencies that
 //! each connection (or the whole run) feeds; [`LatencySummary`] condenses one
 //! into the figures the report prints. [`Report`] collects the run's totals
 //! and renders them for humans ([`Display`](fmt::Display)) or machines
@@ -14,15 +14,18 @@ use hdrhistogram::Histogram;
 
 use super::units::{format_bytes_per_sec, format_count};
 
-/// Smallest trackable latency, in microseconds.
-const LOWEST_US: u64 = 1;
-/// Largest trackable latency, in microseconds (one hour).
-const HIGHEST_US: u64 = 3_600_000_000;
+/// Smallest trackable latency, in nanoseconds.
+const LOWEST_NS: u64 = 1;
+/// Largest trackable latency, in nanoseconds (one hour).
+const HIGHEST_NS: u64 = 3_600_000_000_000;
 /// Significant decimal digits kept by the histogram.
 const SIGFIG: u8 = 3;
 
-/// A latency histogram with microsecond resolution covering 1 µs to one hour
-/// at three significant figures.
+/// A latency histogram with nanosecond resolution covering 1 ns to one hour at three
+/// significant figures; read out in microseconds with their fractions.
+///
+/// Nanoseconds, not microseconds: a busy-polling round trip on loopback takes 5–8 µs, and
+/// whole microseconds would make the instrument's rounding an eighth of what it measures.
 ///
 /// Recording never fails: out-of-range samples are clamped to the range, so a
 /// stalled request shows up as a one-hour outlier rather than vanishing.
@@ -41,15 +44,15 @@ impl Recorder {
     /// Creates an empty recorder.
     pub fn new() -> Self {
         // The bounds are constants known to be valid, so this cannot fail.
-        let hist = Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGFIG)
+        let hist = Histogram::new_with_bounds(LOWEST_NS, HIGHEST_NS, SIGFIG)
             .expect("constant histogram bounds are valid");
         Self { hist }
     }
 
-    /// Records one latency sample, clamped to 1 µs ..= 1 h.
+    /// Records one latency sample, clamped to 1 ns ..= 1 h.
     pub fn record(&mut self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.hist.saturating_record(us.clamp(LOWEST_US, HIGHEST_US));
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.hist.saturating_record(ns.clamp(LOWEST_NS, HIGHEST_NS));
     }
 
     /// Adds all of `other`'s samples to this recorder.
@@ -83,19 +86,33 @@ impl Recorder {
     /// The latency in µs at quantile `q`, where `q` is a fraction in
     /// `0.0..=1.0` (`0.99` for p99, not `99.0`); out-of-range `q` is clamped.
     /// Returns 0 when empty.
-    pub fn percentile_us(&self, q: f64) -> u64 {
+    pub fn percentile_us(&self, q: f64) -> f64 {
         // NaN would otherwise propagate into the histogram's index arithmetic.
         let q = if q.is_nan() { 0.0 } else { q.clamp(0.0, 1.0) };
-        self.hist.value_at_quantile(q)
+        us(self.hist.value_at_quantile(q))
     }
 
     /// The largest recorded latency in µs (up to histogram precision), 0 when empty.
-    pub fn max_us(&self) -> u64 {
-        self.hist.max()
+    pub fn max_us(&self) -> f64 {
+        us(self.hist.max())
+    }
+
+    /// The smallest recorded latency in µs (up to histogram precision), 0 when empty.
+    pub fn min_us(&self) -> f64 {
+        if self.hist.is_empty() {
+            0.0
+        } else {
+            us(self.hist.min())
+        }
+    }
+
+    /// The mean in µs, 0 when empty.
+    pub fn mean_us(&self) -> f64 {
+        self.hist.mean() / 1000.0
     }
 
     /// Writes the classic HdrHistogram percentile distribution (`.hgrm`)
-    /// text, values in microseconds, as produced by the Java
+    /// text, values in microseconds (with their fractions), as produced by the Java
     /// `outputPercentileDistribution` with 5 ticks per half distance.
     /// Plotters such as HdrHistogram's `plotFiles.html` read this format.
     ///
@@ -112,7 +129,7 @@ impl Recorder {
         let mut total = 0_u64;
         for v in self.hist.iter_quantiles(5) {
             total += v.count_since_last_iteration();
-            let value = v.value_iterated_to() as f64;
+            let value = us(v.value_iterated_to());
             let q = v.quantile_iterated_to();
             if q < 1.0 {
                 let inverse = 1.0 / (1.0 - q);
@@ -122,8 +139,8 @@ impl Recorder {
                 writeln!(w, "{value:12.prec$} {q:2.12} {total:10}")?;
             }
         }
-        let (mean, stdev) = (self.hist.mean(), self.hist.stdev());
-        let max = self.hist.max() as f64;
+        let (mean, stdev) = (self.hist.mean() / 1000.0, self.hist.stdev() / 1000.0);
+        let max = us(self.hist.max());
         // The histogram keeps unit resolution up to 2 * 10^sigfig, rounded up
         // to a power of two; that is its sub-bucket count.
         let sub_buckets = (2 * 10_u64.pow(u32::from(SIGFIG))).next_power_of_two();
@@ -144,21 +161,30 @@ impl Recorder {
     }
 }
 
-/// The latency figures of one [`Recorder`], in microseconds.
+/// Nanoseconds as microseconds with their fraction.
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// The latency figures of one [`Recorder`], in microseconds (with their fractions).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LatencySummary {
     /// Number of samples.
     pub count: u64,
+    /// Smallest sample.
+    pub min_us: f64,
     /// Median.
-    pub p50_us: u64,
+    pub p50_us: f64,
     /// 90th percentile.
-    pub p90_us: u64,
+    pub p90_us: f64,
     /// 99th percentile.
-    pub p99_us: u64,
+    pub p99_us: f64,
     /// 99.9th percentile.
-    pub p999_us: u64,
+    pub p999_us: f64,
+    /// 99.99th percentile.
+    pub p9999_us: f64,
     /// Largest sample.
-    pub max_us: u64,
+    pub max_us: f64,
     /// Arithmetic mean (0 when there are no samples).
     pub mean_us: f64,
 }
@@ -168,38 +194,62 @@ impl LatencySummary {
     pub fn from_recorder(r: &Recorder) -> Self {
         Self {
             count: r.len(),
+            min_us: r.min_us(),
             p50_us: r.percentile_us(0.5),
             p90_us: r.percentile_us(0.9),
             p99_us: r.percentile_us(0.99),
             p999_us: r.percentile_us(0.999),
+            p9999_us: r.percentile_us(0.9999),
             max_us: r.max_us(),
-            mean_us: r.hist.mean(),
+            mean_us: r.mean_us(),
         }
     }
 
     /// Appends this summary as a JSON object.
     fn write_json(&self, out: &mut String) {
-        let _ = write!(
-            out,
-            r#"{{"count":{},"p50":{},"p90":{},"p99":{},"p99_9":{},"max":{},"mean":"#,
-            self.count, self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us
-        );
-        json_f64(out, self.mean_us);
+        let _ = write!(out, r#"{{"count":{}"#, self.count);
+        for (key, v) in [
+            ("min", self.min_us),
+            ("p50", self.p50_us),
+            ("p90", self.p90_us),
+            ("p99", self.p99_us),
+            ("p99_9", self.p999_us),
+            ("p99_99", self.p9999_us),
+            ("max", self.max_us),
+            ("mean", self.mean_us),
+        ] {
+            let _ = write!(out, r#","{key}":"#);
+            json_f64(out, v);
+        }
         out.push('}');
     }
 }
 
 impl fmt::Display for LatencySummary {
-    /// `p50 80  p90 120  p99 300  p99.9 900  max 4000  mean 90.1`, or
-    /// `no samples`.
+    /// `min 61  p50 80  p90 120  p99 300  p99.9 900  p99.99 1200  max 4000  mean 90.1`
+    /// (µs, with one decimal below 100 µs), or `no samples`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.count == 0 {
             return f.write_str("no samples");
         }
+        let v = |x: f64| {
+            if x < 100.0 {
+                format!("{x:.1}")
+            } else {
+                format!("{x:.0}")
+            }
+        };
         write!(
             f,
-            "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {:.1}",
-            self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us, self.mean_us
+            "min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}  mean {:.1}",
+            v(self.min_us),
+            v(self.p50_us),
+            v(self.p90_us),
+            v(self.p99_us),
+            v(self.p999_us),
+            v(self.p9999_us),
+            v(self.max_us),
+            self.mean_us
         )
     }
 }
@@ -213,6 +263,8 @@ pub struct Report {
     pub transport: String,
     /// Address the load was sent to.
     pub target: String,
+    /// How the generator's loops wait for events: `block`, or `busy-poll 50µs`...
+    pub idle_strategy: String,
     /// Connections asked for on the command line.
     pub connections_requested: u64,
     /// Connections that were established.
@@ -272,13 +324,14 @@ impl Report {
 
     /// Renders the report as one JSON object on a single line.
     ///
-    /// Keys, in order: `mode`, `transport`, `target` (strings);
+    /// Keys, in order: `mode`, `transport`, `target`, `idle_strategy` (strings);
     /// `connections_requested`, `connections_up`, `connect_failures`,
     /// `duration_secs`, `messages`, `bytes_sent`, `bytes_received`,
     /// `verify_errors`, `timeouts`, `lost` (numbers); the derived
     /// `msgs_per_sec`, `mb_per_sec_sent`, `mb_per_sec_received` (numbers,
     /// MB = 10^6 bytes); `latency_us`, an object with `count`, `p50`, `p90`,
-    /// `p99`, `p99_9`, `max` and `mean` (all µs except `count`);
+    /// `min`, `p99`, `p99_9`, `p99_99`, `max` and `mean` (all µs, with fractions, except
+    /// `count`);
     /// `connect_latency_us` (same shape, or `null`); `reconnects_per_sec`
     /// and `generator_cpu_percent` (number or `null`).
     ///
@@ -291,6 +344,7 @@ impl Report {
             ("mode", &self.mode),
             ("transport", &self.transport),
             ("target", &self.target),
+            ("idle_strategy", &self.idle_strategy),
         ] {
             json_key(&mut out, key);
             json_str(&mut out, value);
@@ -391,6 +445,9 @@ impl fmt::Display for Report {
         const W: usize = 15;
         writeln!(f, "{:<W$}{}", "mode", self.mode)?;
         writeln!(f, "{:<W$}{} {}", "target", self.transport, self.target)?;
+        if !self.idle_strategy.is_empty() {
+            writeln!(f, "{:<W$}{}", "idle", self.idle_strategy)?;
+        }
         writeln!(
             f,
             "{:<W$}{} up, {} failed ({} requested)",
@@ -450,7 +507,7 @@ pub fn status_line(
 
 #[cfg(test)]
 mod tests {
-    use super::{Duration, HIGHEST_US, LatencySummary, Recorder, Report, status_line};
+    use super::{Duration, HIGHEST_NS, LatencySummary, Recorder, Report, status_line};
     use std::collections::BTreeSet;
 
     fn uniform_1_to_1000() -> Recorder {
@@ -461,51 +518,63 @@ mod tests {
         r
     }
 
+    /// Within the histogram's precision (three significant figures: 0.1%).
+    #[track_caller]
+    fn near(got: f64, want: f64) {
+        assert!(
+            (got - want).abs() <= want.abs() * 0.001 + 1e-9,
+            "{got} is not within 0.1% of {want}"
+        );
+    }
+
     #[test]
     fn percentiles_of_uniform_distribution() {
         let r = uniform_1_to_1000();
         assert_eq!(r.len(), 1000);
-        // Values below 2048 are stored exactly at 3 significant figures.
-        assert_eq!(r.percentile_us(0.5), 500);
-        assert_eq!(r.percentile_us(0.9), 900);
-        assert_eq!(r.percentile_us(0.99), 990);
-        assert_eq!(r.percentile_us(0.999), 999);
-        assert_eq!(r.percentile_us(1.0), 1000);
-        assert_eq!(r.percentile_us(7.0), 1000, "q is clamped");
-        assert_eq!(r.percentile_us(f64::NAN), 1);
-        assert_eq!(r.max_us(), 1000);
+        near(r.percentile_us(0.5), 500.0);
+        near(r.percentile_us(0.9), 900.0);
+        near(r.percentile_us(0.99), 990.0);
+        near(r.percentile_us(0.999), 999.0);
+        near(r.percentile_us(1.0), 1000.0);
+        near(r.percentile_us(7.0), 1000.0); // q is clamped
+        near(r.percentile_us(f64::NAN), 1.0);
+        near(r.max_us(), 1000.0);
+        near(r.min_us(), 1.0);
 
         let s = LatencySummary::from_recorder(&r);
-        assert_eq!(
-            (s.count, s.p50_us, s.p999_us, s.max_us),
-            (1000, 500, 999, 1000)
-        );
-        assert!((s.mean_us - 500.5).abs() < 0.01, "{}", s.mean_us);
+        assert_eq!(s.count, 1000);
+        near(s.p50_us, 500.0);
+        near(s.p999_us, 999.0);
+        near(s.p9999_us, 1000.0);
+        near(s.max_us, 1000.0);
+        assert!((s.mean_us - 500.5).abs() < 0.5, "{}", s.mean_us);
+    }
+
+    #[test]
+    fn sub_microsecond_resolution() {
+        // A busy-polling round trip: 5.1 µs must not read as 5.
+        let mut r = Recorder::new();
+        r.record(Duration::from_nanos(5_100));
+        near(r.percentile_us(0.5), 5.1);
     }
 
     #[test]
     fn large_values_within_precision() {
         let mut r = Recorder::new();
         r.record(Duration::from_millis(1234));
-        let got = r.percentile_us(0.5);
-        assert!(got.abs_diff(1_234_000) <= 1_234, "{got}");
+        near(r.percentile_us(0.5), 1_234_000.0);
     }
 
     #[test]
     fn clamps_out_of_range_samples() {
         let mut r = Recorder::new();
         r.record(Duration::ZERO);
-        r.record(Duration::from_nanos(300));
-        assert_eq!(r.percentile_us(1.0), 1);
+        assert_eq!(r.percentile_us(1.0), 0.001, "clamped to the smallest, 1 ns");
         r.record(Duration::from_secs(7200));
         r.record(Duration::MAX);
-        assert_eq!(r.len(), 4);
-        let max = r.max_us();
+        assert_eq!(r.len(), 3);
         // Clamped to one hour, give or take histogram precision.
-        assert!(
-            max >= HIGHEST_US && max - HIGHEST_US <= HIGHEST_US / 1000,
-            "{max}"
-        );
+        near(r.max_us(), HIGHEST_NS as f64 / 1000.0);
     }
 
     #[test]
@@ -520,15 +589,15 @@ mod tests {
         }
         a.merge(&b);
         assert_eq!(a.len(), 1000);
-        assert_eq!(a.percentile_us(0.5), 500);
-        assert_eq!(a.max_us(), 1000);
+        near(a.percentile_us(0.5), 500.0);
+        near(a.max_us(), 1000.0);
         assert_eq!(b.len(), 500);
         a.merge(&Recorder::new());
         assert_eq!(a.len(), 1000);
 
         a.reset();
         assert!(a.is_empty());
-        assert_eq!((a.percentile_us(0.99), a.max_us()), (0, 0));
+        assert_eq!((a.percentile_us(0.99), a.max_us()), (0.0, 0.0));
         assert_eq!(LatencySummary::from_recorder(&a), LatencySummary::default());
     }
 
@@ -543,21 +612,26 @@ mod tests {
             "       Value     Percentile TotalCount 1/(1-Percentile)"
         );
         assert_eq!(lines[1], "");
-        assert_eq!(
-            lines[2],
-            "       1.000 0.000000000000          1           1.00"
-        );
-        assert!(lines.contains(&"     500.000 0.500000000000        500           2.00"));
+        let field = |line: &str, i: usize| -> f64 {
+            line.split_whitespace().nth(i).unwrap().parse().unwrap()
+        };
+        near(field(lines[2], 0), 1.0);
+        assert_eq!(field(lines[2], 1), 0.0);
+        let median = lines
+            .iter()
+            .find(|l| l.contains(" 0.500000000000 "))
+            .expect("a line at the median");
+        near(field(median, 0), 500.0);
+        assert_eq!(field(median, 2), 500.0);
         let last_value = lines[lines.len() - 4];
-        assert_eq!(last_value, "    1000.000 1.000000000000       1000");
-        assert_eq!(
-            lines[lines.len() - 3],
-            "#[Mean    =      500.500, StdDeviation   =      288.675]"
+        near(field(last_value, 0), 1000.0);
+        assert!(
+            last_value.ends_with(" 1.000000000000       1000"),
+            "{last_value}"
         );
-        assert_eq!(
-            lines[lines.len() - 2],
-            "#[Max     =     1000.000, Total count    =         1000]"
-        );
+        assert!(lines[lines.len() - 3].starts_with("#[Mean    = "));
+        assert!(lines[lines.len() - 2].starts_with("#[Max     = "));
+        assert!(lines[lines.len() - 2].ends_with("Total count    =         1000]"));
         assert!(lines[lines.len() - 1].starts_with("#[Buckets = "));
         assert!(lines[lines.len() - 1].ends_with(", SubBuckets     =         2048]"));
 
@@ -575,6 +649,7 @@ mod tests {
             mode: "closed-loop pipeline=1".into(),
             transport: "tcp".into(),
             target: "odd \"host\"\\path\n\u{1}".into(),
+            idle_strategy: "busy-poll 50µs".into(),
             connections_requested: 100,
             connections_up: 100,
             connect_failures: 0,
@@ -755,7 +830,10 @@ mod tests {
             "latency_us.p90",
             "latency_us.p99",
             "latency_us.p99_9",
+            "latency_us.p99_99",
+            "latency_us.min",
             "latency_us.max",
+            "idle_strategy",
             "latency_us.mean",
             "connect_latency_us",
             "connect_latency_us.p50",
@@ -769,7 +847,14 @@ mod tests {
             json.contains(r#""target":"odd \"host\"\\path\n\u0001""#),
             "{json}"
         );
-        assert!(json.contains(r#""latency_us":{"count":1000,"p50":500,"p90":900,"p99":990,"p99_9":999,"max":1000,"mean":500.5"#), "{json}");
+        assert!(
+            json.contains(r#""latency_us":{"count":1000,"min":1,"p50":500.223,"#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""idle_strategy":"busy-poll 50µs","#),
+            "{json}"
+        );
         assert!(json.contains(r#""msgs_per_sec":123456.7,"#), "{json}");
         assert!(json.contains(r#""reconnects_per_sec":null"#), "{json}");
         assert!(json.contains(r#""generator_cpu_percent":null}"#), "{json}");
@@ -794,12 +879,13 @@ mod tests {
         let expected = "\
 mode           closed-loop pipeline=1
 target         tcp 127.0.0.1:8881
+idle           busy-poll 50µs
 connections    100 up, 0 failed (100 requested)
 duration       10.00 s
 messages       1234567 (123.5k msgs/s)
 throughput     7.90 MB/s sent, 7.90 MB/s received
-latency (µs)   p50 500  p90 900  p99 990  p99.9 999  max 1000  mean 500.5
-connect (µs)   p50 150  p90 150  p99 150  p99.9 150  max 150  mean 150.0
+latency (µs)   min 1.0  p50 500  p90 900  p99 990  p99.9 999  p99.99 1000  max 1000  mean 500.5
+connect (µs)   min 150  p50 150  p90 150  p99 150  p99.9 150  p99.99 150  max 150  mean 150.0
 generator cpu  87.2% of one core
 errors         0 verify, 2 timeouts, 0 lost";
         assert_eq!(text, expected);

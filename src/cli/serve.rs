@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::common::{CliError, init_logging, parse_level};
+use super::common::{BUSY_POLL_HELP, CliError, idle_strategy, init_logging, parse_level};
 use super::units::{parse_duration, parse_size};
 use crate::net::{Endpoint, UnixName, resolve_one};
 use crate::tls_config::{ServerTlsOptions, server_config};
@@ -61,6 +61,8 @@ pub struct ServeArgs {
     /// Run N reactors, each on its own thread, sharing IP addresses through SO_REUSEPORT.
     #[arg(long, value_name = "N", default_value_t = 1)]
     workers: usize,
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0", help = BUSY_POLL_HELP)]
+    busy_poll: Duration,
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", value_parser = parse_level, default_value = "info")]
     log_level: log::LevelFilter,
@@ -107,9 +109,14 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         high_water: usize::try_from(args.high_water).unwrap_or(usize::MAX),
         low_water: usize::try_from(args.low_water).unwrap_or(usize::MAX),
         reuse_port: args.workers > 1,
+        // With --workers every loop spins on its own.
+        busy_poll: Some(args.busy_poll).filter(|d| !d.is_zero()),
         ..Config::default()
     };
 
+    if config.busy_poll.is_some() {
+        log::info!("idle strategy: {}", idle_strategy(config.busy_poll));
+    }
     if args.workers == 1 {
         let mut el = EventLoop::new(config)?;
         // Signals are caught before the listening lines go out: a script that signals as
