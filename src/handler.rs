@@ -105,6 +105,7 @@ pub(crate) enum ConnOp {
     Abort,
     PauseReading,
     ResumeReading,
+    Backpressure(bool),
 }
 
 /// Everything a callback may ask of its loop: the one interface between the contexts here
@@ -162,7 +163,6 @@ macro_rules! loop_methods {
             ConnRef {
                 ops: &mut *self.ops,
                 id,
-                settle: false,
             }
         }
 
@@ -269,6 +269,15 @@ impl<S> Ctx<'_, S> {
         let _ = self.ops.conn_op(self.id, ConnOp::ResumeReading);
     }
 
+    /// Whether the loop pauses reading this connection while more than
+    /// [`crate::Config::high_water`] bytes are owed to it (on by default). That is right
+    /// for a protocol whose output answers its input, like echo; a relay, whose output
+    /// comes from *another* connection, turns it off and pauses that other connection
+    /// itself, or the two directions would hold each other up (see `examples/proxy.rs`).
+    pub fn set_backpressure(&mut self, on: bool) {
+        let _ = self.ops.conn_op(self.id, ConnOp::Backpressure(on));
+    }
+
     /// Calls `on_timer` after `after`. Timers are cancelled when the connection closes.
     pub fn set_timer(&mut self, after: Duration) -> TimerId {
         self.ops.set_timer(self.id, after)
@@ -359,19 +368,16 @@ impl<S> LoopCtx<'_, S> {
     loop_methods!();
 }
 
-/// A stream connection named by id, from a callback ([`Ctx::conn`]) or from outside the
-/// loop ([`crate::EventLoop::conn`]).
+/// A stream connection named by id, from a callback ([`Ctx::conn`]) or, wrapped in a
+/// [`ConnGuard`], from outside the loop ([`crate::EventLoop::conn`]).
 ///
 /// Every action returns [`ConnError::Gone`] once the connection has closed, so a handler
 /// holding a stale id learns it instead of reaching a stranger that took the same slot.
 /// From a callback, what the action causes on that connection (its `on_drained`,
-/// `on_close`...) runs after the current callback returns; from outside, before the
-/// `ConnRef` is dropped.
+/// `on_close`...) runs after the current callback returns.
 pub struct ConnRef<'a, S = ()> {
     pub(crate) ops: &'a mut dyn LoopOps<S>,
     pub(crate) id: ConnId,
-    /// Made outside any callback: apply the consequences when dropped.
-    pub(crate) settle: bool,
 }
 
 impl<S> fmt::Debug for ConnRef<'_, S> {
@@ -423,16 +429,45 @@ impl<S> ConnRef<'_, S> {
         self.ops.conn_op(self.id, ConnOp::ResumeReading)
     }
 
+    /// Turns the loop's own backpressure on or off, as [`Ctx::set_backpressure`].
+    pub fn set_backpressure(&mut self, on: bool) -> Result<(), ConnError> {
+        self.ops.conn_op(self.id, ConnOp::Backpressure(on))
+    }
+
     /// The peer's address (a system call; meant for logs).
     pub fn peer_addr(&self) -> Result<PeerAddr, ConnError> {
         self.ops.conn_peer_addr(self.id)
     }
 }
 
-impl<S> Drop for ConnRef<'_, S> {
+/// A [`ConnRef`] made outside any callback ([`crate::EventLoop::conn`]): what its
+/// actions cause — writing what was sent, the handler's callbacks — runs when it is
+/// dropped, so nothing waits for the next turn.
+pub struct ConnGuard<'a, S = ()> {
+    pub(crate) conn: ConnRef<'a, S>,
+}
+
+impl<S> fmt::Debug for ConnGuard<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.conn.fmt(f)
+    }
+}
+
+impl<'a, S> std::ops::Deref for ConnGuard<'a, S> {
+    type Target = ConnRef<'a, S>;
+    fn deref(&self) -> &ConnRef<'a, S> {
+        &self.conn
+    }
+}
+
+impl<S> std::ops::DerefMut for ConnGuard<'_, S> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+impl<S> Drop for ConnGuard<'_, S> {
     fn drop(&mut self) {
-        if self.settle {
-            self.ops.settle();
-        }
+        self.conn.ops.settle();
     }
 }

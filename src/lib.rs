@@ -149,7 +149,8 @@ pub use echo::{Echo, EchoDatagram};
 pub use error::{AddrError, ConnError, ListenError, SendError, TrySendError};
 pub use event_loop::{Bound, Config, ConnectOptions, EventLoop, ListenKind, Sender, StopHandle};
 pub use handler::{
-    CloseReason, ConnId, ConnRef, Ctx, DatagramHandler, DgramCtx, Handler, LoopCtx, TimerId,
+    CloseReason, ConnGuard, ConnId, ConnRef, Ctx, DatagramHandler, DgramCtx, Handler, LoopCtx,
+    TimerId,
 };
 pub use net::{Endpoint, PeerAddr, UnixName};
 pub use stats::Stats;

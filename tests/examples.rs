@@ -3,12 +3,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
 
 /// `target/<profile>/examples/<name>`, found from this test binary's own path
 /// (`target/<profile>/deps/examples-<hash>`).
@@ -158,4 +160,500 @@ fn example_embed_stops_from_another_thread() {
         stdout.contains("RCVD message 2") && stdout.contains("3 accepted"),
         "{stdout}"
     );
+}
+
+// ----- proxy, chat, host_poll, embed's channel -----
+
+/// Starts a server example with its output collected as it runs (stderr can be read
+/// while it runs, and a chatty example never blocks on a full pipe); waits for its
+/// `listening` line.
+fn start_collected(name: &str, args: &[&str]) -> common::Proc {
+    let mut cmd = Command::new(example(name));
+    cmd.args(args);
+    let mut p = common::Proc::spawn_command(cmd);
+    p.wait_listening(1);
+    p
+}
+
+/// Waits (bounded) until the example's stderr contains `needle`; returns the text.
+fn wait_stderr(p: &common::Proc, needle: &str) -> String {
+    let deadline = Instant::now() + common::DEADLINE;
+    loop {
+        let text = p.stderr_text();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not on stderr in time; stderr:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends SIGTERM and expects a clean exit.
+fn term_ok(p: &mut common::Proc) {
+    p.signal("TERM");
+    let st = p.wait_exit(common::DEADLINE);
+    assert!(st.success(), "exit {st}; stderr:\n{}", p.stderr_text());
+}
+
+/// `n` bytes of a pattern that a shifted or dropped chunk cannot match by accident.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8 ^ (i >> 16) as u8).collect()
+}
+
+/// A listener on a free loopback port with small kernel buffers (inherited by the
+/// connections it accepts), so that a peer that stops reading is felt quickly.
+fn small_buffer_listener() -> TcpListener {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(64 * 1024).unwrap();
+    s.set_send_buffer_size(64 * 1024).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.listen(16).unwrap();
+    s.into()
+}
+
+/// A client connection with small kernel buffers (set before connecting, so the window
+/// it advertises is small from the start).
+fn small_buffer_client(addr: SocketAddr) -> TcpStream {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(64 * 1024).unwrap();
+    s.set_send_buffer_size(64 * 1024).unwrap();
+    s.connect(&addr.into()).unwrap();
+    s.into()
+}
+
+/// Writes until the peer stops taking bytes (a write waits `STALL` for room, then
+/// returns what fitted, if anything) or `cap` bytes are written; returns how many were
+/// written.
+fn write_until_stalled(s: &mut TcpStream, cap: usize) -> usize {
+    const STALL: Duration = Duration::from_millis(300);
+    s.set_write_timeout(Some(STALL)).unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let deadline = Instant::now() + common::DEADLINE;
+    let mut total = 0;
+    while total < cap && Instant::now() < deadline {
+        let started = Instant::now();
+        match s.write(&chunk) {
+            // A trickle (a window update now and then) is not flow.
+            Ok(n) if started.elapsed() >= STALL => {
+                total += n;
+                break;
+            }
+            Ok(n) => total += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("write after {total} bytes: {e}"),
+        }
+    }
+    total
+}
+
+/// Reads until EOF or an error; returns the bytes and how it ended.
+fn read_all(s: &mut TcpStream) -> (Vec<u8>, std::io::Result<()>) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, Ok(())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return (got, Err(e)),
+        }
+    }
+}
+
+#[test]
+fn example_proxy_relays_a_large_payload_byte_exact_both_ways() {
+    // A blocking echo upstream, which does not read while it is blocked writing.
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut echoed = 0;
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            s.write_all(&buf[..n]).unwrap();
+            echoed += n;
+        }
+        s.shutdown(Shutdown::Write).unwrap();
+        echoed
+    });
+    let mut proxy = start_collected("proxy", &["127.0.0.1:0", &up_addr]);
+    let mut client = TcpStream::connect(proxy.sockaddr("tcp")).unwrap();
+    client.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    let payload = pattern(4 << 20);
+    let mut writer = client.try_clone().unwrap();
+    let sent = payload.clone();
+    let w = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let (back, end) = read_all(&mut client);
+    end.expect("clean EOF after the echo");
+    w.join().unwrap();
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "relayed bytes differ");
+    assert_eq!(echo.join().unwrap(), payload.len());
+    term_ok(&mut proxy);
+    // Read after the exit, by a thread: wait for the last line to come through.
+    wait_stderr(&proxy, "proxy stopped: 1 clients");
+}
+
+#[test]
+fn example_proxy_carries_half_close_both_ways() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    let request = pattern(300 * 1024);
+    let reply = b"an answer sent after the client's EOF".repeat(1000);
+    let want_reply = reply.clone();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+        // EOF must come, and only after every byte of the request.
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        // Our direction is still open: answer, then finish it.
+        s.write_all(&reply).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        got
+    });
+    let mut proxy = start_collected("proxy", &["127.0.0.1:0", &up_addr]);
+    let mut client = TcpStream::connect(proxy.sockaddr("tcp")).unwrap();
+    client.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    client.write_all(&request).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let (back, end) = read_all(&mut client);
+    end.expect("clean EOF after the reply");
+    assert!(back == want_reply, "reply differs ({} bytes)", back.len());
+    assert!(server.join().unwrap() == request, "request differs");
+    // Both ended cleanly, with nothing aborted.
+    wait_stderr(&proxy, "client done");
+    let stderr = wait_stderr(&proxy, "upstream done");
+    assert!(!stderr.contains("resetting"), "{stderr}");
+    term_ok(&mut proxy);
+}
+
+#[test]
+fn example_proxy_directions_do_not_stall_each_other() {
+    // An upstream that sends its whole answer before it reads the request, to a client
+    // that sends its whole request while reading: only independent directions finish.
+    // A relay that stopped reading the upstream because the *request* is backed up
+    // (owed to the upstream) would leave the upstream blocked writing, never reading.
+    const REQUEST: usize = 16 << 20;
+    const ANSWER: usize = 8 << 20;
+    let upstream = small_buffer_listener();
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+        s.set_write_timeout(Some(common::DEADLINE)).unwrap();
+        s.write_all(&pattern(ANSWER)).unwrap();
+        let (got, end) = read_all(&mut s);
+        end.unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        got.len()
+    });
+    let mut proxy = start_collected("proxy", &["127.0.0.1:0", &up_addr]);
+    let mut client = small_buffer_client(proxy.sockaddr("tcp"));
+    client.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    client.set_write_timeout(Some(common::DEADLINE)).unwrap();
+    let mut writer = client.try_clone().unwrap();
+    let w = std::thread::spawn(move || {
+        writer.write_all(&vec![b'r'; REQUEST]).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let (answer, end) = read_all(&mut client);
+    end.expect("clean EOF after the answer");
+    assert!(
+        answer == pattern(ANSWER),
+        "answer differs ({} bytes)",
+        answer.len()
+    );
+    w.join().unwrap();
+    assert_eq!(server.join().unwrap(), REQUEST);
+    term_ok(&mut proxy);
+}
+
+#[test]
+fn example_proxy_refused_upstream_ends_the_client_promptly() {
+    // A port that was free a moment ago: nothing listens there.
+    let free = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut proxy = start_collected("proxy", &["127.0.0.1:0", &free]);
+    let mut client = TcpStream::connect(proxy.sockaddr("tcp")).unwrap();
+    client.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    let started = Instant::now();
+    // May already fail: the proxy may have reset us.
+    let _ = client.write_all(b"hello?");
+    let (got, end) = read_all(&mut client);
+    assert!(got.is_empty(), "{got:?}");
+    match end {
+        Ok(()) => {}
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    wait_stderr(&proxy, "connect failed");
+    term_ok(&mut proxy);
+    wait_stderr(&proxy, "proxy stopped: 1 clients, 1 upstream failures");
+}
+
+#[test]
+fn example_proxy_backpressure_keeps_memory_bounded() {
+    // Two pairs through one proxy: an upstream that never reads while its client sends
+    // all it can, and an upstream that sends all it can to a client that never reads.
+    let upstream = small_buffer_listener();
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    let (accepted_tx, accepted_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let ups = std::thread::spawn(move || {
+        let (silent, _) = upstream.accept().unwrap();
+        accepted_tx.send(0).unwrap();
+        let (mut flooder, _) = upstream.accept().unwrap();
+        let flooded = write_until_stalled(&mut flooder, 256 << 20);
+        accepted_tx.send(flooded).unwrap();
+        // Hold both until the test has measured.
+        let _ = done_rx.recv_timeout(common::DEADLINE);
+        drop((silent, flooder));
+    });
+    let proxy = start_collected("proxy", &["127.0.0.1:0", &up_addr]);
+    let addr = proxy.sockaddr("tcp");
+    let before = proxy.rss_kib();
+
+    let mut sender = small_buffer_client(addr);
+    // The proxy connects upstream for this client first: the silent one.
+    accepted_rx.recv_timeout(common::DEADLINE).unwrap();
+    let _not_reading = small_buffer_client(addr);
+    let sent = write_until_stalled(&mut sender, 256 << 20);
+    let flooded = accepted_rx.recv_timeout(common::DEADLINE).unwrap();
+
+    let after = proxy.rss_kib();
+    eprintln!("sent {sent} and flooded {flooded} bytes; proxy RSS {before} -> {after} KiB");
+    // Stalled: the kernel buffers on the way are full and the proxy stopped reading,
+    // instead of buffering everything.
+    assert!(sent < 256 << 20 && flooded < 256 << 20, "{sent} {flooded}");
+    assert!(
+        sent > 256 * 1024 && flooded > 256 * 1024,
+        "{sent} {flooded}"
+    );
+    assert!(
+        after < before + 16 * 1024,
+        "proxy RSS grew from {before} to {after} KiB"
+    );
+    let _ = done_tx.send(());
+    ups.join().unwrap();
+}
+
+/// A chat member: its socket and a line reader over it.
+struct Member {
+    s: TcpStream,
+    lines: BufReader<TcpStream>,
+}
+
+impl Member {
+    fn join(addr: SocketAddr) -> Member {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+        // Small pieces go out as written (the partial-line test depends on it).
+        s.set_nodelay(true).unwrap();
+        let lines = BufReader::new(s.try_clone().unwrap());
+        Member { s, lines }
+    }
+
+    fn say(&mut self, text: &str) {
+        self.s.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn next_line(&mut self) -> String {
+        let mut line = String::new();
+        self.lines.read_line(&mut line).unwrap();
+        line
+    }
+}
+
+#[test]
+fn example_chat_relays_complete_lines_to_the_others_only() {
+    let mut chat = start_collected("chat", &["127.0.0.1:0"]);
+    let addr = chat.sockaddr("tcp");
+    // Each member's first line, heard by the others, proves it has joined (the room
+    // lists a connection before its first data).
+    let mut a = Member::join(addr);
+    let mut b = Member::join(addr);
+    b.say("b here\n");
+    assert_eq!(a.next_line(), "b here\n");
+    let mut c = Member::join(addr);
+    c.say("c here\n");
+    assert_eq!(a.next_line(), "c here\n");
+    assert_eq!(b.next_line(), "c here\n");
+
+    a.say("hello from a\n");
+    assert_eq!(b.next_line(), "hello from a\n");
+    assert_eq!(c.next_line(), "hello from a\n");
+    // Not to a itself: the next line a hears is b's.
+    b.say("ping from b\n");
+    assert_eq!(a.next_line(), "ping from b\n");
+    assert_eq!(c.next_line(), "ping from b\n");
+
+    // A partial line waits for its newline.
+    a.say("par");
+    std::thread::sleep(Duration::from_millis(50)); // let the first piece arrive alone
+    c.say("marker\n");
+    assert_eq!(b.next_line(), "marker\n");
+    a.say("tial\ntwo\nlines\n");
+    for m in [&mut b, &mut c] {
+        assert_eq!(m.next_line(), "partial\n");
+        assert_eq!(m.next_line(), "two\n");
+        assert_eq!(m.next_line(), "lines\n");
+    }
+    assert_eq!(a.next_line(), "marker\n");
+    // Gone before the stop, which otherwise waits (bounded) for them to finish.
+    drop((a, b, c));
+    term_ok(&mut chat);
+}
+
+#[test]
+fn example_chat_disconnects_a_member_that_does_not_read() {
+    let mut chat = start_collected("chat", &["127.0.0.1:0"]);
+    let addr = chat.sockaddr("tcp");
+    let mut a = Member::join(addr);
+    let mut b = Member::join(addr);
+    // Small kernel buffers, so the chat it leaves unread piles up in the server soon.
+    let mut idle = small_buffer_client(addr);
+    idle.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    idle.write_all(b"idle here\n").unwrap();
+    assert_eq!(a.next_line(), "idle here\n");
+    assert_eq!(b.next_line(), "idle here\n");
+
+    // b reads everything until "end".
+    let mut lines = b.lines;
+    let reader = std::thread::spawn(move || {
+        let mut total = 0;
+        loop {
+            let mut line = String::new();
+            let n = lines.read_line(&mut line).unwrap();
+            assert!(n > 0, "EOF before the end line");
+            total += n;
+            if line == "end\n" {
+                return total;
+            }
+        }
+    });
+
+    // a talks until the server gives up on the idle member, then a little more.
+    let mut line = vec![b'x'; 1023];
+    line.push(b'\n');
+    let batch = line.repeat(64);
+    let deadline = Instant::now() + common::DEADLINE;
+    let mut sent = 0;
+    let mut after_cut = None;
+    while after_cut.is_none_or(|n| n < 8) {
+        assert!(sent < 256 << 20, "the idle member was never disconnected");
+        assert!(
+            Instant::now() < deadline,
+            "the idle member was not disconnected in time"
+        );
+        a.s.write_all(&batch).unwrap();
+        sent += batch.len();
+        if let Some(n) = after_cut.as_mut() {
+            *n += 1;
+        } else if chat.stderr_text().contains("1 MiB of chat unread") {
+            after_cut = Some(0);
+        }
+    }
+    a.say("end\n");
+    sent += 4;
+    // The others heard everything, the idle one did not stall them.
+    assert_eq!(reader.join().unwrap(), sent);
+    let stderr = chat.stderr_text();
+    assert!(
+        stderr.contains("disconnecting #") && stderr.contains(": 1 MiB of chat unread"),
+        "{stderr}"
+    );
+    // The idle member finds its connection reset (after what its buffers held).
+    let (got, end) = read_all(&mut idle);
+    assert!(got.len() < sent, "{} of {sent}", got.len());
+    if let Err(e) = end {
+        assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+    }
+    drop((a, b.s));
+    term_ok(&mut chat);
+}
+
+#[test]
+fn example_host_poll_echoes_ticks_and_stops_on_sigterm() {
+    let mut host = start_collected("host_poll", &["127.0.0.1:0"]);
+    let mut s = TcpStream::connect(host.sockaddr("tcp")).unwrap();
+    s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    let payload = pattern(1 << 20);
+    let mut writer = s.try_clone().unwrap();
+    let sent = payload.clone();
+    let w = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let (back, end) = read_all(&mut s);
+    end.unwrap();
+    w.join().unwrap();
+    assert!(back == payload, "echo differs ({} bytes)", back.len());
+    wait_stderr(&host, "host tick");
+    term_ok(&mut host);
+    wait_stderr(&host, "loop stopped after");
+}
+
+#[test]
+fn example_embed_broadcasts_through_its_channel_and_sees_closed_after_stop() {
+    let stdout = run_ok("embed", &[]);
+    assert!(stdout.contains("the loop has 3 clients"), "{stdout}");
+    for i in 0..3 {
+        assert!(
+            stdout.contains(&format!("client {i} RCVD 100 broadcasts in order")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("after stop: Closed (the loop has stopped)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn example_servers_reject_bad_arguments_with_one_line() {
+    for (name, args) in [
+        ("proxy", &["127.0.0.1:0"][..]),
+        ("proxy", &["127.0.0.1:0", "nohost"][..]),
+        ("chat", &[][..]),
+        ("chat", &["127.0.0.1:99999"][..]),
+        ("host_poll", &["a", "b"][..]),
+    ] {
+        let out = run(name, args);
+        assert!(!out.status.success(), "{name} {args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{name} {args:?}: {stderr}");
+        assert!(stderr.starts_with(&format!("{name}: ")), "{stderr}");
+        assert!(out.stdout.is_empty(), "{name} {args:?}");
+    }
+}
+
+#[test]
+fn example_chat_cuts_off_an_endless_line() {
+    let mut chat = start_collected("chat", &["127.0.0.1:0"]);
+    let mut s = TcpStream::connect(chat.sockaddr("tcp")).unwrap();
+    s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    // More than the 64 KiB an unfinished line may take, and no newline.
+    s.write_all(&vec![b'y'; 100 * 1024]).unwrap();
+    let (got, end) = read_all(&mut s);
+    end.expect("a clean close after the error line");
+    assert_eq!(got, b"ERROR line too long\n");
+    wait_stderr(&chat, "line longer than");
+    drop(s);
+    term_ok(&mut chat);
 }

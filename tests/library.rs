@@ -555,3 +555,29 @@ fn loop_reset_after_peer_eof_closes_a_connection_that_no_longer_reads() {
     drop(client); // RST
     run_until(&mut el, |el| el.stats().connections_open == 0);
 }
+
+/// A host asks how long it may wait between turns: the answer counts from the question,
+/// not from the loop's last wake-up.
+#[test]
+fn loop_timeout_for_a_host_counts_from_now() {
+    struct TimerOnOpen;
+    impl Handler for TimerOnOpen {
+        fn on_open(&mut self, ctx: &mut Ctx<'_>) {
+            ctx.set_timer(Duration::from_secs(1));
+        }
+        fn on_data(&mut self, _: &mut Ctx<'_>, _: &[u8]) {}
+    }
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+    let bound = el
+        .listen(&any, ListenKind::Tcp, || Box::new(TimerOnOpen))
+        .unwrap();
+    let Endpoint::Inet(addr) = bound.addr else {
+        panic!()
+    };
+    let _c = TcpStream::connect(addr).unwrap();
+    run_until(&mut el, |el| el.stats().accepted == 1);
+    std::thread::sleep(Duration::from_millis(400)); // the host does its own work
+    let wait = el.timeout().expect("a timer is set");
+    assert!(wait <= Duration::from_millis(650), "{wait:?}");
+}

@@ -209,6 +209,9 @@ pub(crate) struct Connection {
     drain_pending: bool,
     /// `poll_timeout` changed since the driver last asked.
     deadline_dirty: bool,
+    /// The loop pauses reading while too much is owed (see
+    /// [`Connection::set_backpressure`]).
+    backpressure: bool,
 }
 
 impl Connection {
@@ -257,6 +260,7 @@ impl Connection {
             write_blocked: false,
             drain_pending: false,
             deadline_dirty: false,
+            backpressure: true,
         }
     }
 
@@ -581,6 +585,18 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether reading pauses while more than the high-water mark is owed (on by default).
+    /// Right for a protocol whose output answers its input (echo, request/response);
+    /// wrong for a relay, whose output comes from another connection: there it couples
+    /// two independent directions and can deadlock them, so a relay turns it off and
+    /// paces the *other* connection itself.
+    pub(crate) fn set_backpressure(&mut self, on: bool, limits: &Limits) -> Result<(), ConnError> {
+        self.check_alive()?;
+        self.backpressure = on;
+        self.update_backpressure(limits);
+        Ok(())
+    }
+
     /// The loop is stopping: open connections close gracefully, ones not yet open at once.
     pub(crate) fn stop(&mut self, now: Instant, limits: &Limits) {
         match self.state {
@@ -799,7 +815,9 @@ impl Connection {
     /// Backpressure: stop reading while too much is owed; resume at the low mark.
     fn update_backpressure(&mut self, limits: &Limits) {
         let owed = self.sendbuf.len();
-        if owed > limits.high_water {
+        if !self.backpressure {
+            self.bp_paused = false;
+        } else if owed > limits.high_water {
             self.bp_paused = true;
         } else if self.bp_paused && owed <= limits.low_water {
             self.bp_paused = false;

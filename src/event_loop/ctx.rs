@@ -150,6 +150,7 @@ impl<S> LoopOps<S> for Inner<S> {
             ConnOp::Abort => conn.abort(),
             ConnOp::PauseReading => conn.pause_reading(),
             ConnOp::ResumeReading => conn.resume_reading(),
+            ConnOp::Backpressure(on) => conn.set_backpressure(on, &limits),
         }?;
         // Its outputs (a FIN, `on_close`, a read to come back for) run after the caller.
         self.core.touched.push(id);

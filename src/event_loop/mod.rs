@@ -89,7 +89,7 @@ use self::ctx::settle;
 use self::stream::{ReadBufs, Readiness};
 use self::wake::{Channel, Wake};
 use crate::error::{AddrError, ListenError};
-use crate::handler::{ConnRef, DatagramHandler, Handler, LoopCtx};
+use crate::handler::{ConnGuard, ConnRef, DatagramHandler, Handler, LoopCtx};
 use crate::id::ConnId;
 use crate::net::{self, Datagram, Endpoint, RecvBatch, UnixName};
 use crate::stats::Stats;
@@ -347,13 +347,14 @@ impl<S: 'static> EventLoop<S> {
 
     /// A stream connection of this loop, to act on from outside the callbacks: send to it,
     /// close it, pause it. What the action causes — its handler's callbacks included —
-    /// runs before the returned [`ConnRef`] is dropped.
-    pub fn conn(&mut self, id: ConnId) -> ConnRef<'_, S> {
+    /// runs when the returned [`ConnGuard`] is dropped.
+    pub fn conn(&mut self, id: ConnId) -> ConnGuard<'_, S> {
         self.inner.core.now = Instant::now();
-        ConnRef {
-            ops: &mut self.inner,
-            id,
-            settle: true,
+        ConnGuard {
+            conn: ConnRef {
+                ops: &mut self.inner,
+                id,
+            },
         }
     }
 
@@ -386,6 +387,8 @@ impl<S: 'static> EventLoop<S> {
     /// [`EventLoop::run_once`]: until the loop's next timer, zero if work is waiting that
     /// no event will announce, `None` for as long as it likes.
     pub fn timeout(&mut self) -> Option<Duration> {
+        // Asked between turns, perhaps long after the last: count from now.
+        self.inner.core.now = Instant::now();
         self.wait_for(None)
     }
 

@@ -235,6 +235,29 @@ mod open {
     }
 
     #[test]
+    fn conn_open_backpressure_can_be_turned_off_for_relays() {
+        let mut p = Pair::plain(Box::new(Quiet), Box::new(EchoApp), 1024);
+        p.act(Who::Server, vec![]);
+        let limits = p.limits;
+        p.server.conn.set_backpressure(false, &limits).unwrap();
+        p.act(Who::Client, vec![Act::Send(pattern(16 * 1024)), Act::Pause]);
+        p.run();
+        assert!(p.server.conn.pending_output() > p.limits.high_water);
+        assert!(
+            p.server.conn.wants_read(),
+            "no pause: the relay paces itself"
+        );
+        p.server.conn.set_backpressure(true, &limits).unwrap();
+        assert!(
+            !p.server.conn.wants_read(),
+            "on again: above the mark, paused"
+        );
+        p.act(Who::Client, vec![Act::Resume]);
+        p.run();
+        assert_bytes(&p.client.received, &pattern(16 * 1024), "received");
+    }
+
+    #[test]
     fn conn_open_resume_reads_data_that_already_waits() {
         let limits = test_limits();
         let now = Instant::now();
