@@ -123,7 +123,6 @@ fn broadcast(ctx: &mut Ctx<'_, Room>, others: &mut Vec<ConnId>, bytes: &[u8]) {
                 // A reset, not a FIN: it has not received what was said, and must not
                 // take the end for a clean one. Its `on_close` runs after this callback.
                 let _ = member.abort();
-                drop(member);
                 ctx.state().members.remove(&id);
             }
             Ok(_) => {
