@@ -42,6 +42,18 @@ pub struct Config {
     /// long before blocking in `epoll_wait` (see [`crate::event_loop`], "Busy polling").
     /// `None`, the default, blocks at once.
     pub busy_poll: Option<Duration>,
+    /// UDP datagrams from these source ports are dropped (and counted in
+    /// [`crate::Stats::datagrams_refused`]) before any handler sees them. An echo server
+    /// answering a datagram whose spoofed source is another echo (or chargen, daytime...)
+    /// service would bounce it between the two forever (CVE-1999-0103); inetd drops
+    /// those. Empty by default; [`Config::LOOP_PRONE_PORTS`] is the classic list.
+    pub udp_drop_ports: Vec<u16>,
+}
+
+impl Config {
+    /// Source ports of services that answer any datagram, plus port 0: echo 7, discard
+    /// 9, daytime 13, qotd 17, chargen 19, time 37.
+    pub const LOOP_PRONE_PORTS: [u16; 7] = [0, 7, 9, 13, 17, 19, 37];
 }
 
 impl Default for Config {
@@ -59,6 +71,7 @@ impl Default for Config {
             datagram_queue: 1024,
             reuse_port: false,
             busy_poll: None,
+            udp_drop_ports: Vec::new(),
         }
     }
 }

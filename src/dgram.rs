@@ -42,6 +42,7 @@ struct Queued {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Flushed {
     pub(crate) sent: u64,
+    pub(crate) sent_bytes: usize,
     pub(crate) dropped: u64,
 }
 
@@ -123,6 +124,7 @@ impl DgramQueue {
             match send(&q.data, &q.to) {
                 Ok(_) => {
                     done.sent += 1;
+                    done.sent_bytes += q.data.len();
                     self.items.remove(i);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -190,6 +192,7 @@ mod tests {
             done,
             Flushed {
                 sent: 1,
+                sent_bytes: 2,
                 dropped: 0
             }
         );
@@ -217,6 +220,7 @@ mod tests {
             done,
             Flushed {
                 sent: 0,
+                sent_bytes: 0,
                 dropped: 4
             }
         );

@@ -119,9 +119,10 @@ fn loop_zero_read_budget_and_inverted_marks_still_echo() {
 fn loop_stop_grace_counts_from_the_call() {
     let mut el = EventLoop::new(Config::default()).unwrap();
     let addr = listen_echo(&mut el);
-    // A client that never closes: the loop must wait out the grace, then force the close.
-    let idle = TcpStream::connect(addr).unwrap();
-    while el.stats().accepted == 0 {
+    // A client that never reads what it is owed (an idle one, owed nothing, is closed at
+    // once): the loop must wait out the grace, then force the close.
+    let idle = flood_without_reading(addr, 8 << 20);
+    while el.stats().bytes_in <= el.stats().bytes_out + (200 << 10) {
         el.run_once(Some(Duration::from_millis(50))).unwrap();
     }
     std::thread::sleep(Duration::from_millis(300)); // the loop sits idle, its clock stale

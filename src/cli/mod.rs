@@ -5,9 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod activation;
 pub mod bench;
 pub mod client;
 mod common;
+mod live;
+mod metrics;
 pub mod report;
 pub mod serve;
 pub mod units;

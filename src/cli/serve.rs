@@ -1,13 +1,17 @@
 //! `echoloop serve`: echo on every listener given, all in one poll loop per worker.
 
-use std::io::Write;
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::activation::{self, Activated};
 use super::common::{BUSY_POLL_HELP, CliError, idle_strategy, init_logging, parse_level};
+use super::live::{Board, Sampler};
+use super::metrics::{Metrics, StatsSource};
 use super::units::{parse_duration, parse_size};
 use crate::net::{Endpoint, UnixName, resolve_one};
 use crate::tls_config::{ServerTlsOptions, server_config};
@@ -63,9 +67,46 @@ pub struct ServeArgs {
     workers: usize,
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0", help = BUSY_POLL_HELP)]
     busy_poll: Duration,
+    /// Drop UDP datagrams from these source ports unanswered (comma-separated, or none):
+    /// answering a spoofed datagram "from" another echo, discard, daytime, qotd, chargen
+    /// or time service would bounce it between the two forever.
+    #[arg(long, value_name = "LIST", value_parser = parse_ports, default_value = "0,7,9,13,17,19,37")]
+    udp_drop_ports: PortList,
+    /// Print a line of statistics on stderr every DURATION (and a summary at exit):
+    /// connections open, accepted and closed by reason, traffic per second, CPU.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    stats_interval: Option<Duration>,
+    /// With --stats-interval (and for SIGUSR1): one JSON object per line instead.
+    #[arg(long)]
+    stats_json: bool,
+    /// Serve Prometheus metrics (GET /metrics) on ADDR, from the same loop.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", value_parser = parse_level, default_value = "info")]
     log_level: log::LevelFilter,
+}
+
+/// How often each worker publishes its counters for the whole-server views (the stats
+/// line and the metrics of `--workers`).
+const PUBLISH: Duration = Duration::from_millis(200);
+
+/// The loop state of a serving worker: where the whole server's numbers are, and how to
+/// report them.
+#[derive(Debug)]
+struct ServeState {
+    board: Arc<Board>,
+    worker: usize,
+    sampler: Sampler,
+}
+
+impl StatsSource for ServeState {
+    fn server_stats(&self, own: crate::Stats) -> crate::Stats {
+        self.board.total(Some((self.worker, own)))
+    }
+    fn started(&self) -> Instant {
+        self.board.started
+    }
 }
 
 /// One listener to create.
@@ -73,27 +114,24 @@ pub struct ServeArgs {
 struct Spec {
     kind: &'static str,
     addr: Endpoint,
+    /// Handed over by systemd rather than bound here (each worker serves a duplicate).
+    fd: Option<Arc<OwnedFd>>,
 }
 
 /// Runs the server until a signal stops it.
 pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     init_logging(args.log_level);
-    let specs = plan(&args)?;
-    if args.low_water > args.high_water {
-        return Err("--low-water must not exceed --high-water".into());
-    }
-    if args.workers == 0 {
-        return Err("--workers must be at least 1".into());
-    }
+    check_settings(&args)?;
+    let specs = plan(&args, activation::take()?)?;
     // Certificates are checked before anything is bound, so a bad file fails fast.
-    let tls = if args.tls.is_empty() {
+    let tls = if !specs.iter().any(|s| s.kind == "tls") {
         if args.cert.is_some() || args.key.is_some() || args.client_ca.is_some() {
             log::warn!("--cert, --key and --client-ca only apply to --tls listeners");
         }
         None
     } else {
         let (Some(cert), Some(key)) = (&args.cert, &args.key) else {
-            return Err("--tls needs --cert CHAIN.pem and --key KEY.pem".into());
+            return Err("--tls (or a socket handed over named tls) needs --cert CHAIN.pem and --key KEY.pem".into());
         };
         Some(server_config(&ServerTlsOptions {
             cert_chain: cert,
@@ -111,30 +149,190 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         reuse_port: args.workers > 1,
         // With --workers every loop spins on its own.
         busy_poll: Some(args.busy_poll).filter(|d| !d.is_zero()),
+        udp_drop_ports: args.udp_drop_ports.0.clone(),
         ..Config::default()
     };
 
     if config.busy_poll.is_some() {
         log::info!("idle strategy: {}", idle_strategy(config.busy_poll));
     }
+    let board = Arc::new(Board::new(args.workers));
+    let report = Report {
+        interval: args.stats_interval.filter(|d| !d.is_zero()),
+        json: args.stats_json,
+    };
     if args.workers == 1 {
-        let mut el = EventLoop::new(config)?;
+        let state = ServeState {
+            board: Arc::clone(&board),
+            worker: 0,
+            sampler: Sampler::new(report.json, board.started),
+        };
+        let mut el = EventLoop::with_state(config, state)?;
         // Signals are caught before the listening lines go out: a script that signals as
         // soon as it reads them must get a graceful stop, not the default action.
         el.handle_signals(args.shutdown_timeout)?;
+        el.on_info_signal(|ctx| {
+            let total = ctx.stats();
+            eprintln!("{}", ctx.state().sampler.summary(&total));
+        });
         let bound = bind_all(&mut el, &specs, tls.as_ref(), true)?;
         announce(&specs, &bound)?;
-        el.run()?;
+        serve_loop(&mut el, report.interval)?;
+        if report.interval.is_some() {
+            eprintln!("{}", el.state().sampler.summary(&el.stats()));
+        }
         log::info!("stopped");
         return Ok(ExitCode::SUCCESS);
     }
-    run_workers(args.workers, args.shutdown_timeout, config, specs, tls)
+    run_workers(
+        args.workers,
+        args.shutdown_timeout,
+        config,
+        specs,
+        tls,
+        board,
+        report,
+    )
+}
+
+/// What `--stats-interval` and `--stats-json` ask for.
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    interval: Option<Duration>,
+    json: bool,
+}
+
+/// Runs a worker's loop until it stops, publishing its counters for the whole-server
+/// views and, with one worker and `--stats-interval`, printing the interval lines.
+fn serve_loop(el: &mut EventLoop<ServeState>, print_every: Option<Duration>) -> io::Result<()> {
+    let start = Instant::now();
+    let mut next_publish = start + PUBLISH;
+    let mut next_print = print_every.map(|d| start + d);
+    loop {
+        let now = Instant::now();
+        let until = next_print.map_or(next_publish, |p| p.min(next_publish));
+        if !el.run_once(Some(until.saturating_duration_since(now)))? {
+            break;
+        }
+        let now = Instant::now();
+        if now >= next_publish {
+            let (w, s) = (el.state().worker, el.stats());
+            el.state().board.publish(w, s);
+            next_publish = now + PUBLISH;
+        }
+        if let (Some(at), Some(every)) = (next_print, print_every) {
+            if now >= at {
+                let s = el.stats();
+                let line = el.state_mut().sampler.interval(&s);
+                eprintln!("{line}");
+                // From the planned time, so the lines keep their rhythm.
+                next_print = Some(at + every).filter(|t| *t > now).or(Some(now + every));
+            }
+        }
+    }
+    let (w, s) = (el.state().worker, el.stats());
+    el.state().board.publish(w, s);
+    Ok(())
+}
+
+/// The most reactors `--workers` starts: each is a thread with its own poller, and more of
+/// them than cores only adds contention.
+const MAX_WORKERS: usize = 256;
+
+/// Settings that would make the server useless are refused, each with what to do instead.
+fn check_settings(args: &ServeArgs) -> Result<(), CliError> {
+    if args.max_connections == Some(0) {
+        return Err("--max-connections 0 would refuse every connection: give at least 1, or leave it out for no limit".into());
+    }
+    if args.idle_timeout.is_some_and(|d| d.is_zero()) {
+        return Err("--idle-timeout 0 would close every connection at once: give a duration, or leave it out for no idle timeout".into());
+    }
+    if args.handshake_timeout.is_zero() {
+        return Err(
+            "--handshake-timeout 0 would fail every TLS handshake: give a duration (default 10s)"
+                .into(),
+        );
+    }
+    if args.low_water > args.high_water {
+        let default = if args.low_water == DEFAULT_LOW_WATER {
+            " (its default)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "--high-water {} is below --low-water {}{default}: give a --low-water of at most {} too",
+            size_text(args.high_water),
+            size_text(args.low_water),
+            size_text(args.high_water),
+        )
+        .into());
+    }
+    if args.workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    if args.workers > MAX_WORKERS {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        return Err(format!(
+            "--workers {} is more than {MAX_WORKERS}: each worker is a thread with its own \
+             poller and descriptors, and this machine has {cores} cores; one per core is plenty",
+            args.workers
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Source ports given to `--udp-drop-ports`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PortList(Vec<u16>);
+
+/// Parses `7,9,13` (or `none`) for clap.
+fn parse_ports(s: &str) -> Result<PortList, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(PortList(Vec::new()));
+    }
+    s.split(',')
+        .map(|p| {
+            let p = p.trim();
+            // Digits only: u16's parser would take `+7`.
+            match p.parse::<u16>() {
+                Ok(n) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+                _ => Err(format!(
+                    "invalid port {p:?} in {s:?}: expected comma-separated port numbers (0-65535) or none"
+                )),
+            }
+        })
+        .collect::<Result<Vec<u16>, String>>()
+        .map(PortList)
+}
+
+/// `--low-water`'s default, in bytes.
+const DEFAULT_LOW_WATER: u64 = 64 * 1024;
+
+/// A byte count the way it is written on the command line: `64k`, `1M`, `1500`.
+fn size_text(n: u64) -> String {
+    match n {
+        0 => "0".into(),
+        n if n % (1 << 30) == 0 => format!("{}G", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{}M", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{}k", n >> 10),
+        n => n.to_string(),
+    }
 }
 
 /// Resolves every listener address before binding any, so a typo fails before a port is
 /// taken.
-fn plan(args: &ServeArgs) -> Result<Vec<Spec>, CliError> {
-    let mut specs = Vec::new();
+fn plan(args: &ServeArgs, activated: Vec<Activated>) -> Result<Vec<Spec>, CliError> {
+    // Sockets handed over by systemd come first; with them, no default listeners.
+    let mut specs: Vec<Spec> = activated
+        .into_iter()
+        .map(|a| Spec {
+            kind: a.kind,
+            // Replaced by the real address once adopted.
+            addr: Endpoint::Unix(UnixName::Abstract(Vec::new())),
+            fd: Some(Arc::new(a.fd)),
+        })
+        .collect();
     for (kind, addrs, ip) in [
         ("tcp", &args.tcp, true),
         ("udp", &args.udp, true),
@@ -148,33 +346,52 @@ fn plan(args: &ServeArgs) -> Result<Vec<Spec>, CliError> {
             } else {
                 Endpoint::Unix(UnixName::parse(a)?)
             };
-            specs.push(Spec { kind, addr });
+            specs.push(Spec {
+                kind,
+                addr,
+                fd: None,
+            });
         }
     }
+    let metrics = match &args.metrics {
+        Some(a) => Some(Spec {
+            kind: "metrics",
+            addr: Endpoint::Inet(resolve_one(a)?),
+            fd: None,
+        }),
+        None => None,
+    };
     if specs.is_empty() {
         // The classic echo ports, on loopback so a first run exposes nothing.
         specs.push(Spec {
             kind: "tcp",
             addr: Endpoint::Inet(([127, 0, 0, 1], 8881).into()),
+            fd: None,
         });
         specs.push(Spec {
             kind: "udp",
             addr: Endpoint::Inet(([127, 0, 0, 1], 8883).into()),
+            fd: None,
         });
     }
+    specs.extend(metrics);
     Ok(specs)
 }
 
 /// Binds `specs` in `el`. Unix sockets cannot be shared between reactors, so only the
 /// first worker (`with_unix`) binds them.
 fn bind_all(
-    el: &mut EventLoop,
+    el: &mut EventLoop<ServeState>,
     specs: &[Spec],
     tls: Option<&Arc<rustls::ServerConfig>>,
     with_unix: bool,
 ) -> Result<Vec<Option<Bound>>, CliError> {
     let mut bound = Vec::new();
     for s in specs {
+        if let Some(fd) = &s.fd {
+            bound.push(Some(adopt(el, s.kind, fd, tls)?));
+            continue;
+        }
         let b = match (s.kind, &s.addr) {
             ("tcp", a) => Some(el.listen(a, ListenKind::Tcp, || Box::new(Echo))?),
             ("tls", a) => {
@@ -187,14 +404,42 @@ fn bind_all(
             ("unix-dgram", Endpoint::Unix(n)) if with_unix => {
                 Some(el.bind_unix_datagram(n, Box::new(EchoDatagram))?)
             }
+            // One metrics listener for the whole server, on the first worker.
+            ("metrics", a) if with_unix => {
+                Some(el.listen(a, ListenKind::Tcp, || Box::new(Metrics::default()))?)
+            }
             _ => None,
         };
         if let Some(b) = &b {
-            log::info!("serving {} echo on {}", s.kind, b.addr);
+            match s.kind {
+                "metrics" => log::info!("serving metrics on http://{}/metrics", b.addr),
+                kind => log::info!("serving {kind} echo on {}", b.addr),
+            }
         }
         bound.push(b);
     }
     Ok(bound)
+}
+
+/// Serves a socket systemd handed over (a duplicate of it: each worker has its own).
+fn adopt(
+    el: &mut EventLoop<ServeState>,
+    kind: &str,
+    fd: &OwnedFd,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) -> Result<Bound, CliError> {
+    let fd = fd.try_clone()?;
+    let b = match kind {
+        "tcp" => el.adopt_listener(fd, ListenKind::Tcp, || Box::new(Echo))?,
+        "unix" => el.adopt_listener(fd, ListenKind::Unix, || Box::new(Echo))?,
+        "tls" => {
+            let cfg = tls.ok_or("a socket named tls needs --cert and --key")?;
+            el.adopt_listener(fd, ListenKind::Tls(Arc::clone(cfg)), || Box::new(Echo))?
+        }
+        _ => el.adopt_datagram(fd, Box::new(EchoDatagram))?,
+    };
+    log::info!("serving {kind} echo on {} (socket activation)", b.addr);
+    Ok(b)
 }
 
 /// Prints one `listening <kind> <address>` line per listener, then flushes: tests and
@@ -211,19 +456,25 @@ fn announce(specs: &[Spec], bound: &[Option<Bound>]) -> Result<(), CliError> {
 }
 
 /// `--workers N`: N reactors on N threads. The first binds (choosing ports where 0 was
-/// asked); the others bind the same addresses through SO_REUSEPORT. The main thread waits
-/// for SIGINT/SIGTERM and stops them all.
+/// asked); the others bind the same addresses through SO_REUSEPORT. The main thread takes
+/// the signals (SIGINT/SIGTERM/SIGHUP stop them all, SIGUSR1 prints the whole server's
+/// statistics) and, with `--stats-interval`, a printer thread reports on the whole server.
 fn run_workers(
     workers: usize,
     grace: Duration,
     config: Config,
     specs: Vec<Spec>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    board: Arc<Board>,
+    report: Report,
 ) -> Result<ExitCode, CliError> {
     // Block the signals' default action before any thread starts.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR1,
+        signal_hook::consts::SIGUSR2,
     ])?;
     let mut handles = Vec::new();
     let mut stops: Vec<StopHandle> = Vec::new();
@@ -233,10 +484,15 @@ fn run_workers(
         let config = config.clone();
         let worker_specs = specs.clone();
         let tls = tls.clone();
+        let state = ServeState {
+            board: Arc::clone(&board),
+            worker: w,
+            sampler: Sampler::new(report.json, board.started),
+        };
         let handle = std::thread::Builder::new()
             .name(format!("echoloop-worker-{w}"))
             .spawn(move || -> Result<crate::Stats, String> {
-                let setup = EventLoop::new(config)
+                let setup = EventLoop::with_state(config, state)
                     .map_err(|e| e.to_string())
                     .and_then(|mut el| {
                         let b = bind_all(&mut el, &worker_specs, tls.as_ref(), w == 0)
@@ -246,7 +502,7 @@ fn run_workers(
                 match setup {
                     Ok((mut el, b)) => {
                         let _ = tx.send(Ok((b, el.stop_handle())));
-                        el.run().map_err(|e| e.to_string())?;
+                        serve_loop(&mut el, None).map_err(|e| e.to_string())?;
                         Ok(el.stats())
                     }
                     Err(e) => {
@@ -272,33 +528,66 @@ fn run_workers(
             announce(&specs, &bound)?;
             // Later workers bind the real addresses (the ports chosen for port 0).
             for (s, b) in specs.iter_mut().zip(&bound) {
-                if let Some(b) = b {
+                if let (Some(b), None) = (b, &s.fd) {
                     s.addr = b.addr.clone();
                 }
             }
         }
     }
     log::info!("{workers} workers running");
-    if signals.forever().next().is_some() {
-        log::info!("signal received: shutting down (grace {grace:?})");
-        stop_all(&stops, grace);
+    let printer = report.interval.map(|every| {
+        let board = Arc::clone(&board);
+        let (quit, quit_rx) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut sampler = Sampler::new(report.json, board.started);
+            let mut next = Instant::now() + every;
+            // A message or a hang-up on `quit_rx` ends it; a timeout is the next line.
+            while let Err(mpsc::RecvTimeoutError::Timeout) =
+                quit_rx.recv_timeout(next.saturating_duration_since(Instant::now()))
+            {
+                eprintln!("{}", sampler.interval(&board.total(None)));
+                next += every;
+            }
+        });
+        (quit, thread)
+    });
+    let summary = Sampler::new(report.json, board.started);
+    for sig in signals.forever() {
+        match sig {
+            signal_hook::consts::SIGUSR1 => eprintln!("{}", summary.summary(&board.total(None))),
+            signal_hook::consts::SIGUSR2 => log::info!("SIGUSR2 ignored"),
+            _ => {
+                log::info!("signal received: shutting down (grace {grace:?})");
+                stop_all(&stops, grace);
+                break;
+            }
+        }
     }
     let mut failed = false;
+    let mut total = crate::Stats::default();
     for (w, h) in handles.into_iter().enumerate() {
         match h.join() {
             // One line per worker, so an operator (and the tests) can see the kernel
             // spread the load across the reactors.
-            Ok(Ok(st)) => log::info!(
-                "worker {w}: {} connections accepted, {} datagrams received",
-                st.accepted,
-                st.datagrams_in
-            ),
+            Ok(Ok(st)) => {
+                log::info!(
+                    "worker {w}: {} connections accepted, {} datagrams received",
+                    st.accepted,
+                    st.datagrams_in
+                );
+                total = total.merged(&st);
+            }
             Ok(Err(e)) => {
                 log::error!("worker: {e}");
                 failed = true;
             }
             Err(_) => failed = true,
         }
+    }
+    if let Some((quit, thread)) = printer {
+        drop(quit);
+        let _ = thread.join();
+        eprintln!("{}", summary.summary(&total));
     }
     log::info!("stopped");
     Ok(if failed {

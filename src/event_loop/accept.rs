@@ -20,11 +20,16 @@ use crate::error::ListenError;
 use crate::handler::Handler;
 use crate::id::ConnId;
 use crate::net::{self, Endpoint, Listener};
+use crate::stats::Transport;
 use crate::timer::{Target, later};
 use crate::tls::TlsSession;
 
 /// Connections accepted per listener per turn before other sockets get a go.
 const ACCEPT_BUDGET: usize = 256;
+
+/// At most one warning per this long about the same trouble (out of descriptors): a
+/// flood must not turn into a flood of log lines on a slow stderr.
+const LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Registers a bound listener; returns its id and real address.
 pub(crate) fn add<S>(
@@ -70,9 +75,17 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
                 // Keep serving what we have; try again after a pause.
                 core.stats.accept_errors += 1;
                 let pause = core.config.accept_backoff;
-                log::warn!(
-                    "accept: {e}; pausing accepts for {pause:?} while existing connections are served"
-                );
+                let (count, next) = &mut core.emfile_log;
+                *count += 1;
+                if next.is_none_or(|t| core.now >= t) {
+                    log::warn!(
+                        "accept: {e} ({count} time{} since the last warning); pausing accepts \
+                         for {pause:?} at a time while existing connections are served",
+                        if *count == 1 { "" } else { "s" }
+                    );
+                    *count = 0;
+                    *next = Some(later(core.now, LOG_INTERVAL));
+                }
                 let id = ConnId::new(key, l.generation);
                 l.backoff = Some(
                     core.timers
@@ -107,19 +120,20 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
                 continue;
             }
         }
-        let session = match &l.kind {
+        let (session, transport) = match &l.kind {
             ListenKind::Tls(cfg) => match TlsSession::server(cfg) {
-                Ok(s) => Session::Tls(Box::new(s)),
+                Ok(s) => (Session::Tls(Box::new(s)), Transport::Tls),
                 Err(e) => {
                     log::warn!("cannot start TLS session: {e}");
                     continue;
                 }
             },
-            _ => Session::Plain,
+            ListenKind::Tcp => (Session::Plain, Transport::Tcp),
+            ListenKind::Unix => (Session::Plain, Transport::Unix),
         };
         let handler = (l.factory)();
         core.stats.accepted += 1;
-        stream::add_accepted(inner, sock, session, handler, &peer);
+        stream::add_accepted(inner, sock, session, transport, handler, &peer);
     }
     // Fairness: the rest of the queue is taken on the next turn; no new event would come
     // for connections already queued.

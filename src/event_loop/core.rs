@@ -18,7 +18,7 @@ use crate::dgram::DgramQueue;
 use crate::handler::{DatagramHandler, Handler};
 use crate::id::{ConnId, TimerId};
 use crate::net::{BindOptions, Datagram, Listener, SendBatch, Stream};
-use crate::stats::Stats;
+use crate::stats::{Stats, Transport};
 use crate::timer::Timers;
 
 /// Retained capacity of the staging buffer between callbacks: one huge send must not pin
@@ -64,6 +64,11 @@ pub(crate) struct Core {
     pub(crate) dgram_batch: SendBatch,
     /// When the next "rejecting connections" warning may be logged.
     pub(crate) reject_log: Option<Instant>,
+    /// Out-of-descriptor accept failures since the last warning, and when the next
+    /// warning may be logged: one line per interval with a count, not one per backoff.
+    pub(crate) emfile_log: (u64, Option<Instant>),
+    /// Likewise for datagrams refused from loop-prone ports.
+    pub(crate) refuse_log: (u64, Option<Instant>),
 }
 
 /// Whether the loop is serving, winding down, or done.
@@ -94,6 +99,8 @@ impl Core {
             batching: false,
             dgram_batch: SendBatch::default(),
             reject_log: None,
+            emfile_log: (0, None),
+            refuse_log: (0, None),
         }
     }
 
@@ -180,6 +187,8 @@ pub(crate) struct StreamEntry<S> {
     /// callback's context can reach every other entry of the loop).
     pub(crate) handler: Option<Box<dyn Handler<S>>>,
     pub(crate) generation: u32,
+    /// For the statistics by transport (fits beside the generation: no extra room).
+    pub(crate) transport: Transport,
     /// The timer standing for `conn.poll_timeout()`.
     pub(crate) deadline: Option<TimerId>,
     /// The handler's timers, cancelled when the connection closes.

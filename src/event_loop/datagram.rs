@@ -19,7 +19,17 @@ use crate::error::{ListenError, SendError};
 use crate::handler::{DatagramHandler, DgramCtx};
 use crate::id::{ConnId, TimerId};
 use crate::net::{BATCH, Datagram, Endpoint, PeerAddr, RecvBatch, UnixName};
+use crate::stats::Transport;
 use crate::timer::{Target, later};
+
+/// A datagram socket's transport, for the statistics.
+fn transport_of(sock: &Datagram) -> Transport {
+    if sock.is_udp() {
+        Transport::Udp
+    } else {
+        Transport::UnixDgram
+    }
+}
 
 /// How often queued Unix datagram replies are tried again.
 const UNIX_RETRY: Duration = Duration::from_millis(20);
@@ -151,7 +161,8 @@ fn flush_queue<S>(core: &mut Core, d: &mut DgramEntry<S>, id: ConnId) {
         sock.is_udp(),
         |data, to| sock.try_send_to(data, to),
     );
-    core.stats.datagrams_out += done.sent;
+    core.stats
+        .dgram_out(transport_of(&d.sock), done.sent, done.sent_bytes);
     core.stats.datagrams_dropped += done.dropped;
     arm_retry(core, d, id);
 }
@@ -215,7 +226,7 @@ pub(crate) fn send<S>(
     if !d.queue.must_wait(d.sock.is_udp(), to) {
         match d.sock.try_send_to(data, to) {
             Ok(_) => {
-                core.stats.datagrams_out += 1;
+                core.stats.dgram_out(transport_of(&d.sock), 1, data.len());
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -302,7 +313,10 @@ fn recv_one<S>(inner: &mut Inner<S>, buf: &mut [u8], key: usize) -> One {
     }
     match d.sock.try_recv_from(buf) {
         Ok((n, from)) => {
-            inner.core.stats.datagrams_in += 1;
+            inner.core.stats.dgram_in(transport_of(&d.sock), 1, n);
+            if refused(&mut inner.core, &from) {
+                return One::Handled;
+            }
             if callback(inner, key, |h, ctx| h.on_datagram(ctx, &buf[..n], &from)) {
                 One::Closed
             } else {
@@ -323,6 +337,33 @@ fn recv_one<S>(inner: &mut Inner<S>, buf: &mut [u8], key: usize) -> One {
         }
     }
 }
+
+/// A datagram from a loop-prone source port (see [`crate::Config::udp_drop_ports`]): it
+/// is dropped, counted and logged (at most once per interval), never answered.
+fn refused(core: &mut Core, from: &PeerAddr) -> bool {
+    let PeerAddr::Inet(a) = from else {
+        return false;
+    };
+    if !core.config.udp_drop_ports.contains(&a.port()) {
+        return false;
+    }
+    core.stats.datagrams_refused += 1;
+    let (count, next) = &mut core.refuse_log;
+    *count += 1;
+    if next.is_none_or(|t| core.now >= t) {
+        log::warn!(
+            "dropping UDP datagrams from loop-prone source ports ({count} since the last \
+             warning, the last from {a}): answering them could bounce a datagram between \
+             two services forever"
+        );
+        *count = 0;
+        *next = Some(later(core.now, REFUSE_LOG_INTERVAL));
+    }
+    true
+}
+
+/// At most one warning per this long about refused datagrams.
+const REFUSE_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// UDP's receive path, which reads in one of two ways depending on how deep the socket's
 /// queue runs:
@@ -387,7 +428,8 @@ fn read_udp<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, batch: &mut RecvBatch,
             }
         };
         budget = budget.saturating_sub(n.max(1));
-        inner.core.stats.datagrams_in += n as u64;
+        let bytes = (0..n).map(|i| batch.get(i).0.len()).sum();
+        inner.core.stats.dgram_in(Transport::Udp, n as u64, bytes);
         let mut closed = false;
         inner.core.batching = true;
         for i in 0..n {
@@ -398,6 +440,9 @@ fn read_udp<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, batch: &mut RecvBatch,
                 continue;
             };
             let from = PeerAddr::Inet(from);
+            if refused(&mut inner.core, &from) {
+                continue;
+            }
             closed = callback(inner, key, |h, ctx| h.on_datagram(ctx, data, &from));
             if closed {
                 // The rest of the batch was received but will never be handled.
@@ -444,7 +489,8 @@ fn flush_send_batch<S>(inner: &mut Inner<S>, key: usize) {
         while i < total {
             match d.sock.try_send_batch(&replies, i) {
                 Ok(k) if k > 0 => {
-                    core.stats.datagrams_out += k as u64;
+                    let bytes = (i..i + k).map(|j| replies.get(j).0.len()).sum();
+                    core.stats.dgram_out(Transport::Udp, k as u64, bytes);
                     i += k;
                 }
                 _ => break,
@@ -461,7 +507,7 @@ fn flush_send_batch<S>(inner: &mut Inner<S>, key: usize) {
             // Accepted during a batch whose handler then closed the socket: one try now,
             // as a batch would have made, but nothing is queued for a socket that is going.
             match d.sock.try_send_to(data, &to) {
-                Ok(_) => core.stats.datagrams_out += 1,
+                Ok(_) => core.stats.dgram_out(Transport::Udp, 1, data.len()),
                 Err(_) => core.stats.datagrams_dropped += 1,
             }
             continue;

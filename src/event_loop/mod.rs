@@ -104,6 +104,13 @@ const READ_BUF: usize = 64 * 1024;
 /// Events collected per `poll`.
 const EVENTS: usize = 1024;
 
+/// While stopping, how often lingering connections are looked at again (no event says
+/// that the peer has acknowledged our last bytes).
+const LINGER_CHECK: Duration = Duration::from_millis(10);
+
+/// A callback that belongs to no connection (SIGUSR1's, say).
+type OnLoop<S> = Box<dyn FnMut(&mut LoopCtx<'_, S>)>;
+
 /// An address a listener or datagram socket is bound to, as reported by the system.
 #[derive(Debug, Clone)]
 pub struct Bound {
@@ -138,11 +145,15 @@ pub struct EventLoop<S: 'static = ()> {
     events_left: bool,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     signal_grace: Duration,
+    /// What SIGUSR1 runs.
+    info_signal: Option<OnLoop<S>>,
     /// An entry point that runs callbacks is under way. Still set when the next one
     /// starts only if a callback panicked out of the last: the loop is poisoned.
     busy: bool,
     /// When the last event arrived (for the busy-poll window).
     last_event: Instant,
+    /// Stopping, with connections lingering after their FIN: look at them again soon.
+    lingering: bool,
 }
 
 impl<S> std::fmt::Debug for EventLoop<S> {
@@ -189,8 +200,10 @@ impl<S: 'static> EventLoop<S> {
             events_left: false,
             signals: None,
             signal_grace: Duration::from_secs(5),
+            info_signal: None,
             busy: false,
             last_event: Instant::now(),
+            lingering: false,
         })
     }
 
@@ -216,12 +229,23 @@ impl<S: 'static> EventLoop<S> {
         tx
     }
 
-    /// SIGINT and SIGTERM start a graceful stop with `grace`; a second signal stops at once.
-    /// The signals arrive through the poll loop (a self-pipe), not in a signal handler.
+    /// Takes over the signals a server is sent. The signals arrive through the poll loop
+    /// (a self-pipe), not in a signal handler, so the callbacks they cause are ordinary:
+    ///
+    /// | signal | what it does |
+    /// |---|---|
+    /// | SIGINT, SIGTERM, SIGHUP | a graceful stop with `grace`; a second one stops at once |
+    /// | SIGUSR1 | runs the callback given to [`EventLoop::on_info_signal`] (as `dd` prints its progress); without one, logs the counters |
+    /// | SIGUSR2 | nothing (logged): unhandled, it would kill the process |
+    ///
+    /// SIGHUP stops like SIGTERM because it says the terminal went away.
     pub fn handle_signals(&mut self, grace: Duration) -> io::Result<()> {
         let mut signals = signal_hook_mio::v1_0::Signals::new([
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
+            signal_hook::consts::SIGUSR1,
+            signal_hook::consts::SIGUSR2,
         ])?;
         self.inner
             .poll
@@ -230,6 +254,12 @@ impl<S: 'static> EventLoop<S> {
         self.signals = Some(signals);
         self.signal_grace = grace;
         Ok(())
+    }
+
+    /// What SIGUSR1 does once [`EventLoop::handle_signals`] is on: runs `callback` on the
+    /// loop's thread (to print the counters, say).
+    pub fn on_info_signal(&mut self, callback: impl FnMut(&mut LoopCtx<'_, S>) + 'static) {
+        self.info_signal = Some(Box::new(callback));
     }
 
     /// The counters so far.
@@ -279,6 +309,31 @@ impl<S: 'static> EventLoop<S> {
         };
         let (id, addr) = accept::add(&mut self.inner, sock, kind, Box::new(factory))?;
         Ok(Bound { id, addr })
+    }
+
+    /// Serves connections on a listening socket made elsewhere — handed over by systemd's
+    /// socket activation, say: TCP (plain or TLS, as `kind` says) or Unix stream, told
+    /// apart by its address. Its socket file, if any, is never removed by us.
+    pub fn adopt_listener(
+        &mut self,
+        fd: std::os::fd::OwnedFd,
+        kind: ListenKind,
+        factory: impl FnMut() -> Box<dyn Handler<S>> + 'static,
+    ) -> Result<Bound, ListenError> {
+        self.inner.core.now = Instant::now();
+        let sock = net::Listener::adopt(fd).map_err(ListenError::Register)?;
+        let (id, addr) = accept::add(&mut self.inner, sock, kind, Box::new(factory))?;
+        Ok(Bound { id, addr })
+    }
+
+    /// Serves a datagram socket made elsewhere (UDP or Unix datagram).
+    pub fn adopt_datagram(
+        &mut self,
+        fd: std::os::fd::OwnedFd,
+        handler: Box<dyn DatagramHandler<S>>,
+    ) -> Result<Bound, ListenError> {
+        let sock = Datagram::adopt(fd).map_err(ListenError::Register)?;
+        self.add_datagram(sock, handler)
     }
 
     /// Binds a UDP socket served by `handler`; its `on_ready` runs before this returns.
@@ -468,6 +523,9 @@ impl<S: 'static> EventLoop<S> {
         }
         if let Phase::Stopping { deadline } = core.phase {
             cap(deadline.saturating_duration_since(now));
+            if self.lingering {
+                cap(LINGER_CHECK);
+            }
         }
         // Busy polling: within the window after the last event, look without sleeping.
         if core
@@ -501,6 +559,7 @@ impl<S: 'static> EventLoop<S> {
             messages_left,
             signals,
             signal_grace,
+            info_signal,
             ..
         } = self;
         for event in events.iter() {
@@ -511,7 +570,14 @@ impl<S: 'static> EventLoop<S> {
                     }
                     *messages_left = drain(inner, channels);
                 }
-                SIGNALS => take_signals(&mut inner.core, signals.as_mut(), *signal_grace),
+                SIGNALS => {
+                    if take_signals(&mut inner.core, signals.as_mut(), *signal_grace) {
+                        match info_signal.as_mut() {
+                            Some(cb) => cb(&mut LoopCtx { ops: inner }),
+                            None => log::info!("SIGUSR1: {:?}", inner.core.stats),
+                        }
+                    }
+                }
                 Token(key) => dispatch(inner, bufs, recv_batch.as_deref_mut(), key, event),
             }
             settle(inner);
@@ -567,6 +633,9 @@ impl<S: 'static> EventLoop<S> {
     }
 
     fn check_stopped(&mut self) {
+        if matches!(self.inner.core.phase, Phase::Stopping { .. }) {
+            self.lingering = finish_lingering(&mut self.inner);
+        }
         if let Phase::Stopping { deadline } = self.inner.core.phase {
             if self.inner.core.now >= deadline {
                 force_close_all(&mut self.inner);
@@ -663,24 +732,33 @@ fn request_stop(core: &mut Core, grace: Duration) {
     core.stop_request = Some(core.stop_request.map_or(grace, |g| g.min(grace)));
 }
 
+/// Acts on the signals that arrived; returns whether SIGUSR1 was among them.
 fn take_signals(
     core: &mut Core,
     signals: Option<&mut signal_hook_mio::v1_0::Signals>,
     grace: Duration,
-) {
+) -> bool {
     let Some(signals) = signals else {
-        return;
+        return false;
     };
-    if signals.pending().count() == 0 {
-        return;
+    let (mut stop, mut info) = (false, false);
+    for sig in signals.pending() {
+        match sig {
+            signal_hook::consts::SIGUSR1 => info = true,
+            signal_hook::consts::SIGUSR2 => log::info!("SIGUSR2 ignored"),
+            _ => stop = true,
+        }
     }
-    if matches!(core.phase, Phase::Stopping { .. }) {
-        log::warn!("second signal: stopping now");
-        request_stop(core, Duration::ZERO);
-    } else {
-        log::info!("signal received: shutting down (grace {grace:?})");
-        request_stop(core, grace);
+    if stop {
+        if matches!(core.phase, Phase::Stopping { .. }) || core.stop_request.is_some() {
+            log::warn!("second signal: stopping now");
+            request_stop(core, Duration::ZERO);
+        } else {
+            log::info!("signal received: shutting down (grace {grace:?})");
+            request_stop(core, grace);
+        }
     }
+    info
 }
 
 /// Graceful stop: no new connections, no new input; what was read is answered, then each
@@ -718,6 +796,36 @@ fn begin_stop<S>(inner: &mut Inner<S>, grace: Duration) {
     if grace.is_zero() {
         force_close_all(inner);
     }
+}
+
+/// The lingering close, cut short where nothing can be lost. A connection whose FIN is out
+/// waits for the peer's EOF because closing with data still in flight (sent but not yet
+/// acknowledged) or unread input would make the kernel reset the connection, and a reset
+/// throws away what the peer has not read yet. But once the kernel holds nothing we sent
+/// (`SIOCOUTQ` is 0: all acknowledged) and nothing unread (`FIONREAD` is 0), closing loses
+/// nothing: an idle client (a `telnet` left open) need not hold up a stopping server for
+/// the whole grace period. Returns whether any connection still lingers.
+fn finish_lingering<S>(inner: &mut Inner<S>) -> bool {
+    let core = &mut inner.core;
+    let mut left = false;
+    for (key, entry) in inner.slab.iter_mut() {
+        let Entry::Stream(e) = entry else {
+            continue;
+        };
+        if e.conn.state() != crate::conn::State::Lingering {
+            continue;
+        }
+        let quiet = matches!(e.stream.unsent_in_kernel(), Ok(0))
+            && matches!(e.stream.unread_in_kernel(), Ok(0));
+        if quiet {
+            e.conn.stop_now();
+            core.touched.push(ConnId::new(key, e.generation));
+        } else {
+            left = true;
+        }
+    }
+    settle(inner);
+    left
 }
 
 /// The grace is over: whatever is left closes now, with a reset where output was owed.

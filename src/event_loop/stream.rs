@@ -19,6 +19,7 @@ use crate::handler::{Ctx, Handler};
 use crate::id::ConnId;
 use crate::net::{Endpoint, PeerAddr, Stream};
 use crate::sendbuf::{Flush, write_until_blocked};
+use crate::stats::Transport;
 use crate::timer::Target;
 use crate::tls::TlsSession;
 
@@ -46,6 +47,7 @@ pub(crate) fn add_accepted<S>(
     inner: &mut Inner<S>,
     mut stream: Stream,
     session: Session,
+    transport: Transport,
     handler: Box<dyn Handler<S>>,
     peer: &PeerAddr,
 ) {
@@ -70,6 +72,7 @@ pub(crate) fn add_accepted<S>(
         stream,
         handler: Some(handler),
         generation: id.generation,
+        transport,
         deadline: None,
         user_timers: TimerList::default(),
     }));
@@ -91,6 +94,11 @@ pub(crate) fn connect<S>(
     let key = inner.slab.vacant_key();
     let id = inner.core.next_id(key);
     let made = open_socket(inner, to, &opts, key);
+    let transport = match (to, &opts.tls) {
+        (Endpoint::Unix(_), _) => Transport::Unix,
+        (_, Some(_)) => Transport::Tls,
+        _ => Transport::Tcp,
+    };
     let entry = match made {
         Ok((stream, session)) => {
             let conn = Connection::connecting(session, inner.core.now, opts.timeout);
@@ -100,6 +108,7 @@ pub(crate) fn connect<S>(
                 stream,
                 handler: Some(handler),
                 generation: id.generation,
+                transport,
                 deadline: None,
                 user_timers: TimerList::default(),
             })
@@ -271,7 +280,7 @@ pub(crate) fn read_loop<S>(
             }
             Ok(n) => {
                 budget = budget.saturating_sub(n);
-                core.stats.bytes_in += n as u64;
+                core.stats.stream_in(e.transport, n);
                 let data =
                     e.conn
                         .handle_input(core.now, &bufs.wire[..n], &mut bufs.plain, &core.limits);
@@ -431,7 +440,7 @@ pub(crate) fn commit_staged<S>(inner: &mut Inner<S>, current: Option<ConnId>) {
             SendPath::Direct => {
                 let stream = &mut e.stream;
                 let (n, result) = write_until_blocked(data, |d| stream.try_write(d));
-                stats.bytes_out += n as u64;
+                stats.stream_out(e.transport, n);
                 match result {
                     Ok(flush) => {
                         // Partial send: the kernel's buffer is full; the rest waits.
@@ -465,6 +474,7 @@ fn closed<S>(inner: &mut Inner<S>, key: usize, reason: CloseReason) {
     let core = &mut inner.core;
     core.stats.connections_open = core.stats.connections_open.saturating_sub(1);
     core.stats.closed += 1;
+    core.stats.closed_by.count(&reason);
     match e.conn.closed_from() {
         State::Connecting => core.stats.connect_failures += 1,
         State::Handshaking => core.stats.tls_handshakes_failed += 1,
@@ -489,7 +499,7 @@ fn closed<S>(inner: &mut Inner<S>, key: usize, reason: CloseReason) {
             // Best effort: the alert tells the peer why; if it does not fit, so be it.
             let stream = &mut e.stream;
             let (n, _) = write_until_blocked(e.conn.unsent(), |d| stream.try_write(d));
-            inner.core.stats.bytes_out += n as u64;
+            inner.core.stats.stream_out(e.transport, n);
         }
         Teardown::Reset => {
             if let Err(err) = e.stream.reset_on_close() {

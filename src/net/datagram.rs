@@ -47,6 +47,22 @@ impl Datagram {
         Ok(Datagram::Unix(s, owned))
     }
 
+    /// A datagram socket made by someone else (systemd's socket activation): UDP or Unix,
+    /// told apart by its address family. We never remove its file.
+    pub(crate) fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<Datagram> {
+        let sock = socket2::Socket::from(fd);
+        sock.set_nonblocking(true)?;
+        if sock.local_addr()?.is_unix() {
+            Ok(Datagram::Unix(
+                std::os::fd::OwnedFd::from(sock).into(),
+                None,
+            ))
+        } else {
+            let s: std::net::UdpSocket = sock.into();
+            Ok(Datagram::Udp(UdpSocket::from_std(s)))
+        }
+    }
+
     /// A Unix datagram socket with no name, for a client that only needs replies if the
     /// server can address them: the caller binds or autobinds as it sees fit.
     pub(crate) fn from_unix(s: unix::UnixDatagram) -> io::Result<Datagram> {

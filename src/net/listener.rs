@@ -29,6 +29,21 @@ pub(crate) enum Listener {
 }
 
 impl Listener {
+    /// A listening socket made by someone else (systemd's socket activation): TCP or
+    /// Unix, told apart by its address family. We did not create its file, so we never
+    /// remove it.
+    pub(crate) fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<Listener> {
+        let sock = Socket::from(fd);
+        sock.set_nonblocking(true)?;
+        if sock.local_addr()?.is_unix() {
+            let l: unix::UnixListener = std::os::fd::OwnedFd::from(sock).into();
+            Ok(Listener::Unix(UnixListener::from_std(l), None))
+        } else {
+            let l: std::net::TcpListener = sock.into();
+            Ok(Listener::Tcp(TcpListener::from_std(l)))
+        }
+    }
+
     /// Accepts one pending connection, or `Err(WouldBlock)` when the queue is empty.
     pub(crate) fn try_accept(&self) -> io::Result<(Stream, PeerAddr)> {
         retry(|| match self {
@@ -171,6 +186,16 @@ pub(super) fn clear_stale_socket(
             log::info!("removing stale socket file {}", path.display());
             std::fs::remove_file(path).map_err(|e| ListenError::bind(kind, &name, e))
         }
+        // EPROTOTYPE: a live socket of the other type (stream vs datagram) has the path.
+        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => Err(ListenError::bind(
+            kind,
+            &name,
+            io::Error::other(format!(
+                "a Unix {} socket is already bound there; a stream and a datagram socket \
+                 cannot share a path: give each its own",
+                if datagram { "stream" } else { "datagram" }
+            )),
+        )),
         Err(e) => Err(ListenError::bind(kind, &name, e)),
     }
 }

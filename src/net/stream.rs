@@ -66,6 +66,34 @@ impl Stream {
         }
     }
 
+    /// Bytes we wrote that the kernel still holds: for TCP, sent but not yet acknowledged
+    /// by the peer (or not sent yet); for a Unix stream, not yet read by the peer
+    /// (`ioctl(SIOCOUTQ)`).
+    pub(crate) fn unsent_in_kernel(&self) -> io::Result<usize> {
+        self.queue_ioctl(libc::TIOCOUTQ)
+    }
+
+    /// Bytes the peer sent that wait unread in our receive queue (`ioctl(FIONREAD)`).
+    pub(crate) fn unread_in_kernel(&self) -> io::Result<usize> {
+        self.queue_ioctl(libc::FIONREAD)
+    }
+
+    fn queue_ioctl(&self, request: libc::c_ulong) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let fd = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        };
+        let mut n: libc::c_int = 0;
+        // SAFETY: both requests write one int through the pointer, which points at ours;
+        // `fd` is this stream's own open descriptor.
+        let rc = unsafe { libc::ioctl(fd, request, &mut n) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     /// The pending socket error (`SO_ERROR`), which is how a non-blocking connect reports
     /// failure.
     pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {

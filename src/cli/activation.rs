@@ -1,0 +1,71 @@
+//! systemd socket activation: serving sockets someone else made.
+//!
+//! Teaches: a listening socket is just a descriptor, and descriptors survive `exec`.
+//! systemd (or `systemd-socket-activate`) binds the sockets — port 7, say, which needs
+//! privileges the server then never has — and starts the server with them open from
+//! descriptor 3 on, saying so in `LISTEN_FDS` (how many), `LISTEN_PID` (for which process:
+//! a variable inherited by a child is not meant for it) and `LISTEN_FDNAMES` (their
+//! names). The server tells them apart by asking each socket itself: its type
+//! (`SO_TYPE`: stream or datagram) and its address family (`getsockname`).
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// The first descriptor systemd passes (after stdin, stdout, stderr).
+const FIRST_FD: RawFd = 3;
+
+/// One socket handed over.
+#[derive(Debug)]
+pub(crate) struct Activated {
+    /// `tcp`, `tls`, `udp`, `unix` or `unix-dgram`, as `serve`'s listening lines say.
+    pub(crate) kind: &'static str,
+    pub(crate) fd: OwnedFd,
+}
+
+/// The sockets systemd handed this process, if it did. A name of `tls` (from
+/// `FileDescriptorName=tls` or `--fdname=tls`) makes a TCP socket a TLS listener.
+pub(crate) fn take() -> Result<Vec<Activated>, String> {
+    let Ok(fds) = std::env::var("LISTEN_FDS") else {
+        return Ok(Vec::new());
+    };
+    match std::env::var("LISTEN_PID") {
+        Ok(pid) if pid.trim() == std::process::id().to_string() => {}
+        // Inherited from a parent that was activated: not ours.
+        _ => return Ok(Vec::new()),
+    }
+    let n: RawFd = fds
+        .trim()
+        .parse()
+        .map_err(|_| format!("LISTEN_FDS={fds:?} is not a number of descriptors"))?;
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|v| v.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for i in 0..n.max(0) {
+        let raw = FIRST_FD + i;
+        // SAFETY: systemd's protocol says descriptors 3 .. 3+LISTEN_FDS are open sockets
+        // handed to this process (LISTEN_PID checked above), and nothing else in the
+        // process owns them: from here on we do.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let sock = socket2::Socket::from(fd);
+        let ty = sock
+            .r#type()
+            .map_err(|e| format!("descriptor {raw} (LISTEN_FDS): not a socket: {e}"))?;
+        let addr = sock
+            .local_addr()
+            .map_err(|e| format!("descriptor {raw} (LISTEN_FDS): {e}"))?;
+        let stream = ty == socket2::Type::STREAM;
+        let tls = names.get(i as usize).is_some_and(|n| n == "tls");
+        let kind = match (addr.is_unix(), stream) {
+            (true, true) => "unix",
+            (true, false) => "unix-dgram",
+            (false, true) if tls => "tls",
+            (false, true) => "tcp",
+            (false, false) => "udp",
+        };
+        out.push(Activated {
+            kind,
+            fd: sock.into(),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,384 @@
+//! `serve --metrics ADDR`: Prometheus metrics served by the echo loop itself, as an
+//! ordinary [`Handler`] — an example of a small HTTP/1.1 protocol on the loop.
+//!
+//! Teaches: a request/response protocol on a stream. Requests arrive in pieces and
+//! back to back (pipelining), so they are framed by their blank line, answered in order,
+//! and the connection stays open (HTTP/1.1 keep-alive) unless asked to close. Everything a
+//! client controls is bounded: a request head larger than [`MAX_HEAD`] gets 431, one that
+//! does not finish within [`REQUEST_TIMEOUT`] is dropped, anything malformed gets 400 and
+//! a close. The echo traffic shares the loop but cannot be disturbed: each request costs
+//! one render of a few kilobytes.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::handler::{Ctx, Handler, TimerId};
+use crate::stats::Stats;
+
+/// The largest request head (request line and headers) accepted.
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
+
+/// A request must be complete this long after its first byte (or after the connection
+/// opened, or after the previous answer).
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the numbers come from: the whole server's counters now (all workers).
+pub(crate) trait StatsSource {
+    /// The whole server's counters, given this loop's own (fresher) ones.
+    fn server_stats(&self, own: Stats) -> Stats;
+    /// When the server started.
+    fn started(&self) -> Instant;
+}
+
+/// One metrics connection.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    /// Bytes of the request(s) not answered yet.
+    buf: Vec<u8>,
+    timer: Option<TimerId>,
+}
+
+impl<S: StatsSource> Handler<S> for Metrics {
+    fn on_open(&mut self, ctx: &mut Ctx<'_, S>) {
+        self.timer = Some(ctx.set_timer(REQUEST_TIMEOUT));
+    }
+
+    fn on_data(&mut self, ctx: &mut Ctx<'_, S>, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        // Answer every complete request, in order (pipelining).
+        loop {
+            let Some(end) = head_end(&self.buf) else {
+                if self.buf.len() > MAX_HEAD {
+                    respond(ctx, 431, "Request Header Fields Too Large", "", false);
+                    self.buf = Vec::new();
+                    ctx.close();
+                }
+                return;
+            };
+            if end > MAX_HEAD {
+                respond(ctx, 431, "Request Header Fields Too Large", "", false);
+                self.buf = Vec::new();
+                ctx.close();
+                return;
+            }
+            let head: Vec<u8> = self.buf.drain(..end).collect();
+            let keep_alive = match parse(&head) {
+                Ok(req) => {
+                    let (status, reason, body) = if req.method != "GET" && req.method != "HEAD" {
+                        (405, "Method Not Allowed", String::new())
+                    } else if req.path == "/metrics" || req.path.starts_with("/metrics?") {
+                        let own = ctx.stats();
+                        let state = ctx.state();
+                        (200, "OK", render(&state.server_stats(own), state.started()))
+                    } else {
+                        (404, "Not Found", "not found: try /metrics\n".to_string())
+                    };
+                    let body = if req.method == "HEAD" { "" } else { &body };
+                    respond(ctx, status, reason, body, req.keep_alive);
+                    req.keep_alive
+                }
+                Err(why) => {
+                    let body = format!("bad request: {why}\n");
+                    respond(ctx, 400, "Bad Request", &body, false);
+                    false
+                }
+            };
+            if !keep_alive {
+                self.buf = Vec::new();
+                ctx.close();
+                return;
+            }
+            // The next request gets its own time.
+            if let Some(t) = self.timer.take() {
+                ctx.cancel_timer(t);
+            }
+            self.timer = Some(ctx.set_timer(REQUEST_TIMEOUT));
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_, S>, timer: TimerId) {
+        if self.timer == Some(timer) {
+            // Too slow (or an idle keep-alive connection): free the slot.
+            ctx.close();
+        }
+    }
+}
+
+/// Where the request head ends (after its blank line), if it has.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The parts of a request head that matter here.
+#[derive(Debug, PartialEq, Eq)]
+struct Request<'a> {
+    method: &'a str,
+    path: &'a str,
+    keep_alive: bool,
+}
+
+/// Parses a request head; the error says what is wrong with it.
+fn parse(head: &[u8]) -> Result<Request<'_>, &'static str> {
+    let text = std::str::from_utf8(head).map_err(|_| "not text")?;
+    let mut lines = text.lines();
+    let line = lines.next().ok_or("empty request")?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(path), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("expected METHOD PATH HTTP/1.x");
+    };
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err("bad method");
+    }
+    if !path.starts_with('/') {
+        return Err("bad path");
+    }
+    let mut keep_alive = match version {
+        "HTTP/1.1" => true,
+        "HTTP/1.0" => false,
+        _ => return Err("unsupported HTTP version"),
+    };
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').ok_or("bad header line")?;
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("connection") {
+            if value.eq_ignore_ascii_case("close") {
+                keep_alive = false;
+            } else if value.eq_ignore_ascii_case("keep-alive") {
+                keep_alive = true;
+            }
+        } else if (name.eq_ignore_ascii_case("content-length") && value != "0")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            // Nothing here takes a body, and skipping one would mean trusting its length.
+            return Err("a request body is not accepted");
+        }
+    }
+    Ok(Request {
+        method,
+        path,
+        keep_alive,
+    })
+}
+
+fn respond<S>(ctx: &mut Ctx<'_, S>, status: u16, reason: &str, body: &str, keep_alive: bool) {
+    let content_type = if status == 200 {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        body.len(),
+        if keep_alive { "keep-alive" } else { "close" }
+    );
+    ctx.send(head.as_bytes());
+    ctx.send(body.as_bytes());
+}
+
+/// The Prometheus text exposition (format 0.0.4) of `s`.
+pub(crate) fn render(s: &Stats, started: Instant) -> String {
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v)];
+    metric(
+        "echoloop_connections_open",
+        "gauge",
+        "Stream connections open now.",
+        &one(s.connections_open),
+    );
+    metric(
+        "echoloop_connections_accepted_total",
+        "counter",
+        "Stream connections accepted.",
+        &one(s.accepted),
+    );
+    metric(
+        "echoloop_connections_rejected_total",
+        "counter",
+        "Connections accepted and closed at once because --max-connections was reached.",
+        &one(s.rejected),
+    );
+    let closed: Vec<(String, u64)> = s
+        .closed_by
+        .iter()
+        .map(|(r, v)| (format!("{{reason=\"{r}\"}}"), *v))
+        .collect();
+    metric(
+        "echoloop_connections_closed_total",
+        "counter",
+        "Stream connections closed, by reason.",
+        &closed,
+    );
+    let per = |f: fn(&crate::stats::Traffic) -> u64| -> Vec<(String, u64)> {
+        s.traffic
+            .iter()
+            .map(|(t, tr)| (format!("{{transport=\"{}\"}}", t.name()), f(tr)))
+            .collect()
+    };
+    metric(
+        "echoloop_received_bytes_total",
+        "counter",
+        "Bytes read from sockets (ciphertext for TLS), by transport.",
+        &per(|t| t.bytes_in),
+    );
+    metric(
+        "echoloop_sent_bytes_total",
+        "counter",
+        "Bytes written to sockets (ciphertext for TLS), by transport.",
+        &per(|t| t.bytes_out),
+    );
+    let dgram = |f: fn(&crate::stats::Traffic) -> u64| -> Vec<(String, u64)> {
+        s.traffic
+            .iter()
+            .filter(|(t, _)| {
+                matches!(
+                    t,
+                    crate::stats::Transport::Udp | crate::stats::Transport::UnixDgram
+                )
+            })
+            .map(|(t, tr)| (format!("{{transport=\"{}\"}}", t.name()), f(tr)))
+            .collect()
+    };
+    metric(
+        "echoloop_datagrams_received_total",
+        "counter",
+        "Datagrams received, by transport.",
+        &dgram(|t| t.datagrams_in),
+    );
+    metric(
+        "echoloop_datagrams_sent_total",
+        "counter",
+        "Datagrams sent, by transport.",
+        &dgram(|t| t.datagrams_out),
+    );
+    metric(
+        "echoloop_datagrams_dropped_total",
+        "counter",
+        "Datagrams dropped: a full send queue, a send error, or a sender with no address.",
+        &one(s.datagrams_dropped),
+    );
+    metric(
+        "echoloop_datagrams_refused_total",
+        "counter",
+        "UDP datagrams dropped unanswered because their source port is loop-prone (--udp-drop-ports).",
+        &one(s.datagrams_refused),
+    );
+    metric(
+        "echoloop_tls_handshakes_total",
+        "counter",
+        "TLS handshakes, by result.",
+        &[
+            ("{result=\"ok\"}".into(), s.tls_handshakes_ok),
+            ("{result=\"failed\"}".into(), s.tls_handshakes_failed),
+        ],
+    );
+    metric(
+        "echoloop_accept_errors_total",
+        "counter",
+        "accept() calls that failed (out of descriptors, aborted connections...).",
+        &one(s.accept_errors),
+    );
+    metric(
+        "echoloop_uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+        &one(started.elapsed().as_secs()),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Request, head_end, parse, render};
+    use crate::stats::Stats;
+
+    #[test]
+    fn metrics_request_parsing() {
+        assert_eq!(
+            parse(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Ok(Request {
+                method: "GET",
+                path: "/metrics",
+                keep_alive: true
+            })
+        );
+        assert!(!parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
+        assert!(
+            !parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            parse(b"GET / HTTP/1.0\r\nconnection: Keep-Alive\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        for bad in [
+            &b"\r\n\r\n"[..],
+            b"GET\r\n\r\n",
+            b"GET /metrics\r\n\r\n",
+            b"GET metrics HTTP/1.1\r\n\r\n",
+            b"get / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\xff\r\n\r\n",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nGET"), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(16));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+    }
+
+    #[test]
+    fn metrics_exposition_has_help_and_type_for_every_sample() {
+        let s = Stats {
+            accepted: 3,
+            ..Stats::default()
+        };
+        let text = render(&s, std::time::Instant::now());
+        assert!(
+            text.contains("echoloop_connections_accepted_total 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("echoloop_connections_closed_total{reason=\"done\"} 0\n"));
+        assert!(text.contains("echoloop_received_bytes_total{transport=\"tcp\"} 0\n"));
+        let mut named = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                named.insert(rest.split(' ').next().unwrap().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(named.contains(name), "sample before its TYPE: {line}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::test_support::fuzz_config(256))]
+
+        /// Whatever a client sends: an answer or an error, never a panic.
+        #[test]
+        fn metrics_fuzz_request_heads(head in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = parse(&head);
+            let _ = head_end(&head);
+        }
+    }
+}
