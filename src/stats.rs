@@ -37,6 +37,8 @@ pub struct Stats {
     pub tls_handshakes_failed: u64,
     /// `accept` calls that failed (out of descriptors, aborted connections...).
     pub accept_errors: u64,
+    /// Connections whose PROXY protocol header was read.
+    pub proxied: u64,
     /// Connections closed, by why.
     pub closed_by: ClosedBy,
     /// Bytes and datagrams in each direction, by transport.
@@ -89,6 +91,7 @@ impl Stats {
         self.tls_handshakes_ok += o.tls_handshakes_ok;
         self.tls_handshakes_failed += o.tls_handshakes_failed;
         self.accept_errors += o.accept_errors;
+        self.proxied += o.proxied;
         for (a, b) in self.closed_by.iter_mut().zip(o.closed_by.iter()) {
             *a.1 += b.1;
         }
@@ -122,6 +125,8 @@ pub struct ClosedBy {
     pub close_timeout: u64,
     /// [`CloseReason::Shutdown`].
     pub shutdown: u64,
+    /// [`CloseReason::BadProxyHeader`].
+    pub bad_proxy_header: u64,
 }
 
 impl ClosedBy {
@@ -136,6 +141,7 @@ impl ClosedBy {
             CloseReason::IdleTimeout => &mut self.idle_timeout,
             CloseReason::CloseTimeout => &mut self.close_timeout,
             CloseReason::Shutdown => &mut self.shutdown,
+            CloseReason::BadProxyHeader(_) => &mut self.bad_proxy_header,
         } += 1;
     }
 
@@ -150,6 +156,7 @@ impl ClosedBy {
             ("idle_timeout", &self.idle_timeout),
             ("close_timeout", &self.close_timeout),
             ("shutdown", &self.shutdown),
+            ("bad_proxy_header", &self.bad_proxy_header),
         ]
         .into_iter()
     }
@@ -164,6 +171,7 @@ impl ClosedBy {
             ("idle_timeout", &mut self.idle_timeout),
             ("close_timeout", &mut self.close_timeout),
             ("shutdown", &mut self.shutdown),
+            ("bad_proxy_header", &mut self.bad_proxy_header),
         ]
         .into_iter()
     }

@@ -209,6 +209,12 @@ pub(crate) fn render(s: &Stats, started: Instant) -> String {
         &one(s.accepted),
     );
     metric(
+        "echoloop_connections_proxied_total",
+        "counter",
+        "Connections whose PROXY protocol header was read (--proxy-protocol).",
+        &one(s.proxied),
+    );
+    metric(
         "echoloop_connections_rejected_total",
         "counter",
         "Connections accepted and closed at once because --max-connections was reached.",

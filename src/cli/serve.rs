@@ -82,6 +82,11 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics (GET /metrics) on ADDR, from the same loop.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Behind a load balancer: every connection on the TCP, TLS and Unix stream listeners
+    /// starts with a PROXY protocol header (v1 or v2) naming the real client; it is
+    /// removed before echoing, and a connection without a valid one is closed.
+    #[arg(long)]
+    proxy_protocol: bool,
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", value_parser = parse_level, default_value = "info")]
     log_level: log::LevelFilter,
@@ -98,6 +103,8 @@ struct ServeState {
     board: Arc<Board>,
     worker: usize,
     sampler: Sampler,
+    /// `--proxy-protocol`.
+    proxy: bool,
 }
 
 impl StatsSource for ServeState {
@@ -160,12 +167,14 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     let report = Report {
         interval: args.stats_interval.filter(|d| !d.is_zero()),
         json: args.stats_json,
+        proxy: args.proxy_protocol,
     };
     if args.workers == 1 {
         let state = ServeState {
             board: Arc::clone(&board),
             worker: 0,
             sampler: Sampler::new(report.json, board.started),
+            proxy: args.proxy_protocol,
         };
         let mut el = EventLoop::with_state(config, state)?;
         // Signals are caught before the listening lines go out: a script that signals as
@@ -200,6 +209,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
 struct Report {
     interval: Option<Duration>,
     json: bool,
+    proxy: bool,
 }
 
 /// Runs a worker's loop until it stops, publishing its counters for the whole-server
@@ -410,6 +420,9 @@ fn bind_all(
             }
             _ => None,
         };
+        if let (Some(b), true, "tcp" | "tls" | "unix") = (&b, el.state().proxy, s.kind) {
+            el.expect_proxy_header(b.id, true)?;
+        }
         if let Some(b) = &b {
             match s.kind {
                 "metrics" => log::info!("serving metrics on http://{}/metrics", b.addr),
@@ -429,6 +442,7 @@ fn adopt(
     tls: Option<&Arc<rustls::ServerConfig>>,
 ) -> Result<Bound, CliError> {
     let fd = fd.try_clone()?;
+    let proxy = el.state().proxy && kind != "udp" && kind != "unix-dgram";
     let b = match kind {
         "tcp" => el.adopt_listener(fd, ListenKind::Tcp, || Box::new(Echo))?,
         "unix" => el.adopt_listener(fd, ListenKind::Unix, || Box::new(Echo))?,
@@ -438,6 +452,9 @@ fn adopt(
         }
         _ => el.adopt_datagram(fd, Box::new(EchoDatagram))?,
     };
+    if proxy {
+        el.expect_proxy_header(b.id, true)?;
+    }
     log::info!("serving {kind} echo on {} (socket activation)", b.addr);
     Ok(b)
 }
@@ -479,6 +496,7 @@ fn run_workers(
     let mut handles = Vec::new();
     let mut stops: Vec<StopHandle> = Vec::new();
     let mut specs = specs;
+    let proxy = report.proxy;
     for w in 0..workers {
         let (tx, rx) = mpsc::channel::<Result<(Vec<Option<Bound>>, StopHandle), String>>();
         let config = config.clone();
@@ -488,6 +506,7 @@ fn run_workers(
             board: Arc::clone(&board),
             worker: w,
             sampler: Sampler::new(report.json, board.started),
+            proxy,
         };
         let handle = std::thread::Builder::new()
             .name(format!("echoloop-worker-{w}"))

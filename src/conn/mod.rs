@@ -46,6 +46,7 @@
 //!                       EOF and FIN both done, abort, error, deadline ──► Closed ◄┘
 //! ```
 
+pub(crate) mod proxy;
 mod reason;
 #[cfg(test)]
 mod tests;
@@ -59,6 +60,7 @@ use crate::error::ConnError;
 use crate::sendbuf::SendBuf;
 use crate::timer::later;
 use crate::tls::TlsSession;
+pub(crate) use proxy::ProxyHeader;
 
 /// The loop-wide settings a connection obeys. Passed in rather than copied into every
 /// connection: an idle connection should cost as few bytes as possible.
@@ -87,6 +89,9 @@ impl Limits {
 /// so that no combination of flags can say, for example, "closing but still sending".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
+    /// Accepted behind a load balancer: waiting for its PROXY protocol header, which must
+    /// come before anything else (before the TLS ClientHello too).
+    Preamble,
     /// Non-blocking connect in flight: it completes on writability.
     Connecting,
     /// TLS handshake in flight: no application data yet.
@@ -122,11 +127,24 @@ pub(crate) enum Session {
     Plain,
     /// TLS (boxed: a rustls connection is large and plain connections should stay small).
     Tls(Box<TlsSession>),
+    /// The PROXY header is still coming; the real session takes over after it.
+    Proxy(Box<ProxyStage>),
+}
+
+/// A connection's start, until its PROXY header is complete.
+#[derive(Debug)]
+pub(crate) struct ProxyStage {
+    /// The header's first bytes, when it came in pieces.
+    buf: Vec<u8>,
+    /// The session to run once the header is read.
+    next: Session,
 }
 
 /// What the application should be told, in the order [`Connection::poll_event`] yields.
 #[derive(Debug)]
 pub(crate) enum Event {
+    /// The PROXY header named the real client (or said there is none to name).
+    Proxied(ProxyHeader),
     /// Ready for application data (after the TLS handshake for TLS).
     Open,
     /// Application data: the slice [`Connection::handle_input`] returned.
@@ -139,11 +157,20 @@ pub(crate) enum Event {
     Closed(CloseReason),
 }
 
-const EV_OPEN: u8 = 1;
-const EV_DATA: u8 = 2;
-const EV_DRAINED: u8 = 4;
-const EV_PEER_CLOSED: u8 = 8;
-const EV_CLOSED: u8 = 16;
+const EV_PROXIED: u8 = 1;
+const EV_OPEN: u8 = 2;
+const EV_DATA: u8 = 4;
+const EV_DRAINED: u8 = 8;
+const EV_PEER_CLOSED: u8 = 16;
+const EV_CLOSED: u8 = 32;
+
+/// What an event needs to carry, kept until `poll_event` takes it. Boxed: most
+/// connections never carry either, and inline they would make every connection larger.
+#[derive(Debug)]
+enum Stash {
+    Proxied(ProxyHeader),
+    Closed(CloseReason),
+}
 
 /// How application output should reach the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,9 +213,9 @@ pub(crate) struct Connection {
     /// Queued bytes reached the kernel since the close deadline was last set: the peer is
     /// reading what we owe, only slowly.
     sent_since_check: bool,
-    /// Set once closed, taken by `poll_event`. Boxed: most connections never carry one for
-    /// long, and an inline `CloseReason` would make every connection larger.
-    reason: Option<Box<CloseReason>>,
+    /// The close reason (once closed) or the PROXY header (once read), until `poll_event`
+    /// takes it.
+    stash: Option<Box<Stash>>,
     /// The state the connection was in when it closed (for the loop's statistics).
     closed_from: State,
     teardown: Teardown,
@@ -216,17 +243,88 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// A connection just accepted from a listener: open at once (plain), or waiting for
-    /// the client's TLS handshake.
-    pub(crate) fn accepted(session: Session, now: Instant, limits: &Limits) -> Connection {
+    /// the client's TLS handshake — or, behind a load balancer (`proxy`), for its PROXY
+    /// header first, within the handshake timeout.
+    pub(crate) fn accepted(
+        session: Session,
+        now: Instant,
+        limits: &Limits,
+        proxy: bool,
+    ) -> Connection {
         let mut c = Connection::new(session, State::Open, now);
-        if c.is_tls() {
-            c.state = State::Handshaking;
+        if proxy {
+            c.session = Session::Proxy(Box::new(ProxyStage {
+                buf: Vec::new(),
+                next: std::mem::replace(&mut c.session, Session::Plain),
+            }));
+            c.state = State::Preamble;
             c.set_phase_deadline(Some(later(now, limits.handshake_timeout)));
         } else {
-            c.events = EV_OPEN;
+            c.begin(now, limits);
         }
         c.set_idle_check(limits.idle_timeout.map(|d| later(now, d)));
         c
+    }
+
+    /// An accepted connection's life begins: open at once (plain), or waiting for the
+    /// client's TLS handshake.
+    fn begin(&mut self, now: Instant, limits: &Limits) {
+        if self.is_tls() {
+            self.state = State::Handshaking;
+            self.set_phase_deadline(Some(later(now, limits.handshake_timeout)));
+        } else {
+            self.state = State::Open;
+            self.set_phase_deadline(None);
+            self.events |= EV_OPEN;
+        }
+    }
+
+    /// Reads the PROXY header from the connection's first bytes; what follows it goes on
+    /// to the real session.
+    fn handle_preamble<'a>(
+        &mut self,
+        now: Instant,
+        wire: &'a [u8],
+        plain: &'a mut Vec<u8>,
+        limits: &Limits,
+    ) -> &'a [u8] {
+        let Session::Proxy(stage) = &mut self.session else {
+            return &[];
+        };
+        // Usually the whole header comes in one read: parse it in place.
+        let before = stage.buf.len();
+        let parsed = if before == 0 {
+            proxy::parse(wire)
+        } else {
+            stage.buf.extend_from_slice(wire);
+            proxy::parse(&stage.buf)
+        };
+        match parsed {
+            Ok(None) => {
+                if before == 0 {
+                    stage.buf.extend_from_slice(wire);
+                }
+                &[]
+            }
+            Ok(Some((header, len))) => {
+                let next = std::mem::replace(&mut stage.next, Session::Plain);
+                self.session = next;
+                self.stash = Some(Box::new(Stash::Proxied(header)));
+                self.events |= EV_PROXIED;
+                self.begin(now, limits);
+                // The header never reaches the application; what came after it does.
+                let rest = &wire[len - before..];
+                if rest.is_empty() {
+                    &[]
+                } else {
+                    self.handle_input(now, rest, plain, limits)
+                }
+            }
+            Err(e) => {
+                self.finish(CloseReason::BadProxyHeader(e.to_string()), Teardown::Drop);
+                &[]
+            }
+        }
     }
 
     /// A connection whose non-blocking connect is in flight. `timeout` bounds the connect
@@ -250,7 +348,7 @@ impl Connection {
             phase_deadline: None,
             idle_check: None,
             sent_since_check: false,
-            reason: None,
+            stash: None,
             closed_from: state,
             teardown: Teardown::Drop,
             events: 0,
@@ -275,7 +373,8 @@ impl Connection {
         self.last_active = now;
         self.set_idle_check(limits.idle_timeout.map(|d| later(now, d)));
         match &mut self.session {
-            Session::Plain => {
+            // (Outgoing connections never wait for a PROXY header.)
+            Session::Plain | Session::Proxy(_) => {
                 self.state = State::Open;
                 self.set_phase_deadline(None);
                 self.events |= EV_OPEN;
@@ -313,6 +412,7 @@ impl Connection {
             State::Closing { peer_eof: false } | State::Lingering
         );
         match self.state {
+            State::Preamble => return self.handle_preamble(now, wire, plain, limits),
             State::Handshaking | State::Open | State::WriteShut { .. } => {}
             // Closing: read and drop. TLS still decrypts, only to notice the peer's
             // close_notify, which many peers send instead of a TCP FIN.
@@ -362,6 +462,12 @@ impl Connection {
         self.last_active = now;
         self.maybe_readable = false;
         match self.state {
+            State::Preamble => self.finish(
+                CloseReason::BadProxyHeader(
+                    "the connection ended before its PROXY protocol header did".into(),
+                ),
+                Teardown::Drop,
+            ),
             State::Handshaking => self.finish(
                 CloseReason::Io(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -437,6 +543,12 @@ impl Connection {
         if self.phase_deadline.is_some_and(|at| at <= now) {
             self.set_phase_deadline(None);
             match self.state {
+                State::Preamble => self.finish(
+                    CloseReason::BadProxyHeader(
+                        "no PROXY protocol header within the handshake timeout".into(),
+                    ),
+                    Teardown::Drop,
+                ),
                 State::Connecting => self.finish(CloseReason::ConnectTimeout, Teardown::Drop),
                 State::Handshaking => self.finish(CloseReason::HandshakeTimeout, Teardown::Drop),
                 State::Closing { .. } if self.sent_since_check => {
@@ -473,7 +585,9 @@ impl Connection {
                     let teardown = self.reset_if_owed();
                     self.finish(CloseReason::IdleTimeout, teardown);
                 }
-                State::Handshaking => self.finish(CloseReason::IdleTimeout, Teardown::Drop),
+                State::Handshaking | State::Preamble => {
+                    self.finish(CloseReason::IdleTimeout, Teardown::Drop)
+                }
                 State::Connecting | State::Closed => {}
             }
         }
@@ -485,7 +599,7 @@ impl Connection {
     pub(crate) fn can_send(&self) -> Result<(), ConnError> {
         match self.state {
             State::Open | State::PeerShut => Ok(()),
-            State::Connecting | State::Handshaking => Err(ConnError::NotOpen),
+            State::Preamble | State::Connecting | State::Handshaking => Err(ConnError::NotOpen),
             State::WriteShut { .. } | State::Closing { .. } | State::Lingering => {
                 Err(ConnError::WriteShut)
             }
@@ -512,6 +626,8 @@ impl Connection {
         }
         match &mut self.session {
             Session::Plain => self.sendbuf.push(data),
+            // Nothing is accepted before the header (`can_send` says NotOpen).
+            Session::Proxy(_) => return,
             Session::Tls(tls) => {
                 if let Err(e) = tls.write_plaintext(data, &mut self.sendbuf) {
                     self.finish(CloseReason::Tls(e), Teardown::Drop);
@@ -528,7 +644,9 @@ impl Connection {
         match self.state {
             State::Open => self.state = State::WriteShut { fin_sent: false },
             State::PeerShut => self.state = State::Closing { peer_eof: true },
-            State::Connecting | State::Handshaking => return Err(ConnError::NotOpen),
+            State::Preamble | State::Connecting | State::Handshaking => {
+                return Err(ConnError::NotOpen);
+            }
             State::Closed => return Err(ConnError::Gone),
             State::WriteShut { .. } | State::Closing { .. } | State::Lingering => {}
         }
@@ -547,7 +665,7 @@ impl Connection {
             }
             State::PeerShut => State::Closing { peer_eof: true },
             State::WriteShut { fin_sent: true } => State::Lingering,
-            State::Connecting | State::Handshaking => {
+            State::Preamble | State::Connecting | State::Handshaking => {
                 self.finish(CloseReason::Aborted, Teardown::Drop);
                 return Ok(());
             }
@@ -600,7 +718,7 @@ impl Connection {
     /// The loop is stopping: open connections close gracefully, ones not yet open at once.
     pub(crate) fn stop(&mut self, now: Instant, limits: &Limits) {
         match self.state {
-            State::Connecting | State::Handshaking => {
+            State::Preamble | State::Connecting | State::Handshaking => {
                 self.finish(CloseReason::Shutdown, Teardown::Drop)
             }
             State::Open | State::PeerShut | State::WriteShut { .. } => {
@@ -630,14 +748,22 @@ impl Connection {
         let bit = ev & ev.wrapping_neg(); // the lowest pending event comes first
         self.events &= !bit;
         Some(match bit {
+            EV_PROXIED => match self.stash.take().map(|b| *b) {
+                Some(Stash::Proxied(h)) => Event::Proxied(h),
+                // Replaced by a close reason before it was told: moot.
+                other => {
+                    self.stash = other.map(Box::new);
+                    return self.poll_event();
+                }
+            },
             EV_OPEN => Event::Open,
             EV_DATA => Event::Data,
             EV_DRAINED => Event::Drained,
             EV_PEER_CLOSED => Event::PeerClosed,
-            _ => {
-                let reason = self.reason.take().map_or(CloseReason::Done, |r| *r);
-                Event::Closed(reason)
-            }
+            _ => match self.stash.take().map(|b| *b) {
+                Some(Stash::Closed(reason)) => Event::Closed(reason),
+                _ => Event::Closed(CloseReason::Done),
+            },
         })
     }
 
@@ -707,8 +833,9 @@ impl Connection {
     /// Whether to read from the socket now.
     pub(crate) fn wants_read(&self) -> bool {
         match self.state {
-            // The handshake must progress whatever the application asked.
-            State::Handshaking => true,
+            // The handshake (and the PROXY header) must progress whatever the application
+            // asked.
+            State::Preamble | State::Handshaking => true,
             State::Open | State::WriteShut { .. } => !(self.user_paused || self.bp_paused),
             // Closing reads (and drops) regardless of pauses, to see the peer's EOF.
             State::Closing { peer_eof: false } | State::Lingering => true,
@@ -753,7 +880,11 @@ impl Connection {
     }
 
     pub(crate) fn is_tls(&self) -> bool {
-        matches!(self.session, Session::Tls(_))
+        match &self.session {
+            Session::Tls(_) => true,
+            Session::Proxy(stage) => matches!(stage.next, Session::Tls(_)),
+            Session::Plain => false,
+        }
     }
 
     /// Bytes owed to the peer that the kernel has not taken yet.
@@ -770,7 +901,7 @@ impl Connection {
     pub(crate) fn tls_protocol(&self) -> Option<&'static str> {
         match &self.session {
             Session::Tls(t) => t.protocol(),
-            Session::Plain => None,
+            Session::Plain | Session::Proxy(_) => None,
         }
     }
 
@@ -789,7 +920,7 @@ impl Connection {
     fn has_opened(&self) -> bool {
         !matches!(
             self.state,
-            State::Connecting | State::Handshaking | State::Closed
+            State::Preamble | State::Connecting | State::Handshaking | State::Closed
         )
     }
 
@@ -847,7 +978,7 @@ impl Connection {
         self.closed_from = self.state;
         self.state = State::Closed;
         self.events = keep | EV_CLOSED;
-        self.reason = Some(Box::new(reason));
+        self.stash = Some(Box::new(Stash::Closed(reason)));
         self.teardown = teardown;
         self.set_phase_deadline(None);
         self.set_idle_check(None);

@@ -30,6 +30,9 @@ pub enum CloseReason {
     CloseTimeout,
     /// The loop is stopping and the grace period ran out.
     Shutdown,
+    /// A connection on a PROXY protocol listener did not start with a valid header (or
+    /// not in time): it was closed before any of it reached the handler.
+    BadProxyHeader(String),
 }
 
 impl CloseReason {
@@ -52,6 +55,7 @@ impl fmt::Display for CloseReason {
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
             CloseReason::CloseTimeout => f.write_str("peer did not close in time"),
             CloseReason::Shutdown => f.write_str("server shutting down"),
+            CloseReason::BadProxyHeader(why) => f.write_str(why),
         }
     }
 }

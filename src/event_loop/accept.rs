@@ -52,6 +52,7 @@ pub(crate) fn add<S>(
         factory,
         generation: id.generation,
         backoff: None,
+        proxy: false,
     }));
     Ok((id, addr))
 }
@@ -132,8 +133,9 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
             ListenKind::Unix => (Session::Plain, Transport::Unix),
         };
         let handler = (l.factory)();
+        let proxy = l.proxy;
         core.stats.accepted += 1;
-        stream::add_accepted(inner, sock, session, transport, handler, &peer);
+        stream::add_accepted(inner, sock, session, transport, proxy, handler, &peer);
     }
     // Fairness: the rest of the queue is taken on the next turn; no new event would come
     // for connections already queued.

@@ -6,6 +6,7 @@
 //! a new connection that took the slot (mio#172); ids carry a generation for everything
 //! that outlives a batch (timers, other connections' handlers, messages from threads).
 
+use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use crate::conn::{Connection, Limits};
 use crate::dgram::DgramQueue;
 use crate::handler::{DatagramHandler, Handler};
 use crate::id::{ConnId, TimerId};
-use crate::net::{BindOptions, Datagram, Listener, SendBatch, Stream};
+use crate::net::{BindOptions, Datagram, Listener, PeerAddr, SendBatch, Stream};
 use crate::stats::{Stats, Transport};
 use crate::timer::Timers;
 
@@ -69,6 +70,9 @@ pub(crate) struct Core {
     pub(crate) emfile_log: (u64, Option<Instant>),
     /// Likewise for datagrams refused from loop-prone ports.
     pub(crate) refuse_log: (u64, Option<Instant>),
+    /// The real clients of connections that came through a load balancer, as their
+    /// PROXY headers said (only those: the map stays empty without PROXY listeners).
+    pub(crate) proxied: HashMap<ConnId, PeerAddr>,
 }
 
 /// Whether the loop is serving, winding down, or done.
@@ -101,6 +105,7 @@ impl Core {
             reject_log: None,
             emfile_log: (0, None),
             refuse_log: (0, None),
+            proxied: HashMap::new(),
         }
     }
 
@@ -177,6 +182,8 @@ pub(crate) struct ListenerEntry<S> {
     pub(crate) generation: u32,
     /// Out of descriptors: accepting waits for this timer.
     pub(crate) backoff: Option<TimerId>,
+    /// Connections start with a PROXY protocol header (behind a load balancer).
+    pub(crate) proxy: bool,
 }
 
 /// A stream connection: its socket, its state machine and its handler.

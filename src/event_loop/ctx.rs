@@ -162,10 +162,13 @@ impl<S> LoopOps<S> for Inner<S> {
     }
 
     fn conn_peer_addr(&self, id: ConnId) -> Result<PeerAddr, ConnError> {
-        self.conn_view(id)?
-            .stream
-            .peer_addr()
-            .map_err(|_| ConnError::Gone)
+        let view = self.conn_view(id)?;
+        // Behind a load balancer the socket's peer is the balancer: the header's client
+        // is the one that matters.
+        if let Some(real) = self.core.proxied.get(&id) {
+            return Ok(real.clone());
+        }
+        view.stream.peer_addr().map_err(|_| ConnError::Gone)
     }
 
     fn dgram_send(&mut self, id: ConnId, data: &[u8], to: &PeerAddr) -> Result<(), SendError> {

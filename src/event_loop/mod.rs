@@ -88,7 +88,7 @@ use self::core::{Core, Entry, Inner, Phase};
 use self::ctx::settle;
 use self::stream::{ReadBufs, Readiness};
 use self::wake::{Channel, Wake};
-use crate::error::{AddrError, ListenError};
+use crate::error::{AddrError, ConnError, ListenError};
 use crate::handler::{ConnGuard, ConnRef, DatagramHandler, Handler, LoopCtx};
 use crate::id::ConnId;
 use crate::net::{self, Datagram, Endpoint, RecvBatch, UnixName};
@@ -309,6 +309,23 @@ impl<S: 'static> EventLoop<S> {
         };
         let (id, addr) = accept::add(&mut self.inner, sock, kind, Box::new(factory))?;
         Ok(Bound { id, addr })
+    }
+
+    /// Makes a stream listener expect the PROXY protocol (version 1 or 2): every
+    /// connection it accepts must start with a load balancer's header naming the real
+    /// client, which is read and removed before any byte reaches the handler (before the
+    /// TLS handshake on a TLS listener) and which [`crate::Ctx::peer_addr`] then reports.
+    /// A missing, malformed, oversized or late header (the handshake timeout) closes that
+    /// connection with [`crate::CloseReason::BadProxyHeader`].
+    pub fn expect_proxy_header(&mut self, listener: ConnId, on: bool) -> Result<(), ConnError> {
+        match self.inner.slab.get_mut(listener.key()) {
+            Some(Entry::Listener(l)) if l.generation == listener.generation => {
+                l.proxy = on;
+                Ok(())
+            }
+            Some(e) if e.generation() == listener.generation => Err(ConnError::NotStream),
+            _ => Err(ConnError::Gone),
+        }
     }
 
     /// Serves connections on a listening socket made elsewhere — handed over by systemd's

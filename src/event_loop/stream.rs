@@ -48,6 +48,7 @@ pub(crate) fn add_accepted<S>(
     mut stream: Stream,
     session: Session,
     transport: Transport,
+    proxy: bool,
     handler: Box<dyn Handler<S>>,
     peer: &PeerAddr,
 ) {
@@ -66,7 +67,7 @@ pub(crate) fn add_accepted<S>(
     }
     let id = inner.core.next_id(key);
     log::debug!("{id} open from {peer}");
-    let conn = Connection::accepted(session, inner.core.now, &inner.core.limits);
+    let conn = Connection::accepted(session, inner.core.now, &inner.core.limits, proxy);
     inner.slab.insert(Entry::Stream(StreamEntry {
         conn,
         stream,
@@ -316,6 +317,18 @@ pub(crate) fn drive<S>(inner: &mut Inner<S>, key: usize, data: &[u8]) {
             return;
         };
         match e.conn.poll_event() {
+            Some(Event::Proxied(header)) => {
+                let core = &mut inner.core;
+                core.stats.proxied += 1;
+                let id = ConnId::new(key, e.generation);
+                match header.source {
+                    Some(src) => {
+                        log::debug!("{id} is from {src} (PROXY header)");
+                        core.proxied.insert(id, PeerAddr::Inet(src));
+                    }
+                    None => log::debug!("{id}: PROXY header without a client address"),
+                }
+            }
             Some(Event::Open) => {
                 if e.conn.is_tls() {
                     inner.core.stats.tls_handshakes_ok += 1;
@@ -481,6 +494,12 @@ fn closed<S>(inner: &mut Inner<S>, key: usize, reason: CloseReason) {
         _ => {}
     }
     log::debug!("{id} closed: {reason}");
+    if let CloseReason::BadProxyHeader(why) = &reason {
+        log::info!("{id}: closed: {why}");
+    }
+    if !core.proxied.is_empty() {
+        core.proxied.remove(&id);
+    }
     // Deadlines and the handler's timers no longer apply: they should not sit in the
     // heap until they expire.
     if let Some(t) = e.deadline.take() {

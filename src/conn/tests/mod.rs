@@ -261,7 +261,7 @@ mod open {
     fn conn_open_resume_reads_data_that_already_waits() {
         let limits = test_limits();
         let now = Instant::now();
-        let mut c = Connection::accepted(Session::Plain, now, &limits);
+        let mut c = Connection::accepted(Session::Plain, now, &limits, false);
         assert!(matches!(c.poll_event(), Some(Event::Open)));
         c.pause_reading().unwrap();
         assert!(!c.wants_read());
@@ -338,7 +338,7 @@ mod open {
     fn conn_open_misuse_gives_results_not_panics() {
         let limits = test_limits();
         let now = Instant::now();
-        let mut c = Connection::accepted(Session::Plain, now, &limits);
+        let mut c = Connection::accepted(Session::Plain, now, &limits, false);
         c.close(now, &limits).unwrap();
         assert!(c.close(now, &limits).is_ok(), "closing twice is harmless");
         assert_eq!(c.can_send(), Err(crate::error::ConnError::WriteShut));
@@ -479,7 +479,7 @@ mod write_shut {
     #[test]
     fn conn_write_shut_refuses_more_data() {
         let limits = test_limits();
-        let mut c = Connection::accepted(Session::Plain, Instant::now(), &limits);
+        let mut c = Connection::accepted(Session::Plain, Instant::now(), &limits, false);
         c.shutdown_write().unwrap();
         assert_eq!(c.can_send(), Err(crate::error::ConnError::WriteShut));
         assert!(c.shutdown_write().is_ok(), "twice is harmless");
@@ -598,6 +598,76 @@ mod closing {
         p.run();
         assert_eq!(closed_as(&p, Who::Server), Some("shutdown"));
         assert_eq!(p.server.released, Some(Teardown::Reset), "output was owed");
+        assert_closed_once(&p);
+    }
+}
+
+mod preamble {
+    use super::*;
+
+    const V1: &[u8] = b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 7\r\n";
+
+    #[test]
+    fn conn_preamble_header_is_removed_and_names_the_client() {
+        for (tls, cap) in [(false, 64 * 1024), (false, 1), (true, 64 * 1024), (true, 7)] {
+            let msg = pattern(3000);
+            let mut p = Pair::behind_balancer(
+                Box::new(SendThenShut { msg: msg.clone() }),
+                Box::new(EchoApp),
+                cap,
+                tls,
+                V1,
+            );
+            p.run();
+            let what = format!("tls {tls}, pipe {cap}");
+            assert_eq!(
+                p.server.heard.first(),
+                Some(&Heard::Proxied(Some("192.0.2.7:40000".parse().unwrap()))),
+                "{what}"
+            );
+            assert_eq!(p.server.heard.get(1), Some(&Heard::Open), "{what}");
+            // The header never reaches the application, nor the echo.
+            assert_bytes(&p.server.received, &msg, &what);
+            assert_bytes(&p.client.received, &msg, &what);
+            assert_eq!(closed_as(&p, Who::Server), Some("done"), "{what}");
+            assert_closed_once(&p);
+        }
+    }
+
+    #[test]
+    fn conn_preamble_refuses_what_is_not_a_header() {
+        for bad in [
+            &b"hello, no header here\r\n"[..],
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 1\r\n",
+            &[b'P'; 200],
+        ] {
+            let mut p = Pair::behind_balancer(Box::new(Quiet), Box::new(EchoApp), 1024, false, bad);
+            p.run();
+            assert_eq!(closed_as(&p, Who::Server), Some("bad-proxy-header"));
+            assert!(
+                p.server.received.is_empty(),
+                "nothing reached the application"
+            );
+            assert!(!p.server.heard.contains(&Heard::Open));
+            assert_closed_once(&p);
+        }
+    }
+
+    #[test]
+    fn conn_preamble_too_slow_or_cut_short_closes() {
+        let mut p =
+            Pair::behind_balancer(Box::new(Quiet), Box::new(Quiet), 1024, false, b"PROXY TC");
+        p.run();
+        assert!(!p.server.is_closed(), "waiting for the rest");
+        p.advance(Duration::from_secs(11));
+        p.run();
+        assert_eq!(closed_as(&p, Who::Server), Some("bad-proxy-header"));
+
+        let mut p =
+            Pair::behind_balancer(Box::new(Quiet), Box::new(Quiet), 1024, false, b"PROXY TC");
+        p.server.inbox.fin = true;
+        p.run();
+        assert_eq!(closed_as(&p, Who::Server), Some("bad-proxy-header"));
         assert_closed_once(&p);
     }
 }

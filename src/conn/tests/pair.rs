@@ -31,6 +31,8 @@ pub(crate) enum Act {
 /// What an application was told, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Heard {
+    /// The PROXY header's client address (`None`: it named none).
+    Proxied(Option<std::net::SocketAddr>),
     Open,
     Data(usize),
     Drained,
@@ -213,6 +215,36 @@ impl Pair {
         tls: bool,
         limits: Limits,
     ) -> Pair {
+        Pair::build(client, server, pipe_capacity, tls, limits, None)
+    }
+
+    /// A pair whose server sits behind a load balancer: `header` (a PROXY protocol
+    /// header, or whatever the test wants to try) reaches it before the client's bytes.
+    pub(crate) fn behind_balancer(
+        client: Box<dyn App>,
+        server: Box<dyn App>,
+        pipe_capacity: usize,
+        tls: bool,
+        header: &[u8],
+    ) -> Pair {
+        Pair::build(
+            client,
+            server,
+            pipe_capacity,
+            tls,
+            test_limits(),
+            Some(header),
+        )
+    }
+
+    fn build(
+        client: Box<dyn App>,
+        server: Box<dyn App>,
+        pipe_capacity: usize,
+        tls: bool,
+        limits: Limits,
+        header: Option<&[u8]>,
+    ) -> Pair {
         let now = Instant::now();
         let (server_session, client_session) = if tls {
             let (s, c) = tls_configs();
@@ -234,7 +266,7 @@ impl Pair {
         };
         let mut c = Connection::connecting(client_session, now, None);
         c.handle_connected(now, &client_limits);
-        let s = Connection::accepted(server_session, now, &limits);
+        let s = Connection::accepted(server_session, now, &limits, header.is_some());
         let mut pair = Pair {
             client: Side::new(c, client),
             server: Side::new(s, server),
@@ -244,6 +276,8 @@ impl Pair {
             pipe_capacity: pipe_capacity.max(1),
             plain: Vec::new(),
         };
+        // The balancer's header is in the pipe before anything the client sends.
+        pair.server.inbox.bytes.extend(header.unwrap_or_default());
         pair.settle(Who::Client, &[]);
         pair.settle(Who::Server, &[]);
         pair
@@ -411,6 +445,7 @@ impl Pair {
             let me = self.side(who);
             if let Some(ev) = me.conn.poll_event() {
                 let heard = match ev {
+                    Event::Proxied(h) => Heard::Proxied(h.source),
                     Event::Open => Heard::Open,
                     Event::Data => {
                         me.received.extend_from_slice(data);
@@ -500,6 +535,7 @@ pub(crate) fn reason_name(r: &CloseReason) -> String {
         CloseReason::IdleTimeout => "idle-timeout",
         CloseReason::CloseTimeout => "close-timeout",
         CloseReason::Shutdown => "shutdown",
+        CloseReason::BadProxyHeader(_) => "bad-proxy-header",
     }
     .to_string()
 }
