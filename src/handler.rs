@@ -22,6 +22,7 @@
 //! returns, in the same turn.
 
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,15 @@ pub trait DatagramHandler<S = ()> {
         let _ = (ctx, timer);
     }
 
+    /// A receive on this socket failed; the socket stays open and goes on receiving. On a
+    /// socket connected with [`DgramCtx::connect_to`] this is how ICMP news of the peer
+    /// arrives: `ConnectionRefused` says nothing listens on its port. A Unix datagram too
+    /// large to receive whole comes as `InvalidData` (it is dropped). The default ignores
+    /// the error.
+    fn on_error(&mut self, ctx: &mut DgramCtx<'_, S>, error: &io::Error) {
+        let _ = (ctx, error);
+    }
+
     /// The socket is being closed (the loop is stopping or the handler closed it).
     fn on_close(&mut self, ctx: &mut DgramCtx<'_, S>) {
         let _ = ctx;
@@ -137,6 +147,7 @@ pub(crate) trait LoopOps<S> {
 
     fn dgram_send(&mut self, id: ConnId, data: &[u8], to: &PeerAddr) -> Result<(), SendError>;
     fn dgram_close(&mut self, id: ConnId);
+    fn dgram_connect(&mut self, id: ConnId, to: &PeerAddr) -> io::Result<()>;
     fn dgram_local_addr(&self, id: ConnId) -> Option<PeerAddr>;
 
     /// Runs the callbacks that actions taken outside any callback have caused.
@@ -189,6 +200,15 @@ macro_rules! loop_methods {
         /// The loop's counters so far.
         pub fn stats(&self) -> Stats {
             self.ops.stats()
+        }
+
+        /// Sets a timer on another connection or datagram socket of this loop, named by
+        /// id: when it fires, *that* handler's `on_timer` runs with the returned id. This
+        /// is how a callback that owns no connection (a channel message, say) wakes one
+        /// up: a scheduler starting many connections at one instant, a broadcaster
+        /// pacing its listeners. A timer for an id that has closed fires for nobody.
+        pub fn set_timer_for(&mut self, owner: ConnId, after: Duration) -> TimerId {
+            self.ops.set_timer(owner, after)
         }
     };
 }
@@ -338,6 +358,16 @@ impl<S> DgramCtx<'_, S> {
     /// Closes this socket after the callback returns (its `on_close` runs then).
     pub fn close(&mut self) {
         self.ops.dgram_close(self.id);
+    }
+
+    /// Connects this socket to `to` (`connect(2)`; nothing is sent). A client talking to
+    /// one server gains two things: the kernel drops datagrams from anyone else, and it
+    /// reports what ICMP says about `to`, an unreachable port arriving as
+    /// `ConnectionRefused` in [`DatagramHandler::on_error`] (and from the next send) where
+    /// an unconnected socket hears nothing and can only time out. Sending to `to` with
+    /// [`DgramCtx::send_to`] works as before.
+    pub fn connect_to(&mut self, to: &PeerAddr) -> io::Result<()> {
+        self.ops.dgram_connect(self.id, to)
     }
 
     /// Binds another UDP socket served by `handler`, for example one of the other address

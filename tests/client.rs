@@ -5,10 +5,12 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,29 @@ fn client(args: &[&str], stdin: Option<&[u8]>) -> (ExitStatus, String, String) {
     let mut full = vec!["client"];
     full.extend_from_slice(args);
     common::run(&full, stdin)
+}
+
+/// Runs `echoloop client <args>` with `stdin`, keeping standard output as bytes: lines
+/// that are not UTF-8 must come back exactly as they were sent.
+fn client_bytes(args: &[&OsStr], stdin: &[u8]) -> (ExitStatus, Vec<u8>, String) {
+    let mut child = Command::new(common::bin())
+        .arg("client")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn echoloop");
+    // Dropped at the end of the statement: the client sees EOF after the input.
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(stdin)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status, out.stdout, err)
 }
 
 /// Runs `echoloop client <transport> <addr> <opts..>` with `-m <msg>` for each of `msgs`.
@@ -133,6 +158,50 @@ fn tcp_echo_stdin_non_ascii_lines() {
     assert_echoed(&r, &msgs, &addr);
     // Byte counts, not character counts.
     assert!(r.1.contains("SENT 日本語のテキスト (24 bytes)"), "{}", r.1);
+}
+
+/// Bytes that are not UTF-8 (Latin-1 text, binary with a NUL) are sent as they are, over
+/// a stream and over datagrams, from standard input and from `-m`, and printed back raw.
+#[test]
+fn stdin_bytes_that_are_not_utf8_are_sent_and_echoed_raw() {
+    let srv = Proc::serve(&["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    let lines: [&[u8]; 2] = [b"caf\xe9 cr\xe8me", b"\xff\xfe\x00bin"];
+    let expected = |peer: &str, msgs: &[&[u8]]| -> Vec<u8> {
+        let mut want = Vec::new();
+        for m in msgs {
+            for (head, tail) in [("SENT ", String::new()), ("RCVD ", format!(" from {peer}"))] {
+                want.extend_from_slice(head.as_bytes());
+                want.extend_from_slice(m);
+                want.extend_from_slice(format!(" ({} bytes){tail}\n", m.len()).as_bytes());
+            }
+        }
+        want
+    };
+    for kind in ["tcp", "udp"] {
+        let addr = srv.addr(kind);
+        let (status, out, err) = client_bytes(
+            &[OsStr::new(kind), OsStr::new(&addr)],
+            &[lines[0], b"\n", lines[1], b"\n"].concat(),
+        );
+        assert!(status.success(), "{kind}: exit {status}; stderr:\n{err}");
+        assert_eq!(out, expected(&addr, &lines), "{kind}; stderr:\n{err}");
+        let (status, out, err) = client_bytes(
+            &[
+                OsStr::new(kind),
+                OsStr::new(&addr),
+                OsStr::new("-m"),
+                // An argument cannot hold a NUL: the first line, then.
+                OsStr::from_bytes(lines[0]),
+            ],
+            b"",
+        );
+        assert!(status.success(), "{kind} -m: exit {status}; stderr:\n{err}");
+        assert_eq!(
+            out,
+            expected(&addr, &lines[..1]),
+            "{kind} -m; stderr:\n{err}"
+        );
+    }
 }
 
 #[test]
@@ -395,6 +464,28 @@ fn udp_silent_server_fails_in_bounded_time() {
     assert_eq!(got, 3);
 }
 
+/// Nothing listens on the port: the ICMP "port unreachable" the kernel gets back is
+/// reported as a refusal at once, not after timeout x (retries + 1) = 8 s of silence.
+#[test]
+fn udp_closed_port_is_refused_at_once() {
+    let gone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = gone.local_addr().unwrap().to_string();
+    drop(gone);
+    let start = Instant::now();
+    let r = send(
+        "udp",
+        &addr,
+        &["--timeout", "2", "--retries", "3"],
+        &["hello?"],
+    );
+    let took = start.elapsed();
+    let line = assert_failed(&r, "refused");
+    assert!(line.contains(&addr), "{line}");
+    assert!(!r.2.contains("resending"), "{}", r.2);
+    assert!(!r.2.contains("panicked"), "{}", r.2);
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+}
+
 #[test]
 fn udp_late_reply_is_resent_and_not_mistaken_later() {
     // Message 1 is answered only after its resend, and then twice: the late answer to the
@@ -471,6 +562,30 @@ fn unix_stream_echo_against_serve() {
     let addr = srv.addr("unix");
     let r = client(&["unix", &addr], Some("über\nline two\n".as_bytes()));
     assert_echoed(&r, &["über", "line two"], &addr);
+}
+
+#[test]
+fn unix_stream_abstract_name() {
+    let name = format!("@echoloop-client-stream-{}", std::process::id());
+    let srv = Proc::serve(&["--unix", &name]);
+    let addr = srv.addr("unix");
+    assert_eq!(addr, name);
+    let r = client(&["unix", &addr, "-m", "abstract"], None);
+    assert_echoed(&r, &["abstract"], &addr);
+}
+
+/// `@` is the abstract name with no bytes, which `serve` binds (not an autobound random
+/// one): the client reaches it over both socket types. The name is one for the whole
+/// network namespace, so this is the only test that uses it.
+#[test]
+fn unix_empty_abstract_name_is_reached() {
+    let srv = Proc::serve(&["--unix", "@", "--unix-dgram", "@"]);
+    assert_eq!(srv.addr("unix"), "@");
+    assert_eq!(srv.addr("unix-dgram"), "@");
+    for kind in ["unix", "unix-dgram"] {
+        let r = client(&[kind, "@", "-m", "empty name"], None);
+        assert_echoed(&r, &["empty name"], "@");
+    }
 }
 
 #[test]
@@ -591,6 +706,38 @@ fn tls_client_certificate_required() {
     assert_failed(&r, "rejected our client certificate");
 }
 
+/// A TLS 1.3 server judges our certificate after our side of the handshake is over,
+/// when the first message has gone out: its refusal is still the handshake's failure,
+/// and nothing is reported as sent. Nor when the server's certificate is not trusted
+/// (reading from standard input this time).
+#[test]
+fn tls_refused_handshake_reports_nothing_as_sent() {
+    let pki = TestPki::generate();
+    let srv = tls_server(&pki, true);
+    let addr = srv.addr("tls");
+    let ca = pki.ca_pem.to_str().unwrap();
+
+    let r = client(&["tls", &addr, "--ca", ca, "-m", "x"], None);
+    let line = assert_failed(&r, "requires a client certificate");
+    assert!(line.contains("TLS handshake"), "{line}");
+    assert!(!r.1.contains("SENT"), "reported as sent: {}", r.1);
+
+    let r = client(&["tls", &addr, "--ca", ca], Some(b"x\ny\n"));
+    assert_failed(&r, "requires a client certificate");
+    assert!(r.1.is_empty(), "nothing may be printed: {}", r.1);
+
+    let opts = with_cert(ca, &pki.other_client_chain, &pki.other_client_key);
+    let r = send("tls", &addr, &opts, &["x"]);
+    let line = assert_failed(&r, "rejected our client certificate");
+    assert!(line.contains("TLS handshake"), "{line}");
+    assert!(r.1.is_empty(), "nothing may be printed: {}", r.1);
+
+    let untrusted = pki.other_ca_pem.to_str().unwrap();
+    let r = client(&["tls", &addr, "--ca", untrusted], Some(b"x\n"));
+    assert_failed(&r, "not trusted (unknown issuer)");
+    assert!(r.1.is_empty(), "nothing may be printed: {}", r.1);
+}
+
 #[test]
 fn tls_to_a_plain_tcp_server_fails_cleanly() {
     let pki = TestPki::generate();
@@ -613,4 +760,35 @@ fn options_for_another_transport_are_refused() {
     assert_failed(&r, "--timeout must be greater than zero");
     let (status, _, err) = client(&["tls", "127.0.0.1:1", "--cert", "c.pem", "-m", "x"], None);
     assert!(!status.success() && err.contains("--key"), "{err}");
+}
+
+/// Addresses no connect can reach are refused before anything is sent, with what is
+/// wrong and how to write it: a missing port, a signed port, port 0, an IPv4 address
+/// written as IPv6.
+#[test]
+fn unreachable_addresses_are_refused_with_the_reason() {
+    for (kind, addr, needle) in [
+        ("tcp", "[::1]", "missing port; write [::1]:PORT"),
+        ("tls", "[::1]", "missing port; write [::1]:PORT"),
+        ("udp", "127.0.0.1", "missing port; write 127.0.0.1:PORT"),
+        ("tcp", "127.0.0.1:+80", "\"+80\" is not a port number"),
+        ("udp", "127.0.0.1:0", "port 0 cannot be connected to"),
+        (
+            "tcp",
+            "[::ffff:127.0.0.1]:0",
+            "port 0 cannot be connected to",
+        ),
+        ("udp", "[::ffff:127.0.0.1]:7", "write 127.0.0.1:7 instead"),
+        ("tcp", "[::ffff:127.0.0.1]:7", "write 127.0.0.1:7 instead"),
+    ] {
+        let r = client(&[kind, addr, "-m", "x"], None);
+        assert_failed(&r, needle);
+        assert!(!r.2.contains("panicked"), "{kind} {addr}: {}", r.2);
+        assert!(!r.2.contains("os error"), "{kind} {addr}: {}", r.2);
+        assert!(
+            r.1.is_empty(),
+            "{kind} {addr}: nothing may be sent: {}",
+            r.1
+        );
+    }
 }

@@ -139,19 +139,44 @@ fn layering_has_no_import_cycles_and_no_glob_imports() {
             }
         }
         if parts.len() > 1 {
-            let file = parts[1..].join("/");
+            // The module's children: its files, and its directories (modules of their own).
             let siblings: BTreeSet<String> = files
                 .iter()
                 .filter_map(|f| f.strip_prefix(src.join(&module)).ok())
-                .filter(|r| r.components().count() == 1)
-                .map(|r| r.to_string_lossy().trim_end_matches(".rs").to_string())
+                .filter_map(|r| r.components().next())
+                .map(|c| {
+                    c.as_os_str()
+                        .to_string_lossy()
+                        .trim_end_matches(".rs")
+                        .to_string()
+                })
                 .collect();
+            // A file of a child directory (`cli/bench/thread.rs`) speaks for that child;
+            // its `super::` paths stay inside the child, so only its `crate::cli::x`
+            // paths are edges at this level.
+            let nested = parts.len() > 2;
+            let file = if nested {
+                parts[1].clone()
+            } else {
+                parts[1..].join("/")
+            };
             let edges = inner
                 .entry(module.clone())
                 .or_default()
                 .entry(file.clone())
                 .or_default();
-            if file == "mod" {
+            if nested {
+                let mut found = targets(&code, &format!("crate::{module}::"));
+                if parts.len() == 3 && parts[2] == "mod" {
+                    // The child's root: its `super::` is this module.
+                    found.extend(targets(&code, "super::"));
+                }
+                for t in found {
+                    if siblings.contains(&t) && t != file {
+                        edges.insert(t);
+                    }
+                }
+            } else if file == "mod" {
                 // The root depends on a child when it names its items (`stream::x`), not
                 // merely by declaring it (`mod stream;`).
                 let body: String = code

@@ -582,3 +582,57 @@ fn loop_timeout_for_a_host_counts_from_now() {
     let wait = el.timeout().expect("a timer is set");
     assert!(wait <= Duration::from_millis(650), "{wait:?}");
 }
+
+/// Records, per socket, the timers that fired for it.
+struct Sleeper {
+    name: &'static str,
+}
+
+impl echoloop::DatagramHandler<Vec<(&'static str, echoloop::TimerId)>> for Sleeper {
+    fn on_datagram(
+        &mut self,
+        _: &mut echoloop::DgramCtx<'_, Vec<(&'static str, echoloop::TimerId)>>,
+        _: &[u8],
+        _: &echoloop::PeerAddr,
+    ) {
+    }
+
+    fn on_timer(
+        &mut self,
+        ctx: &mut echoloop::DgramCtx<'_, Vec<(&'static str, echoloop::TimerId)>>,
+        timer: echoloop::TimerId,
+    ) {
+        ctx.state().push((self.name, timer));
+    }
+}
+
+#[test]
+fn loop_channel_wakes_handlers_with_timers_set_for_them() {
+    type Fired = Vec<(&'static str, echoloop::TimerId)>;
+    let mut el = EventLoop::with_state(Config::default(), Fired::new()).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let a = el.bind_udp(any, Box::new(Sleeper { name: "a" })).unwrap();
+    let b = el.bind_udp(any, Box::new(Sleeper { name: "b" })).unwrap();
+    let set = Rc::new(RefCell::new(Vec::new()));
+    let record = Rc::clone(&set);
+    // The message names which socket to wake; the timer fires in *its* handler.
+    let tx = el.channel(4, move |ctx: &mut LoopCtx<'_, Fired>, who: ConnId| {
+        let t = ctx.set_timer_for(who, Duration::ZERO);
+        record.borrow_mut().push((who, t));
+    });
+    std::thread::spawn(move || {
+        tx.try_send(b.id).unwrap();
+        tx.try_send(a.id).unwrap();
+    });
+    run_until(&mut el, |el| el.state().len() == 2);
+    let set = set.borrow();
+    assert_eq!(set.len(), 2);
+    let fired = el.state().clone();
+    let name_of = |id: ConnId| if id == a.id { "a" } else { "b" };
+    for (who, t) in set.iter() {
+        assert!(
+            fired.contains(&(name_of(*who), *t)),
+            "{t:?} did not fire in {who:?}: {fired:?}"
+        );
+    }
+}

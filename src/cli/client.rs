@@ -14,12 +14,21 @@
 //!   `--timeout` (default 5 s) bounds the connect (TLS handshake included), each whole
 //!   echo, and the wait for that EOF. The default is longer than the datagram one because a
 //!   lost TCP SYN is retransmitted after 1 s: a 1 s connect timeout would fail on one loss.
+//!
+//!   Over TLS 1.3 the client's side of the handshake is over before the server has judged
+//!   the client's certificate (its verdict, an alert, comes after our first message went
+//!   out). So until the server has sent a byte, or closed cleanly, what would be printed
+//!   is held back: a server that then refuses the handshake gets only the error, nothing
+//!   reported as sent. The first message's `SENT` line therefore shows with its echo.
 //! * `DgramClient` (udp, unix-dgram) is a [`DatagramHandler`]. Each message is one
 //!   datagram; if no matching reply comes within `--timeout` (default 1 s) it is sent again,
 //!   up to `--retries` (default 3) more times, so a silent server is reported after about
-//!   timeout × (retries + 1). A UDP host name with several addresses (localhost is often
-//!   `::1` and `127.0.0.1`) cannot be checked by a connect: if the first message gets no
-//!   answer at all from one address, it moves on to the next (on a new socket of that
+//!   timeout × (retries + 1). The UDP socket is connected to the server (`connect(2)`
+//!   sends nothing): the kernel then tells of an ICMP "port unreachable", and a port where
+//!   nothing listens is reported as refused at once instead of after every retry. A UDP
+//!   host name with several addresses (localhost is often `::1` and `127.0.0.1`) cannot
+//!   be checked by a handshake: if the first message gets no answer at all from one
+//!   address, or is refused there, it moves on to the next (on a new socket of that
 //!   family), so a silent server is then reported after that time per address.
 //!
 //! **Stale replies.** Over datagrams a reply to an earlier attempt can arrive late, after
@@ -35,25 +44,27 @@
 //! **Standard input** is read one line at a time, when the next message is due, so typing
 //! lines by hand shows each echo at once and a long input is never held in memory. Reading
 //! blocks the loop meanwhile, which is harmless: between two messages nothing is in flight
-//! and no timer is armed. A line is UTF-8 text without its `\n` (or `\r\n`); an empty line
-//! is an empty message (over a stream it trivially echoes, over datagrams it is a real empty
-//! datagram).
+//! and no timer is armed. A line is whatever bytes precede its `\n` (or `\r\n`), UTF-8
+//! or not: an echo tool sends bytes, and compares them byte for byte. The `SENT` and `RCVD`
+//! lines carry the bytes as they are, as `nc` would print them. An empty line is an empty
+//! message (over a stream it trivially echoes, over datagrams it is a real empty datagram).
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::io::{self, BufRead, Write};
 use std::os::fd::OwnedFd;
 use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixDatagram};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::common::{CliError, Transport};
+use super::common::{CliError, TlsClientArgs, Transport, host_of};
 use super::units::parse_duration;
 use crate::net::{Endpoint, PeerAddr, UnixName, resolve_all};
-use crate::tls_config::{ClientTlsOptions, client_config, server_name};
+use crate::tls_config::{client_config, server_name};
 use crate::{
     CloseReason, Config, ConnectOptions, Ctx, DatagramHandler, DgramCtx, EventLoop, Handler,
     TimerId,
@@ -80,7 +91,7 @@ pub struct ClientArgs {
     /// Send TEXT (repeatable, sent in order). Without it, each line of standard input is a
     /// message.
     #[arg(long = "message", short = 'm', value_name = "TEXT")]
-    messages: Vec<String>,
+    messages: Vec<OsString>,
     /// Streams: connect (and TLS handshake) timeout, time allowed for each whole echo and
     /// for the server's EOF at the end (default 5). Datagrams: wait before resending
     /// (default 1). Seconds, or 500ms, 2m...
@@ -89,18 +100,8 @@ pub struct ClientArgs {
     /// Datagrams only: resend an unanswered message up to N times (default 3).
     #[arg(long, value_name = "N")]
     retries: Option<u32>,
-    /// TLS: trust the CAs in this PEM file instead of the system's root store.
-    #[arg(long, value_name = "CA.pem")]
-    ca: Option<PathBuf>,
-    /// TLS: the name the server's certificate must carry (default: the host part of ADDR).
-    #[arg(long, value_name = "NAME")]
-    server_name: Option<String>,
-    /// TLS: present this client certificate chain (for servers that require one).
-    #[arg(long, value_name = "CHAIN.pem", requires = "key")]
-    cert: Option<PathBuf>,
-    /// TLS: private key of --cert.
-    #[arg(long, value_name = "KEY.pem", requires = "cert")]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsClientArgs,
 }
 
 /// Runs the client: exits 0 only if every message's echo arrived and matched.
@@ -122,7 +123,14 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, CliError> {
     let messages = if args.messages.is_empty() {
         Messages::from_reader(io::stdin().lock())
     } else {
-        Messages::from_list(args.messages.clone())
+        // The bytes as given: an argument need not be UTF-8 any more than a line is.
+        Messages::from_list(
+            args.messages
+                .iter()
+                .cloned()
+                .map(OsString::into_vec)
+                .collect(),
+        )
     };
 
     let config = Config {
@@ -167,13 +175,7 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, CliError> {
 /// ignored (a --ca meant for TLS on a plain TCP run would otherwise look like it worked).
 fn check_options(args: &ClientArgs) -> Result<(), CliError> {
     if args.transport != Transport::Tls {
-        let tls_only = [
-            ("--ca", args.ca.is_some()),
-            ("--server-name", args.server_name.is_some()),
-            ("--cert", args.cert.is_some()),
-            ("--key", args.key.is_some()),
-        ];
-        if let Some((flag, _)) = tls_only.iter().find(|(_, given)| *given) {
+        if let Some(flag) = args.tls.given().first() {
             return Err(format!("{flag} only applies to the tls transport").into());
         }
     }
@@ -199,14 +201,11 @@ fn start_stream(
     let mut opts = ConnectOptions::new().timeout(common.timeout);
     let mut tls_name = None;
     if args.transport == Transport::Tls {
-        let name = match &args.server_name {
+        let name = match &args.tls.server_name {
             Some(n) => n.clone(),
-            None => host_part(&args.addr).to_owned(),
+            None => host_of(&args.addr).to_owned(),
         };
-        let cfg = client_config(&ClientTlsOptions {
-            ca: args.ca.as_deref(),
-            client_cert: args.cert.as_deref().zip(args.key.as_deref()),
-        })?;
+        let cfg = client_config(&args.tls.options())?;
         opts = opts.tls(cfg, server_name(&name)?);
         tls_name = Some(name);
     }
@@ -223,6 +222,8 @@ fn start_stream(
         expected: Vec::new(),
         got: Vec::new(),
         timer: None,
+        confirmed: false,
+        held: Vec::new(),
     };
     // The first connect is started here; one that fails, at once (say, no IPv6 route) or
     // later, moves on to the next address in `on_close`.
@@ -233,11 +234,6 @@ fn start_stream(
     let next = client.successor(ep.clone());
     el.connect(&ep, opts, Box::new(next));
     Ok(())
-}
-
-/// The host part of `host:port` (brackets of an IPv6 literal kept: `server_name` takes them).
-fn host_part(addr: &str) -> &str {
-    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
 }
 
 /// Binds the client's datagram socket and registers it; the handler sends the first
@@ -333,24 +329,24 @@ impl Common {
         self.timeout + Instant::now().saturating_duration_since(loop_now)
     }
 
-    /// The next message, or `None` at the end; failures to read or print become `Err`.
-    fn next_message(&mut self, shared: &mut Shared) -> Option<Result<String, String>> {
+    /// The next message, or `None` at the end; a failure to read becomes `Err`. Printing
+    /// its `SENT` line is the caller's: a stream may have to hold it back.
+    fn next_message(&mut self, shared: &mut Shared) -> Option<Result<Vec<u8>, String>> {
         let next = shared.messages.next()?;
-        Some(next.and_then(|text| {
+        if next.is_ok() {
             self.index += 1;
-            say(&format!("SENT {text} ({} bytes)", text.len()))?;
-            Ok(text)
-        }))
+        }
+        Some(next)
     }
 }
 
 /// Where messages come from: the `--message` list or standard input, line by line.
 struct Messages {
-    source: Box<dyn Iterator<Item = Result<String, String>>>,
+    source: Box<dyn Iterator<Item = Result<Vec<u8>, String>>>,
 }
 
 impl Messages {
-    fn from_list(list: Vec<String>) -> Messages {
+    fn from_list(list: Vec<Vec<u8>>) -> Messages {
         Messages {
             source: Box::new(list.into_iter().map(Ok)),
         }
@@ -358,53 +354,74 @@ impl Messages {
 
     fn from_reader(input: impl BufRead + 'static) -> Messages {
         Messages {
-            source: Box::new(Lines { input, number: 0 }),
+            source: Box::new(Lines { input }),
         }
     }
 
-    fn next(&mut self) -> Option<Result<String, String>> {
+    fn next(&mut self) -> Option<Result<Vec<u8>, String>> {
         self.source.next()
     }
 }
 
-/// Lines of UTF-8 text, without their `\n` or `\r\n`.
+/// Lines of bytes, UTF-8 or not, without their `\n` or `\r\n`.
 struct Lines<R> {
     input: R,
-    number: usize,
 }
 
 impl<R: BufRead> Iterator for Lines<R> {
-    type Item = Result<String, String>;
+    type Item = Result<Vec<u8>, String>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let mut line = Vec::new();
         match self.input.read_until(b'\n', &mut line) {
             Ok(0) => None,
             Ok(_) => {
-                self.number += 1;
                 if line.last() == Some(&b'\n') {
                     line.pop();
                     if line.last() == Some(&b'\r') {
                         line.pop();
                     }
                 }
-                Some(String::from_utf8(line).map_err(|_| {
-                    format!(
-                        "line {} of standard input is not valid UTF-8 text",
-                        self.number
-                    )
-                }))
+                Some(Ok(line))
             }
             Err(e) => Some(Err(format!("cannot read standard input: {e}"))),
         }
     }
 }
 
+/// `SENT <bytes> (<n> bytes)`: the message's bytes as they are, not re-encoded.
+fn sent_line(msg: &[u8]) -> Vec<u8> {
+    report_line("SENT ", msg, &format!(" ({} bytes)", msg.len()))
+}
+
+/// `RCVD <bytes> (<n> bytes) from <peer>`.
+fn rcvd_line(echo: &[u8], from: &dyn std::fmt::Display) -> Vec<u8> {
+    report_line(
+        "RCVD ",
+        echo,
+        &format!(" ({} bytes) from {from}", echo.len()),
+    )
+}
+
+fn report_line(head: &str, bytes: &[u8], tail: &str) -> Vec<u8> {
+    [head.as_bytes(), bytes, tail.as_bytes()].concat()
+}
+
+/// Message bytes quoted for an error message: as a string if they are UTF-8, with byte
+/// escapes otherwise (a lossy decoding would hide the very bytes that differ).
+fn quoted(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => format!("{text:?}"),
+        Err(_) => format!("b\"{}\"", bytes.escape_ascii()),
+    }
+}
+
 /// Prints one line on standard output and flushes it, so each echo shows as it happens
-/// (also through a pipe).
-fn say(line: &str) -> Result<(), String> {
+/// (also through a pipe). The bytes go out unchanged, UTF-8 or not.
+fn say(line: &[u8]) -> Result<(), String> {
     let mut out = io::stdout().lock();
-    writeln!(out, "{line}")
+    out.write_all(line)
+        .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush())
         .map_err(|e| format!("cannot write to standard output: {e}"))
 }
@@ -445,6 +462,11 @@ struct StreamClient {
     got: Vec<u8>,
     /// The running timeout (connect is the loop's own timer).
     timer: Option<TimerId>,
+    /// The server is known to have taken the connection: it sent a byte or closed
+    /// cleanly. Until then a TLS 1.3 server may still refuse our certificate.
+    confirmed: bool,
+    /// Lines to print once `confirmed`; dropped if the TLS handshake fails after all.
+    held: Vec<Vec<u8>>,
 }
 
 impl StreamClient {
@@ -467,6 +489,8 @@ impl StreamClient {
             expected: Vec::new(),
             got: Vec::new(),
             timer: None,
+            confirmed: false,
+            held: Vec::new(),
         }
     }
 
@@ -492,8 +516,29 @@ impl StreamClient {
         }
     }
 
+    /// Prints a line, or holds it back while the server may still refuse the handshake.
+    fn print(&mut self, line: Vec<u8>) -> Result<(), String> {
+        if self.confirmed {
+            say(&line)
+        } else {
+            self.held.push(line);
+            Ok(())
+        }
+    }
+
+    /// The server has taken the connection: what was held back is printed.
+    fn confirm(&mut self) -> Result<(), String> {
+        self.confirmed = true;
+        std::mem::take(&mut self.held)
+            .iter()
+            .try_for_each(|line| say(line))
+    }
+
     /// Ends the exchange with an error; the close that follows stops the loop.
     fn fail(&mut self, ctx: &mut Ctx<'_, Shared>, msg: String) {
+        // Not the handshake's failure (that comes to `on_close`): what was held back did
+        // happen, so it is printed before the error. A print error changes nothing now.
+        let _ = self.confirm();
         ctx.state().settle(Err(msg));
         self.phase = Phase::Finished;
         self.cancel_timer(ctx);
@@ -518,15 +563,19 @@ impl StreamClient {
                     return;
                 }
                 Some(Err(e)) => return self.fail(ctx, e),
-                Some(Ok(text)) if text.is_empty() => {
+                Some(Ok(msg)) if msg.is_empty() => {
                     // Nothing to send is trivially echoed: a stream carries no empty message.
-                    if let Err(e) = say(&format!("RCVD  (0 bytes) from {}", self.peer)) {
+                    let lines = [sent_line(&msg), rcvd_line(&msg, &self.peer)];
+                    if let Err(e) = lines.into_iter().try_for_each(|l| self.print(l)) {
                         return self.fail(ctx, e);
                     }
                 }
-                Some(Ok(text)) => {
-                    ctx.send(text.as_bytes());
-                    self.expected = text.into_bytes();
+                Some(Ok(msg)) => {
+                    if let Err(e) = self.print(sent_line(&msg)) {
+                        return self.fail(ctx, e);
+                    }
+                    ctx.send(&msg);
+                    self.expected = msg;
                     self.got.clear();
                     self.phase = Phase::Awaiting;
                     self.timer = Some(ctx.set_timer(self.common.timer_delay(ctx.now())));
@@ -539,20 +588,15 @@ impl StreamClient {
     /// The whole echo is in: print and compare it.
     fn echo_complete(&mut self, ctx: &mut Ctx<'_, Shared>) {
         self.cancel_timer(ctx);
-        let text = String::from_utf8_lossy(&self.got).into_owned();
-        if let Err(e) = say(&format!(
-            "RCVD {text} ({} bytes) from {}",
-            self.got.len(),
-            self.peer
-        )) {
+        if let Err(e) = self.print(rcvd_line(&self.got, &self.peer)) {
             return self.fail(ctx, e);
         }
         if self.got != self.expected {
             let msg = format!(
-                "echo of message {} does not match: sent {:?}, received {:?}",
+                "echo of message {} does not match: sent {}, received {}",
                 self.common.index,
-                String::from_utf8_lossy(&self.expected),
-                text
+                quoted(&self.expected),
+                quoted(&self.got)
             );
             return self.fail(ctx, msg);
         }
@@ -561,7 +605,9 @@ impl StreamClient {
 
     /// Explains why the connection ended, for the user.
     fn explain(&self, reason: &CloseReason) -> String {
-        let during = if self.phase == Phase::Connecting {
+        // Before the server has spoken, a TLS failure is its verdict on the handshake (in
+        // TLS 1.3 on our certificate, after our side had finished).
+        let during = if self.phase == Phase::Connecting || !self.confirmed {
             "handshake with"
         } else {
             "connection to"
@@ -593,10 +639,17 @@ impl Handler<Shared> for StreamClient {
         self.peer = ctx
             .peer_addr()
             .map_or_else(|| self.endpoint.to_string(), |p| p.to_string());
+        // A plain stream is established once connected; TLS waits for the server's word.
+        self.confirmed = self.tls_name.is_none();
         self.send_next(ctx);
     }
 
     fn on_data(&mut self, ctx: &mut Ctx<'_, Shared>, data: &[u8]) {
+        if !self.confirmed && !data.is_empty() {
+            if let Err(e) = self.confirm() {
+                return self.fail(ctx, e);
+            }
+        }
         match self.phase {
             Phase::Awaiting => {
                 // Take only what completes this echo: we send the next message only after
@@ -631,6 +684,9 @@ impl Handler<Shared> for StreamClient {
         match self.phase {
             Phase::Finishing => {
                 self.cancel_timer(ctx);
+                if let Err(e) = self.confirm() {
+                    return self.fail(ctx, e);
+                }
                 self.phase = Phase::Finished;
                 ctx.state().settle(Ok(()));
                 ctx.close();
@@ -692,6 +748,12 @@ impl Handler<Shared> for StreamClient {
             }
             ctx.state().settle(Err(self.connect_failure()));
         } else if !ctx.state().is_settled() {
+            if matches!(reason, CloseReason::Tls(_) | CloseReason::HandshakeTimeout) {
+                // The handshake failed: nothing counts as sent on it.
+                self.held.clear();
+            } else {
+                let _ = self.confirm();
+            }
             let msg = self.explain(reason);
             ctx.state().settle(Err(msg));
         }
@@ -792,18 +854,16 @@ impl DgramClient {
     }
 
     /// Moves the exchange to the server's next address, on a new socket of its family
-    /// (the current message is sent again from there). Returns false if there is none.
-    fn try_next_address(&mut self, ctx: &mut DgramCtx<'_, Shared>) -> bool {
+    /// (the current message is sent again from there); `why` says what was wrong with this
+    /// one. Returns false if there is none.
+    fn try_next_address(&mut self, ctx: &mut DgramCtx<'_, Shared>, why: &str) -> bool {
         if self.answered {
             return false;
         }
         let Some(next) = self.fallbacks.pop_front() else {
             return false;
         };
-        eprintln!(
-            "echoloop: no echo from {} after {} attempts; trying {next}",
-            self.server, self.attempts
-        );
+        eprintln!("echoloop: {why}; trying {next}");
         let successor = DgramClient {
             common: Common {
                 timeout: self.common.timeout,
@@ -823,7 +883,7 @@ impl DgramClient {
         };
         if let Err(e) = ctx.bind_udp(unspecified_like(next), Box::new(successor)) {
             // No socket for that family (IPv6 disabled, say): report this address's
-            // silence as the failure rather than hang.
+            // failure rather than hang.
             eprintln!("echoloop: cannot try {next}: {e}");
             return false;
         }
@@ -847,8 +907,11 @@ impl DgramClient {
         match self.common.next_message(ctx.state()) {
             None => self.finish(ctx, Ok(())),
             Some(Err(e)) => self.finish(ctx, Err(e)),
-            Some(Ok(text)) => {
-                self.current = Some(text.into_bytes());
+            Some(Ok(msg)) => {
+                if let Err(e) = say(&sent_line(&msg)) {
+                    return self.finish(ctx, Err(e));
+                }
+                self.current = Some(msg);
                 self.attempts = 0;
                 self.ignored = 0;
                 self.last_ignored = None;
@@ -863,7 +926,11 @@ impl DgramClient {
         self.attempts = self.attempts.saturating_add(1);
         if let Err(e) = ctx.send_to(msg, &self.server) {
             let why = match &e {
-                crate::SendError::Io(io) => describe_io(io),
+                // ICMP news the socket had not yet handed to `on_error`.
+                crate::SendError::Io(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                    return self.refused(ctx);
+                }
+                crate::SendError::Io(err) => describe_io(err),
                 other => other.to_string(),
             };
             let text = format!(
@@ -875,6 +942,23 @@ impl DgramClient {
             return self.finish(ctx, Err(text));
         }
         self.timer = Some(ctx.set_timer(self.common.timer_delay(ctx.now())));
+    }
+
+    /// The server's address answered the current message with ICMP "port unreachable"
+    /// (known on a connected socket only): resending would be refused again, so move on to
+    /// the next address, or fail now.
+    fn refused(&mut self, ctx: &mut DgramCtx<'_, Shared>) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_timer(t);
+        }
+        let why = format!(
+            "{} refused message {}: connection refused, nothing listens on that UDP port \
+             (is the server running?)",
+            self.server, self.common.index
+        );
+        if !self.try_next_address(ctx, &why) {
+            self.finish(ctx, Err(why));
+        }
     }
 
     fn is_from_server(&self, from: &PeerAddr) -> bool {
@@ -890,6 +974,17 @@ impl DgramClient {
 
 impl DatagramHandler<Shared> for DgramClient {
     fn on_ready(&mut self, ctx: &mut DgramCtx<'_, Shared>) {
+        if matches!(self.server, PeerAddr::Inet(_)) {
+            // Connected, the socket hears of ICMP "port unreachable" (see `on_error`), and
+            // the kernel drops datagrams from anyone else (they would be ignored anyway).
+            if let Err(e) = ctx.connect_to(&self.server) {
+                let why = format!("cannot reach {}: {}", self.server, describe_io(&e));
+                if !self.try_next_address(ctx, &why) {
+                    self.finish(ctx, Err(why));
+                }
+                return;
+            }
+        }
         if self.current.is_some() {
             // Taking over from a socket on another address: the message is not answered yet.
             self.transmit(ctx);
@@ -908,21 +1003,28 @@ impl DatagramHandler<Shared> for DgramClient {
             // answer to this message. Keep waiting; the timeout decides.
             self.ignored = self.ignored.saturating_add(1);
             self.last_ignored = Some(format!(
-                "{:?} from {from}",
-                String::from_utf8_lossy(&data[..data.len().min(64)])
+                "{} from {from}",
+                quoted(&data[..data.len().min(64)])
             ));
             return;
         }
         if let Some(t) = self.timer.take() {
             ctx.cancel_timer(t);
         }
-        let text = String::from_utf8_lossy(data).into_owned();
         self.current = None;
         self.answered = true;
-        if let Err(e) = say(&format!("RCVD {text} ({} bytes) from {from}", data.len())) {
+        if let Err(e) = say(&rcvd_line(data, from)) {
             return self.finish(ctx, Err(e));
         }
         self.send_next(ctx);
+    }
+
+    fn on_error(&mut self, ctx: &mut DgramCtx<'_, Shared>, error: &io::Error) {
+        // Only a refusal says something of the server; other receive errors are left to
+        // the timeout. With no message out, there is nothing to refuse.
+        if error.kind() == io::ErrorKind::ConnectionRefused && self.current.is_some() {
+            self.refused(ctx);
+        }
     }
 
     fn on_timer(&mut self, ctx: &mut DgramCtx<'_, Shared>, timer: TimerId) {
@@ -941,7 +1043,11 @@ impl DatagramHandler<Shared> for DgramClient {
             self.transmit(ctx);
             return;
         }
-        if self.try_next_address(ctx) {
+        let why = format!(
+            "no echo from {} after {} attempts",
+            self.server, self.attempts
+        );
+        if self.try_next_address(ctx, &why) {
             return;
         }
         let mut msg = format!(
@@ -980,41 +1086,54 @@ impl DatagramHandler<Shared> for DgramClient {
 mod tests {
     use super::{
         Common, Config, DgramClient, Duration, EventLoop, Messages, PeerAddr, Shared, VecDeque,
-        explain_tls, host_part, unspecified_like,
+        explain_tls, quoted, rcvd_line, sent_line, unspecified_like,
     };
 
-    fn lines(input: &'static [u8]) -> Vec<Result<String, String>> {
+    fn lines(input: &'static [u8]) -> Vec<Result<Vec<u8>, String>> {
         let mut m = Messages::from_reader(input);
         std::iter::from_fn(|| m.next()).collect()
+    }
+
+    fn ok(line: &[u8]) -> Result<Vec<u8>, String> {
+        Ok(line.to_vec())
     }
 
     #[test]
     fn stdin_lines_strip_newlines_and_keep_text() {
         assert_eq!(
             lines("a\r\nhé 日本\n\nlast".as_bytes()),
-            vec![
-                Ok("a".to_owned()),
-                Ok("hé 日本".to_owned()),
-                Ok(String::new()),
-                Ok("last".to_owned())
-            ]
+            vec![ok(b"a"), ok("hé 日本".as_bytes()), ok(b""), ok(b"last")]
         );
         assert!(lines(b"").is_empty());
     }
 
+    /// An echo tool sends bytes: a line need not be UTF-8, and is passed on unchanged
+    /// (a lone `\r` inside it, NUL, bytes no encoding would accept).
     #[test]
-    fn stdin_invalid_utf8_names_the_line() {
-        let got = lines(b"ok\n\xff\xfe\n");
-        assert_eq!(got[0], Ok("ok".to_owned()));
-        let err = got[1].clone().expect_err("invalid UTF-8");
-        assert!(err.contains("line 2"), "{err}");
+    fn stdin_lines_are_bytes_whatever_their_encoding() {
+        assert_eq!(
+            lines(b"ok\n\xff\xfe\r\n\x00bin\rary\ncaf\xe9"),
+            vec![
+                ok(b"ok"),
+                ok(b"\xff\xfe"),
+                ok(b"\x00bin\rary"),
+                ok(b"caf\xe9")
+            ]
+        );
     }
 
+    /// What is printed carries the bytes as they are; errors quote them readably, with
+    /// escapes only when they are not UTF-8 (a lossy decoding would hide the difference).
     #[test]
-    fn host_part_keeps_ipv6_brackets() {
-        assert_eq!(host_part("localhost:443"), "localhost");
-        assert_eq!(host_part("[::1]:443"), "[::1]");
-        assert_eq!(host_part("127.0.0.1:1"), "127.0.0.1");
+    fn reports_keep_the_bytes_and_errors_escape_them() {
+        assert_eq!(sent_line(b"caf\xe9"), b"SENT caf\xe9 (4 bytes)".to_vec());
+        let peer = "127.0.0.1:7";
+        assert_eq!(
+            rcvd_line(b"\xff", &peer),
+            b"RCVD \xff (1 bytes) from 127.0.0.1:7".to_vec()
+        );
+        assert_eq!(quoted("hé".as_bytes()), "\"hé\"");
+        assert_eq!(quoted(b"caf\xe9\n"), "b\"caf\\xe9\\n\"");
     }
 
     #[test]
@@ -1037,22 +1156,28 @@ mod tests {
         assert!(required.contains("--cert"), "{required}");
     }
 
+    /// A UDP echo on ::1 for `times` datagrams, on a thread.
+    fn ipv6_udp_echo(times: usize) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+        let echo = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let addr = echo.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            echo.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut buf = [0u8; 1500];
+            for _ in 0..times {
+                let (n, from) = echo.recv_from(&mut buf).unwrap();
+                echo.send_to(&buf[..n], from).unwrap();
+            }
+        });
+        (addr, server)
+    }
+
     /// A name may stand for several addresses; when the first never answers, the first
     /// message moves on to the next, on a socket of that address's family.
     #[test]
     fn udp_moves_on_to_the_next_address_when_the_first_is_silent() {
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let echo = std::net::UdpSocket::bind("[::1]:0").unwrap();
-        let echo_addr = echo.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            echo.set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let mut buf = [0u8; 1500];
-            for _ in 0..2 {
-                let (n, from) = echo.recv_from(&mut buf).unwrap();
-                echo.send_to(&buf[..n], from).unwrap();
-            }
-        });
+        let (echo_addr, server) = ipv6_udp_echo(2);
         let common = Common {
             timeout: Duration::from_millis(100),
             index: 0,
@@ -1075,6 +1200,39 @@ mod tests {
             assert!(
                 std::time::Instant::now() < deadline,
                 "client never finished"
+            );
+        }
+        server.join().unwrap();
+        assert_eq!(el.state().outcome, Some(Ok(())));
+    }
+
+    /// A first address where nothing listens answers with ICMP "port unreachable": the
+    /// client moves on to the next at once, without waiting out its retries there.
+    #[test]
+    fn udp_moves_on_at_once_when_the_first_address_refuses() {
+        let gone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let refusing = gone.local_addr().unwrap();
+        drop(gone);
+        let (echo_addr, server) = ipv6_udp_echo(1);
+        // Waiting out the retries would take 4 x 5 s.
+        let common = Common {
+            timeout: Duration::from_secs(5),
+            index: 0,
+        };
+        let mut client = DgramClient::new(common, PeerAddr::Inet(refusing), 3, true);
+        client.fallbacks = VecDeque::from([echo_addr]);
+        let shared = Shared {
+            messages: Messages::from_list(vec!["one".into()]),
+            outcome: None,
+        };
+        let mut el = EventLoop::with_state(Config::default(), shared).unwrap();
+        el.bind_udp(unspecified_like(refusing), Box::new(client))
+            .unwrap();
+        let start = std::time::Instant::now();
+        while el.run_once(Some(Duration::from_millis(50))).unwrap() {
+            assert!(
+                start.elapsed() < Duration::from_secs(4),
+                "the refusal was not noticed"
             );
         }
         server.join().unwrap();

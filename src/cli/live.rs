@@ -2,6 +2,7 @@
 //! the same at exit for the whole run; also what SIGUSR1 prints.
 
 use std::sync::Mutex;
+use std::sync::mpsc::{self, SyncSender};
 use std::time::{Duration, Instant};
 
 use super::bench::{clock_ticks_per_sec, proc_cpu_ticks};
@@ -9,18 +10,60 @@ use super::units::{format_bytes_per_sec, format_count};
 use crate::stats::Stats;
 
 /// Every worker's latest counters, for whoever reports on the whole server (the stats
-/// line, the metrics endpoint). Workers publish a few times a second.
-#[derive(Debug)]
+/// line, the metrics endpoint). Workers publish a few times a second, and at once when
+/// asked through [`Board::refresh`].
 pub(crate) struct Board {
     workers: Mutex<Vec<Stats>>,
+    /// One channel into each worker's loop: a message asks it to publish now, and the
+    /// worker answers on the sender the message carries.
+    refreshers: Mutex<Vec<crate::Sender<SyncSender<()>>>>,
     pub(crate) started: Instant,
+}
+
+impl std::fmt::Debug for Board {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Board")
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Board {
     pub(crate) fn new(workers: usize) -> Board {
         Board {
             workers: Mutex::new(vec![Stats::default(); workers]),
+            refreshers: Mutex::new(Vec::new()),
             started: Instant::now(),
+        }
+    }
+
+    /// Registers a worker's channel for [`Board::refresh`].
+    pub(crate) fn add_refresher(&self, tx: crate::Sender<SyncSender<()>>) {
+        let mut all = self.refreshers.lock().unwrap_or_else(|e| e.into_inner());
+        all.push(tx);
+    }
+
+    /// Asks every worker to publish its counters now and waits (at most `timeout`) until
+    /// they have: a scrape then sees the traffic that came just before it. A worker that
+    /// does not answer in time (a loop busy with a long batch) leaves its last published
+    /// numbers, at most one publishing period old.
+    pub(crate) fn refresh(&self, timeout: Duration) {
+        let (tx, rx) = mpsc::sync_channel(64);
+        let asked = {
+            let all = self.refreshers.lock().unwrap_or_else(|e| e.into_inner());
+            all.iter()
+                .filter(|w| w.try_send(tx.clone()).is_ok())
+                .count()
+        };
+        drop(tx);
+        let deadline = Instant::now() + timeout;
+        for _ in 0..asked {
+            if rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_err()
+            {
+                return;
+            }
         }
     }
 
@@ -57,6 +100,17 @@ pub(crate) struct Sampler {
     last_cpu: u64,
 }
 
+/// Which line a [`Sampler`] renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// The interval since the last line.
+    Interval,
+    /// The whole run so far, on request (SIGUSR1).
+    Summary,
+    /// The whole run, at exit.
+    Final,
+}
+
 impl Sampler {
     pub(crate) fn new(json: bool, started: Instant) -> Sampler {
         let cpu = own_cpu_ticks();
@@ -79,7 +133,7 @@ impl Sampler {
             &self.last.clone(),
             now - self.last_at,
             cpu - self.last_cpu,
-            false,
+            Line::Interval,
         );
         self.last = *s;
         self.last_at = now;
@@ -87,15 +141,26 @@ impl Sampler {
         line
     }
 
-    /// The summary of the whole run so far (at exit, or for SIGUSR1).
+    /// The summary of the whole run so far, for SIGUSR1: in JSON, `"summary": true` and
+    /// `"final": false`, since the server goes on.
     pub(crate) fn summary(&self, s: &Stats) -> String {
+        self.whole_run(s, false)
+    }
+
+    /// The summary at exit: in JSON, `"summary": true` and `"final": true`.
+    pub(crate) fn final_summary(&self, s: &Stats) -> String {
+        self.whole_run(s, true)
+    }
+
+    fn whole_run(&self, s: &Stats, last: bool) -> String {
         let cpu = own_cpu_ticks();
+        let kind = if last { Line::Final } else { Line::Summary };
         self.render(
             s,
             &Stats::default(),
             self.started.elapsed(),
             cpu - self.start_cpu,
-            true,
+            kind,
         )
     }
 
@@ -105,8 +170,9 @@ impl Sampler {
         before: &Stats,
         over: Duration,
         cpu_ticks: u64,
-        total: bool,
+        kind: Line,
     ) -> String {
+        let total = kind != Line::Interval;
         let secs = over.as_secs_f64().max(1e-9);
         let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
         let cpu = cpu_ticks as f64 / clock_ticks_per_sec() as f64 / secs * 100.0;
@@ -127,7 +193,8 @@ impl Sampler {
             return serde_json::json!({
                 "elapsed_secs": self.started.elapsed().as_secs_f64(),
                 "over_secs": secs,
-                "final": total,
+                "final": kind == Line::Final,
+                "summary": total,
                 "connections_open": s.connections_open,
                 "accepted": accepted,
                 "closed": closed_n,

@@ -1,4 +1,4 @@
-//! `serve --metrics ADDR`: Prometheus metrics served by the echo loop itself, as an
+//! `serve --metrics ADDR`: Prometheus metrics served by an event loop of their own, as an
 //! ordinary [`Handler`] — an example of a small HTTP/1.1 protocol on the loop.
 //!
 //! Teaches: a request/response protocol on a stream. Requests arrive in pieces and
@@ -6,8 +6,9 @@
 //! and the connection stays open (HTTP/1.1 keep-alive) unless asked to close. Everything a
 //! client controls is bounded: a request head larger than [`MAX_HEAD`] gets 431, one that
 //! does not finish within [`REQUEST_TIMEOUT`] is dropped, anything malformed gets 400 and
-//! a close. The echo traffic shares the loop but cannot be disturbed: each request costs
-//! one render of a few kilobytes.
+//! a close; a client that sends requests without reading the answers is paused once
+//! [`MAX_UNREAD_ANSWERS`] wait for it (backpressure). The loop is not the echo loop, so
+//! scrapes neither count as echo connections nor wait behind them.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -17,6 +18,10 @@ use crate::stats::Stats;
 
 /// The largest request head (request line and headers) accepted.
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
+
+/// Answers a client may leave unread before its further requests wait (and reading
+/// from it pauses) until it reads them.
+pub(crate) const MAX_UNREAD_ANSWERS: usize = 64 * 1024;
 
 /// A request must be complete this long after its first byte (or after the connection
 /// opened, or after the previous answer).
@@ -36,6 +41,10 @@ pub(crate) struct Metrics {
     /// Bytes of the request(s) not answered yet.
     buf: Vec<u8>,
     timer: Option<TimerId>,
+    /// Reading is paused until the answers queued so far are taken.
+    paused: bool,
+    /// Goes on answering at the loop's next turn.
+    next_turn: Option<TimerId>,
 }
 
 impl<S: StatsSource> Handler<S> for Metrics {
@@ -45,18 +54,75 @@ impl<S: StatsSource> Handler<S> for Metrics {
 
     fn on_data(&mut self, ctx: &mut Ctx<'_, S>, data: &[u8]) {
         self.buf.extend_from_slice(data);
-        // Answer every complete request, in order (pipelining).
+        self.answer(ctx);
+    }
+
+    fn on_drained(&mut self, ctx: &mut Ctx<'_, S>) {
+        // The client has read our answers: take up the requests it sent meanwhile.
+        if self.paused {
+            self.go_on(ctx);
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_, S>, timer: TimerId) {
+        if self.timer == Some(timer) {
+            // Too slow (or an idle keep-alive connection): free the slot.
+            ctx.close();
+        } else if self.next_turn == Some(timer) {
+            self.next_turn = None;
+            // The kernel took the last batch whole: go on. If it could not, the socket is
+            // full and `on_drained` says when the client has read.
+            if ctx.pending_output() == 0 {
+                self.go_on(ctx);
+            }
+        }
+    }
+}
+
+impl Metrics {
+    fn go_on<S: StatsSource>(&mut self, ctx: &mut Ctx<'_, S>) {
+        self.paused = false;
+        ctx.resume_reading();
+        self.answer(ctx);
+    }
+
+    /// Answers every complete request, in order (pipelining), at most
+    /// [`MAX_UNREAD_ANSWERS`] at a time: then reading pauses, and the rest waits for the
+    /// next turn of the loop, or while the client is not reading, for `on_drained`. A
+    /// client that sends requests without reading the answers is held up, not given all
+    /// the memory it asks for.
+    fn answer<S: StatsSource>(&mut self, ctx: &mut Ctx<'_, S>) {
+        // Answers queued in this callback (`pending_output` does not count them yet).
+        let mut queued = 0;
         loop {
+            // Blank lines before a request line are ignored (RFC 9112, section 2.2).
+            let blank = self
+                .buf
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            self.buf.drain(..blank);
+            if self.buf.is_empty() {
+                return;
+            }
+            if ctx.pending_output() + queued >= MAX_UNREAD_ANSWERS {
+                self.paused = true;
+                ctx.pause_reading();
+                if self.next_turn.is_none() {
+                    self.next_turn = Some(ctx.set_timer(Duration::ZERO));
+                }
+                return;
+            }
             let Some(end) = head_end(&self.buf) else {
                 if self.buf.len() > MAX_HEAD {
-                    respond(ctx, 431, "Request Header Fields Too Large", "", false);
+                    respond(ctx, 431, "Request Header Fields Too Large", "", false, true);
                     self.buf = Vec::new();
                     ctx.close();
                 }
                 return;
             };
             if end > MAX_HEAD {
-                respond(ctx, 431, "Request Header Fields Too Large", "", false);
+                respond(ctx, 431, "Request Header Fields Too Large", "", false, true);
                 self.buf = Vec::new();
                 ctx.close();
                 return;
@@ -73,13 +139,14 @@ impl<S: StatsSource> Handler<S> for Metrics {
                     } else {
                         (404, "Not Found", "not found: try /metrics\n".to_string())
                     };
-                    let body = if req.method == "HEAD" { "" } else { &body };
-                    respond(ctx, status, reason, body, req.keep_alive);
+                    // HEAD: the same head as GET (Content-Length included), no body.
+                    let with_body = req.method != "HEAD";
+                    queued += respond(ctx, status, reason, &body, req.keep_alive, with_body);
                     req.keep_alive
                 }
                 Err(why) => {
                     let body = format!("bad request: {why}\n");
-                    respond(ctx, 400, "Bad Request", &body, false);
+                    respond(ctx, 400, "Bad Request", &body, false, true);
                     false
                 }
             };
@@ -93,13 +160,6 @@ impl<S: StatsSource> Handler<S> for Metrics {
                 ctx.cancel_timer(t);
             }
             self.timer = Some(ctx.set_timer(REQUEST_TIMEOUT));
-        }
-    }
-
-    fn on_timer(&mut self, ctx: &mut Ctx<'_, S>, timer: TimerId) {
-        if self.timer == Some(timer) {
-            // Too slow (or an idle keep-alive connection): free the slot.
-            ctx.close();
         }
     }
 }
@@ -170,19 +230,38 @@ fn parse(head: &[u8]) -> Result<Request<'_>, &'static str> {
     })
 }
 
-fn respond<S>(ctx: &mut Ctx<'_, S>, status: u16, reason: &str, body: &str, keep_alive: bool) {
+/// Sends one response (its body only if `with_body`); returns the bytes queued.
+fn respond<S>(
+    ctx: &mut Ctx<'_, S>,
+    status: u16,
+    reason: &str,
+    body: &str,
+    keep_alive: bool,
+    with_body: bool,
+) -> usize {
     let content_type = if status == 200 {
         "text/plain; version=0.0.4; charset=utf-8"
     } else {
         "text/plain; charset=utf-8"
     };
+    // A 405 must say what is allowed (RFC 9110, section 15.5.6).
+    let allow = if status == 405 {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: {}\r\n\r\n",
         body.len(),
         if keep_alive { "keep-alive" } else { "close" }
     );
     ctx.send(head.as_bytes());
-    ctx.send(body.as_bytes());
+    if with_body {
+        ctx.send(body.as_bytes());
+        head.len() + body.len()
+    } else {
+        head.len()
+    }
 }
 
 /// The Prometheus text exposition (format 0.0.4) of `s`.

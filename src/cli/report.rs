@@ -4,13 +4,22 @@
 //! each connection (or the whole run) feeds; [`LatencySummary`] condenses one
 //! into the figures the report prints. [`Report`] collects the run's totals
 //! and renders them for humans ([`Display`](fmt::Display)) or machines
-//! ([`Report::to_json`]); [`status_line`] is the once-a-second progress line.
+//! ([`Report::to_json`], read back by [`Report::from_json`] for `bench merge`);
+//! [`status_line`] is the progress line.
+//!
+//! Percentiles cannot be averaged: the p99 of two runs is not the mean of their
+//! p99s. So the JSON report carries its histograms whole (HdrHistogram's V2
+//! format, deflate-compressed, base64), and merging adds histograms.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io::{self, Write};
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use serde::{Deserialize, Serialize};
 
 use super::units::{format_bytes_per_sec, format_count};
 
@@ -18,6 +27,8 @@ use super::units::{format_bytes_per_sec, format_count};
 const LOWEST_NS: u64 = 1;
 /// Largest trackable latency, in nanoseconds (one hour).
 const HIGHEST_NS: u64 = 3_600_000_000_000;
+/// The same hour in microseconds, the unit of `--hlog` files.
+const HIGHEST_US: u64 = HIGHEST_NS / 1000;
 /// Significant decimal digits kept by the histogram.
 const SIGFIG: u8 = 3;
 
@@ -111,6 +122,65 @@ impl Recorder {
         self.hist.mean() / 1000.0
     }
 
+    /// The standard deviation in µs, 0 when empty.
+    pub fn stddev_us(&self) -> f64 {
+        self.hist.stdev() / 1000.0
+    }
+
+    /// The histogram in HdrHistogram's V2 format, deflate-compressed, as base64 text
+    /// (values in nanoseconds). Any HdrHistogram implementation decodes it.
+    ///
+    /// # Errors
+    ///
+    /// The compressor failed (not expected for an in-memory buffer).
+    pub fn encode(&self) -> Result<String, String> {
+        let mut bytes = Vec::new();
+        V2DeflateSerializer::new()
+            .serialize(&self.hist, &mut bytes)
+            .map_err(|e| format!("cannot encode a histogram: {e:?}"))?;
+        Ok(BASE64.encode(bytes))
+    }
+
+    /// Decodes what [`Recorder::encode`] wrote (values in nanoseconds).
+    ///
+    /// # Errors
+    ///
+    /// The text is not base64, or not an HdrHistogram in V2 (or V2 deflate) format.
+    pub fn decode(text: &str) -> Result<Recorder, String> {
+        let hist = decode_histogram(text)?;
+        let mut r = Recorder::new();
+        r.add_scaled(&hist, 1);
+        Ok(r)
+    }
+
+    /// Adds a histogram of microseconds (as `--hlog` files hold) to this one.
+    pub fn add_micros(&mut self, hist: &Histogram<u64>) {
+        self.add_scaled(hist, 1000);
+    }
+
+    /// Adds every sample of `hist`, multiplied by `factor`, clamped to the range.
+    fn add_scaled(&mut self, hist: &Histogram<u64>, factor: u64) {
+        for v in hist.iter_recorded() {
+            let ns = v.value_iterated_to().saturating_mul(factor);
+            self.hist
+                .saturating_record_n(ns.clamp(LOWEST_NS, HIGHEST_NS), v.count_at_value());
+        }
+    }
+
+    /// The same samples in whole microseconds, the unit of `--hlog` interval logs (the
+    /// unit most HdrHistogram tools expect of latency logs). Sub-microsecond detail is
+    /// rounded away there; the JSON report keeps nanoseconds.
+    pub fn to_micros(&self) -> Histogram<u64> {
+        // The bounds are constants known to be valid, so this cannot fail.
+        let mut out = Histogram::new_with_bounds(1, HIGHEST_US, SIGFIG)
+            .expect("constant histogram bounds are valid");
+        for v in self.hist.iter_recorded() {
+            let us = (v.value_iterated_to() as f64 / 1000.0).round() as u64;
+            out.saturating_record_n(us.clamp(1, HIGHEST_US), v.count_at_value());
+        }
+        out
+    }
+
     /// Writes the classic HdrHistogram percentile distribution (`.hgrm`)
     /// text, values in microseconds (with their fractions), as produced by the Java
     /// `outputPercentileDistribution` with 5 ticks per half distance.
@@ -166,27 +236,51 @@ fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
+/// Decodes a base64 V2 (or V2 deflate) histogram, whatever its unit.
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, String> {
+    let bytes = BASE64
+        .decode(text.trim())
+        .map_err(|e| format!("not a base64 histogram: {e}"))?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("not an HdrHistogram: {e:?}"))
+}
+
 /// The latency figures of one [`Recorder`], in microseconds (with their fractions).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+///
+/// In JSON: `count`, `min`, `p50`, `p90`, `p99`, `p99_9`, `p99_99`, `max`, `mean`,
+/// `stddev`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// Number of samples.
     pub count: u64,
     /// Smallest sample.
+    #[serde(rename = "min")]
     pub min_us: f64,
     /// Median.
+    #[serde(rename = "p50")]
     pub p50_us: f64,
     /// 90th percentile.
+    #[serde(rename = "p90")]
     pub p90_us: f64,
     /// 99th percentile.
+    #[serde(rename = "p99")]
     pub p99_us: f64,
     /// 99.9th percentile.
+    #[serde(rename = "p99_9")]
     pub p999_us: f64,
     /// 99.99th percentile.
+    #[serde(rename = "p99_99")]
     pub p9999_us: f64,
     /// Largest sample.
+    #[serde(rename = "max")]
     pub max_us: f64,
     /// Arithmetic mean (0 when there are no samples).
+    #[serde(rename = "mean")]
     pub mean_us: f64,
+    /// Standard deviation (0 when there are no samples).
+    #[serde(rename = "stddev", default)]
+    pub stddev_us: f64,
 }
 
 impl LatencySummary {
@@ -202,32 +296,14 @@ impl LatencySummary {
             p9999_us: r.percentile_us(0.9999),
             max_us: r.max_us(),
             mean_us: r.mean_us(),
+            stddev_us: r.stddev_us(),
         }
-    }
-
-    /// Appends this summary as a JSON object.
-    fn write_json(&self, out: &mut String) {
-        let _ = write!(out, r#"{{"count":{}"#, self.count);
-        for (key, v) in [
-            ("min", self.min_us),
-            ("p50", self.p50_us),
-            ("p90", self.p90_us),
-            ("p99", self.p99_us),
-            ("p99_9", self.p999_us),
-            ("p99_99", self.p9999_us),
-            ("max", self.max_us),
-            ("mean", self.mean_us),
-        ] {
-            let _ = write!(out, r#","{key}":"#);
-            json_f64(out, v);
-        }
-        out.push('}');
     }
 }
 
 impl fmt::Display for LatencySummary {
-    /// `min 61  p50 80  p90 120  p99 300  p99.9 900  p99.99 1200  max 4000  mean 90.1`
-    /// (µs, with one decimal below 100 µs), or `no samples`.
+    /// `min 61  p50 80  p90 120  p99 300  p99.9 900  p99.99 1200  max 4000  mean 90.1 ± 12.0`
+    /// (µs, with one decimal below 100 µs; ± is the standard deviation), or `no samples`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.count == 0 {
             return f.write_str("no samples");
@@ -241,7 +317,7 @@ impl fmt::Display for LatencySummary {
         };
         write!(
             f,
-            "min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}  mean {:.1}",
+            "min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}  mean {:.1} ± {:.1}",
             v(self.min_us),
             v(self.p50_us),
             v(self.p90_us),
@@ -249,15 +325,63 @@ impl fmt::Display for LatencySummary {
             v(self.p999_us),
             v(self.p9999_us),
             v(self.max_us),
-            self.mean_us
+            self.mean_us,
+            self.stddev_us
         )
     }
 }
 
+/// Which part of a run one generator measured (`--segment I/N`); `0/1` alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    /// This generator's number, from 0.
+    pub index: u32,
+    /// How many generators share the run.
+    pub count: u32,
+}
+
+impl Default for SegmentInfo {
+    fn default() -> Self {
+        SegmentInfo { index: 0, count: 1 }
+    }
+}
+
+/// The run's histograms, whole: HdrHistogram V2 deflate, base64, values in nanoseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histograms {
+    /// Round trips of the window (what `latency_us` summarises).
+    pub rtt: String,
+    /// Open loop: round trips from when messages actually went out.
+    #[serde(default)]
+    pub rtt_uncorrected: Option<String>,
+    /// Connects (what `connect_latency_us` summarises).
+    #[serde(default)]
+    pub connect: Option<String>,
+}
+
+/// One generator's line in a merged report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GeneratorRow {
+    /// Its segment number.
+    pub segment: u32,
+    /// The file its figures came from.
+    pub source: String,
+    /// Round trips per second over its window.
+    pub msgs_per_sec: f64,
+    /// Its CPU use, in percent of one core (a generator near 100% per thread is
+    /// saturated: the server may be faster than it measured).
+    pub generator_cpu_percent: Option<f64>,
+}
+
 /// Everything `echoloop bench` reports at the end of a run.
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// As JSON ([`Report::to_json`]), the fields keep these names except where noted, and
+/// three derived numbers are added: `msgs_per_sec`, `mb_per_sec_sent` and
+/// `mb_per_sec_received` (MB = 10^6 bytes). Numbers that were not measured are `null`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
-    /// Load model, e.g. `closed-loop pipeline=4` or `open-loop rate=10000/s`.
+    /// Load model, e.g. `closed-loop pipeline=4` or `open-loop rate=10000/s` (the whole
+    /// run's rate, every segment's).
     pub mode: String,
     /// Transport name, e.g. `tcp`, `udp`, `tls`, `unix`.
     pub transport: String,
@@ -265,7 +389,13 @@ pub struct Report {
     pub target: String,
     /// How the generator's loops wait for events: `block`, or `busy-poll 50µs`...
     pub idle_strategy: String,
-    /// Connections asked for on the command line.
+    /// Message size in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// Which generator of the run this is.
+    #[serde(default)]
+    pub segment: SegmentInfo,
+    /// Connections this generator was asked to open (its share of the run's).
     pub connections_requested: u64,
     /// Connections that were established.
     pub connections_up: u64,
@@ -273,6 +403,12 @@ pub struct Report {
     pub connect_failures: u64,
     /// Length of the measured window in seconds (warm-up excluded).
     pub duration_secs: f64,
+    /// Start of the measured window, Unix time in seconds.
+    #[serde(default)]
+    pub window_start_unix: f64,
+    /// End of the measured window, Unix time in seconds.
+    #[serde(default)]
+    pub window_end_unix: f64,
     /// Echo round trips completed in the window.
     pub messages: u64,
     /// Payload bytes written in the window.
@@ -281,19 +417,71 @@ pub struct Report {
     pub bytes_received: u64,
     /// Echoes whose content did not match what was sent.
     pub verify_errors: u64,
-    /// Requests that got no reply within the timeout.
+    /// Messages with no echo when their time ran out (the grace after the window).
     pub timeouts: u64,
-    /// Datagrams never answered (UDP only; 0 otherwise).
+    /// Datagrams never answered within the timeout (0 for streams).
     pub lost: u64,
-    /// Round-trip latency.
+    /// Datagram echoes that came after the timeout.
+    #[serde(default)]
+    pub late: u64,
+    /// Datagram echoes of a message already answered.
+    #[serde(default)]
+    pub duplicates: u64,
+    /// Datagrams from an address other than the server's (ignored).
+    #[serde(default)]
+    pub wrong_source: u64,
+    /// Connections the server closed while the run still wanted them.
+    #[serde(default)]
+    pub closed_by_server: u64,
+    /// Connections reset, or failed with another I/O or TLS error, mid-run.
+    #[serde(default)]
+    pub broken: u64,
+    /// Messages in flight on connections closed by the server or broken.
+    #[serde(default)]
+    pub unanswered: u64,
+    /// Round-trip latency (open loop: from when each message was due).
+    #[serde(rename = "latency_us")]
     pub latency: LatencySummary,
+    /// Open loop: round-trip latency from when each message actually went out, which
+    /// hides the server's stalls (coordinated omission); shown for comparison.
+    #[serde(rename = "latency_uncorrected_us", default)]
+    pub latency_uncorrected: Option<LatencySummary>,
     /// Connect latency, when connections were timed.
+    #[serde(rename = "connect_latency_us")]
     pub connect_latency: Option<LatencySummary>,
     /// Reconnections per second, when the run reconnects.
     pub reconnects_per_sec: Option<f64>,
     /// CPU used by the generator process over the window, in percent of one
     /// core, when measured.
     pub generator_cpu_percent: Option<f64>,
+    /// Generator CPU time per message, in µs.
+    #[serde(default)]
+    pub generator_cpu_us_per_msg: Option<f64>,
+    /// CPU used by the `--server-pid` process over the window, percent of one core.
+    #[serde(default)]
+    pub server_cpu_percent: Option<f64>,
+    /// Server CPU time per message (its "service demand"), in µs.
+    #[serde(default)]
+    pub server_cpu_us_per_msg: Option<f64>,
+    /// The server's peak resident memory over its life so far (`VmHWM`), in KiB.
+    #[serde(default)]
+    pub server_peak_rss_kib: Option<u64>,
+    /// In a merged report: one row per generator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generators: Vec<GeneratorRow>,
+    /// The histograms behind the latency figures, for `bench merge`.
+    #[serde(default)]
+    pub histograms: Option<Histograms>,
+}
+
+/// The JSON form: the report's own fields, then the derived rates.
+#[derive(Serialize)]
+struct Wire<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    msgs_per_sec: f64,
+    mb_per_sec_sent: f64,
+    mb_per_sec_received: f64,
 }
 
 impl Report {
@@ -322,119 +510,26 @@ impl Report {
         }
     }
 
-    /// Renders the report as one JSON object on a single line.
-    ///
-    /// Keys, in order: `mode`, `transport`, `target`, `idle_strategy` (strings);
-    /// `connections_requested`, `connections_up`, `connect_failures`,
-    /// `duration_secs`, `messages`, `bytes_sent`, `bytes_received`,
-    /// `verify_errors`, `timeouts`, `lost` (numbers); the derived
-    /// `msgs_per_sec`, `mb_per_sec_sent`, `mb_per_sec_received` (numbers,
-    /// MB = 10^6 bytes); `latency_us`, an object with `count`, `p50`, `p90`,
-    /// `min`, `p99`, `p99_9`, `p99_99`, `max` and `mean` (all µs, with fractions, except
-    /// `count`);
-    /// `connect_latency_us` (same shape, or `null`); `reconnects_per_sec`
-    /// and `generator_cpu_percent` (number or `null`).
-    ///
-    /// Non-finite floats are written as `null`, since JSON has no NaN or
-    /// infinity.
+    /// Renders the report as one JSON object on a single line (see the type's docs for
+    /// the keys). JSON has no NaN or infinity: such numbers are written as `null`.
     pub fn to_json(&self) -> String {
-        let mut out = String::with_capacity(512);
-        out.push('{');
-        for (key, value) in [
-            ("mode", &self.mode),
-            ("transport", &self.transport),
-            ("target", &self.target),
-            ("idle_strategy", &self.idle_strategy),
-        ] {
-            json_key(&mut out, key);
-            json_str(&mut out, value);
-            out.push(',');
-        }
-        for (key, value) in [
-            ("connections_requested", self.connections_requested),
-            ("connections_up", self.connections_up),
-            ("connect_failures", self.connect_failures),
-        ] {
-            json_key(&mut out, key);
-            let _ = write!(out, "{value},");
-        }
-        json_key(&mut out, "duration_secs");
-        json_f64(&mut out, self.duration_secs);
-        out.push(',');
-        for (key, value) in [
-            ("messages", self.messages),
-            ("bytes_sent", self.bytes_sent),
-            ("bytes_received", self.bytes_received),
-            ("verify_errors", self.verify_errors),
-            ("timeouts", self.timeouts),
-            ("lost", self.lost),
-        ] {
-            json_key(&mut out, key);
-            let _ = write!(out, "{value},");
-        }
-        for (key, value) in [
-            ("msgs_per_sec", self.msgs_per_sec()),
-            ("mb_per_sec_sent", self.mb_per_sec_sent()),
-            ("mb_per_sec_received", self.mb_per_sec_received()),
-        ] {
-            json_key(&mut out, key);
-            json_f64(&mut out, value);
-            out.push(',');
-        }
-        json_key(&mut out, "latency_us");
-        self.latency.write_json(&mut out);
-        out.push(',');
-        json_key(&mut out, "connect_latency_us");
-        match &self.connect_latency {
-            Some(summary) => summary.write_json(&mut out),
-            None => out.push_str("null"),
-        }
-        for (key, value) in [
-            ("reconnects_per_sec", self.reconnects_per_sec),
-            ("generator_cpu_percent", self.generator_cpu_percent),
-        ] {
-            out.push(',');
-            json_key(&mut out, key);
-            json_f64(&mut out, value.unwrap_or(f64::NAN));
-        }
-        out.push('}');
-        out
+        let wire = Wire {
+            report: self,
+            msgs_per_sec: self.msgs_per_sec(),
+            mb_per_sec_sent: self.mb_per_sec_sent(),
+            mb_per_sec_received: self.mb_per_sec_received(),
+        };
+        // Plain data with string keys: serialising it cannot fail.
+        serde_json::to_string(&wire).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
-}
 
-/// Appends `"key":`; keys are plain snake_case literals, so no escaping.
-fn json_key(out: &mut String, key: &str) {
-    out.push('"');
-    out.push_str(key);
-    out.push_str("\":");
-}
-
-/// Appends `s` as a JSON string literal.
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c < ' ' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// Appends a JSON number, or `null` for NaN and infinities. Rust's `Display`
-/// for `f64` never uses exponent notation, so the output is valid JSON.
-fn json_f64(out: &mut String, x: f64) {
-    if x.is_finite() {
-        let _ = write!(out, "{x}");
-    } else {
-        out.push_str("null");
+    /// Reads a report written by [`Report::to_json`].
+    ///
+    /// # Errors
+    ///
+    /// The text is not JSON, or lacks a field a report must have.
+    pub fn from_json(text: &str) -> Result<Report, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
     }
 }
 
@@ -445,6 +540,13 @@ impl fmt::Display for Report {
         const W: usize = 15;
         writeln!(f, "{:<W$}{}", "mode", self.mode)?;
         writeln!(f, "{:<W$}{} {}", "target", self.transport, self.target)?;
+        if self.segment.count > 1 && self.generators.is_empty() {
+            writeln!(
+                f,
+                "{:<W$}{} of {}",
+                "segment", self.segment.index, self.segment.count
+            )?;
+        }
         if !self.idle_strategy.is_empty() {
             writeln!(f, "{:<W$}{}", "idle", self.idle_strategy)?;
         }
@@ -469,6 +571,9 @@ impl fmt::Display for Report {
             format_bytes_per_sec(self.per_sec(self.bytes_received as f64))
         )?;
         writeln!(f, "{:<W$}{}", "latency (µs)", self.latency)?;
+        if let Some(u) = &self.latency_uncorrected {
+            writeln!(f, "{:<W$}{}", "uncorrected", u)?;
+        }
         if let Some(connect) = &self.connect_latency {
             writeln!(f, "{:<W$}{}", "connect (µs)", connect)?;
         }
@@ -476,17 +581,58 @@ impl fmt::Display for Report {
             writeln!(f, "{:<W$}{}/s", "reconnects", format_count(rate))?;
         }
         if let Some(cpu) = self.generator_cpu_percent {
-            writeln!(f, "{:<W$}{:.1}% of one core", "generator cpu", cpu)?;
+            write!(f, "{:<W$}{:.1}% of one core", "generator cpu", cpu)?;
+            if let Some(per) = self.generator_cpu_us_per_msg {
+                write!(f, ", {per:.2} µs/msg")?;
+            }
+            writeln!(f)?;
+        }
+        if let Some(cpu) = self.server_cpu_percent {
+            write!(f, "{:<W$}{:.1}% of one core", "server cpu", cpu)?;
+            if let Some(per) = self.server_cpu_us_per_msg {
+                write!(f, ", {per:.2} µs/msg")?;
+            }
+            if let Some(rss) = self.server_peak_rss_kib {
+                write!(f, ", peak RSS {rss} KiB")?;
+            }
+            writeln!(f)?;
+        }
+        for g in &self.generators {
+            let cpu = g
+                .generator_cpu_percent
+                .map_or_else(|| "cpu ?".to_owned(), |c| format!("cpu {c:.1}%"));
+            writeln!(
+                f,
+                "{:<W$}{}/{}  {} msgs/s  {cpu}  ({})",
+                "generator",
+                g.segment,
+                self.segment.count,
+                format_count(g.msgs_per_sec),
+                g.source
+            )?;
         }
         write!(
             f,
             "{:<W$}{} verify, {} timeouts, {} lost",
             "errors", self.verify_errors, self.timeouts, self.lost
-        )
+        )?;
+        for (n, what) in [
+            (self.late, "late"),
+            (self.duplicates, "duplicated"),
+            (self.wrong_source, "from another address"),
+            (self.closed_by_server, "connections closed by the server"),
+            (self.broken, "connections reset or failed"),
+            (self.unanswered, "messages unanswered on those"),
+        ] {
+            if n > 0 {
+                write!(f, ", {n} {what}")?;
+            }
+        }
+        Ok(())
     }
 }
 
-/// The once-a-second progress line, e.g.
+/// The progress line, e.g.
 /// `[   3.0s]  123.4k msgs/s  7.90 MB/s  p99 300 µs  0 errors`.
 pub fn status_line(
     elapsed: Duration,
@@ -507,8 +653,7 @@ pub fn status_line(
 
 #[cfg(test)]
 mod tests {
-    use super::{Duration, HIGHEST_NS, LatencySummary, Recorder, Report, status_line};
-    use std::collections::BTreeSet;
+    use super::{Duration, HIGHEST_NS, Histograms, LatencySummary, Recorder, Report, status_line};
 
     fn uniform_1_to_1000() -> Recorder {
         let mut r = Recorder::new();
@@ -642,28 +787,63 @@ mod tests {
         assert_eq!(text.lines().count(), 5, "{text}");
     }
 
+    #[test]
+    fn histograms_survive_encoding_and_unit_change() {
+        let r = uniform_1_to_1000();
+        let text = r.encode().unwrap();
+        assert!(text.bytes().all(|b| b.is_ascii_graphic()), "{text}");
+        let back = Recorder::decode(&text).unwrap();
+        assert_eq!(back.len(), 1000);
+        near(back.percentile_us(0.5), r.percentile_us(0.5));
+        near(back.max_us(), r.max_us());
+        assert!(Recorder::decode("not base64!").is_err());
+        assert!(
+            Recorder::decode("aGVsbG8=").is_err(),
+            "base64, but no histogram"
+        );
+
+        // Microseconds for interval logs, and back.
+        let micros = r.to_micros();
+        assert_eq!(micros.len(), 1000);
+        assert_eq!(micros.value_at_quantile(0.5), 500);
+        let mut again = Recorder::new();
+        again.add_micros(&micros);
+        near(again.percentile_us(0.9), 900.0);
+        assert!((r.stddev_us() - 288.7).abs() < 1.0, "{}", r.stddev_us());
+    }
+
     fn sample_report() -> Report {
         let mut connect = Recorder::new();
         connect.record(Duration::from_micros(150));
+        let rtt = uniform_1_to_1000();
         Report {
             mode: "closed-loop pipeline=1".into(),
             transport: "tcp".into(),
             target: "odd \"host\"\\path\n\u{1}".into(),
             idle_strategy: "busy-poll 50µs".into(),
+            size: 64,
             connections_requested: 100,
             connections_up: 100,
             connect_failures: 0,
             duration_secs: 10.0,
+            window_start_unix: 1_767_225_600.5,
+            window_end_unix: 1_767_225_610.5,
             messages: 1_234_567,
             bytes_sent: 79_000_000,
             bytes_received: 79_000_000,
             verify_errors: 0,
             timeouts: 2,
             lost: 0,
-            latency: LatencySummary::from_recorder(&uniform_1_to_1000()),
+            latency: LatencySummary::from_recorder(&rtt),
             connect_latency: Some(LatencySummary::from_recorder(&connect)),
             reconnects_per_sec: None,
             generator_cpu_percent: Some(f64::NAN),
+            histograms: Some(Histograms {
+                rtt: rtt.encode().unwrap(),
+                rtt_uncorrected: None,
+                connect: Some(connect.encode().unwrap()),
+            }),
+            ..Report::default()
         }
     }
 
@@ -677,197 +857,94 @@ mod tests {
         assert_eq!(empty.msgs_per_sec(), 0.0);
     }
 
-    /// A minimal JSON reader for the tests: validates the syntax and collects
-    /// every object key (dotted with its parents) and every string value.
-    struct Json<'a> {
-        s: &'a [u8],
-        pos: usize,
-        keys: BTreeSet<String>,
-        strings: Vec<String>,
-    }
-
-    impl Json<'_> {
-        fn parse(s: &str) -> Result<(BTreeSet<String>, Vec<String>), String> {
-            let mut p = Json {
-                s: s.as_bytes(),
-                pos: 0,
-                keys: BTreeSet::new(),
-                strings: Vec::new(),
-            };
-            p.value("")?;
-            if p.pos != p.s.len() {
-                return Err(format!("trailing data at {}", p.pos));
-            }
-            Ok((p.keys, p.strings))
-        }
-
-        fn peek(&self) -> Option<u8> {
-            self.s.get(self.pos).copied()
-        }
-
-        fn eat(&mut self, b: u8) -> Result<(), String> {
-            if self.peek() == Some(b) {
-                self.pos += 1;
-                Ok(())
-            } else {
-                Err(format!("expected {:?} at {}", b as char, self.pos))
-            }
-        }
-
-        fn value(&mut self, path: &str) -> Result<(), String> {
-            match self.peek() {
-                Some(b'{') => {
-                    self.pos += 1;
-                    if self.peek() == Some(b'}') {
-                        self.pos += 1;
-                        return Ok(());
-                    }
-                    loop {
-                        let key = self.string()?;
-                        let key = if path.is_empty() {
-                            key
-                        } else {
-                            format!("{path}.{key}")
-                        };
-                        self.eat(b':')?;
-                        self.value(&key)?;
-                        self.keys.insert(key);
-                        match self.peek() {
-                            Some(b',') => self.pos += 1,
-                            _ => return self.eat(b'}'),
-                        }
-                    }
-                }
-                Some(b'"') => {
-                    let s = self.string()?;
-                    self.strings.push(s);
-                    Ok(())
-                }
-                Some(b'n') if self.s[self.pos..].starts_with(b"null") => {
-                    self.pos += 4;
-                    Ok(())
-                }
-                Some(b'-' | b'0'..=b'9') => {
-                    let start = self.pos;
-                    while matches!(
-                        self.peek(),
-                        Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                    ) {
-                        self.pos += 1;
-                    }
-                    let text = std::str::from_utf8(&self.s[start..self.pos]).unwrap();
-                    text.parse::<f64>()
-                        .map(drop)
-                        .map_err(|e| format!("{text}: {e}"))
-                }
-                _ => Err(format!("unexpected input at {}", self.pos)),
-            }
-        }
-
-        fn string(&mut self) -> Result<String, String> {
-            self.eat(b'"')?;
-            let mut out = Vec::new();
-            loop {
-                let b = self.peek().ok_or("unterminated string")?;
-                self.pos += 1;
-                match b {
-                    b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
-                    b if b < 0x20 => return Err(format!("raw control byte at {}", self.pos)),
-                    b'\\' => {
-                        let e = self.peek().ok_or("dangling escape")?;
-                        self.pos += 1;
-                        let c = match e {
-                            b'"' => '"',
-                            b'\\' => '\\',
-                            b'/' => '/',
-                            b'n' => '\n',
-                            b'r' => '\r',
-                            b't' => '\t',
-                            b'b' => '\u{8}',
-                            b'f' => '\u{c}',
-                            b'u' => {
-                                let hex =
-                                    std::str::from_utf8(&self.s[self.pos..self.pos + 4]).unwrap();
-                                self.pos += 4;
-                                char::from_u32(u32::from_str_radix(hex, 16).unwrap()).unwrap()
-                            }
-                            _ => return Err(format!("bad escape at {}", self.pos)),
-                        };
-                        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
-                    }
-                    b => out.push(b),
-                }
-            }
-        }
-    }
-
     #[test]
-    fn json_is_valid_and_complete() {
+    fn json_is_valid_complete_and_reads_back() {
         let report = sample_report();
         let json = report.to_json();
         assert!(!json.contains('\n'), "{json}");
-        let (keys, strings) = Json::parse(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
         for key in [
             "mode",
             "transport",
             "target",
+            "idle_strategy",
+            "size",
+            "segment",
             "connections_requested",
             "connections_up",
             "connect_failures",
             "duration_secs",
+            "window_start_unix",
+            "window_end_unix",
             "messages",
             "bytes_sent",
             "bytes_received",
             "verify_errors",
             "timeouts",
             "lost",
+            "late",
+            "duplicates",
+            "wrong_source",
+            "closed_by_server",
+            "broken",
+            "unanswered",
             "msgs_per_sec",
             "mb_per_sec_sent",
             "mb_per_sec_received",
             "latency_us",
-            "latency_us.count",
-            "latency_us.p50",
-            "latency_us.p90",
-            "latency_us.p99",
-            "latency_us.p99_9",
-            "latency_us.p99_99",
-            "latency_us.min",
-            "latency_us.max",
-            "idle_strategy",
-            "latency_us.mean",
+            "latency_uncorrected_us",
             "connect_latency_us",
-            "connect_latency_us.p50",
             "reconnects_per_sec",
             "generator_cpu_percent",
+            "generator_cpu_us_per_msg",
+            "server_cpu_percent",
+            "server_cpu_us_per_msg",
+            "server_peak_rss_kib",
+            "histograms",
         ] {
-            assert!(keys.contains(key), "missing {key}: {json}");
+            assert!(v.get(key).is_some(), "missing {key}: {json}");
         }
-        assert!(strings.contains(&report.target), "{json}");
+        let lat = &v["latency_us"];
+        for key in [
+            "count", "min", "p50", "p90", "p99", "p99_9", "p99_99", "max", "mean", "stddev",
+        ] {
+            assert!(lat[key].is_number(), "latency_us.{key}: {json}");
+        }
+        assert_eq!(lat["count"], 1000);
+        assert_eq!(v["target"], report.target.as_str());
+        assert_eq!(v["segment"]["count"], 1);
+        assert_eq!(v["msgs_per_sec"], 123_456.7);
+        assert!(v["reconnects_per_sec"].is_null());
         assert!(
-            json.contains(r#""target":"odd \"host\"\\path\n\u0001""#),
-            "{json}"
+            v["generator_cpu_percent"].is_null(),
+            "NaN is written as null"
         );
         assert!(
-            json.contains(r#""latency_us":{"count":1000,"min":1,"p50":500.223,"#),
-            "{json}"
+            v.get("generators").is_none(),
+            "only merged reports have rows"
         );
-        assert!(
-            json.contains(r#""idle_strategy":"busy-poll 50µs","#),
-            "{json}"
-        );
-        assert!(json.contains(r#""msgs_per_sec":123456.7,"#), "{json}");
-        assert!(json.contains(r#""reconnects_per_sec":null"#), "{json}");
-        assert!(json.contains(r#""generator_cpu_percent":null}"#), "{json}");
+
+        // What merge reads: the same report, histograms included (NaN came back as null).
+        let back = Report::from_json(&json).unwrap();
+        let expected = Report {
+            generator_cpu_percent: None,
+            ..report.clone()
+        };
+        assert_eq!(back, expected);
+        let rtt = Recorder::decode(&back.histograms.unwrap().rtt).unwrap();
+        assert_eq!(rtt.len(), 1000);
 
         let none = Report {
             connect_latency: None,
             duration_secs: f64::INFINITY,
             ..report
         };
-        let json = none.to_json();
-        Json::parse(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
-        assert!(json.contains(r#""connect_latency_us":null,"#), "{json}");
-        assert!(json.contains(r#""duration_secs":null,"#), "{json}");
+        let v: serde_json::Value = serde_json::from_str(&none.to_json()).unwrap();
+        assert!(v["connect_latency_us"].is_null());
+        assert!(v["duration_secs"].is_null());
+        assert!(Report::from_json("{\"mode\":1}").is_err());
+        assert!(Report::from_json("not json").is_err());
     }
 
     #[test]
@@ -875,6 +952,7 @@ mod tests {
         let mut report = sample_report();
         report.target = "127.0.0.1:8881".into();
         report.generator_cpu_percent = Some(87.25);
+        report.generator_cpu_us_per_msg = Some(7.07);
         let text = report.to_string();
         let expected = "\
 mode           closed-loop pipeline=1
@@ -884,9 +962,9 @@ connections    100 up, 0 failed (100 requested)
 duration       10.00 s
 messages       1234567 (123.5k msgs/s)
 throughput     7.90 MB/s sent, 7.90 MB/s received
-latency (µs)   min 1.0  p50 500  p90 900  p99 990  p99.9 999  p99.99 1000  max 1000  mean 500.5
-connect (µs)   min 150  p50 150  p90 150  p99 150  p99.9 150  p99.99 150  max 150  mean 150.0
-generator cpu  87.2% of one core
+latency (µs)   min 1.0  p50 500  p90 900  p99 990  p99.9 999  p99.99 1000  max 1000  mean 500.5 ± 288.7
+connect (µs)   min 150  p50 150  p90 150  p99 150  p99.9 150  p99.99 150  max 150  mean 150.0 ± 0.0
+generator cpu  87.2% of one core, 7.07 µs/msg
 errors         0 verify, 2 timeouts, 0 lost";
         assert_eq!(text, expected);
 
@@ -894,10 +972,25 @@ errors         0 verify, 2 timeouts, 0 lost";
         report.generator_cpu_percent = None;
         report.reconnects_per_sec = Some(1500.0);
         report.latency = LatencySummary::default();
+        report.server_cpu_percent = Some(40.0);
+        report.server_cpu_us_per_msg = Some(3.25);
+        report.server_peak_rss_kib = Some(1652);
+        report.closed_by_server = 3;
+        report.unanswered = 5;
         let text = report.to_string();
         assert!(!text.contains("connect (µs)"));
         assert!(text.contains("\nreconnects     1.5k/s\n"), "{text}");
         assert!(text.contains("\nlatency (µs)   no samples\n"), "{text}");
+        assert!(
+            text.contains("\nserver cpu     40.0% of one core, 3.25 µs/msg, peak RSS 1652 KiB\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "2 timeouts, 0 lost, 3 connections closed by the server, 5 messages unanswered on those"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

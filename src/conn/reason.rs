@@ -54,7 +54,7 @@ impl fmt::Display for CloseReason {
             CloseReason::HandshakeTimeout => f.write_str("TLS handshake timed out"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
             CloseReason::CloseTimeout => f.write_str("peer did not close in time"),
-            CloseReason::Shutdown => f.write_str("server shutting down"),
+            CloseReason::Shutdown => f.write_str("the loop stopped and its grace period ran out"),
             CloseReason::BadProxyHeader(why) => f.write_str(why),
         }
     }

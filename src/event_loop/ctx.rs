@@ -7,6 +7,7 @@
 //! caller's callback: the connection is marked "touched" and [`settle`] runs its outputs
 //! once the callback has returned.
 
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -185,6 +186,16 @@ impl<S> LoopOps<S> for Inner<S> {
         if let Some(d) = dgram_at(&mut self.slab, id) {
             d.close_requested = true;
             self.core.touched.push(id);
+        }
+    }
+
+    fn dgram_connect(&mut self, id: ConnId, to: &PeerAddr) -> io::Result<()> {
+        match dgram_at(&mut self.slab, id) {
+            Some(d) if !d.closed => d.sock.connect(to),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the socket is closed",
+            )),
         }
     }
 

@@ -325,15 +325,18 @@ fn recv_one<S>(inner: &mut Inner<S>, buf: &mut [u8], key: usize) -> One {
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => One::Empty,
         Err(e) => {
-            // An error here concerns one datagram, not the socket: InvalidData is a Unix
-            // datagram too large to receive whole (see `try_recv_from`). UDP errors are rare
-            // on an unconnected socket (ICMP errors such as "port unreachable" reach only
-            // connected ones, or those with IP_RECVERR).
+            // The socket goes on: InvalidData is one Unix datagram too large to receive
+            // whole (see `try_recv_from`); other errors are ICMP news, which reach only
+            // connected UDP sockets (or those with IP_RECVERR). The handler hears of both.
             if e.kind() == io::ErrorKind::InvalidData {
                 inner.core.stats.datagrams_dropped += 1;
             }
             log::debug!("recv on {}: {e}", ConnId::new(key, d.generation));
-            One::Failed
+            if callback(inner, key, |h, ctx| h.on_error(ctx, &e)) {
+                One::Closed
+            } else {
+                One::Failed
+            }
         }
     }
 }
@@ -424,6 +427,9 @@ fn read_udp<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, batch: &mut RecvBatch,
                 // As for single reads: one failed receive, the socket goes on.
                 log::debug!("recv on {id}: {e}");
                 budget -= 1;
+                if callback(inner, key, |h, ctx| h.on_error(ctx, &e)) {
+                    return;
+                }
                 continue;
             }
         };
@@ -647,5 +653,51 @@ mod tests {
                 "answered after closing on #{n}"
             );
         }
+    }
+
+    /// Connects to a port where nothing listens, sends once, and records the errors it
+    /// hears in the loop's state.
+    struct Prober {
+        to: PeerAddr,
+    }
+
+    impl DatagramHandler<Vec<std::io::ErrorKind>> for Prober {
+        fn on_ready(&mut self, ctx: &mut DgramCtx<'_, Vec<std::io::ErrorKind>>) {
+            ctx.connect_to(&self.to).unwrap();
+            ctx.send_to(b"anyone?", &self.to).unwrap();
+        }
+        fn on_datagram(
+            &mut self,
+            _: &mut DgramCtx<'_, Vec<std::io::ErrorKind>>,
+            _: &[u8],
+            from: &PeerAddr,
+        ) {
+            panic!("a datagram from {from}");
+        }
+        fn on_error(
+            &mut self,
+            ctx: &mut DgramCtx<'_, Vec<std::io::ErrorKind>>,
+            error: &std::io::Error,
+        ) {
+            ctx.state().push(error.kind());
+        }
+    }
+
+    /// The ICMP "port unreachable" a connected UDP socket is told of raises an error event
+    /// with no readability; the loop still receives it and hands it to `on_error`.
+    #[test]
+    fn udp_connected_socket_hears_of_a_closed_port() {
+        let gone = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = PeerAddr::Inet(gone.local_addr().unwrap());
+        drop(gone);
+        let mut el = EventLoop::with_state(Config::default(), Vec::new()).unwrap();
+        el.bind_udp("127.0.0.1:0".parse().unwrap(), Box::new(Prober { to }))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while el.state().is_empty() {
+            assert!(Instant::now() < deadline, "no error reached the handler");
+            el.run_once(Some(Duration::from_millis(10))).unwrap();
+        }
+        assert_eq!(el.state(), &[std::io::ErrorKind::ConnectionRefused]);
     }
 }

@@ -722,12 +722,14 @@ fn dispatch<S>(
             stream::ready(inner, bufs, key, r);
         }
         Some(Entry::Dgram(_)) => {
+            // A pending socket error (ICMP news on a connected UDP socket) raises EPOLLERR
+            // without EPOLLIN: only a receive collects it and tells the handler.
             datagram::ready(
                 inner,
                 bufs,
                 batch,
                 key,
-                event.is_readable(),
+                event.is_readable() || event.is_error(),
                 event.is_writable(),
             );
         }

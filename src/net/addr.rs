@@ -8,6 +8,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net as unix;
 use std::path::PathBuf;
 
@@ -51,6 +52,22 @@ impl UnixName {
         }
     }
 
+    /// The name as socket2 spells it, for sockets made by hand. Unlike mio's conversion of
+    /// a std address, it keeps the empty abstract name `@` (the family, then one NUL byte):
+    /// mio sends the family alone, an address Linux refuses to connect to (`EINVAL`).
+    pub(crate) fn to_sockaddr(&self) -> io::Result<socket2::SockAddr> {
+        match self {
+            UnixName::Path(p) => socket2::SockAddr::unix(p),
+            UnixName::Abstract(name) => {
+                // socket2 takes an abstract name as a "path" that starts with NUL.
+                let mut bytes = Vec::with_capacity(name.len() + 1);
+                bytes.push(0);
+                bytes.extend_from_slice(name);
+                socket2::SockAddr::unix(std::ffi::OsStr::from_bytes(&bytes))
+            }
+        }
+    }
+
     pub(crate) fn to_std(&self) -> io::Result<unix::SocketAddr> {
         match self {
             UnixName::Path(p) => unix::SocketAddr::from_pathname(p),
@@ -77,8 +94,52 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// Resolves `host:port` (IPv6 as `[::1]:port`) to every address it names, in resolver order.
+/// Resolves `host:port` (IPv6 as `[::1]:port`) to every address of a server to connect
+/// or send to, in resolver order.
+///
+/// Unlike [`resolve_one`] (an address to bind), it refuses two addresses a connect cannot
+/// be relied on to reach. Port 0 means "any free port" only when binding: a connect there
+/// is refused and a UDP send fails with `EINVAL`. An IPv4-mapped IPv6 literal such as
+/// `[::ffff:127.0.0.1]` is out of reach of an IPv6-only socket (as the UDP sockets bound
+/// here are: `ENETUNREACH`) and within reach of a TCP one only as the system is set up;
+/// the error gives the IPv4 spelling. A host name that resolves to mapped addresses gets
+/// the IPv4 addresses they stand for instead: the user cannot spell those differently.
 pub fn resolve_all(input: &str) -> Result<Vec<SocketAddr>, AddrError> {
+    let invalid = |reason: String| AddrError::Invalid {
+        input: input.to_owned(),
+        reason,
+    };
+    let literal = input.parse::<SocketAddr>().is_ok();
+    let mut addrs = lookup(input)?;
+    // One port for all of them: it was written once.
+    if addrs.iter().any(|a| a.port() == 0) {
+        return Err(invalid(
+            "port 0 cannot be connected to (it means \"any free port\" only when binding): \
+             give the server's port"
+                .into(),
+        ));
+    }
+    for a in &mut addrs {
+        let SocketAddr::V6(v6) = *a else { continue };
+        let Some(v4) = v6.ip().to_ipv4_mapped() else {
+            continue;
+        };
+        if literal {
+            return Err(invalid(format!(
+                "{} is an IPv4 address written as IPv6 (IPv4-mapped): whether an IPv6 \
+                 socket reaches it depends on the system (IPV6_V6ONLY), and the UDP \
+                 client's never does; write {v4}:{} instead",
+                v6.ip(),
+                v6.port()
+            )));
+        }
+        *a = SocketAddr::new(v4.into(), v6.port());
+    }
+    Ok(addrs)
+}
+
+/// Every address `host:port` names, port 0 included; never an empty list.
+fn lookup(input: &str) -> Result<Vec<SocketAddr>, AddrError> {
     if let Ok(addr) = input.parse::<SocketAddr>() {
         return Ok(vec![addr]);
     }
@@ -113,18 +174,32 @@ pub(crate) fn split_host_port(input: &str) -> Result<(&str, u16), AddrError> {
         let Some(close) = input.find(']') else {
             return Err(invalid("an opening [ without its closing ]".into()));
         };
+        let host = &input[..=close];
         match input[close + 1..].strip_prefix(':') {
-            Some(port) => (&input[..=close], port),
+            Some(port) => (host, port),
+            None if close + 1 == input.len() => {
+                return Err(invalid(format!("missing port; write {host}:PORT")));
+            }
             None => {
-                return Err(invalid(
-                    "expected [addr]:port: the port is missing after ]".into(),
-                ));
+                return Err(invalid(format!(
+                    "expected {host}:PORT, found {:?} after ]",
+                    &input[close + 1..]
+                )));
             }
         }
     } else {
         match input.rsplit_once(':') {
             Some(split) => split,
-            None => return Err(invalid("expected host:port (IPv6 as [addr]:port)".into())),
+            None if input.is_empty() => {
+                return Err(invalid(
+                    "empty; expected host:port (IPv6 as [addr]:port)".into(),
+                ));
+            }
+            None => {
+                return Err(invalid(format!(
+                    "missing port; write {input}:PORT (host:port, IPv6 as [addr]:port)"
+                )));
+            }
         }
     };
     if host.is_empty() || host == "[]" {
@@ -143,10 +218,11 @@ pub(crate) fn split_host_port(input: &str) -> Result<(&str, u16), AddrError> {
     }
 }
 
-/// Resolves `host:port` to one address to bind (the resolver's first answer).
+/// Resolves `host:port` to one address to bind (the resolver's first answer); port 0
+/// lets the system choose. A server to reach is [`resolve_all`]'s.
 pub fn resolve_one(input: &str) -> Result<SocketAddr, AddrError> {
-    // resolve_all never returns an empty list, so the first element exists.
-    resolve_all(input).map(|v| v[0])
+    // lookup never returns an empty list, so the first element exists.
+    lookup(input).map(|v| v[0])
 }
 
 /// The address of the other end of a connection, or the sender of a datagram.
@@ -243,7 +319,9 @@ mod tests {
             Some(("example.test", 7))
         );
         for (input, needle) in [
-            ("[::1]", "port is missing"),
+            ("[::1]", "missing port; write [::1]:PORT"),
+            ("127.0.0.1", "missing port; write 127.0.0.1:PORT"),
+            ("[::1]x", "expected [::1]:PORT"),
             ("[::1", "closing ]"),
             ("127.0.0.1:+80", "not a port"),
             ("h:", "not a port"),
@@ -284,6 +362,84 @@ mod tests {
                 Err(_) => proptest::prop_assert!(input.is_empty()),
             }
         }
+    }
+
+    /// The port is decimal digits, 0 to 65535, and nothing else: no sign, no spaces, no
+    /// other base, no digits of other scripts.
+    #[test]
+    fn addr_port_is_decimal_digits_only() {
+        for port in [
+            "+80",
+            "-1",
+            " 80",
+            "80 ",
+            "0x50",
+            "\u{ff18}\u{ff10}",
+            "65536",
+            "",
+            "1e3",
+        ] {
+            let input = format!("127.0.0.1:{port}");
+            let e = split_host_port(&input).expect_err(&input).to_string();
+            assert!(e.contains("not a port number"), "{input}: {e}");
+        }
+        assert_eq!(split_host_port("h:65535").ok(), Some(("h", 65535)));
+        assert_eq!(split_host_port("h:080").ok(), Some(("h", 80)));
+    }
+
+    /// Port 0 means "any port" to bind; a server cannot be reached there.
+    #[test]
+    fn addr_port_zero_is_no_server_address() {
+        for input in [
+            "127.0.0.1:0",
+            "[::1]:0",
+            "[::ffff:127.0.0.1]:0",
+            "localhost:0",
+        ] {
+            let e = resolve_all(input).expect_err(input).to_string();
+            assert!(e.contains("port 0 cannot be connected to"), "{input}: {e}");
+        }
+        // Binding there is what port 0 is for.
+        assert_eq!(
+            resolve_one("127.0.0.1:0").ok(),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+    }
+
+    /// `[::ffff:127.0.0.1]:7` is 127.0.0.1:7 in disguise, which an IPv6-only socket cannot
+    /// send to: the message gives the spelling that works.
+    #[test]
+    fn addr_ipv4_mapped_literal_names_its_ipv4_spelling() {
+        let e = resolve_all("[::ffff:127.0.0.1]:7").unwrap_err().to_string();
+        assert!(e.contains("IPv4-mapped"), "{e}");
+        assert!(e.contains("write 127.0.0.1:7 instead"), "{e}");
+        // Not every address with zeros in front is mapped.
+        assert_eq!(
+            resolve_all("[::1]:7").ok(),
+            Some(vec!["[::1]:7".parse().unwrap()])
+        );
+    }
+
+    /// `@` is the abstract name with no bytes: the address is the family and one NUL, not
+    /// the family alone (which Linux takes as "no address" and refuses to connect to).
+    #[test]
+    fn unix_empty_abstract_name_is_one_nul_byte() {
+        let empty = UnixName::parse("@").unwrap();
+        assert_eq!(empty, UnixName::Abstract(Vec::new()));
+        let sa = empty.to_sockaddr().unwrap();
+        let family = std::mem::size_of::<libc::sa_family_t>();
+        assert_eq!(sa.len() as usize, family + 1);
+        assert_eq!(sa.as_abstract_namespace(), Some(&b""[..]));
+        let named = UnixName::parse("@echo").unwrap().to_sockaddr().unwrap();
+        assert_eq!(named.as_abstract_namespace(), Some(&b"echo"[..]));
+        let path = UnixName::parse("/tmp/x.sock")
+            .unwrap()
+            .to_sockaddr()
+            .unwrap();
+        assert_eq!(
+            path.as_pathname(),
+            Some(std::path::Path::new("/tmp/x.sock"))
+        );
     }
 
     #[test]

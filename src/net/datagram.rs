@@ -111,6 +111,20 @@ impl Datagram {
         })
     }
 
+    /// Connects the socket to `to`: the kernel then delivers only `to`'s datagrams and
+    /// reports ICMP errors about it (an unreachable port becomes `ConnectionRefused` on
+    /// the next receive or send), which an unconnected socket never hears of.
+    pub(crate) fn connect(&self, to: &PeerAddr) -> io::Result<()> {
+        match (self, to) {
+            (Datagram::Udp(s), PeerAddr::Inet(a)) => s.connect(*a),
+            (Datagram::Unix(s, _), PeerAddr::Unix(a)) => s.connect_addr(a),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "address family does not match the socket",
+            )),
+        }
+    }
+
     /// True for UDP, which can move many datagrams per system call (see [`mmsg`]).
     pub(crate) fn is_udp(&self) -> bool {
         matches!(self, Datagram::Udp(_))

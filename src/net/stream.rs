@@ -13,7 +13,7 @@ use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::addr::{Endpoint, PeerAddr};
+use super::addr::{Endpoint, PeerAddr, UnixName};
 use super::sys::retry;
 
 /// A connected stream socket: TCP or Unix. An enum, not a trait object, so the hot path has
@@ -66,11 +66,15 @@ impl Stream {
         }
     }
 
-    /// Bytes we wrote that the kernel still holds: for TCP, sent but not yet acknowledged
-    /// by the peer (or not sent yet); for a Unix stream, not yet read by the peer
-    /// (`ioctl(SIOCOUTQ)`).
+    /// Bytes we wrote that closing now could lose: for TCP, sent but not yet acknowledged
+    /// by the peer, or not sent yet (`ioctl(SIOCOUTQ)`). Always 0 for a Unix stream: what
+    /// we wrote is already in the peer's receive queue, and stays readable there after we
+    /// close (SIOCOUTQ would count it until the peer reads it, though nothing is at risk).
     pub(crate) fn unsent_in_kernel(&self) -> io::Result<usize> {
-        self.queue_ioctl(libc::TIOCOUTQ)
+        match self {
+            Stream::Tcp(_) => self.queue_ioctl(libc::TIOCOUTQ),
+            Stream::Unix(_) => Ok(0),
+        }
     }
 
     /// Bytes the peer sent that wait unread in our receive queue (`ioctl(FIONREAD)`).
@@ -125,9 +129,24 @@ impl Stream {
                 s.set_nodelay(true)?;
                 Ok(Stream::Tcp(s))
             }
-            Endpoint::Unix(name) => Ok(Stream::Unix(UnixStream::connect_addr(&name.to_std()?)?)),
+            Endpoint::Unix(name) => connect_unix(name),
         }
     }
+}
+
+/// Starts a non-blocking connect to a Unix stream socket. Made by hand rather than with
+/// mio's `connect_addr`, which sends the empty abstract name `@` as a bare address family
+/// that Linux refuses (`EINVAL`).
+fn connect_unix(name: &UnixName) -> io::Result<Stream> {
+    let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    s.set_nonblocking(true)?;
+    match s.connect(&name.to_sockaddr()?) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let s: std::os::unix::net::UnixStream = std::os::fd::OwnedFd::from(s).into();
+    Ok(Stream::Unix(UnixStream::from_std(s)))
 }
 
 /// Connects from a chosen local IP: binding first picks the source address, so many

@@ -29,13 +29,15 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_echoloop")
 }
 
-/// Number of listening lines `serve` will print for these arguments.
+/// Number of listening lines `serve` will print for these arguments: one per listener
+/// (the two defaults when none is given), plus `listening metrics ADDR` for `--metrics`.
 fn expected_listeners(args: &[&str]) -> usize {
     let n = args
         .iter()
         .filter(|a| matches!(**a, "--tcp" | "--udp" | "--tls" | "--unix" | "--unix-dgram"))
         .count();
-    if n == 0 { 2 } else { n }
+    let metrics = args.iter().filter(|a| **a == "--metrics").count();
+    (if n == 0 { 2 } else { n }) + metrics
 }
 
 impl Proc {

@@ -1,0 +1,342 @@
+//! `echoloop bench merge FILE...`: one report from the reports (or interval logs) of
+//! several generators that measured one run together (`--segment`, `--start-at`).
+//!
+//! Totals are summed; latency histograms are added — percentiles are never averaged,
+//! since the p99 of two runs is not the mean of their p99s. The window is the one every
+//! generator measured: the overlap of theirs. From JSON reports, each generator's whole
+//! window counts (with `--start-at` they coincide); from `--hlog` logs, only the
+//! intervals inside the overlap do. Inputs that do not belong together are refused,
+//! naming the files and what differs.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+
+use crate::cli::common::CliError;
+use crate::cli::report::{
+    GeneratorRow, Histograms, LatencySummary, Recorder, Report, SegmentInfo, decode_histogram,
+};
+
+/// Arguments of `echoloop bench merge`.
+#[derive(Debug, clap::Args)]
+pub(super) struct MergeArgs {
+    /// Final reports written with `bench --json`, or interval logs written with `--hlog`.
+    #[arg(value_name = "FILE", required = true, num_args = 1..)]
+    files: Vec<PathBuf>,
+    /// Print the merged report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One histogram line of an interval log.
+struct LogInterval {
+    tag: String,
+    /// Unix time in seconds.
+    start: f64,
+    length: f64,
+    /// Values in microseconds.
+    hist: Histogram<u64>,
+}
+
+/// One generator's contribution.
+struct Part {
+    source: String,
+    report: Report,
+    /// `None` for a JSON report; the intervals for a log.
+    log: Option<Vec<LogInterval>>,
+}
+
+fn read_part(path: &PathBuf) -> Result<Part, CliError> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{source}: {e}"))?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        // The last line that is a report (a --json-lines file ends with one).
+        let line = trimmed
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{') && !l.contains(r#""type":"interval""#))
+            .unwrap_or(trimmed);
+        let report =
+            Report::from_json(line).map_err(|e| format!("{source}: not a bench report: {e}"))?;
+        return Ok(Part {
+            source,
+            report,
+            log: None,
+        });
+    }
+    read_log(source, &text)
+}
+
+/// An interval log: the trailing `#echoloop-report` line and the histograms.
+fn read_log(source: String, text: &str) -> Result<Part, CliError> {
+    let report_line = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("#echoloop-report "))
+        .ok_or_else(|| {
+            format!(
+                "{source}: neither a JSON report nor an `echoloop bench --hlog` log with its \
+                 final report line (was the run cut short?)"
+            )
+        })?;
+    let report = Report::from_json(report_line)
+        .map_err(|e| format!("{source}: the log's report line is damaged: {e}"))?;
+    let mut base = 0.0;
+    let mut intervals = Vec::new();
+    for entry in IntervalLogIterator::new(text.as_bytes()) {
+        match entry.map_err(|e| format!("{source}: not an interval log: {e:?}"))? {
+            LogEntry::BaseTime(d) => base = d.as_secs_f64(),
+            LogEntry::StartTime(_) => {}
+            LogEntry::Interval(iv) => {
+                let hist = decode_histogram(iv.encoded_histogram())
+                    .map_err(|e| format!("{source}: {e}"))?;
+                intervals.push(LogInterval {
+                    tag: iv.tag().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+                    start: base + iv.start_timestamp().as_secs_f64(),
+                    length: iv.duration().as_secs_f64(),
+                    hist,
+                });
+            }
+        }
+    }
+    Ok(Part {
+        source,
+        report,
+        log: Some(intervals),
+    })
+}
+
+/// Refuses inputs that are not parts of one run.
+fn check_together(parts: &[Part]) -> Result<(f64, f64), CliError> {
+    let first = &parts[0];
+    let a = &first.report;
+    for p in &parts[1..] {
+        let b = &p.report;
+        let differ = |what: &str, x: &dyn std::fmt::Display, y: &dyn std::fmt::Display| {
+            format!(
+                "{} and {} are not parts of one run: {what} {x} and {y}",
+                first.source, p.source
+            )
+        };
+        if a.transport != b.transport {
+            return Err(differ("transports", &a.transport, &b.transport).into());
+        }
+        if a.size != b.size {
+            return Err(differ("message sizes", &a.size, &b.size).into());
+        }
+        if a.mode != b.mode {
+            return Err(differ("load models", &a.mode, &b.mode).into());
+        }
+        if a.segment.count != b.segment.count {
+            return Err(differ("segment counts", &a.segment.count, &b.segment.count).into());
+        }
+    }
+    let count = a.segment.count;
+    let mut seen: BTreeMap<u32, &str> = BTreeMap::new();
+    for p in parts {
+        let i = p.report.segment.index;
+        if let Some(other) = seen.insert(i, &p.source) {
+            return Err(format!(
+                "segment {i}/{count} appears twice: {other} and {}",
+                p.source
+            )
+            .into());
+        }
+    }
+    let missing: Vec<String> = (0..count)
+        .filter(|i| !seen.contains_key(i))
+        .map(|i| i.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "segment {} of 0..{count} missing: merge every generator's file of the run",
+            missing.join(", ")
+        )
+        .into());
+    }
+    let start = parts
+        .iter()
+        .map(|p| p.report.window_start_unix)
+        .fold(f64::MIN, f64::max);
+    let end = parts
+        .iter()
+        .map(|p| p.report.window_end_unix)
+        .fold(f64::MAX, f64::min);
+    if end <= start {
+        let windows: Vec<String> = parts
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {:.3}..{:.3}",
+                    p.source, p.report.window_start_unix, p.report.window_end_unix
+                )
+            })
+            .collect();
+        return Err(format!(
+            "the measured windows do not overlap (Unix seconds: {}); start the generators \
+             with one --start-at",
+            windows.join(", ")
+        )
+        .into());
+    }
+    Ok((start, end))
+}
+
+/// The histogram of one kind from every part: whole from reports, the window's
+/// intervals from logs (`window` `None`: every interval).
+fn gather(
+    parts: &[Part],
+    pick: impl Fn(&Histograms) -> Option<&String>,
+    tag: &str,
+    window: Option<(f64, f64)>,
+) -> Result<Option<Recorder>, CliError> {
+    let mut out = Recorder::new();
+    for p in parts {
+        match &p.log {
+            None => {
+                let text = p.report.histograms.as_ref().and_then(&pick);
+                let Some(text) = text else {
+                    return Ok(None);
+                };
+                let r = Recorder::decode(text).map_err(|e| format!("{}: {e}", p.source))?;
+                out.merge(&r);
+            }
+            Some(intervals) => {
+                let mut any = false;
+                for iv in intervals.iter().filter(|iv| iv.tag == tag) {
+                    any = true;
+                    let mid = iv.start + iv.length / 2.0;
+                    if window.is_none_or(|(s, e)| mid >= s && mid < e) {
+                        out.add_micros(&iv.hist);
+                    }
+                }
+                if !any && tag != "rtt" {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Merges the parts (already checked) over the common window.
+fn merge(parts: &[Part], window: (f64, f64)) -> Result<Report, CliError> {
+    let first = &parts[0].report;
+    let rtt = gather(parts, |h| Some(&h.rtt), "rtt", Some(window))?.ok_or_else(|| {
+        let src = parts
+            .iter()
+            .find(|p| p.report.histograms.is_none())
+            .map_or("", |p| p.source.as_str());
+        format!("{src}: the report holds no histograms to merge")
+    })?;
+    let uncorrected = gather(
+        parts,
+        |h| h.rtt_uncorrected.as_ref(),
+        "rtt_uncorrected",
+        Some(window),
+    )?;
+    let connect = gather(parts, |h| h.connect.as_ref(), "connect", None)?;
+    let mut m = Report {
+        mode: first.mode.clone(),
+        transport: first.transport.clone(),
+        idle_strategy: first.idle_strategy.clone(),
+        size: first.size,
+        segment: SegmentInfo {
+            index: 0,
+            count: first.segment.count,
+        },
+        duration_secs: window.1 - window.0,
+        window_start_unix: window.0,
+        window_end_unix: window.1,
+        ..Report::default()
+    };
+    let mut targets: Vec<&str> = parts.iter().map(|p| p.report.target.as_str()).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    m.target = targets.join(", ");
+    for p in parts {
+        let r = &p.report;
+        m.connections_requested += r.connections_requested;
+        m.connections_up += r.connections_up;
+        m.connect_failures += r.connect_failures;
+        m.messages += r.messages;
+        m.bytes_sent += r.bytes_sent;
+        m.bytes_received += r.bytes_received;
+        m.verify_errors += r.verify_errors;
+        m.timeouts += r.timeouts;
+        m.lost += r.lost;
+        m.late += r.late;
+        m.duplicates += r.duplicates;
+        m.wrong_source += r.wrong_source;
+        m.closed_by_server += r.closed_by_server;
+        m.broken += r.broken;
+        m.unanswered += r.unanswered;
+        if let Some(x) = r.reconnects_per_sec {
+            *m.reconnects_per_sec.get_or_insert(0.0) += x;
+        }
+        m.generators.push(GeneratorRow {
+            segment: r.segment.index,
+            source: p.source.clone(),
+            msgs_per_sec: r.msgs_per_sec(),
+            generator_cpu_percent: r.generator_cpu_percent,
+        });
+    }
+    m.generators.sort_by_key(|g| g.segment);
+    // The server's cost, if a generator measured it: its CPU seconds over all messages.
+    if let Some(r) = parts
+        .iter()
+        .map(|p| &p.report)
+        .find(|r| r.server_cpu_percent.is_some())
+    {
+        let pct = r.server_cpu_percent.unwrap_or(0.0);
+        m.server_cpu_percent = Some(pct);
+        let secs = pct / 100.0 * r.duration_secs;
+        m.server_cpu_us_per_msg = (m.messages > 0).then(|| secs * 1e6 / m.messages as f64);
+    }
+    m.server_peak_rss_kib = parts
+        .iter()
+        .filter_map(|p| p.report.server_peak_rss_kib)
+        .max();
+    m.latency = LatencySummary::from_recorder(&rtt);
+    m.latency_uncorrected = uncorrected.as_ref().map(LatencySummary::from_recorder);
+    m.connect_latency = connect.as_ref().map(LatencySummary::from_recorder);
+    m.histograms = Some(Histograms {
+        rtt: rtt.encode()?,
+        rtt_uncorrected: uncorrected.map(|r| r.encode()).transpose()?,
+        connect: connect.map(|r| r.encode()).transpose()?,
+    });
+    Ok(m)
+}
+
+/// Runs `bench merge`.
+pub(super) fn run(args: &MergeArgs) -> Result<ExitCode, CliError> {
+    let parts = args
+        .files
+        .iter()
+        .map(read_part)
+        .collect::<Result<Vec<_>, _>>()?;
+    let window = check_together(&parts)?;
+    let merged = merge(&parts, window)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", merged.to_json())?;
+    } else {
+        writeln!(out, "{merged}")?;
+    }
+    out.flush()?;
+    // A window of at least a few milliseconds is what --start-at gives; less means the
+    // generators barely ran together.
+    if merged.duration_secs < Duration::from_millis(100).as_secs_f64() {
+        eprintln!(
+            "echoloop: the generators measured together for only {:.3} s",
+            merged.duration_secs
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

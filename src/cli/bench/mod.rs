@@ -1,0 +1,556 @@
+//! `echoloop bench`: an echo load generator built on the library's own reactor.
+//!
+//! # Shape
+//!
+//! `--threads T` threads each run one [`crate::EventLoop`] with every T-th connection of
+//! the run (`thread`). A stream connection (TCP, TLS, Unix) is a `stream` handler; a
+//! datagram "connection" (UDP, Unix datagram) is one socket with a `dgram` handler.
+//! The handlers of one thread share the settings (`settings`) and a random template
+//! their payloads are cut from (`pattern`), and count into the thread's loop state.
+//! Each thread hands finished intervals to the main thread, which merges them into the
+//! progress line, `--json-lines` and `--hlog` (`progress`), and at the end into the
+//! report. `procfs` reads CPU time and memory (the generator's, and `--server-pid`'s);
+//! `merge` joins the reports of several generators.
+//!
+//! # Load models
+//!
+//! * Closed loop (default): each connection keeps `--pipeline K` messages in flight; each
+//!   complete echo records its round trip and sends the next message in the same callback.
+//! * Open loop (`--rate R`): each of the N connections sends one message every N/R seconds
+//!   (staggered so the total is smooth), driven by a per-connection timer. Latency counts
+//!   from the moment a message was *due*, not when it went out, so a slow server cannot
+//!   hide its stalls by delaying our sends (coordinated omission); the uncorrected figure
+//!   is reported beside it. The timer wakes up at millisecond granularity (the poll
+//!   timeout), so up to ~1 ms of the generator's own lateness is included; that errs on
+//!   the honest side. A connection whose schedule is over closes and stays closed.
+//! * `--reconnect`: connect (plus TLS handshake), one echo, graceful close, repeat.
+//!
+//! # Timeline
+//!
+//! connect everything → go (`--start-at`, or at once) → `--warmup` → measured window →
+//! grace (`--timeout`, for the last echoes) → stop. No message is sent before every
+//! connection has been tried once, so a slow connect phase (`-c 17000`) cannot eat the
+//! window. Round trips, bytes and losses count only inside the window; verify errors,
+//! connect failures and timeouts count for the whole run. Connect latency covers the
+//! connect phase and the run, or with `--reconnect` only the window.
+//!
+//! # Several generators
+//!
+//! `--segment I/N` makes this generator one of N: it opens its share of `--connections`,
+//! sends its share of `--rate`, and I is mixed into every payload. With `--start-at` the
+//! N generators (on N machines, clocks kept by NTP) measure the same window, and
+//! `echoloop bench merge` adds their histograms.
+//!
+//! # Exit status
+//!
+//! 0 after a run; 1 when an echo failed verification, a reply came from the wrong
+//! address, or no echo completed in the window (the report is printed all the same), or
+//! for bad input (nothing is sent then).
+
+mod dgram;
+mod merge;
+mod pattern;
+mod procfs;
+mod progress;
+mod settings;
+mod stream;
+mod thread;
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hdrhistogram::serialization::V2DeflateSerializer;
+
+pub use procfs::{
+    CpuTicks, clock_ticks_per_sec, peak_rss_kib, proc_cpu_split, proc_cpu_ticks, raise_fd_limit,
+};
+
+use super::common::{
+    BUSY_POLL_HELP, CliError, TlsClientArgs, Transport, idle_strategy, init_logging, parse_level,
+};
+use super::report::{Histograms, LatencySummary, Recorder, Report, SegmentInfo};
+use super::units::{parse_duration, parse_rate, parse_size};
+use progress::{GO_MARGIN, Hlog, Progress, unix_secs};
+use settings::{Load, Segment, Settings, StartAt, parse_count, parse_segment, parse_start_at};
+use thread::{Counters, Msg, ThreadResult, Timeline};
+
+/// Arguments of `echoloop bench`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    /// Transport to load.
+    #[arg(value_enum, required = true)]
+    transport: Option<Transport>,
+    /// Server address: host:port for tcp, tls and udp; a path or @name for unix and unix-dgram.
+    #[arg(value_name = "ADDR", required = true)]
+    addr: Option<String>,
+    /// Concurrent connections (datagram sockets for udp and unix-dgram); 10k is accepted.
+    /// With --segment, the whole run's: this generator opens its share.
+    #[arg(long, short = 'c', value_name = "N", value_parser = parse_count, default_value = "1")]
+    connections: usize,
+    /// Message size (64, 16k, 1M). Datagrams need at least 8 bytes and at most 65507;
+    /// stream messages at most 64M.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64")]
+    size: u64,
+    /// Length of the measured window (10s, 2m).
+    #[arg(long, short = 'd', value_name = "SECS", value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Run this long first and discard its measurements.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "0")]
+    warmup: Duration,
+    /// Messages each connection keeps in flight (closed loop; 1 is ping-pong).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pipeline: usize,
+    /// Open loop: send this many messages per second in total (10k, 1M), latency measured
+    /// from when each message was due. With --segment, the whole run's rate.
+    #[arg(long, value_name = "MSGS_PER_S", value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// Open connections at this many per second instead of all at once (the whole run's).
+    #[arg(long, value_name = "CONNS_PER_S", value_parser = parse_rate)]
+    connect_rate: Option<f64>,
+    /// Use a new connection for every message: connect, TLS handshake, one echo, close.
+    #[arg(long)]
+    reconnect: bool,
+    /// Reactor threads sharing the connections.
+    #[arg(long, value_name = "T", default_value_t = 1)]
+    threads: usize,
+    /// Local source address, repeatable: connections use them in turn.
+    #[arg(long, value_name = "IP")]
+    source: Vec<IpAddr>,
+    /// Print the final report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Progress period: the status line, --json-lines and --hlog come this often.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    interval: Duration,
+    /// Write one JSON object per interval to FILE (- for standard output), then the final
+    /// report as the last line.
+    #[arg(long, value_name = "FILE")]
+    json_lines: Option<String>,
+    /// Write an HdrHistogram interval log to FILE: per interval, histograms tagged rtt,
+    /// connect and (open loop) rtt_uncorrected, in microseconds.
+    #[arg(long, value_name = "FILE")]
+    hlog: Option<PathBuf>,
+    /// Write the latency percentile distribution (HdrHistogram .hgrm text) to FILE.
+    #[arg(long, value_name = "FILE")]
+    hgrm: Option<PathBuf>,
+    /// Connect first, then start the measured window at TIME: Unix seconds (fractions
+    /// allowed) or +DURATION from now. Generators on several machines with clocks kept
+    /// by NTP then measure the same interval.
+    #[arg(long, value_name = "TIME", value_parser = parse_start_at)]
+    start_at: Option<StartAt>,
+    /// This generator is number I (from 0) of N sharing the run: it takes its share of
+    /// --connections and --rate, and sends bytes no other generator sends.
+    #[arg(long, value_name = "I/N", value_parser = parse_segment)]
+    segment: Option<Segment>,
+    /// Also report this process's CPU per message and peak memory (the server's cost).
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    #[command(flatten)]
+    tls: TlsClientArgs,
+    /// Let TLS reconnections resume sessions (default: every handshake is a full one).
+    #[arg(long)]
+    tls_resume: bool,
+    /// A datagram with no echo within this is lost; also the grace for the last echoes.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "1s")]
+    timeout: Duration,
+    /// Give up on a connect (and TLS handshake) after this.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "5s")]
+    connect_timeout: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0", help = BUSY_POLL_HELP)]
+    busy_poll: Duration,
+    /// Log level on stderr: off, error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level, default_value = "warn")]
+    log_level: log::LevelFilter,
+}
+
+/// What `echoloop bench` does besides generating load.
+#[derive(Debug, clap::Subcommand)]
+enum BenchCommand {
+    /// Merge the final JSON reports (--json) or the --hlog logs of several generators of
+    /// one run into one report.
+    Merge(merge::MergeArgs),
+}
+
+/// This process's CPU ticks now, with the instant they were read.
+fn cpu_sample(pid: u32) -> Option<(Instant, u64)> {
+    proc_cpu_ticks(pid).ok().map(|t| (Instant::now(), t))
+}
+
+/// CPU used between two samples: (percent of one core, seconds).
+fn cpu_between(a: Option<(Instant, u64)>, b: Option<(Instant, u64)>) -> Option<(f64, f64)> {
+    match (a, b) {
+        (Some((t0, a)), Some((t1, b))) if t1 > t0 => {
+            let secs = b.saturating_sub(a) as f64 / clock_ticks_per_sec() as f64;
+            Some((100.0 * secs / (t1 - t0).as_secs_f64(), secs))
+        }
+        _ => None,
+    }
+}
+
+/// Opens where the JSON lines go: `-` is standard output.
+fn open_json_lines(spec: &str) -> Result<Box<dyn Write>, CliError> {
+    if spec == "-" {
+        return Ok(Box::new(io::stdout()));
+    }
+    let f = File::create(spec).map_err(|e| format!("--json-lines {spec}: {e}"))?;
+    Ok(Box::new(io::BufWriter::new(f)))
+}
+
+/// Waits until every thread is connected, then fixes the timeline and sends it to them.
+/// Returns it with the connect phase's latencies.
+fn go(
+    s: &Settings,
+    rx: &mpsc::Receiver<Msg>,
+    run_start: Instant,
+) -> Result<(Timeline, SystemTime, Recorder), CliError> {
+    let mut senders = Vec::new();
+    let mut connect_phase = Recorder::new();
+    // A thread announces itself after every first attempt ended, which the connect
+    // timeout and the ramp bound; this only guards against a bug hanging the run.
+    let ramp = s
+        .connect_rate
+        .map_or(0.0, |r| s.connections as f64 / r.max(1e-9));
+    let give_up = run_start
+        + Duration::try_from_secs_f64(ramp).unwrap_or(Duration::from_secs(86_400))
+        + s.connect_timeout * 2
+        + Duration::from_secs(30);
+    while senders.len() < s.threads {
+        let wait = give_up.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Connected { go, phase, .. }) => {
+                connect_phase.merge(&phase);
+                senders.push(go);
+            }
+            Ok(Msg::Done(_, r)) => {
+                (*r)?;
+                return Err("a load thread ended while connecting".into());
+            }
+            Ok(Msg::Interval { .. }) => {}
+            Err(_) => return Err("the load threads did not finish connecting".into()),
+        }
+    }
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let earliest = now + GO_MARGIN + s.warmup;
+    let measure_start = match s.start_at {
+        None => earliest,
+        Some(at) => match at.duration_since(wall) {
+            Ok(ahead) if now + ahead >= earliest => now + ahead,
+            _ => {
+                log::warn!(
+                    "connecting took until after --start-at (plus the warm-up): the window \
+                     starts {:.3} s late, so it is not the one other generators measure",
+                    at.elapsed()
+                        .map_or(0.0, |d| d.as_secs_f64() + s.warmup.as_secs_f64())
+                );
+                earliest
+            }
+        },
+    };
+    let tl = Timeline::new(measure_start - s.warmup, s);
+    let window_start = wall + measure_start.saturating_duration_since(now);
+    for tx in senders {
+        // Capacity one, sent once; the thread only closes it by ending, which it
+        // reports with Done.
+        let _ = tx.try_send(tl);
+    }
+    Ok((tl, window_start, connect_phase))
+}
+
+/// Runs the load generator: prints progress on stderr, then the report on stdout. See the
+/// module docs for the exit status.
+pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
+    if let Some(BenchCommand::Merge(m)) = args.command {
+        return merge::run(&m);
+    }
+    init_logging(args.log_level);
+    let s = Arc::new(Settings::from_args(&args)?);
+    // Outputs are opened before any load, so a bad path costs nothing.
+    let json_lines = args
+        .json_lines
+        .as_deref()
+        .map(open_json_lines)
+        .transpose()?;
+    let json_lines_to_stdout = args.json_lines.as_deref() == Some("-");
+    let mut hlog_file = match &args.hlog {
+        Some(p) => Some(io::LineWriter::new(
+            File::create(p).map_err(|e| format!("--hlog {}: {e}", p.display()))?,
+        )),
+        None => None,
+    };
+
+    let run_start = Instant::now();
+    let run_start_wall = SystemTime::now();
+    let (tx, rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    for t in 0..s.threads {
+        let slots: Vec<usize> = (t..s.connections).step_by(s.threads).collect();
+        let s = Arc::clone(&s);
+        let tx = tx.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("echoloop-bench-{t}"))
+            .spawn(move || {
+                let r = thread::drive(t, s, run_start, slots, &tx);
+                let _ = tx.send(Msg::Done(t, Box::new(r)));
+            })?;
+        handles.push(h);
+    }
+    drop(tx);
+
+    let (tl, window_start, mut connect_phase) = go(&s, &rx, run_start)?;
+    let mut serializer = V2DeflateSerializer::new();
+    let meta = serde_json::json!({
+        "transport": s.transport.name(),
+        "target": s.target_text,
+        "mode": s.mode(),
+        "size": s.size,
+        "segment": {"index": s.segment.index, "count": s.segment.count},
+        "window_start_unix": unix_secs(window_start),
+        "window_end_unix": unix_secs(window_start + s.duration),
+    })
+    .to_string();
+    let mut hlog = match hlog_file.as_mut() {
+        Some(f) => {
+            let mut h = Hlog::begin(
+                f,
+                &mut serializer,
+                (run_start, run_start_wall),
+                window_start,
+                &meta,
+                s.is_open_loop(),
+            )?;
+            h.connect_phase(&connect_phase, tl.start)?;
+            Some(h)
+        }
+        None => None,
+    };
+    let mut progress = Progress::new(s.threads, tl, json_lines);
+
+    let own = std::process::id();
+    let (mut cpu_start, mut cpu_end) = (None, None);
+    let (mut server_start, mut server_end) = (None, None);
+    let mut results: Vec<Option<ThreadResult>> = (0..s.threads).map(|_| None).collect();
+    let mut remaining = s.threads;
+    // Threads stop by themselves at grace_end plus a bounded close; this only guards
+    // against a bug hanging the run.
+    let give_up = tl.grace_end + Duration::from_secs(10);
+    while remaining > 0 {
+        let now = Instant::now();
+        if cpu_start.is_none() && now >= tl.measure_start {
+            cpu_start = cpu_sample(own);
+            server_start = s.server_pid.and_then(cpu_sample);
+        }
+        if cpu_end.is_none() && now >= tl.end {
+            cpu_end = cpu_sample(own);
+            server_end = s.server_pid.and_then(cpu_sample);
+        }
+        let wake = if cpu_start.is_none() {
+            tl.measure_start
+        } else if cpu_end.is_none() {
+            tl.end
+        } else {
+            give_up
+        };
+        match rx.recv_timeout(wake.saturating_duration_since(now)) {
+            Ok(Msg::Interval {
+                thread,
+                iv,
+                errors,
+                up,
+            }) => {
+                if let Some(iv) = progress.add(thread, *iv, errors, up)? {
+                    if let Some(h) = &mut hlog {
+                        h.interval(&iv)?;
+                    }
+                }
+            }
+            Ok(Msg::Done(t, r)) => {
+                let r = r.inspect_err(|_| {
+                    let _ = progress.finish("");
+                })?;
+                results[t] = Some(r);
+                remaining -= 1;
+            }
+            Ok(Msg::Connected { .. }) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if Instant::now() >= give_up {
+                    return Err("the load threads did not finish".into());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // On a loaded machine this thread may first run again only when the load threads are
+    // done, past the window's end: take the missing reading now rather than report none.
+    if cpu_start.is_none() {
+        cpu_start = cpu_sample(own);
+        server_start = s.server_pid.and_then(cpu_sample);
+    }
+    if cpu_end.is_none() {
+        cpu_end = cpu_sample(own);
+        server_end = s.server_pid.and_then(cpu_sample);
+    }
+    let server_rss = s.server_pid.and_then(|p| peak_rss_kib(p).ok());
+    for h in handles {
+        if h.join().is_err() {
+            return Err("a load thread panicked".into());
+        }
+    }
+    if results.iter().any(Option::is_none) {
+        return Err("a load thread ended without a result".into());
+    }
+
+    let mut c = Counters::default();
+    let mut first_error = None;
+    for r in results.into_iter().flatten() {
+        c.add(&r.c);
+        connect_phase.merge(&r.connect_phase);
+        if first_error.is_none() {
+            first_error = r.first_error;
+        }
+    }
+    let totals = &progress.totals;
+    let connect = if matches!(s.load, Load::Reconnect) {
+        totals.connect_window.clone()
+    } else {
+        let mut all = connect_phase;
+        all.merge(&totals.connect_warmup);
+        all.merge(&totals.connect_window);
+        all
+    };
+    let per_msg = |secs: f64| (c.messages > 0).then(|| secs * 1e6 / c.messages as f64);
+    let own_cpu = cpu_between(cpu_start, cpu_end);
+    let server_cpu = cpu_between(server_start, server_end);
+    let duration_secs = s.duration.as_secs_f64();
+    let encode = |r: &Recorder| match r.encode() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            log::warn!("{e}");
+            None
+        }
+    };
+    let histograms = encode(&totals.rtt).map(|rtt| Histograms {
+        rtt,
+        rtt_uncorrected: if s.is_open_loop() {
+            encode(&totals.rtt_uncorrected)
+        } else {
+            None
+        },
+        connect: if s.transport.is_stream() {
+            encode(&connect)
+        } else {
+            None
+        },
+    });
+    let report = Report {
+        mode: s.mode(),
+        transport: s.transport.name().to_owned(),
+        target: s.target_text.clone(),
+        idle_strategy: idle_strategy(s.busy_poll),
+        size: s.size as u64,
+        segment: SegmentInfo {
+            index: s.segment.index,
+            count: s.segment.count,
+        },
+        connections_requested: s.connections as u64,
+        connections_up: c.connects_ok,
+        connect_failures: c.connect_failures,
+        duration_secs,
+        window_start_unix: unix_secs(window_start),
+        window_end_unix: unix_secs(window_start + s.duration),
+        messages: c.messages,
+        bytes_sent: c.bytes_sent,
+        bytes_received: c.bytes_received,
+        verify_errors: c.verify_errors,
+        timeouts: c.timeouts,
+        lost: c.lost,
+        late: c.late,
+        duplicates: c.duplicates,
+        wrong_source: c.wrong_source,
+        closed_by_server: c.closed_by_server,
+        broken: c.broken,
+        unanswered: c.unanswered,
+        latency: LatencySummary::from_recorder(&totals.rtt),
+        latency_uncorrected: s
+            .is_open_loop()
+            .then(|| LatencySummary::from_recorder(&totals.rtt_uncorrected)),
+        connect_latency: s
+            .transport
+            .is_stream()
+            .then(|| LatencySummary::from_recorder(&connect)),
+        reconnects_per_sec: match s.load {
+            Load::Reconnect => Some(c.opened_in_window as f64 / duration_secs),
+            _ => None,
+        },
+        generator_cpu_percent: own_cpu.map(|(pct, _)| pct),
+        generator_cpu_us_per_msg: own_cpu.and_then(|(_, secs)| per_msg(secs)),
+        server_cpu_percent: server_cpu.map(|(pct, _)| pct),
+        server_cpu_us_per_msg: server_cpu.and_then(|(_, secs)| per_msg(secs)),
+        server_peak_rss_kib: server_rss,
+        generators: Vec::new(),
+        histograms,
+    };
+    if c.messages != report.latency.count {
+        // Both count the window's echoes by their completion time; a difference is a bug.
+        log::warn!(
+            "{} messages but {} latency samples",
+            c.messages,
+            report.latency.count
+        );
+    }
+    if let Some(path) = &args.hgrm {
+        let write = || -> io::Result<()> {
+            let mut f = io::BufWriter::new(File::create(path)?);
+            totals.rtt.write_hgrm(&mut f)?;
+            f.flush()
+        };
+        write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let json = report.to_json();
+    if let Some(h) = &mut hlog {
+        h.finish(&json)?;
+    }
+    drop(hlog);
+    progress.finish(&json)?;
+    if !json_lines_to_stdout {
+        let mut out = io::stdout().lock();
+        if args.json {
+            writeln!(out, "{json}")?;
+        } else {
+            writeln!(out, "{report}")?;
+        }
+        out.flush()?;
+    }
+    if let Some(e) = &first_error {
+        eprintln!("echoloop: first problem seen: {e}");
+    }
+    let mut code = ExitCode::SUCCESS;
+    if c.verify_errors > 0 {
+        eprintln!(
+            "echoloop: {} echoes differed from what was sent",
+            c.verify_errors
+        );
+        code = ExitCode::FAILURE;
+    }
+    if c.wrong_source > 0 {
+        eprintln!(
+            "echoloop: {} replies came from an address other than {}",
+            c.wrong_source, s.target_text
+        );
+        code = ExitCode::FAILURE;
+    }
+    if c.messages == 0 {
+        eprintln!("echoloop: no echo completed in the measured window");
+        code = ExitCode::FAILURE;
+    }
+    Ok(code)
+}
