@@ -636,3 +636,46 @@ fn loop_channel_wakes_handlers_with_timers_set_for_them() {
         );
     }
 }
+
+#[test]
+fn loop_leaves_a_management_listener_out_of_stats_and_limits() {
+    let mut config = Config::default();
+    config.max_connections = Some(1);
+    let mut el = EventLoop::new(config).unwrap();
+    let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+    let service = el.listen(&any, ListenKind::Tcp, || Box::new(Echo)).unwrap();
+    let admin = el.listen(&any, ListenKind::Tcp, || Box::new(Echo)).unwrap();
+    el.count_in_stats(admin.id, false).unwrap();
+    let addr = |b: &echoloop::Bound| match &b.addr {
+        Endpoint::Inet(a) => *a,
+        _ => unreachable!("an IP listener"),
+    };
+    let echo = |el: &mut EventLoop, s: &mut TcpStream, msg: &[u8]| {
+        s.write_all(msg).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        run_until(el, |_| {
+            let mut buf = [0u8; 64];
+            if let Ok(n) = s.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            got.len() >= msg.len()
+        });
+        assert_eq!(got, msg);
+    };
+    // The service is at its limit of one...
+    let mut client = TcpStream::connect(addr(&service)).unwrap();
+    echo(&mut el, &mut client, b"service");
+    // ...and the management listener still answers, twice, uncounted.
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(addr(&admin)).unwrap();
+        echo(&mut el, &mut c, b"admin");
+    }
+    let s = el.stats();
+    assert_eq!(
+        (s.accepted, s.connections_open, s.rejected),
+        (1, 1, 0),
+        "{s:?}"
+    );
+    assert_eq!(s.bytes_in, 7, "only the service's bytes: {s:?}");
+}

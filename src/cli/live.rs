@@ -2,7 +2,6 @@
 //! the same at exit for the whole run; also what SIGUSR1 prints.
 
 use std::sync::Mutex;
-use std::sync::mpsc::{self, SyncSender};
 use std::time::{Duration, Instant};
 
 use super::bench::{clock_ticks_per_sec, proc_cpu_ticks};
@@ -10,60 +9,18 @@ use super::units::{format_bytes_per_sec, format_count};
 use crate::stats::Stats;
 
 /// Every worker's latest counters, for whoever reports on the whole server (the stats
-/// line, the metrics endpoint). Workers publish a few times a second, and at once when
-/// asked through [`Board::refresh`].
+/// line, the metrics endpoint). Workers publish a few times a second.
+#[derive(Debug)]
 pub(crate) struct Board {
     workers: Mutex<Vec<Stats>>,
-    /// One channel into each worker's loop: a message asks it to publish now, and the
-    /// worker answers on the sender the message carries.
-    refreshers: Mutex<Vec<crate::Sender<SyncSender<()>>>>,
     pub(crate) started: Instant,
-}
-
-impl std::fmt::Debug for Board {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Board")
-            .field("started", &self.started)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Board {
     pub(crate) fn new(workers: usize) -> Board {
         Board {
             workers: Mutex::new(vec![Stats::default(); workers]),
-            refreshers: Mutex::new(Vec::new()),
             started: Instant::now(),
-        }
-    }
-
-    /// Registers a worker's channel for [`Board::refresh`].
-    pub(crate) fn add_refresher(&self, tx: crate::Sender<SyncSender<()>>) {
-        let mut all = self.refreshers.lock().unwrap_or_else(|e| e.into_inner());
-        all.push(tx);
-    }
-
-    /// Asks every worker to publish its counters now and waits (at most `timeout`) until
-    /// they have: a scrape then sees the traffic that came just before it. A worker that
-    /// does not answer in time (a loop busy with a long batch) leaves its last published
-    /// numbers, at most one publishing period old.
-    pub(crate) fn refresh(&self, timeout: Duration) {
-        let (tx, rx) = mpsc::sync_channel(64);
-        let asked = {
-            let all = self.refreshers.lock().unwrap_or_else(|e| e.into_inner());
-            all.iter()
-                .filter(|w| w.try_send(tx.clone()).is_ok())
-                .count()
-        };
-        drop(tx);
-        let deadline = Instant::now() + timeout;
-        for _ in 0..asked {
-            if rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .is_err()
-            {
-                return;
-            }
         }
     }
 

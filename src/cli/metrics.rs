@@ -1,4 +1,4 @@
-//! `serve --metrics ADDR`: Prometheus metrics served by an event loop of their own, as an
+//! `serve --metrics ADDR`: Prometheus metrics served by the echo loop itself, as an
 //! ordinary [`Handler`] — an example of a small HTTP/1.1 protocol on the loop.
 //!
 //! Teaches: a request/response protocol on a stream. Requests arrive in pieces and
@@ -7,8 +7,11 @@
 //! client controls is bounded: a request head larger than [`MAX_HEAD`] gets 431, one that
 //! does not finish within [`REQUEST_TIMEOUT`] is dropped, anything malformed gets 400 and
 //! a close; a client that sends requests without reading the answers is paused once
-//! [`MAX_UNREAD_ANSWERS`] wait for it (backpressure). The loop is not the echo loop, so
-//! scrapes neither count as echo connections nor wait behind them.
+//! [`MAX_UNREAD_ANSWERS`] wait for it (backpressure). Its listener is left out of the
+//! loop's statistics and limits (`EventLoop::count_in_stats`): a scrape is not an echo
+//! connection, and a server at `--max-connections` still answers its monitoring. The echo
+//! traffic shares the loop but cannot be disturbed: each request costs one render of a
+//! few kilobytes.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::activation::{self, Activated};
@@ -15,7 +15,7 @@ use super::metrics::{Metrics, StatsSource};
 use super::units::{parse_duration, parse_size};
 use crate::net::{Endpoint, UnixName, resolve_one};
 use crate::tls_config::{ServerTlsOptions, server_config};
-use crate::{Bound, Config, Echo, EchoDatagram, EventLoop, ListenKind, LoopCtx, StopHandle};
+use crate::{Bound, Config, Echo, EchoDatagram, EventLoop, ListenKind, StopHandle};
 
 /// Arguments of `echoloop serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -79,7 +79,7 @@ pub struct ServeArgs {
     /// With --stats-interval (and for SIGUSR1): one JSON object per line instead.
     #[arg(long)]
     stats_json: bool,
-    /// Serve Prometheus metrics (GET /metrics) on ADDR (on a loop of its own: scrapes are not echo connections).
+    /// Serve Prometheus metrics (GET /metrics) on ADDR, from the same loop (scrapes are not counted as echo connections).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
     /// Behind a load balancer: every connection on the TCP, TLS and Unix stream listeners
@@ -129,6 +129,19 @@ struct Spec {
 pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     init_logging(args.log_level);
     check_settings(&args)?;
+    // Every connection is a descriptor; the soft limit (often 1024) is raised to the hard
+    // one, which is what the administrator allows.
+    if let Some(limit) = super::bench::raise_fd_limit() {
+        log::debug!("open-file limit: {limit}");
+        let wanted = args.max_connections.unwrap_or(0) as u64 * args.workers as u64;
+        if wanted + 64 > limit {
+            log::warn!(
+                "--max-connections {} per worker needs more descriptors than the open-file \
+                 limit ({limit}); past it, accepts fail with EMFILE",
+                args.max_connections.unwrap_or(0)
+            );
+        }
+    }
     let specs = plan(&args, activation::take()?)?;
     // Certificates are checked before anything is bound, so a bad file fails fast.
     let tls = if !specs.iter().any(|s| s.kind == "tls") {
@@ -184,15 +197,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
             let total = ctx.stats();
             eprintln!("{}", ctx.state().sampler.summary(&total));
         });
-        register_refresher(&mut el);
-        let mut bound = bind_all(&mut el, &specs, tls.as_ref(), true)?;
-        let metrics = start_metrics(&specs, &mut bound, &board)?;
+        let bound = bind_all(&mut el, &specs, tls.as_ref(), true)?;
         announce(&specs, &bound)?;
-        let served = serve_loop(&mut el, report.interval);
-        if let Some(m) = metrics {
-            m.shutdown();
-        }
-        served?;
+        serve_loop(&mut el, report.interval)?;
         if report.interval.is_some() {
             eprintln!("{}", el.state().sampler.final_summary(&el.stats()));
         }
@@ -420,14 +427,23 @@ fn bind_all(
             ("unix-dgram", Endpoint::Unix(n)) if with_unix => {
                 Some(el.bind_unix_datagram(n, Box::new(EchoDatagram))?)
             }
-            // The metrics listener has a loop of its own (start_metrics).
+            // One metrics listener for the whole server, on the first worker. Its scrapes
+            // are not echo connections: not in the statistics, not under the limit.
+            ("metrics", a) if with_unix => {
+                let b = el.listen(a, ListenKind::Tcp, || Box::new(Metrics::default()))?;
+                el.count_in_stats(b.id, false)?;
+                Some(b)
+            }
             _ => None,
         };
         if let (Some(b), true, "tcp" | "tls" | "unix") = (&b, el.state().proxy, s.kind) {
             el.expect_proxy_header(b.id, true)?;
         }
         if let Some(b) = &b {
-            log::info!("serving {} echo on {}", s.kind, b.addr);
+            match s.kind {
+                "metrics" => log::info!("serving metrics on http://{}/metrics", b.addr),
+                kind => log::info!("serving {kind} echo on {}", b.addr),
+            }
         }
         bound.push(b);
     }
@@ -457,113 +473,6 @@ fn adopt(
     }
     log::info!("serving {kind} echo on {} (socket activation)", b.addr);
     Ok(b)
-}
-
-/// Scrapes open at most this many connections at once: a Prometheus server needs one.
-const METRICS_MAX_CONNECTIONS: usize = 64;
-/// How long a scrape waits for the workers to publish their counters.
-const REFRESH_WAIT: Duration = Duration::from_millis(100);
-
-/// Lets the board ask this worker's loop to publish its counters at once (a scrape).
-fn register_refresher(el: &mut EventLoop<ServeState>) {
-    let tx = el.channel(
-        8,
-        |ctx: &mut LoopCtx<'_, ServeState>, reply: SyncSender<()>| {
-            let s = ctx.stats();
-            let st = ctx.state();
-            st.board.publish(st.worker, s);
-            // The scrape may have given up waiting; that is fine.
-            let _ = reply.try_send(());
-        },
-    );
-    let board = Arc::clone(&el.state().board);
-    board.add_refresher(tx);
-}
-
-/// The metrics loop's state: the whole server's counters as the workers publish them.
-struct MetricsState {
-    board: Arc<Board>,
-}
-
-impl StatsSource for MetricsState {
-    fn server_stats(&self, _own: crate::Stats) -> crate::Stats {
-        // Fresh numbers from every worker; the metrics loop's own connections are not
-        // the echo server's.
-        self.board.refresh(REFRESH_WAIT);
-        self.board.total(None)
-    }
-    fn started(&self) -> Instant {
-        self.board.started
-    }
-}
-
-/// The `--metrics` listener's loop, on a thread of its own.
-struct MetricsServer {
-    stop: StopHandle,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl MetricsServer {
-    fn shutdown(self) {
-        self.stop.stop(Duration::ZERO);
-        let _ = self.thread.join();
-    }
-}
-
-/// Starts the `--metrics` listener, if asked for, and fills in its place in `bound`.
-///
-/// It gets its own loop so that scrapes are not echo connections: they count neither in
-/// the server's statistics nor against `--max-connections` (a full server still answers
-/// its monitoring), and a slow scraper cannot delay an echo. For each scrape the workers
-/// are asked to publish their counters first ([`Board::refresh`]).
-fn start_metrics(
-    specs: &[Spec],
-    bound: &mut [Option<Bound>],
-    board: &Arc<Board>,
-) -> Result<Option<MetricsServer>, CliError> {
-    let Some(i) = specs.iter().position(|s| s.kind == "metrics") else {
-        return Ok(None);
-    };
-    let addr = specs[i].addr.clone();
-    let state = MetricsState {
-        board: Arc::clone(board),
-    };
-    let (tx, rx) = mpsc::channel::<Result<(Bound, StopHandle), String>>();
-    let thread = std::thread::Builder::new()
-        .name("echoloop-metrics".into())
-        .spawn(move || {
-            let config = Config {
-                max_connections: Some(METRICS_MAX_CONNECTIONS),
-                ..Config::default()
-            };
-            let setup = EventLoop::with_state(config, state)
-                .map_err(|e| e.to_string())
-                .and_then(|mut el| {
-                    let b = el
-                        .listen(&addr, ListenKind::Tcp, || Box::new(Metrics::default()))
-                        .map_err(|e| format!("--metrics {addr}: {e}"))?;
-                    Ok((el, b))
-                });
-            match setup {
-                Ok((mut el, b)) => {
-                    let _ = tx.send(Ok((b, el.stop_handle())));
-                    if let Err(e) = el.run() {
-                        log::error!("metrics: {e}");
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-        })?;
-    let (b, stop) = match rx.recv() {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => return Err(e.into()),
-        Err(_) => return Err("the metrics thread failed to start".into()),
-    };
-    log::info!("serving metrics on http://{}/metrics", b.addr);
-    bound[i] = Some(b);
-    Ok(Some(MetricsServer { stop, thread }))
 }
 
 /// Prints one `listening <kind> <address>` line per listener, then flushes: tests and
@@ -622,7 +531,6 @@ fn run_workers(
                 let setup = EventLoop::with_state(config, state)
                     .map_err(|e| e.to_string())
                     .and_then(|mut el| {
-                        register_refresher(&mut el);
                         let b = bind_all(&mut el, &worker_specs, tls.as_ref(), w == 0)
                             .map_err(|e| e.to_string())?;
                         Ok((el, b))
@@ -664,13 +572,6 @@ fn run_workers(
     }
     // Only now is every worker's socket in the kernel's SO_REUSEPORT group: a client
     // that connects on reading these lines can reach any of them.
-    let metrics = match start_metrics(&specs, &mut first_bound, &board) {
-        Ok(m) => m,
-        Err(e) => {
-            stop_all(&stops, Duration::ZERO);
-            return Err(e);
-        }
-    };
     announce(&specs, &first_bound)?;
     log::info!("{workers} workers running");
     let printer = report.interval.map(|every| {
@@ -721,9 +622,6 @@ fn run_workers(
             }
             Err(_) => failed = true,
         }
-    }
-    if let Some(m) = metrics {
-        m.shutdown();
     }
     if let Some((quit, thread)) = printer {
         drop(quit);

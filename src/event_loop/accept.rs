@@ -53,6 +53,7 @@ pub(crate) fn add<S>(
         generation: id.generation,
         backoff: None,
         proxy: false,
+        counted: true,
     }));
     Ok((id, addr))
 }
@@ -102,7 +103,7 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
                 continue;
             }
         };
-        if let Some(max) = core.config.max_connections {
+        if let (Some(max), true) = (core.config.max_connections, l.counted) {
             if core.stats.connections_open >= max as u64 {
                 // Accept and close at once: left in the kernel's queue the client would
                 // wait, believing it was connected.
@@ -133,9 +134,11 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
             ListenKind::Unix => (Session::Plain, Transport::Unix),
         };
         let handler = (l.factory)();
-        let proxy = l.proxy;
-        core.stats.accepted += 1;
-        stream::add_accepted(inner, sock, session, transport, proxy, handler, &peer);
+        let flags = (l.proxy, l.counted);
+        if l.counted {
+            core.stats.accepted += 1;
+        }
+        stream::add_accepted(inner, sock, session, transport, flags, handler, &peer);
     }
     // Fairness: the rest of the queue is taken on the next turn; no new event would come
     // for connections already queued.

@@ -184,6 +184,9 @@ pub(crate) struct ListenerEntry<S> {
     pub(crate) backoff: Option<TimerId>,
     /// Connections start with a PROXY protocol header (behind a load balancer).
     pub(crate) proxy: bool,
+    /// Its connections count in the loop's statistics and limits (see
+    /// `EventLoop::count_in_stats`).
+    pub(crate) counted: bool,
 }
 
 /// A stream connection: its socket, its state machine and its handler.
@@ -196,6 +199,8 @@ pub(crate) struct StreamEntry<S> {
     pub(crate) generation: u32,
     /// For the statistics by transport (fits beside the generation: no extra room).
     pub(crate) transport: Transport,
+    /// Counted in the loop's statistics (false for a management listener's connections).
+    pub(crate) counted: bool,
     /// The timer standing for `conn.poll_timeout()`.
     pub(crate) deadline: Option<TimerId>,
     /// The handler's timers, cancelled when the connection closes.

@@ -328,6 +328,22 @@ impl<S: 'static> EventLoop<S> {
         }
     }
 
+    /// Whether connections accepted on `listener` count in [`EventLoop::stats`] and
+    /// against [`Config::max_connections`] (they do by default). Off, they are the
+    /// server's own business — a metrics or admin endpoint next to the service: the
+    /// monitoring does not inflate the numbers it reports, and a server full of clients
+    /// still answers it.
+    pub fn count_in_stats(&mut self, listener: ConnId, on: bool) -> Result<(), ConnError> {
+        match self.inner.slab.get_mut(listener.key()) {
+            Some(Entry::Listener(l)) if l.generation == listener.generation => {
+                l.counted = on;
+                Ok(())
+            }
+            Some(e) if e.generation() == listener.generation => Err(ConnError::NotStream),
+            _ => Err(ConnError::Gone),
+        }
+    }
+
     /// Serves connections on a listening socket made elsewhere — handed over by systemd's
     /// socket activation, say: TCP (plain or TLS, as `kind` says) or Unix stream, told
     /// apart by its address. Its socket file, if any, is never removed by us.

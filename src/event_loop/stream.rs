@@ -48,7 +48,7 @@ pub(crate) fn add_accepted<S>(
     mut stream: Stream,
     session: Session,
     transport: Transport,
-    proxy: bool,
+    (proxy, counted): (bool, bool),
     handler: Box<dyn Handler<S>>,
     peer: &PeerAddr,
 ) {
@@ -74,10 +74,13 @@ pub(crate) fn add_accepted<S>(
         handler: Some(handler),
         generation: id.generation,
         transport,
+        counted,
         deadline: None,
         user_timers: TimerList::default(),
     }));
-    inner.core.stats.connections_open += 1;
+    if counted {
+        inner.core.stats.connections_open += 1;
+    }
     // Data the client sent right after connecting is not missed: registering a socket
     // that is already readable produces an event at once.
     drive(inner, key, &[]);
@@ -110,6 +113,7 @@ pub(crate) fn connect<S>(
                 handler: Some(handler),
                 generation: id.generation,
                 transport,
+                counted: true,
                 deadline: None,
                 user_timers: TimerList::default(),
             })
@@ -281,7 +285,9 @@ pub(crate) fn read_loop<S>(
             }
             Ok(n) => {
                 budget = budget.saturating_sub(n);
-                core.stats.stream_in(e.transport, n);
+                if e.counted {
+                    core.stats.stream_in(e.transport, n);
+                }
                 let data =
                     e.conn
                         .handle_input(core.now, &bufs.wire[..n], &mut bufs.plain, &core.limits);
@@ -331,7 +337,9 @@ pub(crate) fn drive<S>(inner: &mut Inner<S>, key: usize, data: &[u8]) {
             }
             Some(Event::Open) => {
                 if e.conn.is_tls() {
-                    inner.core.stats.tls_handshakes_ok += 1;
+                    if e.counted {
+                        inner.core.stats.tls_handshakes_ok += 1;
+                    }
                     log::debug!(
                         "#{key} TLS handshake done ({})",
                         e.conn.tls_protocol().unwrap_or("?")
@@ -388,7 +396,9 @@ fn push_output<S>(core: &mut Core, e: &mut StreamEntry<S>) {
     if !bytes.is_empty() {
         let stream = &mut e.stream;
         let (n, result) = write_until_blocked(bytes, |d| stream.try_write(d));
-        core.stats.bytes_out += n as u64;
+        if e.counted {
+            core.stats.bytes_out += n as u64;
+        }
         match result {
             Ok(flush) => e
                 .conn
@@ -453,7 +463,9 @@ pub(crate) fn commit_staged<S>(inner: &mut Inner<S>, current: Option<ConnId>) {
             SendPath::Direct => {
                 let stream = &mut e.stream;
                 let (n, result) = write_until_blocked(data, |d| stream.try_write(d));
-                stats.stream_out(e.transport, n);
+                if e.counted {
+                    stats.stream_out(e.transport, n);
+                }
                 match result {
                     Ok(flush) => {
                         // Partial send: the kernel's buffer is full; the rest waits.
@@ -485,13 +497,15 @@ fn closed<S>(inner: &mut Inner<S>, key: usize, reason: CloseReason) {
     };
     let id = ConnId::new(key, e.generation);
     let core = &mut inner.core;
-    core.stats.connections_open = core.stats.connections_open.saturating_sub(1);
-    core.stats.closed += 1;
-    core.stats.closed_by.count(&reason);
-    match e.conn.closed_from() {
-        State::Connecting => core.stats.connect_failures += 1,
-        State::Handshaking => core.stats.tls_handshakes_failed += 1,
-        _ => {}
+    if e.counted {
+        core.stats.connections_open = core.stats.connections_open.saturating_sub(1);
+        core.stats.closed += 1;
+        core.stats.closed_by.count(&reason);
+        match e.conn.closed_from() {
+            State::Connecting => core.stats.connect_failures += 1,
+            State::Handshaking => core.stats.tls_handshakes_failed += 1,
+            _ => {}
+        }
     }
     log::debug!("{id} closed: {reason}");
     if let CloseReason::BadProxyHeader(why) = &reason {
@@ -518,7 +532,9 @@ fn closed<S>(inner: &mut Inner<S>, key: usize, reason: CloseReason) {
             // Best effort: the alert tells the peer why; if it does not fit, so be it.
             let stream = &mut e.stream;
             let (n, _) = write_until_blocked(e.conn.unsent(), |d| stream.try_write(d));
-            inner.core.stats.stream_out(e.transport, n);
+            if e.counted {
+                inner.core.stats.stream_out(e.transport, n);
+            }
         }
         Teardown::Reset => {
             if let Err(err) = e.stream.reset_on_close() {
