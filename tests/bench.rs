@@ -10,7 +10,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, UdpSocket};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -527,6 +527,7 @@ fn bench_tcp_corrupted_echo_is_a_verify_error() {
 enum Policy {
     DropOdd,
     DelayEveryFifth(Duration),
+    DelayAll(Duration),
     Twice,
 }
 
@@ -558,6 +559,9 @@ fn udp_server(policy: Policy) -> (String, Stop) {
             match policy {
                 Policy::DropOdd if i % 2 == 1 => {}
                 Policy::DelayEveryFifth(d) if i % 5 == 4 => {
+                    held.push((Instant::now() + d, buf[..n].to_vec(), from));
+                }
+                Policy::DelayAll(d) => {
                     held.push((Instant::now() + d, buf[..n].to_vec(), from));
                 }
                 Policy::Twice => {
@@ -619,6 +623,29 @@ fn bench_udp_late_echo_is_not_taken_for_a_newer_one() {
     assert_eq!(r.num("duplicates"), 0.0, "{r}");
     // No latency sample comes from a late echo: all are far below the 200 ms delay.
     assert!(r.at("latency_us").num("max") < 150_000.0, "{r:?}");
+}
+
+#[test]
+fn bench_udp_echo_after_the_timeout_is_late_whenever_the_sweep_runs() {
+    let _gate = shared();
+    // Every echo comes 150 ms late, past a 100 ms timeout: none is an answer.
+    let (addr, _stop) = udp_server(Policy::DelayAll(Duration::from_millis(150)));
+    let args = [
+        "udp",
+        &addr,
+        "-c",
+        "2",
+        "--rate",
+        "100",
+        "-d",
+        "0.5",
+        "--timeout",
+        "100ms",
+    ];
+    let (_, r, err) = bench(&args);
+    assert_eq!(r.num("messages"), 0.0, "{r}\n{err}");
+    assert!(r.num("late") >= 20.0, "{r}");
+    assert!(r.num("lost") >= 20.0, "{r}");
 }
 
 #[test]
@@ -748,6 +775,30 @@ fn bench_bad_arguments_fail_with_a_message() {
             "--hlog",
         ),
         (&["bench", "merge"], "FILE"),
+        (
+            &[
+                "bench",
+                "tcp",
+                "127.0.0.1:1",
+                "--hgrm",
+                "/nonexistent/x.hgrm",
+            ],
+            "--hgrm",
+        ),
+        (
+            &["bench", "tcp", "127.0.0.1:1", "-d", "18446744073709551615"],
+            "at most 30 days",
+        ),
+        (
+            &[
+                "bench",
+                "tcp",
+                "127.0.0.1:1",
+                "--start-at",
+                "+18446744073709551615",
+            ],
+            "--start-at",
+        ),
         (
             &["bench", "merge", "/nonexistent.json"],
             "/nonexistent.json",
@@ -922,40 +973,48 @@ fn bench_open_loop_at_a_low_rate_keeps_its_connection_and_its_count() {
     assert_eq!(r.at("latency_uncorrected_us").num("count"), 3.0, "{r}");
 }
 
-/// A TCP server that does `what` with each connection once its first bytes arrive.
-fn misbehaving_tcp_server(what: &'static str) -> (String, Stop) {
+/// A TCP server on its own thread that hands each connection, blocking with a 2 s read
+/// timeout, to `each`, one after the other, until the test ends.
+fn serve_each(mut each: impl FnMut(TcpStream) + Send + 'static) -> (String, Stop) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     l.set_nonblocking(true).unwrap();
     let (guard, stop) = Stop::new();
     std::thread::spawn(move || {
         let started = Instant::now();
-        let mut held = Vec::new();
         while running(&stop, started) {
-            let Ok((mut s, _)) = l.accept() else {
+            let Ok((s, _)) = l.accept() else {
                 std::thread::sleep(Duration::from_millis(2));
                 continue;
             };
             s.set_nonblocking(false).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut buf = [0u8; 64];
-            let _ = s.read(&mut buf);
-            match what {
-                // Read, answer nothing, keep the connection open.
-                "silent" => held.push(s),
-                // Close cleanly without answering.
-                "close" => drop(s),
-                // Abort: a linger of zero makes close send a reset.
-                _ => {
-                    socket2::SockRef::from(&s)
-                        .set_linger(Some(Duration::ZERO))
-                        .unwrap();
-                    drop(s);
-                }
-            }
+            each(s);
         }
     });
     (addr, guard)
+}
+
+/// A TCP server that does `what` with each connection once its first bytes arrive.
+fn misbehaving_tcp_server(what: &'static str) -> (String, Stop) {
+    let mut held = Vec::new();
+    serve_each(move |mut s| {
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+        match what {
+            // Read, answer nothing, keep the connection open.
+            "silent" => held.push(s),
+            // Close cleanly without answering.
+            "close" => drop(s),
+            // Abort: a linger of zero makes close send a reset.
+            _ => {
+                socket2::SockRef::from(&s)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+                drop(s);
+            }
+        }
+    })
 }
 
 #[test]
@@ -1026,9 +1085,10 @@ fn bench_udp_replies_from_another_port_are_not_echoes() {
     assert!(err.contains("from an address other than"), "{err}");
 }
 
-/// Runs two generators of one run at once, segments 0/2 and 1/2 with one --start-at;
-/// returns their JSON reports' paths.
-fn two_generators(addr: &str, tag: &str, extra: &[&str]) -> [std::path::PathBuf; 2] {
+/// Runs two generators of one run at once, segments 0/2 and 1/2, the second starting
+/// `stagger` seconds after the first (0: one --start-at); returns the paths of their JSON
+/// reports, each with its `--hlog` beside it (`.hlog` for `.json`).
+fn two_generators(addr: &str, tag: &str, stagger: f64) -> [std::path::PathBuf; 2] {
     let dir = std::env::temp_dir();
     let paths = [0, 1].map(|i| dir.join(format!("echoloop-{tag}-{}-{i}.json", std::process::id())));
     let start = std::time::SystemTime::now()
@@ -1036,7 +1096,6 @@ fn two_generators(addr: &str, tag: &str, extra: &[&str]) -> [std::path::PathBuf;
         .unwrap()
         .as_secs_f64()
         + 1.0;
-    let start = format!("{start:.3}");
     let handles: Vec<_> = [0, 1]
         .map(|i| {
             let seg = format!("{i}/2");
@@ -1044,8 +1103,15 @@ fn two_generators(addr: &str, tag: &str, extra: &[&str]) -> [std::path::PathBuf;
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            args.extend([start.clone(), "--segment".into(), seg]);
-            args.extend(extra.iter().map(|s| s.to_string()));
+            let at = start + stagger * i as f64;
+            let hlog = paths[i].with_extension("hlog").to_str().unwrap().to_owned();
+            args.extend([
+                format!("{at:.3}"),
+                "--segment".into(),
+                seg,
+                "--hlog".into(),
+                hlog,
+            ]);
             let path = paths[i].clone();
             std::thread::spawn(move || {
                 let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -1067,7 +1133,7 @@ fn bench_two_generators_merge_into_one_report() {
     let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let addr = server.addr("tcp");
-    let paths = two_generators(&addr, "merge", &[]);
+    let paths = two_generators(&addr, "merge", 0.0);
     let reports: Vec<Json> = paths
         .iter()
         .map(|p| parse(&std::fs::read_to_string(p).unwrap()))
@@ -1101,6 +1167,17 @@ fn bench_two_generators_merge_into_one_report() {
     }
     assert_eq!(m.at("generators").as_array().unwrap().len(), 2, "{m}");
 
+    // Their interval logs merge to the same count: the logs hold the same samples.
+    let h: Vec<String> = paths
+        .iter()
+        .map(|p| p.with_extension("hlog").to_str().unwrap().to_owned())
+        .collect();
+    let (status, out, err) = common::run(&["bench", "merge", &h[0], &h[1], "--json"], None);
+    assert!(status.success(), "{err}");
+    let from_logs = parse(out.trim());
+    assert_eq!(from_logs.num("messages"), sum("messages"), "{from_logs}");
+    assert_eq!(from_logs.at("latency_us").num("count"), sum("messages"));
+
     // The human form has a row per generator.
     let (status, out, _) = common::run(&["bench", "merge", p[0], p[1]], None);
     assert!(status.success());
@@ -1124,8 +1201,14 @@ fn bench_two_generators_merge_into_one_report() {
     assert!(status.success(), "{err}");
     std::fs::write(&other, r.to_string()).unwrap();
     let o = other.to_str().unwrap();
-    let cases: [(&[&str], &str); 3] = [
+    let three = std::env::temp_dir().join(format!("echoloop-merge-3-{}.json", std::process::id()));
+    let (status, r, err) = bench(&["tcp", &addr, "-d", "0.2", "--segment", "1/3", "-c", "3"]);
+    assert!(status.success(), "{err}");
+    std::fs::write(&three, r.to_string()).unwrap();
+    let t = three.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
         (&[p[0], o], "message sizes"),
+        (&[p[0], t], "segment counts"),
         (&[p[0], p[0]], "appears twice"),
         (&[p[1]], "missing"),
     ];
@@ -1136,9 +1219,60 @@ fn bench_two_generators_merge_into_one_report() {
         assert!(!status.success(), "{files:?}: {out}");
         assert!(err.contains(needle), "{files:?}: {err}");
     }
-    for f in paths.iter().chain([&other]) {
+    for f in paths.iter().chain([&other, &three]) {
         let _ = std::fs::remove_file(f);
+        let _ = std::fs::remove_file(f.with_extension("hlog"));
     }
+}
+
+#[test]
+fn bench_merge_refuses_reports_of_windows_that_only_overlap() {
+    let _gate = shared();
+    let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    // The second generator starts 0.3 s into the first one's 0.5 s window: their report
+    // totals cover different windows and cannot be added up as one.
+    let paths = two_generators(&server.addr("tcp"), "stagger", 0.3);
+    let p: Vec<&str> = paths.iter().map(|p| p.to_str().unwrap()).collect();
+    let (status, out, err) = common::run(&["bench", "merge", p[0], p[1]], None);
+    assert!(!status.success(), "{out}");
+    assert!(err.contains("not the one the generators share"), "{err}");
+    for f in &paths {
+        let _ = std::fs::remove_file(f);
+        let _ = std::fs::remove_file(f.with_extension("hlog"));
+    }
+}
+
+/// A TCP echo server that closes each connection after `n` echoed messages of 64 bytes;
+/// counts the messages it echoed.
+fn closing_after(n: usize) -> (String, Arc<AtomicU64>, Stop) {
+    let received = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&received);
+    let (addr, stop) = serve_each(move |mut s| {
+        let mut msg = [0u8; 64];
+        for _ in 0..n {
+            if s.read_exact(&mut msg).is_err() || s.write_all(&msg).is_err() {
+                break;
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, received, stop)
+}
+
+#[test]
+fn bench_open_loop_sends_what_came_due_while_a_connection_was_down() {
+    let _gate = shared();
+    // 200 messages come due in the second; the server drops the connection every 20, and
+    // each reopening waits 100 ms. What came due meanwhile is sent late (its latency
+    // counted from when it was due), not skipped.
+    let (addr, echoed, _stop) = closing_after(20);
+    let (_, r, err) = bench(&["tcp", &addr, "--rate", "200", "-d", "1s"]);
+    let answered = r.num("messages");
+    assert!(answered >= 150.0, "{answered} of 200 answered: {r}\n{err}");
+    assert!(echoed.load(Ordering::SeqCst) as f64 >= answered);
+    // The outages show in the corrected latency: each waited out a 100 ms backoff.
+    assert!(r.at("latency_us").num("max") > 50_000.0, "{r}");
+    assert!(r.num("closed_by_server") >= 5.0, "{r}");
 }
 
 #[test]

@@ -237,13 +237,62 @@ fn us(ns: u64) -> f64 {
 }
 
 /// Decodes a base64 V2 (or V2 deflate) histogram, whatever its unit.
+///
+/// The input comes from files (`bench merge`), so it is checked before the decoder sees
+/// it: the decoder allocates whatever length a header declares.
 pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, String> {
     let bytes = BASE64
         .decode(text.trim())
         .map_err(|e| format!("not a base64 histogram: {e}"))?;
+    check_histogram_header(&bytes)?;
     Deserializer::new()
         .deserialize(&mut bytes.as_slice())
-        .map_err(|e| format!("not an HdrHistogram: {e:?}"))
+        .map_err(|e| format!("a damaged histogram ({e:?})"))
+}
+
+/// HdrHistogram's V2 cookies, plain and deflate-compressed.
+const V2_COOKIE: u32 = 0x1c84_9313;
+const V2_DEFLATE_COOKIE: u32 = 0x1c84_9314;
+/// A V2 header: cookie, payload length, offset, digits, low, high, ratio.
+const V2_HEADER: usize = 40;
+/// The largest payload a histogram of ours can have (every counter of a 1 ns..1 h, three
+/// digit histogram at its longest encoding is some 300 KiB); more is not one of ours.
+const MAX_PAYLOAD: usize = 4 << 20;
+
+/// Refuses a histogram whose header declares more than it holds, or than any histogram
+/// of ours needs; for a compressed one, the header inside is checked too.
+fn check_histogram_header(bytes: &[u8]) -> Result<(), String> {
+    let word = |b: &[u8], at: usize| -> Option<usize> {
+        let w: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+        Some(u32::from_be_bytes(w) as usize)
+    };
+    let plain = |b: &[u8], whole: bool| -> Result<(), String> {
+        let len = word(b, 4).ok_or("a histogram cut short")?;
+        if len > MAX_PAYLOAD || (whole && V2_HEADER + len > b.len()) {
+            return Err(format!(
+                "a damaged histogram (it declares {len} bytes of counts)"
+            ));
+        }
+        Ok(())
+    };
+    match word(bytes, 0).map(|c| c as u32) {
+        Some(V2_COOKIE) => plain(bytes, true),
+        Some(V2_DEFLATE_COOKIE) => {
+            let len = word(bytes, 4).ok_or("a histogram cut short")?;
+            let compressed = bytes
+                .get(8..8 + len)
+                .ok_or("a damaged histogram (shorter than it declares)")?;
+            let mut inner = [0u8; V2_HEADER];
+            let mut z = flate2::read::ZlibDecoder::new(compressed);
+            std::io::Read::read_exact(&mut z, &mut inner)
+                .map_err(|_| "a damaged histogram (cannot be decompressed)")?;
+            if word(&inner, 0).map(|c| c as u32) != Some(V2_COOKIE) {
+                return Err("a damaged histogram (not V2 inside)".into());
+            }
+            plain(&inner, false)
+        }
+        _ => Err("not an HdrHistogram in V2 format".into()),
+    }
 }
 
 /// The latency figures of one [`Recorder`], in microseconds (with their fractions).
@@ -801,6 +850,12 @@ mod tests {
             Recorder::decode("aGVsbG8=").is_err(),
             "base64, but no histogram"
         );
+        // A header declaring 4 GB of counts is refused before anything is allocated.
+        let mut huge = super::V2_COOKIE.to_be_bytes().to_vec();
+        huge.extend_from_slice(&0xFFFF_FFF0_u32.to_be_bytes());
+        huge.resize(40, 0);
+        let err = Recorder::decode(&base64::Engine::encode(&super::BASE64, &huge)).unwrap_err();
+        assert!(err.contains("declares"), "{err}");
 
         // Microseconds for interval logs, and back.
         let micros = r.to_micros();

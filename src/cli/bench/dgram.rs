@@ -3,7 +3,7 @@
 //! A datagram carries its sequence number in its header, so `--size` is at least 8. The
 //! socket keeps its messages in a queue covering a contiguous range of sequence numbers,
 //! so an echo finds its entry by `seq - first`. Entries stay for `--timeout` after they
-//! were sent, answered or not: an echo for an entry already answered is a *duplicate*, one
+//! were sent (until the next sweep after that), answered or not: an echo for an entry already answered is a *duplicate*, one
 //! for an entry already forgotten (declared lost, or answered long ago) is *late*, and neither is ever taken for
 //! the answer to a newer message. Replies must come from the address the messages went
 //! to, as a connected socket would insist: anything else is counted and ignored.
@@ -23,6 +23,8 @@ enum Fate {
     /// No echo yet.
     Pending,
     Answered,
+    /// Its echo came after the timeout: declared lost, and the echo late.
+    Lost,
     /// The send failed: it never left.
     Unsent,
 }
@@ -240,6 +242,15 @@ impl DgramSock {
         }
         let entry = &mut self.inflight[(seq - self.first) as usize];
         match entry.fate {
+            // Past its timeout but not swept yet: lost, whatever the sweep's timing.
+            Fate::Pending if now.saturating_duration_since(entry.sent) >= env.s.timeout => {
+                entry.fate = Fate::Lost;
+                self.pending -= 1;
+                if entry.counted {
+                    st.c.lost += 1;
+                }
+                st.c.late += 1;
+            }
             Fate::Pending => {
                 entry.fate = Fate::Answered;
                 let (due, sent) = (entry.due, entry.sent);
@@ -247,6 +258,7 @@ impl DgramSock {
                 st.complete(now, due, sent, env.s.is_open_loop());
                 st.received(now, data.len());
             }
+            Fate::Lost => st.c.late += 1,
             Fate::Answered => {
                 st.c.duplicates += 1;
                 let slot = self.slot;

@@ -61,7 +61,9 @@ fn read_part(path: &PathBuf) -> Result<Part, CliError> {
             .lines()
             .rev()
             .find(|l| l.starts_with('{') && !l.contains(r#""type":"interval""#))
-            .unwrap_or(trimmed);
+            .ok_or_else(|| {
+                format!("{source}: interval lines but no final report (was the run cut short?)")
+            })?;
         let report =
             Report::from_json(line).map_err(|e| format!("{source}: not a bench report: {e}"))?;
         return Ok(Part {
@@ -188,60 +190,79 @@ fn check_together(parts: &[Part]) -> Result<(f64, f64), CliError> {
     Ok((start, end))
 }
 
-/// The histogram of one kind from every part: whole from reports, the window's
-/// intervals from logs (`window` `None`: every interval).
+/// One part's histogram of one kind: whole from a report, the intervals inside `window`
+/// from a log (`window` `None`: all of them). `None` when the part has none of that kind.
+fn part_histogram(
+    p: &Part,
+    pick: impl Fn(&Histograms) -> Option<&String>,
+    tag: &str,
+    window: Option<(f64, f64)>,
+) -> Result<Option<Recorder>, CliError> {
+    match &p.log {
+        None => {
+            let Some(text) = p.report.histograms.as_ref().and_then(pick) else {
+                return Ok(None);
+            };
+            let r = Recorder::decode(text).map_err(|e| format!("{}: {e}", p.source))?;
+            Ok(Some(r))
+        }
+        Some(intervals) => {
+            let mut out = Recorder::new();
+            let mut any = false;
+            for iv in intervals.iter().filter(|iv| iv.tag == tag) {
+                any = true;
+                let mid = iv.start + iv.length / 2.0;
+                if window.is_none_or(|(s, e)| mid >= s && mid < e) {
+                    out.add_micros(&iv.hist);
+                }
+            }
+            Ok(any.then_some(out))
+        }
+    }
+}
+
+/// The histogram of one kind over every part; `None` unless every part has it.
 fn gather(
     parts: &[Part],
-    pick: impl Fn(&Histograms) -> Option<&String>,
+    pick: impl Fn(&Histograms) -> Option<&String> + Copy,
     tag: &str,
     window: Option<(f64, f64)>,
 ) -> Result<Option<Recorder>, CliError> {
     let mut out = Recorder::new();
     for p in parts {
-        match &p.log {
-            None => {
-                let text = p.report.histograms.as_ref().and_then(&pick);
-                let Some(text) = text else {
-                    return Ok(None);
-                };
-                let r = Recorder::decode(text).map_err(|e| format!("{}: {e}", p.source))?;
-                out.merge(&r);
-            }
-            Some(intervals) => {
-                let mut any = false;
-                for iv in intervals.iter().filter(|iv| iv.tag == tag) {
-                    any = true;
-                    let mid = iv.start + iv.length / 2.0;
-                    if window.is_none_or(|(s, e)| mid >= s && mid < e) {
-                        out.add_micros(&iv.hist);
-                    }
-                }
-                if !any && tag != "rtt" {
-                    return Ok(None);
-                }
-            }
+        match part_histogram(p, pick, tag, window)? {
+            Some(r) => out.merge(&r),
+            None => return Ok(None),
         }
     }
     Ok(Some(out))
 }
 
+/// A report's totals cover its whole window, and cannot be cut to the common one: its
+/// window must be the common one, give or take the clocks' and the start's jitter.
+fn check_report_window(p: &Part, window: (f64, f64)) -> Result<(), CliError> {
+    let r = &p.report;
+    let tolerance = (0.02 * (window.1 - window.0)).max(0.05);
+    let off = (r.window_start_unix - window.0)
+        .abs()
+        .max((r.window_end_unix - window.1).abs());
+    if off > tolerance {
+        return Err(format!(
+            "{}: its window ({:.3}..{:.3}) is not the one the generators share              ({:.3}..{:.3}, {off:.3} s apart): the totals of a JSON report cover its whole              window; start the generators with one --start-at, or merge their --hlog logs,              which are cut to the shared window",
+            p.source, r.window_start_unix, r.window_end_unix, window.0, window.1
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Merges the parts (already checked) over the common window.
 fn merge(parts: &[Part], window: (f64, f64)) -> Result<Report, CliError> {
+    for p in parts.iter().filter(|p| p.log.is_none()) {
+        check_report_window(p, window)?;
+    }
     let first = &parts[0].report;
-    let rtt = gather(parts, |h| Some(&h.rtt), "rtt", Some(window))?.ok_or_else(|| {
-        let src = parts
-            .iter()
-            .find(|p| p.report.histograms.is_none())
-            .map_or("", |p| p.source.as_str());
-        format!("{src}: the report holds no histograms to merge")
-    })?;
-    let uncorrected = gather(
-        parts,
-        |h| h.rtt_uncorrected.as_ref(),
-        "rtt_uncorrected",
-        Some(window),
-    )?;
-    let connect = gather(parts, |h| h.connect.as_ref(), "connect", None)?;
+    let duration = window.1 - window.0;
     let mut m = Report {
         mode: first.mode.clone(),
         transport: first.transport.clone(),
@@ -251,7 +272,7 @@ fn merge(parts: &[Part], window: (f64, f64)) -> Result<Report, CliError> {
             index: 0,
             count: first.segment.count,
         },
-        duration_secs: window.1 - window.0,
+        duration_secs: duration,
         window_start_unix: window.0,
         window_end_unix: window.1,
         ..Report::default()
@@ -260,14 +281,26 @@ fn merge(parts: &[Part], window: (f64, f64)) -> Result<Report, CliError> {
     targets.sort_unstable();
     targets.dedup();
     m.target = targets.join(", ");
+    let mut rtt = Recorder::new();
     for p in parts {
         let r = &p.report;
+        let own = part_histogram(p, |h| Some(&h.rtt), "rtt", Some(window))?
+            .ok_or_else(|| format!("{}: the report holds no histograms to merge", p.source))?;
+        // From a log, what the shared window holds; from a report, its own totals.
+        let (messages, sent, received) = match &p.log {
+            Some(_) => {
+                let n = own.len();
+                (n, n * r.size, n * r.size)
+            }
+            None => (r.messages, r.bytes_sent, r.bytes_received),
+        };
+        rtt.merge(&own);
+        m.messages += messages;
+        m.bytes_sent += sent;
+        m.bytes_received += received;
         m.connections_requested += r.connections_requested;
         m.connections_up += r.connections_up;
         m.connect_failures += r.connect_failures;
-        m.messages += r.messages;
-        m.bytes_sent += r.bytes_sent;
-        m.bytes_received += r.bytes_received;
         m.verify_errors += r.verify_errors;
         m.timeouts += r.timeouts;
         m.lost += r.lost;
@@ -283,11 +316,22 @@ fn merge(parts: &[Part], window: (f64, f64)) -> Result<Report, CliError> {
         m.generators.push(GeneratorRow {
             segment: r.segment.index,
             source: p.source.clone(),
-            msgs_per_sec: r.msgs_per_sec(),
+            msgs_per_sec: if duration > 0.0 {
+                messages as f64 / duration
+            } else {
+                0.0
+            },
             generator_cpu_percent: r.generator_cpu_percent,
         });
     }
     m.generators.sort_by_key(|g| g.segment);
+    let uncorrected = gather(
+        parts,
+        |h| h.rtt_uncorrected.as_ref(),
+        "rtt_uncorrected",
+        Some(window),
+    )?;
+    let connect = gather(parts, |h| h.connect.as_ref(), "connect", None)?;
     // The server's cost, if a generator measured it: its CPU seconds over all messages.
     if let Some(r) = parts
         .iter()

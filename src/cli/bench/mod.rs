@@ -30,8 +30,9 @@
 //! connect everything → go (`--start-at`, or at once) → `--warmup` → measured window →
 //! grace (`--timeout`, for the last echoes) → stop. No message is sent before every
 //! connection has been tried once, so a slow connect phase (`-c 17000`) cannot eat the
-//! window. Round trips, bytes and losses count only inside the window; verify errors,
-//! connect failures and timeouts count for the whole run. Connect latency covers the
+//! window. Round trips, bytes and losses count only inside the window; everything else
+//! that can go wrong (verify errors, connect failures, timeouts, closes by the server,
+//! broken connections, late, duplicated and misaddressed datagrams) for the whole run. Connect latency covers the
 //! connect phase and the run, or with `--reconnect` only the window.
 //!
 //! # Several generators
@@ -196,6 +197,12 @@ fn cpu_between(a: Option<(Instant, u64)>, b: Option<(Instant, u64)>) -> Option<(
     }
 }
 
+/// An output file failed mid-run: said once; the run and its report go on without it.
+fn log_lost(option: &str, path: Option<&std::path::Path>, e: &io::Error) {
+    let name = path.map_or_else(|| "-".to_owned(), |p| p.display().to_string());
+    eprintln!("echoloop: {option} {name}: {e}; nothing more is written there");
+}
+
 /// Opens where the JSON lines go: `-` is standard output.
 fn open_json_lines(spec: &str) -> Result<Box<dyn Write>, CliError> {
     if spec == "-" {
@@ -214,15 +221,17 @@ fn go(
 ) -> Result<(Timeline, SystemTime, Recorder), CliError> {
     let mut senders = Vec::new();
     let mut connect_phase = Recorder::new();
-    // A thread announces itself after every first attempt ended, which the connect
-    // timeout and the ramp bound; this only guards against a bug hanging the run.
+    // A thread announces itself after every first attempt ended. The ramp and the
+    // connect timeout bound that: at worst (every SYN dropped) each batch of
+    // MAX_CONNECTING connects takes the whole timeout. This only guards against a bug.
     let ramp = s
         .connect_rate
         .map_or(0.0, |r| s.connections as f64 / r.max(1e-9));
-    let give_up = run_start
-        + Duration::try_from_secs_f64(ramp).unwrap_or(Duration::from_secs(86_400))
-        + s.connect_timeout * 2
-        + Duration::from_secs(30);
+    let per_thread = s.connections.div_ceil(s.threads.max(1));
+    let batches = per_thread.div_ceil(thread::MAX_CONNECTING) as f64;
+    // At most a year: an Instant that far ahead is always representable.
+    let bound = (ramp + batches * s.connect_timeout.as_secs_f64() + 30.0).min(3.2e7);
+    let give_up = run_start + Duration::from_secs_f64(bound);
     while senders.len() < s.threads {
         let wait = give_up.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
@@ -243,18 +252,24 @@ fn go(
     let earliest = now + GO_MARGIN + s.warmup;
     let measure_start = match s.start_at {
         None => earliest,
-        Some(at) => match at.duration_since(wall) {
-            Ok(ahead) if now + ahead >= earliest => now + ahead,
-            _ => {
+        Some(at) => {
+            // How far after the asked-for instant the window can start at the earliest
+            // (negative: it is still ahead).
+            let ahead = match at.duration_since(wall) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            let late = (earliest - now).as_secs_f64() - ahead;
+            if late <= 0.0 {
+                now + Duration::from_secs_f64(ahead)
+            } else {
                 log::warn!(
-                    "connecting took until after --start-at (plus the warm-up): the window \
-                     starts {:.3} s late, so it is not the one other generators measure",
-                    at.elapsed()
-                        .map_or(0.0, |d| d.as_secs_f64() + s.warmup.as_secs_f64())
+                    "connecting (and the warm-up) took until after --start-at: the window \
+                     starts {late:.3} s late, so it is not the one other generators measure"
                 );
                 earliest
             }
-        },
+        }
     };
     let tl = Timeline::new(measure_start - s.warmup, s);
     let window_start = wall + measure_start.saturating_duration_since(now);
@@ -281,6 +296,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         .map(open_json_lines)
         .transpose()?;
     let json_lines_to_stdout = args.json_lines.as_deref() == Some("-");
+    let hgrm_file = match &args.hgrm {
+        Some(p) => Some(File::create(p).map_err(|e| format!("--hgrm {}: {e}", p.display()))?),
+        None => None,
+    };
     let mut hlog_file = match &args.hlog {
         Some(p) => Some(io::LineWriter::new(
             File::create(p).map_err(|e| format!("--hlog {}: {e}", p.display()))?,
@@ -333,7 +352,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         }
         None => None,
     };
-    let mut progress = Progress::new(s.threads, tl, json_lines);
+    let mut progress = Progress::new(s.threads, tl, json_lines, args.json_lines.clone());
 
     let own = std::process::id();
     let (mut cpu_start, mut cpu_end) = (None, None);
@@ -367,15 +386,17 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
                 errors,
                 up,
             }) => {
-                if let Some(iv) = progress.add(thread, *iv, errors, up)? {
-                    if let Some(h) = &mut hlog {
-                        h.interval(&iv)?;
+                if let Some(iv) = progress.add(thread, *iv, errors, up) {
+                    if let Some(Err(e)) = hlog.as_mut().map(|h| h.interval(&iv)) {
+                        // The run goes on, and its report still comes: only the log stops.
+                        log_lost("--hlog", args.hlog.as_deref(), &e);
+                        hlog = None;
                     }
                 }
             }
             Ok(Msg::Done(t, r)) => {
                 let r = r.inspect_err(|_| {
-                    let _ = progress.finish("");
+                    progress.finish("");
                 })?;
                 results[t] = Some(r);
                 remaining -= 1;
@@ -507,20 +528,25 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
             report.latency.count
         );
     }
-    if let Some(path) = &args.hgrm {
+    if let (Some(f), Some(path)) = (hgrm_file, &args.hgrm) {
         let write = || -> io::Result<()> {
-            let mut f = io::BufWriter::new(File::create(path)?);
+            let mut f = io::BufWriter::new(f);
             totals.rtt.write_hgrm(&mut f)?;
             f.flush()
         };
-        write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        // The report still goes out: the run is not lost with the file.
+        if let Err(e) = write() {
+            eprintln!("echoloop: cannot write {}: {e}", path.display());
+        }
     }
     let json = report.to_json();
     if let Some(h) = &mut hlog {
-        h.finish(&json)?;
+        if let Err(e) = h.finish(&json) {
+            log_lost("--hlog", args.hlog.as_deref(), &e);
+        }
     }
     drop(hlog);
-    progress.finish(&json)?;
+    progress.finish(&json);
     if !json_lines_to_stdout {
         let mut out = io::stdout().lock();
         if args.json {

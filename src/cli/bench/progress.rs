@@ -11,7 +11,9 @@ use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::serialization::V2DeflateSerializer;
-use hdrhistogram::serialization::interval_log::{IntervalLogWriter, IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::interval_log::{
+    IntervalLogWriter, IntervalLogWriterBuilder, IntervalLogWriterError, Tag,
+};
 
 use super::thread::{Interval, Timeline};
 use crate::cli::report::{Recorder, status_line};
@@ -41,6 +43,8 @@ pub(super) struct Progress {
     up: Vec<u64>,
     drawn: bool,
     json_lines: Option<Box<dyn Write>>,
+    /// Where they go, for the error message if writing fails.
+    json_lines_name: Option<String>,
     pub(super) totals: Totals,
 }
 
@@ -49,6 +53,7 @@ impl Progress {
         threads: usize,
         tl: Timeline,
         json_lines: Option<Box<dyn Write>>,
+        json_lines_name: Option<String>,
     ) -> Progress {
         Progress {
             threads,
@@ -59,6 +64,7 @@ impl Progress {
             up: vec![0; threads],
             drawn: false,
             json_lines,
+            json_lines_name,
             totals: Totals::default(),
         }
     }
@@ -71,7 +77,7 @@ impl Progress {
         iv: Interval,
         errors: u64,
         up: u64,
-    ) -> io::Result<Option<Interval>> {
+    ) -> Option<Interval> {
         if let Some(e) = self.errors.get_mut(thread) {
             *e = errors;
         }
@@ -83,7 +89,7 @@ impl Progress {
             None => {
                 if self.threads > 1 {
                     self.pending.insert(index, (1, iv));
-                    return Ok(None);
+                    return None;
                 }
                 iv
             }
@@ -91,7 +97,7 @@ impl Progress {
                 sum.merge(&iv);
                 if n + 1 < self.threads {
                     self.pending.insert(index, (n + 1, sum));
-                    return Ok(None);
+                    return None;
                 }
                 sum
             }
@@ -103,11 +109,11 @@ impl Progress {
             self.totals.rtt_uncorrected.merge(&complete.rtt_uncorrected);
             self.totals.connect_window.merge(&complete.connect);
         }
-        self.show(&complete)?;
-        Ok(Some(complete))
+        self.show(&complete);
+        Some(complete)
     }
 
-    fn show(&mut self, iv: &Interval) -> io::Result<()> {
+    fn show(&mut self, iv: &Interval) {
         let secs = iv.end.saturating_duration_since(iv.start).as_secs_f64();
         let per_sec = |x: u64| if secs > 0.0 { x as f64 / secs } else { 0.0 };
         let elapsed = iv.end.saturating_duration_since(self.tl.start);
@@ -157,22 +163,34 @@ impl Progress {
                 "errors": errors,
                 "connections_up": up,
             });
-            writeln!(out, "{obj}")?;
-            out.flush()?;
+            let written = writeln!(out, "{obj}").and_then(|()| out.flush());
+            self.json_lines_failed(written);
         }
-        Ok(())
     }
 
-    /// Writes the final report as the last JSON line, if there are JSON lines.
-    pub(super) fn finish(&mut self, report_json: &str) -> io::Result<()> {
+    /// A failed write stops the JSON lines (said once), not the run.
+    fn json_lines_failed(&mut self, written: io::Result<()>) {
+        if let Err(e) = written {
+            let name = self.json_lines_name.as_deref().unwrap_or("-");
+            eprintln!("echoloop: --json-lines {name}: {e}; nothing more is written there");
+            self.json_lines = None;
+        }
+    }
+
+    /// Ends the progress line, and writes the final report as the last JSON line if
+    /// there are JSON lines (an empty report: the run failed, there is none).
+    pub(super) fn finish(&mut self, report_json: &str) {
         if self.terminal && self.drawn {
             eprintln!();
+            self.drawn = false;
+        }
+        if report_json.is_empty() {
+            return;
         }
         if let Some(out) = &mut self.json_lines {
-            writeln!(out, "{report_json}")?;
-            out.flush()?;
+            let written = writeln!(out, "{report_json}").and_then(|()| out.flush());
+            self.json_lines_failed(written);
         }
-        Ok(())
     }
 }
 
@@ -236,7 +254,10 @@ impl<'a, 'b, W: Write> Hlog<'a, 'b, W> {
         let length = end.saturating_duration_since(start);
         self.log
             .write_histogram(&r.to_micros(), from, length, tag(name))
-            .map_err(|e| io::Error::other(format!("cannot write the interval log: {e}")))
+            .map_err(|e| match e {
+                IntervalLogWriterError::IoError(e) => e,
+                other => io::Error::other(other.to_string()),
+            })
     }
 
     /// The connects before traffic started, as one interval.

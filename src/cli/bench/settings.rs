@@ -23,9 +23,19 @@ pub(super) const MAX_DATAGRAM: u64 = 65_507;
 /// sits whole in the connection's write buffer until the kernel takes it; past this size
 /// a message measures the same thing (the stream's bandwidth) as a 64 MiB one does.
 pub(super) const MAX_STREAM_MESSAGE: u64 = 64 << 20;
-/// Most bytes the run may have queued at once (connections × pipeline × size): what the
-/// generator must be able to hold in write buffers when the server stops reading.
+/// Most bytes a closed-loop generator may have queued at once (its connections × pipeline
+/// × size): what it must be able to hold in write buffers when the server stops reading.
 const MAX_QUEUED: u128 = 4 << 30;
+/// Open-loop messages a connection may have unanswered before sending waits for echoes
+/// (they are still sent later, with their latency counted from when they were due); for
+/// streams also bounded by [`OPEN_LOOP_QUEUED`].
+const OPEN_LOOP_CAP: usize = 1 << 16;
+/// Most bytes an open-loop generator may have unanswered: a server that stops reading
+/// makes the schedule pile up at once, where a closed loop waits at `--pipeline`.
+const OPEN_LOOP_QUEUED: u128 = 1 << 30;
+/// The longest duration any option may give: long enough for any run, short enough that
+/// instants computed from it cannot overflow.
+const MAX_SPAN: Duration = Duration::from_secs(30 * 86_400);
 /// Most segments a run may be cut into (the index is a 12-bit field of connection keys).
 const MAX_SEGMENTS: u32 = 4096;
 /// Most load threads (also a 12-bit field of connection keys).
@@ -75,6 +85,8 @@ pub(super) struct Settings {
     /// When the measured window is to start (`--start-at`).
     pub(super) start_at: Option<SystemTime>,
     pub(super) server_pid: Option<u32>,
+    /// Open loop: messages a connection may have unanswered before it waits.
+    pub(super) open_loop_cap: usize,
     /// The idle strategy of every load thread's loop.
     pub(super) busy_poll: Option<Duration>,
 }
@@ -106,18 +118,50 @@ impl Settings {
         if a.interval < Duration::from_millis(10) {
             return Err("--interval must be at least 10ms".into());
         }
+        for (name, d) in [
+            ("--duration", a.duration),
+            ("--warmup", a.warmup),
+            ("--timeout", a.timeout),
+            ("--connect-timeout", a.connect_timeout),
+            ("--interval", a.interval),
+        ] {
+            if d > MAX_SPAN {
+                return Err(format!("{name} must be at most 30 days").into());
+            }
+        }
         check_size(t, a.size)?;
         let size = usize::try_from(a.size).map_err(|_| "--size is too large")?;
-        let queued = a.connections as u128 * a.pipeline as u128 * u128::from(a.size);
+        let segment = a.segment.unwrap_or(Segment { index: 0, count: 1 });
+        if a.connections < segment.count as usize {
+            return Err(format!(
+                "--connections {} cannot be shared by {} segments: each needs at least one",
+                a.connections, segment.count
+            )
+            .into());
+        }
+        // This generator's share: the first `total % count` segments take one more.
+        let total = a.connections;
+        let (i, n) = (segment.index as usize, segment.count as usize);
+        let connections = total / n + usize::from(i < total % n);
+        let queued = connections as u128 * a.pipeline as u128 * u128::from(a.size);
         if t.is_stream() && queued > MAX_QUEUED {
             return Err(format!(
-                "--connections × --pipeline × --size is {} MiB: the generator would have to hold \
-                 that much in write buffers when the server stops reading; keep it within {} MiB",
+                "--connections × --pipeline × --size is {} MiB for this generator: it would \
+                 have to hold that much in write buffers when the server stops reading; keep \
+                 it within {} MiB",
                 queued >> 20,
                 MAX_QUEUED >> 20
             )
             .into());
         }
+        // Open loop sends on schedule whether or not the server keeps up: what may wait
+        // unanswered is bounded too, per connection.
+        let open_loop_cap = if t.is_stream() {
+            let per_conn = OPEN_LOOP_QUEUED / (connections as u128 * u128::from(a.size)).max(1);
+            per_conn.clamp(1, OPEN_LOOP_CAP as u128) as usize
+        } else {
+            OPEN_LOOP_CAP
+        };
         if a.reconnect && t.is_datagram() {
             return Err("--reconnect needs a stream transport (tcp, tls or unix)".into());
         }
@@ -142,14 +186,6 @@ impl Settings {
         }
         if !a.source.is_empty() && !t.is_ip() {
             return Err("--source applies to tcp, tls and udp only".into());
-        }
-        let segment = a.segment.unwrap_or(Segment { index: 0, count: 1 });
-        if a.connections < segment.count as usize {
-            return Err(format!(
-                "--connections {} cannot be shared by {} segments: each needs at least one",
-                a.connections, segment.count
-            )
-            .into());
         }
         let server_pid = match a.server_pid {
             Some(pid) => Some(check_pid(pid)?),
@@ -187,10 +223,6 @@ impl Settings {
         } else {
             None
         };
-        // This generator's share: the first `total % count` segments take one more.
-        let total = a.connections;
-        let (i, n) = (segment.index as usize, segment.count as usize);
-        let connections = total / n + usize::from(i < total % n);
         let load = if a.reconnect {
             Load::Reconnect
         } else if let Some(rate) = a.rate {
@@ -228,6 +260,7 @@ impl Settings {
             segment,
             start_at,
             server_pid,
+            open_loop_cap,
             busy_poll: Some(a.busy_poll).filter(|d| !d.is_zero()),
         })
     }
@@ -350,9 +383,10 @@ impl StartAt {
     fn resolve(self) -> Result<SystemTime, CliError> {
         let now = SystemTime::now();
         let at = match self {
-            StartAt::After(d) => now + d,
-            StartAt::Unix(d) => UNIX_EPOCH + d,
-        };
+            StartAt::After(d) => now.checked_add(d),
+            StartAt::Unix(d) => UNIX_EPOCH.checked_add(d),
+        }
+        .ok_or("--start-at is too far away")?;
         match at.duration_since(now) {
             Err(past) => Err(format!(
                 "--start-at is {:.3} s in the past: give a later time, or +DURATION from now",
@@ -454,6 +488,50 @@ mod tests {
         assert!(parse_count("1.5").is_err());
         assert!(parse_count("0").is_err());
         assert!(parse_count("x").is_err());
+    }
+
+    fn settings(args: &[&str]) -> Result<super::Settings, String> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: super::super::BenchArgs,
+        }
+        let argv = std::iter::once("bench").chain(args.iter().copied());
+        let cmd = Cmd::try_parse_from(argv).map_err(|e| e.to_string())?;
+        super::Settings::from_args(&cmd.args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn queues_are_bounded_in_open_loop_too() {
+        // 1 GiB over 4 connections of 64 MiB messages: 4 unanswered each at most.
+        let s = settings(&[
+            "tcp",
+            "127.0.0.1:7",
+            "-c",
+            "4",
+            "--size",
+            "64M",
+            "--rate",
+            "100",
+        ]);
+        assert_eq!(s.unwrap().open_loop_cap, 4);
+        let s = settings(&["tcp", "127.0.0.1:7", "--rate", "1k"]).unwrap();
+        assert_eq!(s.open_loop_cap, 1 << 16);
+        // The budget is this generator's: its share of the connections.
+        let big = [
+            "tcp",
+            "127.0.0.1:7",
+            "-c",
+            "100",
+            "--pipeline",
+            "100",
+            "--size",
+            "1M",
+        ];
+        assert!(settings(&big).unwrap_err().contains("write buffers"));
+        let share = [&big[..], &["--segment", "0/4"]].concat();
+        assert_eq!(settings(&share).unwrap().connections, 25);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! The loop's backpressure is turned off for these connections: the generator must keep
 //! reading echoes while its own messages wait to be written, or a message larger than the
 //! socket buffers deadlocks — the server cannot write its echo because we do not read, so
-//! it stops reading, so we cannot write. What a connection may have queued is bounded by
-//! `--pipeline × --size` instead (checked when the run starts).
+//! it stops reading, so we cannot write. What a connection may have queued is bounded
+//! instead by `--pipeline × --size`, or in open loop by the messages it may leave
+//! unanswered (both set against a budget when the run starts: see `settings`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -106,12 +107,8 @@ impl StreamConn {
             Load::Reconnect => self.send_one(ctx, now, now),
             Load::Open { .. } => {
                 self.anchor = self.env.anchor(&tl, self.slot);
-                // A slot reopened mid-run picks its schedule up where it is now.
-                self.next_due = if self.first {
-                    0
-                } else {
-                    self.env.resume_at(self.anchor, now)
-                };
+                // A slot reopened mid-run goes on where its schedule stood.
+                self.next_due = ctx.state().schedule.remove(&self.slot).unwrap_or(0);
                 self.pump(ctx, tl, now);
                 self.maybe_finish(ctx);
             }
@@ -331,6 +328,9 @@ impl Handler<ThreadState> for StreamConn {
             && owed == 0
             && matches!(env.s.load, Load::Reconnect);
         let still_running = st.tl.is_none_or(|tl| now < tl.end);
+        if self.tl.is_some() && matches!(env.s.load, Load::Open { .. }) {
+            st.schedule.insert(slot, self.next_due);
+        }
         if still_running && (retry || normal_reconnect) {
             let at = if normal_reconnect {
                 now

@@ -45,15 +45,12 @@ use crate::cli::report::Recorder;
 use crate::net::{Endpoint, PeerAddr, UnixName};
 use crate::{ConnId, ConnectOptions, EventLoop, LoopCtx, Sender};
 
-/// Open-loop messages a connection may have in flight before sending waits for echoes
-/// (they are still sent later, with their latency counted from when they were due).
-pub(super) const OPEN_LOOP_CAP: usize = 1 << 16;
 /// Connects a thread keeps in progress at once. Thousands of SYNs at once overflow a
 /// server's SYN and accept queues (`tcp_max_syn_backlog`, `somaxconn`): the dropped ones
 /// are retried by the kernel only after a second, then three, and a run of 17,000
 /// connections turns into thousands of connect timeouts. Keeping this many in flight
 /// connects as fast as the server accepts, with no tuning.
-const MAX_CONNECTING: usize = 256;
+pub(super) const MAX_CONNECTING: usize = 256;
 /// Pause before reopening a connection that failed or broke, so a refusing server does
 /// not get a connect storm.
 pub(super) const RETRY_BACKOFF: Duration = Duration::from_millis(100);
@@ -246,6 +243,10 @@ pub(super) struct ThreadState {
     pub(super) connecting: usize,
     /// Connections to open again, not before the given instant.
     pub(super) requeue: Vec<(Instant, usize)>,
+    /// Open loop: where each slot's schedule stands when its connection closed early, so
+    /// the next one sends what came due meanwhile (late, with its latency counted from
+    /// when it was due) instead of skipping it.
+    pub(super) schedule: std::collections::HashMap<usize, u64>,
     pub(super) first_error: Option<String>,
     /// The run is over and the loop is being stopped: closes are ours, not failures.
     pub(super) stopping: bool,
@@ -421,7 +422,7 @@ impl Env {
             Some(due) if due < tl.end => {
                 if due > now {
                     Step::WaitUntil(due)
-                } else if in_flight >= OPEN_LOOP_CAP {
+                } else if in_flight >= self.s.open_loop_cap {
                     // The next echo asks again; the backlog keeps its due times.
                     Step::Full
                 } else {
@@ -440,18 +441,6 @@ impl Env {
                 after(tl.start, self.s.global_slot(slot) as f64 / rate).unwrap_or(tl.start)
             }
             _ => tl.start,
-        }
-    }
-
-    /// The first message of the schedule at `anchor` not yet due at `now`: where a
-    /// connection reopened mid-run picks the schedule up (what its predecessor missed is
-    /// not sent twice).
-    pub(super) fn resume_at(&self, anchor: Instant, now: Instant) -> u64 {
-        match self.s.load {
-            Load::Open { interval, .. } if now > anchor => {
-                (now.duration_since(anchor).as_secs_f64() / interval).ceil() as u64
-            }
-            _ => 0,
         }
     }
 }
