@@ -179,7 +179,15 @@ fn busy_poll_keeps_timers_idle_timeouts_and_stops() {
 
 #[test]
 fn busy_poll_serve_and_bench_flags() {
-    let mut p = Proc::serve(&["--tcp", "127.0.0.1:0", "--busy-poll", "1ms"]);
+    // Two workers: each loop spins on its own, and both go back to sleep.
+    let mut p = Proc::serve(&[
+        "--tcp",
+        "127.0.0.1:0",
+        "--busy-poll",
+        "1ms",
+        "--workers",
+        "2",
+    ]);
     let addr = p.sockaddr("tcp");
     let (st, out, err) = common::run(
         &[
@@ -231,4 +239,51 @@ fn busy_poll_serve_and_bench_flags() {
     );
     let _ = st;
     assert!(out.contains(r#""idle_strategy":"block""#), "{out}");
+}
+
+/// While one connection keeps the loop spinning, a message from another thread through a
+/// loop channel and a second connection are served at once, not after the spin ends.
+#[test]
+fn busy_poll_serves_channels_and_other_sockets_while_spinning() {
+    let (tx, rx) = mpsc::channel();
+    let (back_tx, back_rx) = mpsc::channel::<u32>();
+    let thread = std::thread::spawn(move || {
+        let mut el = EventLoop::new(busy_config(Duration::from_secs(5))).unwrap();
+        let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+        let bound = el
+            .listen(&any, ListenKind::Tcp, || Box::new(Echo) as Box<dyn Handler>)
+            .unwrap();
+        let sender = el.channel(16, move |_, n: u32| {
+            let _ = back_tx.send(n + 1);
+        });
+        tx.send((bound.addr, el.stop_handle(), sender)).unwrap();
+        while el.run_once(Some(Duration::from_millis(100))).unwrap() {}
+    });
+    let (addr, stop, sender) = rx.recv_timeout(common::DEADLINE).unwrap();
+    let Endpoint::Inet(addr) = addr else {
+        panic!("not an IP address")
+    };
+    // A steady stream of pings keeps the loop inside its 5 s window.
+    let busy = std::thread::spawn(move || ping(addr, 3000));
+    for n in 0..20u32 {
+        let asked = Instant::now();
+        sender.try_send(n).unwrap();
+        let got = back_rx.recv_timeout(common::DEADLINE).unwrap();
+        assert_eq!(got, n + 1);
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "a channel message waited {:?} behind the spin",
+            asked.elapsed()
+        );
+    }
+    let asked = Instant::now();
+    ping(addr, 50);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "a second connection waited {:?}",
+        asked.elapsed()
+    );
+    busy.join().unwrap();
+    stop.stop(Duration::from_secs(1));
+    thread.join().unwrap();
 }
