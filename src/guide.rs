@@ -91,6 +91,18 @@
 //! because mio registers sockets edge-triggered (`EPOLLET`) and the kernel raises a new
 //! edge for every arrival after our read, so bytes that come later are never missed.
 //!
+//! Blocking in `epoll_wait` has a price too: the thread sleeps, and the next packet must
+//! wake it, tens of microseconds on a virtual machine when the sender runs on another
+//! core. A latency tool or a low-latency server instead keeps asking with a zero timeout
+//! for a while after the last event (*busy polling*, `Config::busy_poll`, `--busy-poll`):
+//! it spends a whole core to be awake when the next message comes. That pays when
+//! connections are few and their messages come closer together than the window; a loop
+//! that always has an event waiting never sleeps anyway and gains nothing. Even spinning,
+//! a readiness loop makes one more system call per message than a program that spins on
+//! one socket's `recv` (two for UDP, whose queue must be read until `EAGAIN`), which is
+//! why sockperf's busy mode still beats ours on one connection (README, "Latency at the
+//! machine's limit").
+//!
 //! # 5. Partial writes
 //!
 //! `send` on a non-blocking socket takes what fits in the kernel's send buffer and says
