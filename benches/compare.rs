@@ -26,7 +26,7 @@
 //! `ECHOLOOP_BASELINE=<tcp|udp|tls|floor-tcp|floor-udp>`
 //! and `ECHOLOOP_BASELINE_ADDR`, it prints `listening <kind> <addr>` and serves.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -384,22 +384,7 @@ fn start_server(kind: ServerKind, transport: &str, pki: &Pki, pin: bool) -> Resu
             c
         }
     };
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let out = child.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    // The listening line is printed after binding; reading it is the readiness wait.
-    BufReader::new(out)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let addr = line
-        .split_whitespace()
-        .nth(2)
-        .ok_or_else(|| format!("bad line {line:?}"))?
-        .to_string();
+    let (child, addr) = common::spawn_listening(&mut cmd)?;
     Ok(Server { child, addr })
 }
 

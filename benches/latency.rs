@@ -15,6 +15,8 @@
 //! echoloop rows alone. Environment: `ECHOLOOP_BENCH_SECS` (default 3) seconds per run,
 //! `ECHOLOOP_BENCH_ROUNDS` (default 4), `ECHOLOOP_BUSY_POLL` (default `1ms`).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -205,22 +207,7 @@ fn echoloop_server(
     if let Some(b) = busy {
         c.args(["--busy-poll", b]);
     }
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let out = child.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    // The listening line comes after binding: reading it is the readiness wait.
-    BufReader::new(out)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let addr = line
-        .split_whitespace()
-        .nth(2)
-        .ok_or_else(|| format!("bad line {line:?}"))?
-        .to_string();
+    let (child, addr) = common::spawn_listening(&mut c)?;
     Ok((Server(child), addr))
 }
 

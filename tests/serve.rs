@@ -1407,8 +1407,10 @@ fn shutdown_sigterm_delivers_every_owed_byte() {
         got >= 16 * MIB,
         "only {got} bytes came back of the more than 16 MiB owed"
     );
-    // Our side is done too; this also ends the writer if it is still going.
-    s.shutdown(Shutdown::Both).unwrap();
+    // Our side is done too; this also ends the writer if it is still going. The server
+    // may already be gone: closing with our writer's bytes unread, its kernel resets the
+    // connection, and shutdown then says NotConnected. Both are fine here.
+    let _ = s.shutdown(Shutdown::Both);
     let _ = writer.join().expect("writer thread");
     let status = p.wait_exit(Duration::from_secs(5).saturating_sub(signalled.elapsed()));
     assert!(

@@ -1,6 +1,34 @@
-//! Shared by the benches: a throwaway PKI for the TLS scenarios.
+//! Shared by the benches: a throwaway PKI for the TLS scenarios, and starting a server
+//! that says where it listens.
 
+// Each bench uses a part of this module.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// Starts a server whose first stdout line is `listening KIND ADDR` (as `echoloop serve`
+/// prints it once bound): returns the child and ADDR. Reading the line is the readiness
+/// wait, so no sleep is needed.
+pub fn spawn_listening(cmd: &mut Command) -> Result<(Child, String), String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let addr = line
+        .split_whitespace()
+        .nth(2)
+        .ok_or_else(|| format!("bad line {line:?}"))?
+        .to_string();
+    Ok((child, addr))
+}
 
 /// A CA and a certificate for `localhost`, written to a temp dir that is removed on drop.
 pub struct Pki {

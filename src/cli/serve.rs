@@ -13,6 +13,7 @@ use super::common::{BUSY_POLL_HELP, CliError, idle_strategy, init_logging, parse
 use super::live::{Board, Sampler};
 use super::metrics::{Metrics, StatsSource};
 use super::units::{parse_duration, parse_size};
+use crate::event_loop::HANDLED_SIGNALS;
 use crate::net::{Endpoint, UnixName, resolve_one};
 use crate::tls_config::{ServerTlsOptions, server_config};
 use crate::{Bound, Config, Echo, EchoDatagram, EventLoop, ListenKind, StopHandle};
@@ -502,13 +503,7 @@ fn run_workers(
     report: Report,
 ) -> Result<ExitCode, CliError> {
     // Block the signals' default action before any thread starts.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-        signal_hook::consts::SIGUSR1,
-        signal_hook::consts::SIGUSR2,
-    ])?;
+    let mut signals = signal_hook::iterator::Signals::new(HANDLED_SIGNALS)?;
     let mut handles = Vec::new();
     let mut stops: Vec<StopHandle> = Vec::new();
     let mut specs = specs;

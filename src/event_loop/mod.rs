@@ -120,6 +120,16 @@ pub struct Bound {
     pub addr: Endpoint,
 }
 
+/// The signals [`EventLoop::handle_signals`] takes over, for a program that must block
+/// their default action before it starts its loops (as `serve --workers` does).
+pub const HANDLED_SIGNALS: [libc::c_int; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
 /// A single-threaded reactor serving stream and datagram sockets through handlers.
 ///
 /// Typical use: [`EventLoop::new`] (or [`EventLoop::with_state`] for application state
@@ -240,13 +250,7 @@ impl<S: 'static> EventLoop<S> {
     ///
     /// SIGHUP stops like SIGTERM because it says the terminal went away.
     pub fn handle_signals(&mut self, grace: Duration) -> io::Result<()> {
-        let mut signals = signal_hook_mio::v1_0::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGHUP,
-            signal_hook::consts::SIGUSR1,
-            signal_hook::consts::SIGUSR2,
-        ])?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new(HANDLED_SIGNALS)?;
         self.inner
             .poll
             .registry()
