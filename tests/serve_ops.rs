@@ -1459,7 +1459,7 @@ fn assert_refused(args: &[&str], needles: &[&str], one_line: bool) {
 #[test]
 fn settings_that_make_the_server_useless_are_refused() {
     let tcp = ["--tcp", "127.0.0.1:0"];
-    let cases: [(&[&str], &[&str]); 7] = [
+    let cases: [(&[&str], &[&str]); 10] = [
         (
             &["--max-connections", "0"],
             &["--max-connections 0", "at least 1"],
@@ -1472,6 +1472,18 @@ fn settings_that_make_the_server_useless_are_refused() {
         ),
         (&["--workers", "100000"], &["--workers 100000", "256"]),
         (&["--workers", "0"], &["--workers", "at least 1"]),
+        (
+            &["--stats-interval", "1ns"],
+            &["--stats-interval 1ns", "10ms"],
+        ),
+        (
+            &["--stats-interval", "18446744073709551615"],
+            &["--stats-interval", "30 days"],
+        ),
+        (
+            &["--idle-timeout", "100000h"],
+            &["--idle-timeout", "30 days"],
+        ),
         (
             &["--high-water", "1k"],
             &["--high-water 1k", "--low-water 64k", "default"],
@@ -1827,4 +1839,96 @@ fn activation_by_systemd_socket_activate_datagram() {
     send_signal(&p, libc::SIGTERM);
     let status = p.wait_exit(DEADLINE);
     assert_exit_ok(&p, status);
+}
+
+/// With output owed to a client that stopped reading and a long grace, the first SIGTERM
+/// waits for that client, SIGUSR1 still reports, and a second SIGTERM stops at once: with
+/// one worker (signals on the loop) and with several (signals on the main thread).
+#[test]
+fn shutdown_second_signal_stops_at_once() {
+    for workers in ["1", "2"] {
+        let mut p = Proc::serve(&[
+            "--tcp",
+            "127.0.0.1:0",
+            "--workers",
+            workers,
+            "--shutdown-timeout",
+            "60s",
+        ]);
+        let mut t = tcp(p.sockaddr("tcp"));
+        // Send without reading until the server stops reading us: it owes us its echo.
+        t.set_nonblocking(true).unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let mut still_since = Instant::now();
+        let deadline = Instant::now() + DEADLINE;
+        while still_since.elapsed() < Duration::from_millis(300) {
+            assert!(
+                Instant::now() < deadline,
+                "the server never stopped reading"
+            );
+            match t.write(&chunk) {
+                Ok(_) => still_since = Instant::now(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        send_signal(&p, libc::SIGTERM);
+        wait_for(&p, "the first signal's log line", || {
+            p.stderr_text().contains("signal received: shutting down")
+        });
+        send_signal(&p, libc::SIGUSR1);
+        wait_for(&p, "a summary on SIGUSR1 during the grace", || {
+            p.stderr_text().contains("stats over")
+        });
+        assert!(
+            p.wait_exit_within(Duration::from_millis(300)).is_none(),
+            "with {workers} worker(s), exited though output is owed and the grace is long"
+        );
+        let second = Instant::now();
+        send_signal(&p, libc::SIGTERM);
+        let status = p.wait_exit(Duration::from_secs(3));
+        assert_exit_ok(&p, status);
+        assert!(
+            second.elapsed() < Duration::from_secs(2),
+            "with {workers} worker(s), the second signal took {:?}",
+            second.elapsed()
+        );
+        assert!(p.stderr_text().contains("second signal: stopping now"));
+    }
+}
+
+/// A server whose stderr is a closed pipe (`serve 2>&1 | head -1`, then `head` exits)
+/// keeps serving: its statistics lines and logs are lost, not turned into a panic.
+#[test]
+fn stats_lines_to_a_closed_stderr_do_not_stop_the_server() {
+    use std::io::BufRead;
+    let mut child = Command::new(common::bin())
+        .args(["serve", "--tcp", "127.0.0.1:0", "--stats-interval", "20ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    drop(child.stderr.take());
+    let mut out = io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("listening line");
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("bad line {line:?}"));
+    // Several interval lines have hit the closed pipe by the time the last ping runs.
+    let started = Instant::now();
+    let mut t = tcp(addr);
+    while started.elapsed() < Duration::from_millis(300) {
+        ping(&mut t, b"still there?");
+    }
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "serve exited after writing to a closed stderr"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -863,7 +863,7 @@ impl DgramClient {
         let Some(next) = self.fallbacks.pop_front() else {
             return false;
         };
-        eprintln!("echoloop: {why}; trying {next}");
+        errln!("echoloop: {why}; trying {next}");
         let successor = DgramClient {
             common: Common {
                 timeout: self.common.timeout,
@@ -884,7 +884,7 @@ impl DgramClient {
         if let Err(e) = ctx.bind_udp(unspecified_like(next), Box::new(successor)) {
             // No socket for that family (IPv6 disabled, say): report this address's
             // failure rather than hang.
-            eprintln!("echoloop: cannot try {next}: {e}");
+            errln!("echoloop: cannot try {next}: {e}");
             return false;
         }
         self.current = None;
@@ -1033,7 +1033,7 @@ impl DatagramHandler<Shared> for DgramClient {
         }
         self.timer = None;
         if self.attempts <= self.retries {
-            eprintln!(
+            errln!(
                 "echoloop: no echo of message {} within {:?}; resending (attempt {} of {})",
                 self.common.index,
                 self.common.timeout,

@@ -89,7 +89,7 @@ impl Sampler {
             s,
             &self.last.clone(),
             now - self.last_at,
-            cpu - self.last_cpu,
+            cpu.saturating_sub(self.last_cpu),
             Line::Interval,
         );
         self.last = *s;
@@ -116,7 +116,7 @@ impl Sampler {
             s,
             &Stats::default(),
             self.started.elapsed(),
-            cpu - self.start_cpu,
+            cpu.saturating_sub(self.start_cpu),
             kind,
         )
     }

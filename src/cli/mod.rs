@@ -5,6 +5,20 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `eprintln!` that cannot panic: a server whose stderr is a closed pipe (`serve 2>&1 |
+/// head`) keeps serving instead of dying with "failed printing to stderr". What cannot
+/// be written is lost, as a terminal that went away would lose it.
+macro_rules! errln {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod activation;
 pub mod bench;
 pub mod client;
@@ -46,7 +60,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("echoloop: error: {e}");
+            errln!("echoloop: error: {e}");
             ExitCode::FAILURE
         }
     }

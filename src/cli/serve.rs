@@ -134,8 +134,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     // one, which is what the administrator allows.
     if let Some(limit) = super::bench::raise_fd_limit() {
         log::debug!("open-file limit: {limit}");
-        let wanted = args.max_connections.unwrap_or(0) as u64 * args.workers as u64;
-        if wanted + 64 > limit {
+        let wanted = (args.max_connections.unwrap_or(0) as u64).saturating_mul(args.workers as u64);
+        if wanted.saturating_add(64) > limit {
             log::warn!(
                 "--max-connections {} per worker needs more descriptors than the open-file \
                  limit ({limit}); past it, accepts fail with EMFILE",
@@ -196,13 +196,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         el.handle_signals(args.shutdown_timeout)?;
         el.on_info_signal(|ctx| {
             let total = ctx.stats();
-            eprintln!("{}", ctx.state().sampler.summary(&total));
+            errln!("{}", ctx.state().sampler.summary(&total));
         });
         let bound = bind_all(&mut el, &specs, tls.as_ref(), true)?;
         announce(&specs, &bound)?;
         serve_loop(&mut el, report.interval)?;
         if report.interval.is_some() {
-            eprintln!("{}", el.state().sampler.final_summary(&el.stats()));
+            errln!("{}", el.state().sampler.final_summary(&el.stats()));
         }
         log::info!("stopped");
         return Ok(ExitCode::SUCCESS);
@@ -248,7 +248,7 @@ fn serve_loop(el: &mut EventLoop<ServeState>, print_every: Option<Duration>) -> 
             if now >= at {
                 let s = el.stats();
                 let line = el.state_mut().sampler.interval(&s);
-                eprintln!("{line}");
+                errln!("{line}");
                 // From the planned time, so the lines keep their rhythm.
                 next_print = Some(at + every).filter(|t| *t > now).or(Some(now + every));
             }
@@ -264,6 +264,11 @@ fn serve_loop(el: &mut EventLoop<ServeState>, print_every: Option<Duration>) -> 
 const MAX_WORKERS: usize = 256;
 
 /// Settings that would make the server useless are refused, each with what to do instead.
+/// The longest duration a setting may have.
+const MAX_SETTING: Duration = Duration::from_secs(30 * 86_400);
+/// The shortest `--stats-interval`.
+const MIN_STATS_INTERVAL: Duration = Duration::from_millis(10);
+
 fn check_settings(args: &ServeArgs) -> Result<(), CliError> {
     if args.max_connections == Some(0) {
         return Err("--max-connections 0 would refuse every connection: give at least 1, or leave it out for no limit".into());
@@ -288,6 +293,28 @@ fn check_settings(args: &ServeArgs) -> Result<(), CliError> {
             size_text(args.high_water),
             size_text(args.low_water),
             size_text(args.high_water),
+        )
+        .into());
+    }
+    // Deadlines are instants: a duration of centuries would overflow them.
+    for (flag, d) in [
+        ("--idle-timeout", args.idle_timeout),
+        ("--handshake-timeout", Some(args.handshake_timeout)),
+        ("--shutdown-timeout", Some(args.shutdown_timeout)),
+        ("--busy-poll", Some(args.busy_poll)),
+        ("--stats-interval", args.stats_interval),
+    ] {
+        if d.is_some_and(|d| d > MAX_SETTING) {
+            return Err(format!("{flag} is more than 30 days: give a shorter duration").into());
+        }
+    }
+    if let Some(d) = args
+        .stats_interval
+        .filter(|d| !d.is_zero() && *d < MIN_STATS_INTERVAL)
+    {
+        return Err(format!(
+            "--stats-interval {d:?} is below 10ms: a line that often would flood stderr and \
+             cost the server a core; give at least 10ms (0 turns the lines off)"
         )
         .into());
     }
@@ -579,28 +606,45 @@ fn run_workers(
             while let Err(mpsc::RecvTimeoutError::Timeout) =
                 quit_rx.recv_timeout(next.saturating_duration_since(Instant::now()))
             {
-                eprintln!("{}", sampler.interval(&board.total(None)));
+                errln!("{}", sampler.interval(&board.total(None)));
                 next += every;
             }
         });
         (quit, thread)
     });
     let summary = Sampler::new(report.json, board.started);
+    // The workers are joined on a thread of their own, which then ends the signal loop
+    // below: signals keep their meaning during the grace period (a second one stops at
+    // once, SIGUSR1 still reports), and workers that end on their own end the server.
+    let closer = signals.handle();
+    let joiner = std::thread::spawn(move || {
+        let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        closer.close();
+        results
+    });
+    let mut stopping = false;
     for sig in signals.forever() {
         match sig {
-            signal_hook::consts::SIGUSR1 => eprintln!("{}", summary.summary(&board.total(None))),
+            signal_hook::consts::SIGUSR1 => errln!("{}", summary.summary(&board.total(None))),
             signal_hook::consts::SIGUSR2 => log::info!("SIGUSR2 ignored"),
-            _ => {
+            _ if !stopping => {
                 log::info!("signal received: shutting down (grace {grace:?})");
                 stop_all(&stops, grace);
-                break;
+                stopping = true;
+            }
+            _ => {
+                log::warn!("second signal: stopping now");
+                stop_all(&stops, Duration::ZERO);
             }
         }
     }
+    let results = joiner
+        .join()
+        .map_err(|_| CliError::from("the thread joining the workers failed"))?;
     let mut failed = false;
     let mut total = crate::Stats::default();
-    for (w, h) in handles.into_iter().enumerate() {
-        match h.join() {
+    for (w, h) in results.into_iter().enumerate() {
+        match h {
             // One line per worker, so an operator (and the tests) can see the kernel
             // spread the load across the reactors.
             Ok(Ok(st)) => {
@@ -621,7 +665,7 @@ fn run_workers(
     if let Some((quit, thread)) = printer {
         drop(quit);
         let _ = thread.join();
-        eprintln!("{}", summary.final_summary(&total));
+        errln!("{}", summary.final_summary(&total));
     }
     log::info!("stopped");
     Ok(if failed {

@@ -164,6 +164,21 @@ impl Proc {
         }
     }
 
+    /// The exit status if the process exits within `limit`, `None` if it is still running
+    /// then.
+    pub fn wait_exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Everything on stderr so far.
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().clone()

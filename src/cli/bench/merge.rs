@@ -377,7 +377,7 @@ pub(super) fn run(args: &MergeArgs) -> Result<ExitCode, CliError> {
     // A window of at least a few milliseconds is what --start-at gives; less means the
     // generators barely ran together.
     if merged.duration_secs < Duration::from_millis(100).as_secs_f64() {
-        eprintln!(
+        errln!(
             "echoloop: the generators measured together for only {:.3} s",
             merged.duration_secs
         );

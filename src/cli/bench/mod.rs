@@ -200,7 +200,7 @@ fn cpu_between(a: Option<(Instant, u64)>, b: Option<(Instant, u64)>) -> Option<(
 /// An output file failed mid-run: said once; the run and its report go on without it.
 fn log_lost(option: &str, path: Option<&std::path::Path>, e: &io::Error) {
     let name = path.map_or_else(|| "-".to_owned(), |p| p.display().to_string());
-    eprintln!("echoloop: {option} {name}: {e}; nothing more is written there");
+    errln!("echoloop: {option} {name}: {e}; nothing more is written there");
 }
 
 /// Opens where the JSON lines go: `-` is standard output.
@@ -536,7 +536,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         };
         // The report still goes out: the run is not lost with the file.
         if let Err(e) = write() {
-            eprintln!("echoloop: cannot write {}: {e}", path.display());
+            errln!("echoloop: cannot write {}: {e}", path.display());
         }
     }
     let json = report.to_json();
@@ -557,25 +557,26 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         out.flush()?;
     }
     if let Some(e) = &first_error {
-        eprintln!("echoloop: first problem seen: {e}");
+        errln!("echoloop: first problem seen: {e}");
     }
     let mut code = ExitCode::SUCCESS;
     if c.verify_errors > 0 {
-        eprintln!(
+        errln!(
             "echoloop: {} echoes differed from what was sent",
             c.verify_errors
         );
         code = ExitCode::FAILURE;
     }
     if c.wrong_source > 0 {
-        eprintln!(
+        errln!(
             "echoloop: {} replies came from an address other than {}",
-            c.wrong_source, s.target_text
+            c.wrong_source,
+            s.target_text
         );
         code = ExitCode::FAILURE;
     }
     if c.messages == 0 {
-        eprintln!("echoloop: no echo completed in the measured window");
+        errln!("echoloop: no echo completed in the measured window");
         code = ExitCode::FAILURE;
     }
     Ok(code)

@@ -172,7 +172,7 @@ impl Progress {
     fn json_lines_failed(&mut self, written: io::Result<()>) {
         if let Err(e) = written {
             let name = self.json_lines_name.as_deref().unwrap_or("-");
-            eprintln!("echoloop: --json-lines {name}: {e}; nothing more is written there");
+            errln!("echoloop: --json-lines {name}: {e}; nothing more is written there");
             self.json_lines = None;
         }
     }
@@ -181,7 +181,7 @@ impl Progress {
     /// there are JSON lines (an empty report: the run failed, there is none).
     pub(super) fn finish(&mut self, report_json: &str) {
         if self.terminal && self.drawn {
-            eprintln!();
+            errln!();
             self.drawn = false;
         }
         if report_json.is_empty() {
