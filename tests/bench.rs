@@ -1219,7 +1219,55 @@ fn bench_two_generators_merge_into_one_report() {
         assert!(!status.success(), "{files:?}: {out}");
         assert!(err.contains(needle), "{files:?}: {err}");
     }
-    for f in paths.iter().chain([&other, &three]) {
+
+    // Files edited by hand (or damaged) are refused, naming the file, and never wrap or
+    // panic; wrong echoes in a part fail the merge as they fail a run.
+    let edited = |tag: &str, from: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(from).unwrap().trim()).unwrap();
+        edit(&mut v);
+        let path =
+            std::env::temp_dir().join(format!("echoloop-merge-{tag}-{}.json", std::process::id()));
+        std::fs::write(&path, v.to_string()).unwrap();
+        path
+    };
+    let seg7 = edited("seg7", p[0], &|v| {
+        v["segment"] = serde_json::json!({"index": 7, "count": 1})
+    });
+    let seg0 = edited("seg0", p[0], &|v| {
+        v["segment"] = serde_json::json!({"index": 0, "count": 0})
+    });
+    let window = edited("window", p[0], &|v| {
+        v["window_start_unix"] = serde_json::json!(1e308);
+        v["window_end_unix"] = serde_json::json!(-1e308);
+    });
+    let huge0 = edited("huge0", p[0], &|v| {
+        v["messages"] = serde_json::json!(u64::MAX)
+    });
+    let huge1 = edited("huge1", p[1], &|v| {
+        v["messages"] = serde_json::json!(u64::MAX)
+    });
+    let bad0 = edited("bad0", p[0], &|v| v["verify_errors"] = serde_json::json!(3));
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let cases: [(Vec<String>, &str); 5] = [
+        (vec![s(&seg7)], "segment 7/1 is not one --segment gives"),
+        (vec![s(&seg0)], "segment 0/0 is not one --segment gives"),
+        (vec![s(&window)], "is not a span of Unix time"),
+        (vec![s(&huge0), s(&huge1)], "too large to add up"),
+        (vec![s(&bad0), p[1].to_owned()], "3 echoes differed"),
+    ];
+    for (files, needle) in cases {
+        let mut args = vec!["bench", "merge"];
+        args.extend(files.iter().map(String::as_str));
+        let (status, out, err) = common::run(&args, None);
+        assert!(!status.success(), "{files:?}: {out}");
+        assert!(err.contains(needle), "{files:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    for f in paths
+        .iter()
+        .chain([&other, &three, &seg7, &seg0, &window, &huge0, &huge1, &bad0])
+    {
         let _ = std::fs::remove_file(f);
         let _ = std::fs::remove_file(f.with_extension("hlog"));
     }

@@ -425,6 +425,31 @@ fn udp_echo_ipv6() {
     assert_echoed(&r, &["six"], &addr);
 }
 
+/// A message no UDP datagram can carry is refused before anything is reported as sent,
+/// naming the limit for the server's family; one at the limit still goes.
+#[test]
+fn udp_message_larger_than_a_datagram_is_refused_before_sent() {
+    let srv = Proc::serve(&["--udp", "127.0.0.1:0"]);
+    let addr = srv.addr("udp");
+    let big = "x".repeat(65_508);
+    let r = client(&["udp", &addr, "-m", &big], None);
+    assert_failed(&r, "more than one UDP datagram can carry");
+    assert!(r.2.contains("65507 bytes"), "{}", r.2);
+    assert!(
+        !r.1.contains("SENT"),
+        "reported as sent: {}",
+        &r.1[..r.1.len().min(80)]
+    );
+    let at_limit = "y".repeat(65_507);
+    let (status, out, err) = client(&["udp", &addr, "-m", &at_limit], None);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains("(65507 bytes)"),
+        "{}",
+        &out[..out.len().min(80)]
+    );
+}
+
 #[test]
 fn udp_echo_against_std_server() {
     let (addr, h) = udp_server(|s| {

@@ -1580,6 +1580,26 @@ fn serve_activated(
     p
 }
 
+/// A `LISTEN_FDS` that is not a count (negative, say) is an error naming it, not a
+/// reason to ignore the handed-over sockets and serve something else.
+#[test]
+fn activation_refuses_a_listen_fds_that_is_not_a_count() {
+    for bad in ["-3", "many", "70000"] {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" serve "$@""#)
+            .arg(common::bin())
+            .args(["--tcp", "127.0.0.1:0"])
+            .env("LISTEN_FDS", bad)
+            .env_remove("LISTEN_FDNAMES");
+        let mut p = Proc::spawn_command(cmd);
+        let status = p.wait_exit(DEADLINE);
+        assert!(!status.success(), "LISTEN_FDS={bad} accepted");
+        let err = p.stderr_text();
+        assert!(err.contains(&format!("LISTEN_FDS=\"{bad}\"")), "{err}");
+    }
+}
+
 /// TCP and UDP sockets made here, handed over as descriptors 3 and 4: served, announced
 /// with their addresses, and no default listeners.
 #[test]

@@ -32,15 +32,17 @@ pub(crate) fn take() -> Result<Vec<Activated>, String> {
         // Inherited from a parent that was activated: not ours.
         _ => return Ok(Vec::new()),
     }
+    // A count, not a descriptor: negative or absurd values are refused, not ignored.
     let n: RawFd = fds
         .trim()
-        .parse()
+        .parse::<u16>()
+        .map(RawFd::from)
         .map_err(|_| format!("LISTEN_FDS={fds:?} is not a number of descriptors"))?;
     let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
         .map(|v| v.split(':').map(str::to_string).collect())
         .unwrap_or_default();
     let mut out = Vec::new();
-    for i in 0..n.max(0) {
+    for i in 0..n {
         let raw = FIRST_FD + i;
         // SAFETY: systemd's protocol says descriptors 3 .. 3+LISTEN_FDS are open sockets
         // handed to this process (LISTEN_PID checked above), and nothing else in the

@@ -389,6 +389,11 @@ impl<R: BufRead> Iterator for Lines<R> {
     }
 }
 
+/// The largest UDP payload over IPv4: 65,535 less the IPv4 and UDP headers (20 + 8).
+const MAX_UDP_V4: usize = 65_507;
+/// Over IPv6 the 40-byte header is not counted in the payload length: 65,535 less 8.
+const MAX_UDP_V6: usize = 65_527;
+
 /// `SENT <bytes> (<n> bytes)`: the message's bytes as they are, not re-encoded.
 fn sent_line(msg: &[u8]) -> Vec<u8> {
     report_line("SENT ", msg, &format!(" ({} bytes)", msg.len()))
@@ -908,6 +913,21 @@ impl DgramClient {
             None => self.finish(ctx, Ok(())),
             Some(Err(e)) => self.finish(ctx, Err(e)),
             Some(Ok(msg)) => {
+                // Refused before `SENT`: the kernel would refuse it (EMSGSIZE) anyway.
+                let max = match &self.server {
+                    PeerAddr::Inet(a) if a.is_ipv6() => MAX_UDP_V6,
+                    PeerAddr::Inet(_) => MAX_UDP_V4,
+                    PeerAddr::Unix(_) => usize::MAX,
+                };
+                if msg.len() > max {
+                    let e = format!(
+                        "a message of {} bytes is more than one UDP datagram can carry to \
+                         {} ({max} bytes)",
+                        msg.len(),
+                        self.server
+                    );
+                    return self.finish(ctx, Err(e));
+                }
                 if let Err(e) = say(&sent_line(&msg)) {
                     return self.finish(ctx, Err(e));
                 }

@@ -167,14 +167,20 @@ impl Metrics {
     }
 }
 
-/// Where the request head ends (after its blank line), if it has.
+/// Where the request head ends (after its blank line), if it has. Lines may end in CRLF
+/// or a bare LF, mixed (RFC 9112 lets a server accept LF alone): the head ends at the
+/// first line that is empty or holds only `\r`.
 fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    let mut start = 0;
+    for (i, &b) in buf.iter().enumerate() {
+        if b == b'\n' {
+            if matches!(&buf[start..i], b"" | b"\r") {
+                return Some(i + 1);
+            }
+            start = i + 1;
+        }
     }
+    None
 }
 
 /// The parts of a request head that matter here.
@@ -211,15 +217,24 @@ fn parse(head: &[u8]) -> Result<Request<'_>, &'static str> {
         if line.is_empty() {
             break;
         }
+        // No obsolete line folding, no empty or padded names (RFC 9112, 5.1 and 5.2).
+        if line.starts_with([' ', '\t']) {
+            return Err("folded header lines are not accepted");
+        }
         let (name, value) = line.split_once(':').ok_or("bad header line")?;
-        let (name, value) = (name.trim(), value.trim());
+        if name.is_empty() || name.ends_with([' ', '\t']) {
+            return Err("bad header name");
+        }
+        let value = value.trim();
         if name.eq_ignore_ascii_case("connection") {
-            if value.eq_ignore_ascii_case("close") {
+            // A list of options: `close` anywhere in it wins.
+            let has = |opt: &str| value.split(',').any(|o| o.trim().eq_ignore_ascii_case(opt));
+            if has("close") {
                 keep_alive = false;
-            } else if value.eq_ignore_ascii_case("keep-alive") {
+            } else if has("keep-alive") {
                 keep_alive = true;
             }
-        } else if (name.eq_ignore_ascii_case("content-length") && value != "0")
+        } else if (name.eq_ignore_ascii_case("content-length") && value.parse::<u64>() != Ok(0))
             || name.eq_ignore_ascii_case("transfer-encoding")
         {
             // Nothing here takes a body, and skipping one would mean trusting its length.
@@ -433,6 +448,23 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nGET"), Some(18));
         assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(16));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+        // Line ends mixed: a bare LF, then CRLF for the blank line.
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\nConnection: close\n\r\nX"),
+            Some(35)
+        );
+        // Options are a list; a zero length is a number, however written.
+        let req = b"GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n";
+        assert!(!parse(req).unwrap().keep_alive);
+        assert!(parse(b"GET / HTTP/1.1\r\nContent-Length: 00\r\n\r\n").is_ok());
+        for bad in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n folded: x\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\n: empty\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

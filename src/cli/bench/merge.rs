@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry, LogIteratorError};
 
 use crate::cli::common::CliError;
 use crate::cli::report::{
@@ -52,6 +52,35 @@ struct Part {
 }
 
 fn read_part(path: &PathBuf) -> Result<Part, CliError> {
+    let part = read_part_unchecked(path)?;
+    check_part(&part)?;
+    Ok(part)
+}
+
+/// What a report must hold to be merged, whoever wrote the file: a segment that
+/// `--segment` could have given, and a window of real, ordered instants.
+fn check_part(p: &Part) -> Result<(), CliError> {
+    let r = &p.report;
+    let seg = &r.segment;
+    if seg.count == 0 || seg.index >= seg.count {
+        return Err(format!(
+            "{}: segment {}/{} is not one --segment gives (I must be below N, N at least 1)",
+            p.source, seg.index, seg.count
+        )
+        .into());
+    }
+    let (a, b) = (r.window_start_unix, r.window_end_unix);
+    if !(a.is_finite() && b.is_finite() && a >= 0.0 && b > a) {
+        return Err(format!(
+            "{}: its measured window ({a}..{b}) is not a span of Unix time",
+            p.source
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn read_part_unchecked(path: &PathBuf) -> Result<Part, CliError> {
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{source}: {e}"))?;
     let trimmed = text.trim_start();
@@ -92,7 +121,13 @@ fn read_log(source: String, text: &str) -> Result<Part, CliError> {
     let mut base = 0.0;
     let mut intervals = Vec::new();
     for entry in IntervalLogIterator::new(text.as_bytes()) {
-        match entry.map_err(|e| format!("{source}: not an interval log: {e:?}"))? {
+        let entry = entry.map_err(|LogIteratorError::ParseError { offset }| {
+            // A byte offset, which need not fall on a character boundary: count bytes.
+            let before = &text.as_bytes()[..offset.min(text.len())];
+            let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+            format!("{source}: not an interval log: cannot read line {line}")
+        })?;
+        match entry {
             LogEntry::BaseTime(d) => base = d.as_secs_f64(),
             LogEntry::StartTime(_) => {}
             LogEntry::Interval(iv) => {
@@ -248,12 +283,19 @@ fn check_report_window(p: &Part, window: (f64, f64)) -> Result<(), CliError> {
         .max((r.window_end_unix - window.1).abs());
     if off > tolerance {
         return Err(format!(
-            "{}: its window ({:.3}..{:.3}) is not the one the generators share              ({:.3}..{:.3}, {off:.3} s apart): the totals of a JSON report cover its whole              window; start the generators with one --start-at, or merge their --hlog logs,              which are cut to the shared window",
+            "{}: its window ({:.3}..{:.3}) is not the one the generators share \
+             ({:.3}..{:.3}, {off:.3} s apart): the totals of a JSON report cover its whole \
+             window; start the generators with one --start-at, or merge their --hlog logs, \
+             which are cut to the shared window",
             p.source, r.window_start_unix, r.window_end_unix, window.0, window.1
         )
         .into());
     }
     Ok(())
+}
+
+fn too_big(p: &Part) -> CliError {
+    format!("{}: its counts are too large to add up", p.source).into()
 }
 
 /// Merges the parts (already checked) over the common window.
@@ -284,32 +326,43 @@ fn merge(parts: &[Part], window: (f64, f64)) -> Result<Report, CliError> {
     let mut rtt = Recorder::new();
     for p in parts {
         let r = &p.report;
-        let own = part_histogram(p, |h| Some(&h.rtt), "rtt", Some(window))?
-            .ok_or_else(|| format!("{}: the report holds no histograms to merge", p.source))?;
+        let own = part_histogram(p, |h| Some(&h.rtt), "rtt", Some(window))?.ok_or_else(|| {
+            if p.log.is_some() {
+                format!("{}: the log holds no rtt intervals to merge", p.source)
+            } else {
+                format!("{}: the report holds no histograms to merge", p.source)
+            }
+        })?;
         // From a log, what the shared window holds; from a report, its own totals.
         let (messages, sent, received) = match &p.log {
             Some(_) => {
                 let n = own.len();
-                (n, n * r.size, n * r.size)
+                let bytes = n.checked_mul(r.size).ok_or_else(|| too_big(p))?;
+                (n, bytes, bytes)
             }
             None => (r.messages, r.bytes_sent, r.bytes_received),
         };
         rtt.merge(&own);
-        m.messages += messages;
-        m.bytes_sent += sent;
-        m.bytes_received += received;
-        m.connections_requested += r.connections_requested;
-        m.connections_up += r.connections_up;
-        m.connect_failures += r.connect_failures;
-        m.verify_errors += r.verify_errors;
-        m.timeouts += r.timeouts;
-        m.lost += r.lost;
-        m.late += r.late;
-        m.duplicates += r.duplicates;
-        m.wrong_source += r.wrong_source;
-        m.closed_by_server += r.closed_by_server;
-        m.broken += r.broken;
-        m.unanswered += r.unanswered;
+        // Counts from files anyone may have written: a sum past u64 is refused, not wrapped.
+        for (total, x) in [
+            (&mut m.messages, messages),
+            (&mut m.bytes_sent, sent),
+            (&mut m.bytes_received, received),
+            (&mut m.connections_requested, r.connections_requested),
+            (&mut m.connections_up, r.connections_up),
+            (&mut m.connect_failures, r.connect_failures),
+            (&mut m.verify_errors, r.verify_errors),
+            (&mut m.timeouts, r.timeouts),
+            (&mut m.lost, r.lost),
+            (&mut m.late, r.late),
+            (&mut m.duplicates, r.duplicates),
+            (&mut m.wrong_source, r.wrong_source),
+            (&mut m.closed_by_server, r.closed_by_server),
+            (&mut m.broken, r.broken),
+            (&mut m.unanswered, r.unanswered),
+        ] {
+            *total = total.checked_add(x).ok_or_else(|| too_big(p))?;
+        }
         if let Some(x) = r.reconnects_per_sec {
             *m.reconnects_per_sec.get_or_insert(0.0) += x;
         }
@@ -382,5 +435,20 @@ pub(super) fn run(args: &MergeArgs) -> Result<ExitCode, CliError> {
             merged.duration_secs
         );
     }
-    Ok(ExitCode::SUCCESS)
+    // As a single run would: wrong echoes, or none at all, fail.
+    let mut code = ExitCode::SUCCESS;
+    for (n, what) in [
+        (merged.verify_errors, "echoes differed from what was sent"),
+        (merged.wrong_source, "replies came from another address"),
+    ] {
+        if n > 0 {
+            errln!("echoloop: {n} {what}");
+            code = ExitCode::FAILURE;
+        }
+    }
+    if merged.messages == 0 {
+        errln!("echoloop: no echo completed in the shared window");
+        code = ExitCode::FAILURE;
+    }
+    Ok(code)
 }
