@@ -142,6 +142,41 @@ fn loop_stop_grace_counts_from_the_call() {
     drop(idle);
 }
 
+/// `run()` (no timeout of its own) after a stop with a long grace returns as soon as
+/// nothing is owed: at once with no connections, and promptly when the only client is
+/// idle and owed nothing. Not after sleeping to the grace deadline.
+#[test]
+fn loop_stop_with_nothing_owed_does_not_wait_out_the_grace() {
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let _ = listen_echo(&mut el);
+    let start = Instant::now();
+    el.stop(Duration::from_secs(20));
+    el.run().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "an empty loop took {:?} to stop",
+        start.elapsed()
+    );
+
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let addr = listen_echo(&mut el);
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    idle.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    while el.stats().bytes_out < 4 {
+        el.run_once(Some(Duration::from_millis(50))).unwrap();
+    }
+    idle.read_exact(&mut back).unwrap();
+    let start = Instant::now();
+    el.stop(Duration::from_secs(20));
+    el.run().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "a loop with one idle client took {:?} to stop",
+        start.elapsed()
+    );
+}
+
 // ----- The embedding API: loop state, other connections by id, threads, misuse -----
 
 use std::io::ErrorKind;
@@ -678,4 +713,54 @@ fn loop_leaves_a_management_listener_out_of_stats_and_limits() {
         "{s:?}"
     );
     assert_eq!(s.bytes_in, 7, "only the service's bytes: {s:?}");
+}
+
+/// A listener handed over (socket activation) gets `TCP_NODELAY` like our own, so its
+/// accepted connections inherit it: small replies are not held back by Nagle.
+#[test]
+fn loop_adopted_tcp_listener_gets_nodelay() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let watch = l.try_clone().unwrap(); // the same socket, kept to look at it
+    let nodelay = |fd: i32| {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `v`, which is that large.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        v != 0
+    };
+    assert!(
+        !nodelay(watch.as_raw_fd()),
+        "std's listener starts without it"
+    );
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    el.adopt_listener(OwnedFd::from(l), ListenKind::Tcp, || {
+        Box::new(Echo) as Box<dyn Handler>
+    })
+    .unwrap();
+    assert!(nodelay(watch.as_raw_fd()), "adopted without TCP_NODELAY");
+    // And it serves.
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"hi").unwrap();
+    let mut back = [0u8; 2];
+    c.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        el.run_once(Some(Duration::from_millis(20))).unwrap();
+        if c.read_exact(&mut back).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no echo");
+    }
+    assert_eq!(&back, b"hi");
 }

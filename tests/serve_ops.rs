@@ -256,8 +256,8 @@ fn shutdown_with_unread_echo_at_a_tcp_client_exits_at_once() {
 
 /// The same with a Unix stream client: its unread echo sits in its own receive queue, and
 /// closing the server's end cannot lose it (Unix sockets have no reset), so nothing is
-/// owed. The server waits out the whole grace instead, because on a Unix socket SIOCOUTQ
-/// counts the bytes the peer has not read yet (see the report on `finish_lingering`).
+/// owed. (On a Unix socket SIOCOUTQ counts the bytes the peer has not read yet, so the
+/// server does not ask it there; see `unsent_in_kernel` in `src/net/stream.rs`.)
 #[test]
 fn shutdown_with_unread_echo_at_a_unix_client_exits_at_once() {
     let path = common::temp_sock("unread-unix");
@@ -830,6 +830,35 @@ fn scrape(addr: SocketAddr) -> String {
     assert_eq!(r.header("Connection"), Some("close"));
     h.expect_closed("after Connection: close");
     r.body
+}
+
+/// TLS output always goes through the connection's send buffer (records are built
+/// there): it is counted under `tls` all the same. The counts are bytes on the wire, so
+/// one more echo of a message adds the same record to each direction.
+#[test]
+fn metrics_count_tls_bytes_each_way() {
+    let pki = TestPki::generate();
+    let p = common::serve_tls(&pki, &[], &["--metrics", "127.0.0.1:0"]);
+    let mut t = tls_client(&pki, p.sockaddr("tls"));
+    ping(&mut t, b"over tls, 20 bytes..");
+    let mut h = Http::connect(p.sockaddr("metrics"));
+    let counts = |h: &mut Http| {
+        let text = h.get("/metrics").body;
+        let tls_in = metric(&text, "echoloop_received_bytes_total{transport=\"tls\"}");
+        let tls_out = metric(&text, "echoloop_sent_bytes_total{transport=\"tls\"}");
+        (tls_in, tls_out)
+    };
+    let (in1, out1) = counts(&mut h);
+    // The handshake's flights, then the echo: the server's certificate makes out larger.
+    assert!(in1 > 20 && out1 > in1, "in {in1}, out {out1}");
+    ping(&mut t, b"again, twenty bytes.");
+    let (in2, out2) = counts(&mut h);
+    assert!(
+        in2 - in1 > 20,
+        "one record of 20 bytes and more: {}",
+        in2 - in1
+    );
+    assert_eq!(in2 - in1, out2 - out1, "the echo's record each way");
 }
 
 /// The listening line, the content type, HELP/TYPE for every sample, and counters that

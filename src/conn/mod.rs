@@ -37,13 +37,21 @@
 //! # States
 //!
 //! ```text
-//!  Connecting ──connected──► Handshaking (TLS) ──done──► Open ──EOF──────────► PeerShut
-//!      │                         │                       │  │                     │
-//!      └──fails, timeout─────────┴──► Closed             │  └─shutdown_write─► WriteShut
-//!                                                        │                        │
-//!                                   close (or idle) ─────┴──► Closing ──FIN──► Lingering
-//!                                                               │                │
-//!                       EOF and FIN both done, abort, error, deadline ──► Closed ◄┘
+//!  accepted ──(behind a load balancer)──► Preamble ──PROXY header──┐
+//!     │                                                            ▼
+//!     ├──TLS─────────────────────────────────────────────► Handshaking ──done──► Open
+//!     └──plain───────────────────────────────────────────────────────────────► Open
+//!  Connecting ──connected──► Handshaking (TLS) or Open (plain)
+//!
+//!  Open ──EOF──► PeerShut ──shutdown_write or close──► Closing { peer_eof: true }
+//!  Open ──shutdown_write──► WriteShut ──EOF before our FIN──► Closing { peer_eof: true }
+//!                              ├──EOF after our FIN──► Closed
+//!                              └──close after our FIN──► Lingering
+//!  Open, WriteShut ──close (or idle)──► Closing { peer_eof: false }
+//!  Closing ──FIN sent──► Closed (peer's EOF seen) or Lingering ──EOF──► Closed
+//!
+//!  Preamble, Connecting, Handshaking ──failure, timeout, bad header──► Closed
+//!  any state ──abort, I/O error, close or idle deadline──► Closed
 //! ```
 
 pub(crate) mod proxy;
@@ -206,8 +214,8 @@ pub(crate) struct Connection {
     /// Queued bytes reached the kernel since the close deadline was last set: the peer is
     /// reading what we owe, only slowly.
     sent_since_check: bool,
-    /// The close reason (once closed) or the PROXY header (once read), until `poll_event`
-    /// takes it.
+    /// The PROXY header's first pieces (while in Preamble), then the header (once read)
+    /// or the close reason (once closed), until `poll_event` takes it.
     stash: Option<Box<Stash>>,
     /// The state the connection was in when it closed (for the loop's statistics).
     closed_from: State,
@@ -646,9 +654,10 @@ impl Connection {
 
     /// Graceful close: everything owed goes out, then the FIN, then we wait (bounded by
     /// the close timeout, counted from the last progress) for the peer's EOF, reading and
-    /// dropping its input. The application hears no more data, only `Closed`. A connection
-    /// that is not open yet owes nothing: it closes at once. Calling it again changes
-    /// nothing.
+    /// dropping its input. The application hears no more data or EOF (`Drained` may still
+    /// come as the output drains), then `Closed`. A connection that is not open yet owes
+    /// nothing: it closes at once. Calling it again changes nothing; after a half-close
+    /// both ways, which has no deadline, it sets the close timeout.
     pub(crate) fn close(&mut self, now: Instant, limits: &Limits) -> Result<(), ConnError> {
         self.state = match self.state {
             State::Open | State::WriteShut { fin_sent: false } => {
@@ -660,7 +669,16 @@ impl Connection {
                 self.finish(CloseReason::Aborted, Teardown::Drop);
                 return Ok(());
             }
-            State::Closing { .. } | State::Lingering => return Ok(()),
+            State::Closing { .. } | State::Lingering => {
+                // Reached by a half-close both ways (ours, and the peer's EOF), which has
+                // no deadline of its own: a peer that never reads would hold the
+                // connection and its buffer forever. Closing bounds it from now.
+                if self.phase_deadline.is_none() {
+                    self.sent_since_check = false;
+                    self.set_phase_deadline(Some(later(now, limits.close_timeout)));
+                }
+                return Ok(());
+            }
             State::Closed => return Err(ConnError::Gone),
         };
         self.events &= !(EV_DATA | EV_PEER_CLOSED);

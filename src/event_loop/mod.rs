@@ -521,6 +521,9 @@ impl<S: 'static> EventLoop<S> {
         // `conn`) must not wait for an event that may never come.
         settle(&mut self.inner);
         self.apply_stop_request();
+        // A stop begun between turns (`EventLoop::stop`) may have nothing left to wait
+        // for: look before sleeping, or the wait could last the whole grace period.
+        self.check_stopped();
         if self.is_stopped() {
             return Ok(false);
         }
@@ -672,6 +675,9 @@ impl<S: 'static> EventLoop<S> {
     fn check_stopped(&mut self) {
         if matches!(self.inner.core.phase, Phase::Stopping { .. }) {
             self.lingering = finish_lingering(&mut self.inner);
+            // What that closed must leave the slab now, so that an empty loop is seen
+            // as stopped on this turn, not after sleeping to the grace deadline.
+            self.sweep();
         }
         if let Phase::Stopping { deadline } = self.inner.core.phase {
             if self.inner.core.now >= deadline {

@@ -42,7 +42,8 @@ pub(crate) struct Readiness {
     pub(crate) read_closed: bool,
 }
 
-/// Adds a connection accepted from a listener; a plain one hears `on_open` at once.
+/// Adds a connection accepted from a listener; a plain one hears `on_open` at once
+/// (behind a load balancer, once its PROXY header has been read).
 pub(crate) fn add_accepted<S>(
     inner: &mut Inner<S>,
     mut stream: Stream,
@@ -325,7 +326,9 @@ pub(crate) fn drive<S>(inner: &mut Inner<S>, key: usize, data: &[u8]) {
         match e.conn.poll_event() {
             Some(Event::Proxied(header)) => {
                 let core = &mut inner.core;
-                core.stats.proxied += 1;
+                if e.counted {
+                    core.stats.proxied += 1;
+                }
                 let id = ConnId::new(key, e.generation);
                 match header.source {
                     Some(src) => {
@@ -397,7 +400,7 @@ fn push_output<S>(core: &mut Core, e: &mut StreamEntry<S>) {
         let stream = &mut e.stream;
         let (n, result) = write_until_blocked(bytes, |d| stream.try_write(d));
         if e.counted {
-            core.stats.bytes_out += n as u64;
+            core.stats.stream_out(e.transport, n);
         }
         match result {
             Ok(flush) => e
@@ -501,7 +504,10 @@ fn closed<S>(inner: &mut Inner<S>, key: usize, reason: CloseReason) {
         core.stats.connections_open = core.stats.connections_open.saturating_sub(1);
         core.stats.closed += 1;
         core.stats.closed_by.count(&reason);
+        // A connect or handshake we gave up on ourselves (abort, stop) did not fail.
+        let ours = matches!(reason, CloseReason::Aborted | CloseReason::Shutdown);
         match e.conn.closed_from() {
+            _ if ours => {}
             State::Connecting => core.stats.connect_failures += 1,
             State::Handshaking => core.stats.tls_handshakes_failed += 1,
             _ => {}

@@ -39,6 +39,8 @@ impl Listener {
             let l: unix::UnixListener = std::os::fd::OwnedFd::from(sock).into();
             Ok(Listener::Unix(UnixListener::from_std(l), None))
         } else {
+            // As for our own listeners (`ip_socket`): accepted sockets inherit it.
+            sock.set_tcp_nodelay(true)?;
             let l: std::net::TcpListener = sock.into();
             Ok(Listener::Tcp(TcpListener::from_std(l)))
         }
@@ -48,8 +50,8 @@ impl Listener {
     pub(crate) fn try_accept(&self) -> io::Result<(Stream, PeerAddr)> {
         retry(|| match self {
             Listener::Tcp(l) => {
-                // TCP_NODELAY is inherited from the listener (set in `ip_socket`): no
-                // system call per connection for it.
+                // TCP_NODELAY is inherited from the listener (set in `ip_socket`, and
+                // in `adopt` for handed-over ones): no system call per connection for it.
                 let (s, a) = l.accept()?;
                 Ok((Stream::Tcp(s), PeerAddr::Inet(a)))
             }

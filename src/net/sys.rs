@@ -1,5 +1,5 @@
-//! The two answers of a system call that are not failures, and the errors that mean
-//! "out of resources".
+//! System call helpers: retrying a call that a signal interrupted (`EINTR`), and telling
+//! the errors that mean "out of resources" (descriptors, memory) from the rest.
 
 use std::io;
 

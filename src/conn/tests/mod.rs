@@ -522,6 +522,35 @@ mod closing {
         assert_closed_once(&p);
     }
 
+    /// Half-closed both ways with output owed to a peer that stopped reading: `close`
+    /// still bounds the wait by the close timeout (a half-close alone has no deadline).
+    #[test]
+    fn conn_closing_after_a_half_close_both_ways_is_bounded() {
+        // The server's application does nothing when the peer half-closes.
+        let mut p = Pair::plain(Box::new(Quiet), Box::new(Deaf), 100);
+        p.act(Who::Client, vec![Act::Pause, Act::ShutdownWrite]);
+        p.run();
+        assert!(p.server.heard.contains(&Heard::PeerClosed));
+        p.act(
+            Who::Server,
+            vec![Act::Send(pattern(50_000)), Act::ShutdownWrite],
+        );
+        p.run();
+        p.act(Who::Server, vec![Act::Close]);
+        p.advance(Duration::from_secs(4));
+        p.run();
+        assert!(
+            !p.server.is_closed(),
+            "within the close timeout: {:?}",
+            p.server.heard
+        );
+        p.advance(Duration::from_secs(2));
+        p.run();
+        assert_eq!(closed_as(&p, Who::Server), Some("close-timeout"));
+        assert_eq!(p.server.released, Some(Teardown::Reset));
+        assert_closed_once(&p);
+    }
+
     #[test]
     fn conn_closing_slow_but_steady_reader_gets_more_time() {
         let mut p = Pair::plain(Box::new(Quiet), Box::new(Quiet), 100);
