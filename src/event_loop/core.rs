@@ -62,6 +62,9 @@ pub(crate) struct Core {
     /// True while a UDP receive batch is being handled: replies are gathered in
     /// `dgram_batch` and sent together.
     pub(crate) batching: bool,
+    /// A UDP socket has been added (from a callback too): the loop needs its receive
+    /// batch buffers, which it makes on its next turn.
+    pub(crate) udp_added: bool,
     pub(crate) dgram_batch: SendBatch,
     /// When the next "rejecting connections" warning may be logged.
     pub(crate) reject_log: Option<Instant>,
@@ -101,6 +104,7 @@ impl Core {
             stop_request: None,
             next_generation: 0,
             batching: false,
+            udp_added: false,
             dgram_batch: SendBatch::default(),
             reject_log: None,
             emfile_log: (0, None),

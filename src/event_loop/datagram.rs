@@ -61,6 +61,7 @@ pub(crate) fn add<S>(
         )
         .map_err(ListenError::Register)?;
     let id = inner.core.next_id(key);
+    inner.core.udp_added |= sock.is_udp();
     inner.slab.insert(Entry::Dgram(DgramEntry {
         sock,
         handler: Some(handler),
@@ -601,6 +602,55 @@ mod tests {
         client.send(b"lone").unwrap();
         assert_eq!(echoes(&mut el, &client, 1), vec![b"lone".to_vec()]);
         assert!(!deep(&el, bound.id), "a batch of one must switch back");
+    }
+
+    /// Binds a UDP echo socket from its `on_ready` and says which.
+    struct Binder {
+        bound: std::rc::Rc<std::cell::Cell<Option<ConnId>>>,
+    }
+
+    impl DatagramHandler for Binder {
+        fn on_ready(&mut self, ctx: &mut DgramCtx<'_>) {
+            let any = "127.0.0.1:0".parse().unwrap();
+            self.bound
+                .set(ctx.bind_udp(any, Box::new(EchoDatagram)).ok());
+        }
+        fn on_datagram(&mut self, _: &mut DgramCtx<'_>, _: &[u8], _: &PeerAddr) {}
+    }
+
+    /// A UDP socket bound from a callback, with no UDP socket added through the loop
+    /// before it, still reads in batches when its queue runs deep.
+    #[test]
+    fn udp_socket_bound_from_a_callback_reads_in_batches() {
+        let mut el = EventLoop::new(Config::default()).unwrap();
+        let bound = std::rc::Rc::new(std::cell::Cell::new(None));
+        let name = crate::net::UnixName::Abstract(
+            format!("echoloop-binder-{}", std::process::id()).into_bytes(),
+        );
+        el.bind_unix_datagram(
+            &name,
+            Box::new(Binder {
+                bound: bound.clone(),
+            }),
+        )
+        .unwrap();
+        el.run_once(Some(Duration::ZERO)).unwrap();
+        let id = bound.get().expect("bound from on_ready");
+        let Entry::Dgram(d) = &el.inner.slab[id.key()] else {
+            panic!("not a datagram socket")
+        };
+        let Ok(PeerAddr::Inet(addr)) = d.sock.local_addr() else {
+            panic!("not an IP socket")
+        };
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.connect(addr).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let burst: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 8]).collect();
+        for m in &burst {
+            client.send(m).unwrap();
+        }
+        assert_eq!(echoes(&mut el, &client, burst.len()), burst);
+        assert!(deep(&el, id), "a burst must leave the socket on batches");
     }
 
     /// Echoes every datagram and closes its socket on the `n`-th.

@@ -410,9 +410,6 @@ impl<S: 'static> EventLoop<S> {
     ) -> Result<Bound, ListenError> {
         // The handler's on_ready may set timers: count them from now.
         self.inner.core.now = Instant::now();
-        if sock.is_udp() && self.recv_batch.is_none() {
-            self.recv_batch = Some(Box::new(RecvBatch::new()));
-        }
         let (id, addr) = datagram::add(&mut self.inner, sock, handler)?;
         self.with_callbacks(settle).map_err(ListenError::Register)?;
         Ok(Bound { id, addr })
@@ -521,6 +518,11 @@ impl<S: 'static> EventLoop<S> {
         // `conn`) must not wait for an event that may never come.
         settle(&mut self.inner);
         self.apply_stop_request();
+        // UDP sockets, however added (by a callback too), read in batches when their
+        // queue runs deep: the buffers are made once, with the first.
+        if self.inner.core.udp_added && self.recv_batch.is_none() {
+            self.recv_batch = Some(Box::new(RecvBatch::new()));
+        }
         // A stop begun between turns (`EventLoop::stop`) may have nothing left to wait
         // for: look before sleeping, or the wait could last the whole grace period.
         self.check_stopped();
