@@ -1624,8 +1624,9 @@ fn activation_refuses_a_listen_fds_that_is_not_a_count() {
         let mut p = Proc::spawn_command(cmd);
         let status = p.wait_exit(DEADLINE);
         assert!(!status.success(), "LISTEN_FDS={bad} accepted");
-        let err = p.stderr_text();
-        assert!(err.contains(&format!("LISTEN_FDS=\"{bad}\"")), "{err}");
+        // The error line may reach our reader just after the exit.
+        let needle = format!("LISTEN_FDS=\"{bad}\"");
+        wait_for(&p, &needle, || p.stderr_text().contains(&needle));
     }
 }
 
@@ -1944,7 +1945,9 @@ fn shutdown_second_signal_stops_at_once() {
             "with {workers} worker(s), the second signal took {:?}",
             second.elapsed()
         );
-        assert!(p.stderr_text().contains("second signal: stopping now"));
+        wait_for(&p, "the second signal's log line", || {
+            p.stderr_text().contains("second signal: stopping now")
+        });
     }
 }
 

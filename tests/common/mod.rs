@@ -22,6 +22,8 @@ pub struct Proc {
     pub stderr: Arc<Mutex<String>>,
     /// `(kind, address)` for each `listening <kind> <address>` line.
     pub listeners: Vec<(String, String)>,
+    /// Says when stderr has reached its end (the process and its copies of it are gone).
+    stderr_done: mpsc::Receiver<()>,
 }
 
 /// The path of the binary under test.
@@ -68,6 +70,7 @@ impl Proc {
         });
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&stderr);
+        let (done_tx, stderr_done) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines() {
                 let Ok(line) = line else { break };
@@ -75,12 +78,14 @@ impl Proc {
                 s.push_str(&line);
                 s.push('\n');
             }
+            let _ = done_tx.send(());
         });
         Proc {
             child,
             stdout: rx,
             stderr,
             listeners: Vec::new(),
+            stderr_done,
         }
     }
 
@@ -151,6 +156,9 @@ impl Proc {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
+                // Its last lines may still be on their way to our reader: after this,
+                // `stderr_text` holds everything it wrote.
+                let _ = self.stderr_done.recv_timeout(Duration::from_secs(2));
                 return st;
             }
             if Instant::now() > deadline {
@@ -170,6 +178,7 @@ impl Proc {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
+                let _ = self.stderr_done.recv_timeout(Duration::from_secs(2));
                 return Some(st);
             }
             if Instant::now() > deadline {
