@@ -232,13 +232,15 @@ fn serve_loop(el: &mut EventLoop<ServeState>, print_every: Option<Duration>) -> 
     let start = Instant::now();
     let mut next_publish = start + PUBLISH;
     let mut next_print = print_every.map(|d| start + d);
+    // One clock read per turn: the time after the last turn stands for the time before
+    // the next (they differ by a few microseconds of bookkeeping).
+    let mut now = start;
     loop {
-        let now = Instant::now();
         let until = next_print.map_or(next_publish, |p| p.min(next_publish));
         if !el.run_once(Some(until.saturating_duration_since(now)))? {
             break;
         }
-        let now = Instant::now();
+        now = Instant::now();
         if now >= next_publish {
             let (w, s) = (el.state().worker, el.stats());
             el.state().board.publish(w, s);
