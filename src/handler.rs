@@ -475,6 +475,9 @@ impl<S> ConnRef<'_, S> {
 /// dropped, so nothing waits for the next turn.
 pub struct ConnGuard<'a, S = ()> {
     pub(crate) conn: ConnRef<'a, S>,
+    /// The loop's poison flag: set while the callbacks run, so that a panic in one of
+    /// them poisons the loop as a panic inside `run_once` would.
+    pub(crate) busy: &'a mut bool,
 }
 
 impl<S> fmt::Debug for ConnGuard<'_, S> {
@@ -498,6 +501,12 @@ impl<S> std::ops::DerefMut for ConnGuard<'_, S> {
 
 impl<S> Drop for ConnGuard<'_, S> {
     fn drop(&mut self) {
+        // Poisoned already: no more callbacks; `run_once` says why.
+        if *self.busy {
+            return;
+        }
+        *self.busy = true;
         self.conn.ops.settle();
+        *self.busy = false;
     }
 }

@@ -517,6 +517,51 @@ fn loop_is_poisoned_after_a_handler_panics() {
     drop(el);
 }
 
+/// Says its id on open; panics when its connection closes.
+struct BombOnClose;
+
+impl Handler<Option<ConnId>> for BombOnClose {
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Option<ConnId>>) {
+        let id = ctx.id();
+        *ctx.state() = Some(id);
+    }
+    fn on_data(&mut self, ctx: &mut Ctx<'_, Option<ConnId>>, data: &[u8]) {
+        ctx.send(data);
+    }
+    fn on_close(&mut self, _: &mut Ctx<'_, Option<ConnId>>, _: &CloseReason) {
+        panic!("handler bug in on_close");
+    }
+}
+
+/// A callback run by an action from outside the loop (`EventLoop::conn`) that panics
+/// poisons the loop too.
+#[test]
+fn loop_is_poisoned_after_a_handler_panics_in_an_action_from_outside() {
+    let mut el = EventLoop::with_state(Config::default(), None).unwrap();
+    let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+    let bound = el
+        .listen(&any, ListenKind::Tcp, || {
+            Box::new(BombOnClose) as Box<dyn Handler<Option<ConnId>>>
+        })
+        .unwrap();
+    let Endpoint::Inet(addr) = bound.addr else {
+        panic!()
+    };
+    let _s = TcpStream::connect(addr).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while el.state().is_none() {
+        assert!(Instant::now() < deadline, "never opened");
+        el.run_once(Some(Duration::from_millis(20))).unwrap();
+    }
+    let id = el.state().expect("opened");
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = el.conn(id).abort();
+    }));
+    assert!(caught.is_err(), "the panic reaches the host");
+    let e = el.run_once(Some(Duration::ZERO)).unwrap_err();
+    assert!(e.to_string().contains("poisoned"), "{e}");
+}
+
 /// Sends, closes twice, sends again, and stops the loop from inside its callback.
 struct Misuse;
 

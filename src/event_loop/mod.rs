@@ -60,7 +60,7 @@
 //! # When a handler panics
 //!
 //! A panic in a callback unwinds out of `run_once` (or whichever entry point ran the
-//! callback). The loop does not catch it: the handler that panicked is gone and the
+//! callback, the drop of [`EventLoop::conn`]'s guard included). The loop does not catch it: the handler that panicked is gone and the
 //! connection it served is half-updated. If the host catches the panic, the loop is
 //! *poisoned*: every later `run_once` (and `run`) returns an error saying so, rather than
 //! serve on in an unknown state. Dropping it is safe; make a new one.
@@ -444,6 +444,7 @@ impl<S: 'static> EventLoop<S> {
                 ops: &mut self.inner,
                 id,
             },
+            busy: &mut self.busy,
         }
     }
 
