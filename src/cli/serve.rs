@@ -466,7 +466,7 @@ fn bind_all(
             }
             _ => None,
         };
-        if let (Some(b), true, "tcp" | "tls" | "unix") = (&b, el.state().proxy, s.kind) {
+        if let (Some(b), true) = (&b, el.state().proxy && takes_proxy_header(s.kind)) {
             el.expect_proxy_header(b.id, true)?;
         }
         if let Some(b) = &b {
@@ -480,6 +480,12 @@ fn bind_all(
     Ok(bound)
 }
 
+/// With `--proxy-protocol`, the listeners whose connections start with a PROXY header:
+/// the echo stream listeners (a load balancer speaks to them), never datagrams or metrics.
+fn takes_proxy_header(kind: &str) -> bool {
+    matches!(kind, "tcp" | "tls" | "unix")
+}
+
 /// Serves a socket systemd handed over (a duplicate of it: each worker has its own).
 fn adopt(
     el: &mut EventLoop<ServeState>,
@@ -488,7 +494,7 @@ fn adopt(
     tls: Option<&Arc<rustls::ServerConfig>>,
 ) -> Result<Bound, CliError> {
     let fd = fd.try_clone()?;
-    let proxy = el.state().proxy && kind != "udp" && kind != "unix-dgram";
+    let proxy = el.state().proxy && takes_proxy_header(kind);
     let b = match kind {
         "tcp" => el.adopt_listener(fd, ListenKind::Tcp, || Box::new(Echo))?,
         "unix" => el.adopt_listener(fd, ListenKind::Unix, || Box::new(Echo))?,
