@@ -271,9 +271,7 @@ impl Connection {
             self.state = State::Handshaking;
             self.set_phase_deadline(Some(later(now, limits.handshake_timeout)));
         } else {
-            self.state = State::Open;
-            self.set_phase_deadline(None);
-            self.events |= EV_OPEN;
+            self.become_open();
         }
     }
 
@@ -372,9 +370,7 @@ impl Connection {
         self.set_idle_check(limits.idle_timeout.map(|d| later(now, d)));
         match &mut self.session {
             Session::Plain => {
-                self.state = State::Open;
-                self.set_phase_deadline(None);
-                self.events |= EV_OPEN;
+                self.become_open();
             }
             Session::Tls(tls) => {
                 self.state = State::Handshaking;
@@ -439,9 +435,7 @@ impl Connection {
             return &[];
         }
         if handshake_done {
-            self.state = State::Open;
-            self.set_phase_deadline(None);
-            self.events |= EV_OPEN;
+            self.become_open();
         }
         self.update_backpressure(limits);
         let data: &'a [u8] = plain;
@@ -914,6 +908,14 @@ impl Connection {
     }
 
     // ----- rules used by several inputs -----
+
+    /// Application data may flow now (connected, handshake done, or PROXY header read):
+    /// the phase's deadline is over and the application hears `Open`.
+    fn become_open(&mut self) {
+        self.state = State::Open;
+        self.set_phase_deadline(None);
+        self.events |= EV_OPEN;
+    }
 
     fn set_phase_deadline(&mut self, at: Option<Instant>) {
         self.phase_deadline = at;
