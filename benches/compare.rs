@@ -29,12 +29,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 mod common;
 
-use common::Pki;
+use common::{Pki, env_num, median, pinned};
 use echoloop::cli::bench::{clock_ticks_per_sec, proc_cpu_split};
 
 const ECHOLOOP: &str = env!("CARGO_BIN_EXE_echoloop");
@@ -165,13 +165,6 @@ fn main() {
     }
 }
 
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[derive(Debug, Clone, Copy)]
 enum ServerKind<'a> {
     /// `echoloop serve` from this binary (this build, or another one given by path).
@@ -228,19 +221,6 @@ struct Sample {
     user: f64,
     msgs_per_sec: f64,
     gen_cpu: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn print_row(sc: &Scenario, r: &[[Option<Sample>; 4]]) {
@@ -341,16 +321,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn pinned(pin: bool, core: &str, program: &str) -> Command {
-    if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", core, program]);
-        c
-    } else {
-        Command::new(program)
     }
 }
 

@@ -17,6 +17,8 @@
 
 mod common;
 
+use common::{env_num, median, pinned};
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -115,26 +117,6 @@ fn main() {
     many_connections(&busy, secs, rounds, pin);
 }
 
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// One measured run: round trips in µs.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -167,16 +149,6 @@ impl Pair {
             }
             Pair::Sockperf { spin } => sockperf_pair(transport, *spin, secs, pin),
         }
-    }
-}
-
-fn pinned(pin: bool, core: &str, program: &str) -> Command {
-    if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", core, program]);
-        c
-    } else {
-        Command::new(program)
     }
 }
 

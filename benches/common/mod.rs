@@ -1,5 +1,5 @@
-//! Shared by the benches: a throwaway PKI for the TLS scenarios, and starting a server
-//! that says where it listens.
+//! Shared by the benches: a throwaway PKI for the TLS scenarios, starting a server that
+//! says where it listens (pinned to a core), settings from the environment, medians.
 
 // Each bench uses a part of this module.
 #![allow(dead_code)]
@@ -72,5 +72,39 @@ impl Pki {
 impl Drop for Pki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `program` run on `core` with `taskset` when `pin` (when taskset exists), else as is.
+pub fn pinned(pin: bool, core: &str, program: &str) -> Command {
+    if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", core, program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A number from the environment variable `name`, or `default` if unset or not a number.
+pub fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The median (NaN for no values): rounds on this shared machine drift, and the median
+/// ignores the odd slow or fast one.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }

@@ -142,6 +142,19 @@ impl Sampler {
             .collect();
         let closed_n = s.closed.saturating_sub(before.closed);
         let accepted = s.accepted.saturating_sub(before.accepted);
+        // Once, for either form.
+        let dgrams_in = rate(s.datagrams_in, before.datagrams_in);
+        let dgrams_out = rate(s.datagrams_out, before.datagrams_out);
+        let bytes_in = rate(
+            s.bytes_in + dgram_bytes_in(s),
+            before.bytes_in + dgram_bytes_in(before),
+        );
+        let bytes_out = rate(
+            s.bytes_out + dgram_bytes_out(s),
+            before.bytes_out + dgram_bytes_out(before),
+        );
+        let dropped = s.datagrams_dropped.saturating_sub(before.datagrams_dropped);
+        let refused = s.datagrams_refused.saturating_sub(before.datagrams_refused);
         if self.json {
             let by_reason: serde_json::Map<String, serde_json::Value> = closed
                 .iter()
@@ -156,12 +169,12 @@ impl Sampler {
                 "accepted": accepted,
                 "closed": closed_n,
                 "closed_by": by_reason,
-                "datagrams_in_per_sec": rate(s.datagrams_in, before.datagrams_in),
-                "datagrams_out_per_sec": rate(s.datagrams_out, before.datagrams_out),
-                "bytes_in_per_sec": rate(s.bytes_in + dgram_bytes_in(s), before.bytes_in + dgram_bytes_in(before)),
-                "bytes_out_per_sec": rate(s.bytes_out + dgram_bytes_out(s), before.bytes_out + dgram_bytes_out(before)),
-                "datagrams_dropped": s.datagrams_dropped.saturating_sub(before.datagrams_dropped),
-                "datagrams_refused": s.datagrams_refused.saturating_sub(before.datagrams_refused),
+                "datagrams_in_per_sec": dgrams_in,
+                "datagrams_out_per_sec": dgrams_out,
+                "bytes_in_per_sec": bytes_in,
+                "bytes_out_per_sec": bytes_out,
+                "datagrams_dropped": dropped,
+                "datagrams_refused": refused,
                 "cpu_percent": cpu,
             })
             .to_string();
@@ -173,25 +186,17 @@ impl Sampler {
             format!(" ({})", each.join(", "))
         };
         format!(
-            "{}: {} open, {accepted} accepted, {closed_n} closed{reasons}, in {} msgs/s {}, out {} msgs/s {}, {} dropped, {} refused, cpu {cpu:.1}%",
+            "{}: {} open, {accepted} accepted, {closed_n} closed{reasons}, in {} msgs/s {}, out {} msgs/s {}, {dropped} dropped, {refused} refused, cpu {cpu:.1}%",
             if total {
                 format!("stats over {:.1} s", secs)
             } else {
                 "stats".to_string()
             },
             s.connections_open,
-            format_count(rate(s.datagrams_in, before.datagrams_in)),
-            format_bytes_per_sec(rate(
-                s.bytes_in + dgram_bytes_in(s),
-                before.bytes_in + dgram_bytes_in(before)
-            )),
-            format_count(rate(s.datagrams_out, before.datagrams_out)),
-            format_bytes_per_sec(rate(
-                s.bytes_out + dgram_bytes_out(s),
-                before.bytes_out + dgram_bytes_out(before)
-            )),
-            s.datagrams_dropped.saturating_sub(before.datagrams_dropped),
-            s.datagrams_refused.saturating_sub(before.datagrams_refused),
+            format_count(dgrams_in),
+            format_bytes_per_sec(bytes_in),
+            format_count(dgrams_out),
+            format_bytes_per_sec(bytes_out),
         )
     }
 }

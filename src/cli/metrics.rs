@@ -116,20 +116,17 @@ impl Metrics {
                 }
                 return;
             }
-            let Some(end) = head_end(&self.buf) else {
-                if self.buf.len() > MAX_HEAD {
-                    respond(ctx, 431, "Request Header Fields Too Large", "", false, true);
-                    self.buf = Vec::new();
-                    ctx.close();
-                }
-                return;
-            };
-            if end > MAX_HEAD {
+            // A head still open past the limit, or one that ended past it: too large.
+            let end = head_end(&self.buf);
+            if end.unwrap_or(self.buf.len()) > MAX_HEAD {
                 respond(ctx, 431, "Request Header Fields Too Large", "", false, true);
                 self.buf = Vec::new();
                 ctx.close();
                 return;
             }
+            let Some(end) = end else {
+                return;
+            };
             let head: Vec<u8> = self.buf.drain(..end).collect();
             let keep_alive = match parse(&head) {
                 Ok(req) => {

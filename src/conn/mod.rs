@@ -309,6 +309,8 @@ impl Connection {
                 self.events |= EV_PROXIED;
                 self.begin(now, limits);
                 // The header never reaches the application; what came after it does.
+                // `len` counts from the first buffered byte, and the `before` bytes held
+                // no whole header, so `len > before`: the header ends inside `wire`.
                 let rest = &wire[len - before..];
                 if rest.is_empty() {
                     &[]
@@ -443,6 +445,8 @@ impl Connection {
             self.events |= EV_DATA;
         }
         if peer_closed {
+            // Seen again on every later read (rustls keeps saying so): `handle_eof` is a
+            // no-op once the state has moved past the EOF.
             self.handle_eof(now);
         }
         if dropping { &[] } else { data }

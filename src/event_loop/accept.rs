@@ -27,10 +27,6 @@ use crate::tls::TlsSession;
 /// Connections accepted per listener per turn before other sockets get a go.
 const ACCEPT_BUDGET: usize = 256;
 
-/// At most one warning per this long about the same trouble (out of descriptors): a
-/// flood must not turn into a flood of log lines on a slow stderr.
-const LOG_INTERVAL: Duration = Duration::from_secs(5);
-
 /// Registers a bound listener; returns its id and real address.
 pub(crate) fn add<S>(
     inner: &mut Inner<S>,
@@ -77,16 +73,12 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
                 // Keep serving what we have; try again after a pause.
                 core.stats.accept_errors += 1;
                 let pause = core.config.accept_backoff;
-                let (count, next) = &mut core.emfile_log;
-                *count += 1;
-                if next.is_none_or(|t| core.now >= t) {
+                if let Some(count) = core.emfile_log.note(core.now) {
                     log::warn!(
                         "accept: {e} ({count} time{} since the last warning); pausing accepts \
                          for {pause:?} at a time while existing connections are served",
-                        if *count == 1 { "" } else { "s" }
+                        if count == 1 { "" } else { "s" }
                     );
-                    *count = 0;
-                    *next = Some(later(core.now, LOG_INTERVAL));
                 }
                 let id = ConnId::new(key, l.generation);
                 l.backoff = Some(

@@ -20,7 +20,7 @@ use crate::handler::{DatagramHandler, Handler};
 use crate::id::{ConnId, TimerId};
 use crate::net::{BindOptions, Datagram, Listener, PeerAddr, SendBatch, Stream};
 use crate::stats::{Stats, Transport};
-use crate::timer::Timers;
+use crate::timer::{Timers, later};
 
 /// Retained capacity of the staging buffer between callbacks: one huge send must not pin
 /// its size in memory for the life of the loop.
@@ -68,11 +68,11 @@ pub(crate) struct Core {
     pub(crate) dgram_batch: SendBatch,
     /// When the next "rejecting connections" warning may be logged.
     pub(crate) reject_log: Option<Instant>,
-    /// Out-of-descriptor accept failures since the last warning, and when the next
-    /// warning may be logged: one line per interval with a count, not one per backoff.
-    pub(crate) emfile_log: (u64, Option<Instant>),
+    /// Warnings about out-of-descriptor accept failures: one line per interval with a
+    /// count, not one per backoff.
+    pub(crate) emfile_log: WarnEvery,
     /// Likewise for datagrams refused from loop-prone ports.
-    pub(crate) refuse_log: (u64, Option<Instant>),
+    pub(crate) refuse_log: WarnEvery,
     /// The real clients of connections that came through a load balancer, as their
     /// PROXY headers said (only those: the map stays empty without PROXY listeners).
     pub(crate) proxied: HashMap<ConnId, PeerAddr>,
@@ -107,8 +107,8 @@ impl Core {
             udp_added: false,
             dgram_batch: SendBatch::default(),
             reject_log: None,
-            emfile_log: (0, None),
-            refuse_log: (0, None),
+            emfile_log: WarnEvery::default(),
+            refuse_log: WarnEvery::default(),
             proxied: HashMap::new(),
         }
     }
@@ -283,11 +283,48 @@ pub(crate) fn dgram_at<S>(slab: &mut Slab<Entry<S>>, id: ConnId) -> Option<&mut 
     }
 }
 
+/// A warning about trouble that can come in floods (thousands of failed accepts or
+/// refused datagrams a second): logged at most once per [`WarnEvery::INTERVAL`], with how
+/// many times it happened since the last line, so a slow stderr never slows the loop.
+#[derive(Debug, Default)]
+pub(crate) struct WarnEvery {
+    count: u64,
+    next: Option<Instant>,
+}
+
+impl WarnEvery {
+    const INTERVAL: Duration = Duration::from_secs(5);
+
+    /// Counts one more occurrence at `now`; returns how many to report if a line is due.
+    pub(crate) fn note(&mut self, now: Instant) -> Option<u64> {
+        self.count += 1;
+        if self.next.is_some_and(|t| now < t) {
+            return None;
+        }
+        self.next = Some(later(now, Self::INTERVAL));
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// An idle connection is one slab entry (and a socket): 10,000 of them should cost the
     /// server under 2 MiB. A field added carelessly (an enum losing its niche) shows here
     /// first; the PROXY protocol's first version added 8 bytes this way.
+    /// The first occurrence is logged at once; the rest of the interval only counts.
+    #[test]
+    fn warnings_come_once_per_interval_with_a_count() {
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut w = super::WarnEvery::default();
+        assert_eq!(w.note(t0), Some(1));
+        for i in 1..4 {
+            assert_eq!(w.note(t0 + s(i)), None);
+        }
+        assert_eq!(w.note(t0 + s(5)), Some(4));
+        assert_eq!(w.note(t0 + s(6)), None);
+    }
+
     #[test]
     fn a_stream_entry_stays_small() {
         let size = std::mem::size_of::<super::Entry<()>>();

@@ -352,22 +352,15 @@ fn refused(core: &mut Core, from: &PeerAddr) -> bool {
         return false;
     }
     core.stats.datagrams_refused += 1;
-    let (count, next) = &mut core.refuse_log;
-    *count += 1;
-    if next.is_none_or(|t| core.now >= t) {
+    if let Some(count) = core.refuse_log.note(core.now) {
         log::warn!(
             "dropping UDP datagrams from loop-prone source ports ({count} since the last \
              warning, the last from {a}): answering them could bounce a datagram between \
              two services forever"
         );
-        *count = 0;
-        *next = Some(later(core.now, REFUSE_LOG_INTERVAL));
     }
     true
 }
-
-/// At most one warning per this long about refused datagrams.
-const REFUSE_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// UDP's receive path, which reads in one of two ways depending on how deep the socket's
 /// queue runs:
@@ -506,6 +499,7 @@ fn flush_send_batch<S>(inner: &mut Inner<S>, key: usize) {
     }
     for j in i..total {
         let (data, to) = replies.get(j);
+        // Always an IP address: replies are gathered only for UDP senders (see `send`).
         let Some(to) = to.as_socket() else {
             continue;
         };

@@ -84,7 +84,7 @@ mod wake;
 pub use crate::config::{Config, ConnectOptions, ListenKind};
 pub use wake::{Sender, StopHandle};
 
-use self::core::{Core, Entry, Inner, Phase};
+use self::core::{Core, Entry, Inner, ListenerEntry, Phase};
 use self::ctx::settle;
 use self::stream::{ReadBufs, Readiness};
 use self::wake::{Channel, Wake};
@@ -322,14 +322,8 @@ impl<S: 'static> EventLoop<S> {
     /// A missing, malformed, oversized or late header (the handshake timeout) closes that
     /// connection with [`crate::CloseReason::BadProxyHeader`].
     pub fn expect_proxy_header(&mut self, listener: ConnId, on: bool) -> Result<(), ConnError> {
-        match self.inner.slab.get_mut(listener.key()) {
-            Some(Entry::Listener(l)) if l.generation == listener.generation => {
-                l.proxy = on;
-                Ok(())
-            }
-            Some(e) if e.generation() == listener.generation => Err(ConnError::NotStream),
-            _ => Err(ConnError::Gone),
-        }
+        self.listener_mut(listener)?.proxy = on;
+        Ok(())
     }
 
     /// Whether connections accepted on `listener` count in [`EventLoop::stats`] and
@@ -338,13 +332,18 @@ impl<S: 'static> EventLoop<S> {
     /// monitoring does not inflate the numbers it reports, and a server full of clients
     /// still answers it.
     pub fn count_in_stats(&mut self, listener: ConnId, on: bool) -> Result<(), ConnError> {
-        match self.inner.slab.get_mut(listener.key()) {
-            Some(Entry::Listener(l)) if l.generation == listener.generation => {
-                l.counted = on;
-                Ok(())
-            }
-            Some(e) if e.generation() == listener.generation => Err(ConnError::NotStream),
-            _ => Err(ConnError::Gone),
+        self.listener_mut(listener)?.counted = on;
+        Ok(())
+    }
+
+    /// The listener `id` names: `NotStream` for another kind of entry, `Gone` once its
+    /// slot was freed (the generation tells a reused slot from the one asked for).
+    fn listener_mut(&mut self, id: ConnId) -> Result<&mut ListenerEntry<S>, ConnError> {
+        match self.inner.slab.get_mut(id.key()) {
+            Some(e) if e.generation() != id.generation => Err(ConnError::Gone),
+            Some(Entry::Listener(l)) => Ok(l),
+            Some(_) => Err(ConnError::NotStream),
+            None => Err(ConnError::Gone),
         }
     }
 
