@@ -120,10 +120,8 @@ impl Handler<Proxy> for Relay {
         let Some(other) = self.other else { return };
         let sent = {
             let mut out = ctx.conn(other);
-            // What was owed before this callback, plus what it just sent (the loop counts
-            // the latter only once the callback returns).
-            out.send(data)
-                .map(|()| out.pending_output().unwrap_or(0) + data.len())
+            // What the other side is owed, this send included.
+            out.send(data).map(|()| out.pending_output().unwrap_or(0))
         };
         let owed = match sent {
             Ok(owed) => owed,

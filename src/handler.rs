@@ -54,7 +54,10 @@ pub trait Handler<S = ()> {
     /// in one: a stream has no message boundaries.
     fn on_data(&mut self, ctx: &mut Ctx<'_, S>, data: &[u8]);
 
-    /// Everything sent so far has been handed to the kernel after the socket had been full.
+    /// Everything sent so far has been handed to the kernel after it had to wait: the
+    /// socket had been full, or it was sent from outside this connection's own callbacks
+    /// (those sends are written once per loop turn). A producer that paused because
+    /// [`ConnRef::pending_output`] grew resumes here.
     fn on_drained(&mut self, ctx: &mut Ctx<'_, S>) {
         let _ = ctx;
     }
@@ -250,7 +253,7 @@ impl<S> Ctx<'_, S> {
         }
     }
 
-    /// Bytes waiting for the kernel to take them (not counting this callback's sends).
+    /// Bytes sent and not yet taken by the kernel, this callback's sends included.
     pub fn pending_output(&self) -> usize {
         self.ops.conn_pending(self.id).unwrap_or(0)
     }
@@ -422,14 +425,18 @@ impl<S> ConnRef<'_, S> {
         self.id
     }
 
-    /// Queues bytes to send, as [`Ctx::send`] does: they go out together with everything
-    /// else sent to this connection in the same callback, when it returns.
+    /// Queues bytes to send, after everything sent to this connection before. Sent from
+    /// the connection's own callback, they go out when it returns (as [`Ctx::send`]);
+    /// sent from anywhere else, once per loop turn, just before the loop polls again,
+    /// together with everything else sent to it in that turn — one system call however
+    /// many callbacks sent to it and however sends to other connections interleave.
     pub fn send(&mut self, data: &[u8]) -> Result<(), ConnError> {
         self.ops.conn_send(self.id, data)
     }
 
-    /// Bytes waiting for the kernel to take them (not counting the current callback's
-    /// sends). A producer that sends to a slow connection watches this to stop in time.
+    /// Bytes sent to it and not yet taken by the kernel, including what was sent a moment
+    /// ago and waits for the end of the turn. A producer that sends to a slow connection
+    /// watches this to stop in time, and resumes in that connection's `on_drained`.
     pub fn pending_output(&self) -> Result<usize, ConnError> {
         self.ops.conn_pending(self.id)
     }

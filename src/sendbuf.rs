@@ -93,6 +93,73 @@ impl SendBuf {
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
     }
+
+    /// Uses `buf` (a spare from a [`BufPool`]) for the bytes to come; only while empty
+    /// and without a buffer of its own.
+    pub(crate) fn adopt(&mut self, buf: Vec<u8>) {
+        if self.buf.capacity() == 0 {
+            self.buf = buf;
+            self.buf.clear();
+            self.pos = 0;
+        }
+    }
+
+    /// Gives up the (empty) buffer, for a [`BufPool`]; nothing if bytes are still owed.
+    pub(crate) fn take_buffer(&mut self) -> Vec<u8> {
+        if self.is_empty() {
+            self.pos = 0;
+            std::mem::take(&mut self.buf)
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Spare output buffers, shared by all the connections of a loop.
+///
+/// A connection needs a buffer only while it owes bytes: from the moment a reply is queued
+/// until the kernel has taken it, usually within the same turn. Lending buffers from one
+/// pool gives both things a server wants: no allocation per message in steady state, and
+/// no memory held by a connection between messages (10,000 quiet connections hold none),
+/// however large the replies they once sent. What the pool itself keeps is bounded.
+#[derive(Debug, Default)]
+pub(crate) struct BufPool {
+    spare: Vec<Vec<u8>>,
+    /// Capacity held in `spare`.
+    bytes: usize,
+}
+
+impl BufPool {
+    /// Capacity the pool keeps at most; buffers given back beyond it are freed.
+    pub(crate) const KEEP_BYTES: usize = 4 << 20;
+
+    /// Capacity held for reuse.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// A spare buffer (empty), or a new one with no capacity yet.
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        match self.spare.pop() {
+            Some(v) => {
+                self.bytes -= v.capacity();
+                v
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Takes a buffer back for reuse, unless it is too large or the pool is full.
+    pub(crate) fn give(&mut self, mut buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap == 0 || cap > KEEP_CAPACITY || self.bytes + cap > Self::KEEP_BYTES {
+            return;
+        }
+        buf.clear();
+        self.bytes += cap;
+        self.spare.push(buf);
+    }
 }
 
 /// Offers `data` to `write` until all is taken or it would block (a partial send).

@@ -31,6 +31,9 @@ pub(crate) struct TlsSession {
     peer_closed: bool,
     /// Our `close_notify` is queued: it goes once, after all data.
     close_notify_sent: bool,
+    /// Application plaintext not yet encrypted: everything sent until the connection next
+    /// transmits is sealed in one go, so many small sends become few records.
+    staged: Vec<u8>,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -62,6 +65,7 @@ impl TlsSession {
             conn,
             peer_closed: false,
             close_notify_sent: false,
+            staged: Vec::new(),
         }
     }
 
@@ -126,19 +130,15 @@ impl TlsSession {
         }
     }
 
-    /// Encrypts application data into `out`. Everything the handler produced in one pass
-    /// is passed here at once, so small sends become few records.
+    /// Encrypts application data into `out` (what [`TlsSession::seal`] does with the
+    /// staged plaintext).
     ///
     /// rustls's writer only copies into memory, so it fails only on a broken session; it
     /// answers `Ok(0)` when its buffer limit is reached, which is not an error: move its
     /// output to ours and go on. Before the handshake ends nothing can be encrypted, so
     /// nothing drains; the limit is lifted rather than lose the bytes (our backpressure
     /// bounds them). A writer that still takes nothing is an error, never a reason to loop.
-    pub(crate) fn write_plaintext(
-        &mut self,
-        mut data: &[u8],
-        out: &mut SendBuf,
-    ) -> Result<(), rustls::Error> {
+    fn write_plaintext(&mut self, mut data: &[u8], out: &mut SendBuf) -> Result<(), rustls::Error> {
         let broken = |e: io::Error| rustls::Error::General(format!("TLS writer failed: {e}"));
         while !data.is_empty() {
             let mut n = self.conn.writer().write(data).map_err(broken)?;
@@ -160,6 +160,29 @@ impl TlsSession {
         }
         self.poll_output(out);
         Ok(())
+    }
+
+    /// Keeps application plaintext for the next [`TlsSession::seal`].
+    pub(crate) fn stage(&mut self, data: &[u8]) {
+        self.staged.extend_from_slice(data);
+    }
+
+    /// Plaintext staged and not yet encrypted.
+    pub(crate) fn staged(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Encrypts the staged plaintext into `out`.
+    pub(crate) fn seal(&mut self, out: &mut SendBuf) -> Result<(), rustls::Error> {
+        let staged = std::mem::take(&mut self.staged);
+        let result = self.write_plaintext(&staged, out);
+        self.staged = staged;
+        self.staged.clear();
+        if self.staged.capacity() > RUSTLS_BUFFER_LIMIT {
+            // One burst must not pin its size for the life of the connection.
+            self.staged = Vec::new();
+        }
+        result
     }
 
     /// Moves every TLS record the session wants to send into `out`.

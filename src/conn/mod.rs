@@ -29,10 +29,12 @@
 //!
 //! [`Connection::wants_read`] says whether to read at all right now.
 //!
-//! Application output takes one of two ways ([`Connection::send_path`]): when nothing is
-//! queued ahead of it on a plain connection, the driver writes it straight to the socket
-//! and reports what the kernel took ([`Connection::handle_direct_sent`]); the rest, and all
-//! TLS output, goes through [`Connection::queue`] into the send buffer.
+//! Application output always goes through [`Connection::queue`] (TLS stages the plaintext
+//! and encrypts it when it is next transmitted, so many small sends become few records)
+//! and leaves through [`Connection::poll_transmit`]: one rule for every driver. *When* to
+//! transmit is the driver's choice: the reactor writes a connection's own replies as soon
+//! as its callback returns, and what other callbacks sent it once per loop turn, so that
+//! output coalesces however sends to different connections interleave.
 //!
 //! # States
 //!
@@ -65,7 +67,7 @@ pub use reason::CloseReason;
 
 use crate::config::Config;
 use crate::error::ConnError;
-use crate::sendbuf::SendBuf;
+use crate::sendbuf::{BufPool, SendBuf};
 use crate::timer::later;
 use crate::tls::TlsSession;
 pub(crate) use proxy::ProxyHeader;
@@ -139,13 +141,14 @@ pub(crate) enum Session {
 
 /// What the application should be told, in the order [`Connection::poll_event`] yields.
 #[derive(Debug)]
-pub(crate) enum Event {
+pub(crate) enum Event<'a> {
     /// The PROXY header named the real client (or said there is none to name).
     Proxied(ProxyHeader),
     /// Ready for application data (after the TLS handshake for TLS).
     Open,
-    /// Application data: the slice [`Connection::handle_input`] returned.
-    Data,
+    /// Application data: the slice [`Connection::handle_input`] returned, carried here so
+    /// that the bytes travel with the event that announces them.
+    Data(&'a [u8]),
     /// Everything owed was handed to the kernel after the socket had been full.
     Drained,
     /// The peer will send no more.
@@ -171,17 +174,6 @@ enum Stash {
     Preamble(Vec<u8>),
     Proxied(ProxyHeader),
     Closed(CloseReason),
-}
-
-/// How application output should reach the socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SendPath {
-    /// Write it straight to the socket: nothing is queued ahead of it (plain only).
-    Direct,
-    /// Hand it to [`Connection::queue`].
-    Buffered,
-    /// The connection is closed: drop it.
-    Refused,
 }
 
 /// How the driver releases a closed connection's socket.
@@ -497,12 +489,28 @@ impl Connection {
 
     /// The kernel took `n` bytes of [`Connection::poll_transmit`]; `blocked` if it would
     /// take no more now (a partial send: the rest stays in the send buffer).
-    pub(crate) fn handle_sent(&mut self, now: Instant, n: usize, blocked: bool, limits: &Limits) {
+    /// A plain connection's emptied buffer goes back to `pool` for the next connection
+    /// with output, so that a connection between messages holds no buffer of its own.
+    pub(crate) fn handle_sent(
+        &mut self,
+        now: Instant,
+        n: usize,
+        blocked: bool,
+        limits: &Limits,
+        pool: &mut BufPool,
+    ) {
         self.sendbuf.consume(n);
+        if self.sendbuf.is_empty() && matches!(self.session, Session::Plain) {
+            pool.give(self.sendbuf.take_buffer());
+        }
         self.note_sent(now, n, blocked);
-        // Progress for the close deadline: the send buffer, not the output of the callback
-        // that closed (written at the same instant), is what a stuck peer leaves behind.
-        self.sent_since_check |= n > 0;
+        // Progress for the close deadline counts only after the instant the deadline was
+        // set: the write that follows a close at once (the output of the callback that
+        // closed) says nothing about whether a stuck peer reads.
+        let after_set = self
+            .phase_deadline
+            .is_some_and(|d| later(now, limits.close_timeout) > d);
+        self.sent_since_check |= n > 0 && after_set;
         if !blocked && self.sendbuf.is_empty() && self.drain_pending {
             self.drain_pending = false;
             if self.has_opened() {
@@ -510,12 +518,6 @@ impl Connection {
             }
         }
         self.update_backpressure(limits);
-    }
-
-    /// The driver wrote `n` bytes of application output straight to the socket
-    /// ([`SendPath::Direct`]); what the kernel did not take goes to [`Connection::queue`].
-    pub(crate) fn handle_direct_sent(&mut self, now: Instant, n: usize, blocked: bool) {
-        self.note_sent(now, n, blocked);
     }
 
     fn note_sent(&mut self, now: Instant, n: usize, blocked: bool) {
@@ -526,6 +528,14 @@ impl Connection {
             self.write_blocked = true;
             self.drain_pending = true;
         }
+    }
+
+    /// The driver holds the queued output back for a while (the reactor writes what
+    /// other callbacks sent once per turn): like a full socket, that is a wait the
+    /// application can observe in `pending_output`, so it hears `Drained` once the
+    /// output has gone — a producer that paused on `pending_output` is never left waiting.
+    pub(crate) fn handle_output_deferred(&mut self) {
+        self.drain_pending = true;
     }
 
     /// A read, write or shutdown failed (a reset from the peer, a broken pipe...).
@@ -602,35 +612,23 @@ impl Connection {
         }
     }
 
-    /// Where accepted application output should go.
-    pub(crate) fn send_path(&self) -> SendPath {
-        match (&self.session, self.state) {
-            (_, State::Closed | State::Preamble) => SendPath::Refused,
-            (Session::Plain, _) if self.sendbuf.is_empty() && !self.write_blocked => {
-                SendPath::Direct
-            }
-            _ => SendPath::Buffered,
-        }
-    }
-
-    /// Queues accepted application output (TLS encrypts it here). Everything one callback
-    /// produced is passed at once, so small sends become few TLS records.
-    pub(crate) fn queue(&mut self, data: &[u8], limits: &Limits) {
-        if data.is_empty() || self.state == State::Closed {
-            return;
-        }
-        if self.state == State::Preamble {
-            // Nothing is accepted before the header (`can_send` says NotOpen).
+    /// Queues accepted application output, after everything queued before it. A plain
+    /// connection with no buffer borrows one from `pool`; TLS stages the plaintext and
+    /// encrypts all of it at the next [`Connection::poll_transmit`], so the sends of one
+    /// turn become few records.
+    pub(crate) fn queue(&mut self, data: &[u8], limits: &Limits, pool: &mut BufPool) {
+        if data.is_empty() || matches!(self.state, State::Closed | State::Preamble) {
+            // Nothing is accepted before the PROXY header (`can_send` says NotOpen).
             return;
         }
         match &mut self.session {
-            Session::Plain => self.sendbuf.push(data),
-            Session::Tls(tls) => {
-                if let Err(e) = tls.write_plaintext(data, &mut self.sendbuf) {
-                    self.finish(CloseReason::Tls(e), Teardown::Drop);
-                    return;
+            Session::Plain => {
+                if self.sendbuf.capacity() == 0 {
+                    self.sendbuf.adopt(pool.take());
                 }
+                self.sendbuf.push(data);
             }
+            Session::Tls(tls) => tls.stage(data),
         }
         self.update_backpressure(limits);
     }
@@ -747,7 +745,9 @@ impl Connection {
 
     /// The next thing to tell the application, in order: open, data, drained, peer
     /// closed, closed. Nothing follows `Closed`.
-    pub(crate) fn poll_event(&mut self) -> Option<Event> {
+    /// `input` is what the last [`Connection::handle_input`] returned (empty after any
+    /// other input): a data event carries it.
+    pub(crate) fn poll_event<'a>(&mut self, input: &'a [u8]) -> Option<Event<'a>> {
         let ev = self.events;
         if ev == 0 {
             return None;
@@ -760,11 +760,11 @@ impl Connection {
                 // Replaced by a close reason before it was told: moot.
                 other => {
                     self.stash = other.map(Box::new);
-                    return self.poll_event();
+                    return self.poll_event(input);
                 }
             },
             EV_OPEN => Event::Open,
-            EV_DATA => Event::Data,
+            EV_DATA => Event::Data(input),
             EV_DRAINED => Event::Drained,
             EV_PEER_CLOSED => Event::PeerClosed,
             _ => match self.stash.take().map(|b| *b) {
@@ -784,6 +784,7 @@ impl Connection {
         if matches!(self.state, State::Connecting | State::Closed) || self.write_blocked {
             return &[];
         }
+        self.seal_staged();
         self.queue_close_notify_if_due();
         self.sendbuf.as_slice()
     }
@@ -798,8 +799,9 @@ impl Connection {
         if !finishing {
             return false;
         }
+        self.seal_staged();
         self.queue_close_notify_if_due();
-        if !self.sendbuf.is_empty() {
+        if self.pending_output() > 0 {
             return false;
         }
         match self.state {
@@ -895,7 +897,10 @@ impl Connection {
 
     /// Bytes owed to the peer that the kernel has not taken yet.
     pub(crate) fn pending_output(&self) -> usize {
-        self.sendbuf.len()
+        match &self.session {
+            Session::Plain => self.sendbuf.len(),
+            Session::Tls(tls) => self.sendbuf.len() + tls.staged(),
+        }
     }
 
     /// Whether a write is waiting for writability.
@@ -946,6 +951,21 @@ impl Connection {
         }
     }
 
+    /// TLS: encrypts the plaintext staged since the last transmit, in one go (few records
+    /// for many small sends). Not before the handshake is done: rustls would only buffer
+    /// it (bounded by its limit), so it waits as plaintext, counted by backpressure.
+    fn seal_staged(&mut self) {
+        let Session::Tls(tls) = &mut self.session else {
+            return;
+        };
+        if tls.staged() == 0 || tls.is_handshaking() {
+            return;
+        }
+        if let Err(e) = tls.seal(&mut self.sendbuf) {
+            self.finish(CloseReason::Tls(e), Teardown::Drop);
+        }
+    }
+
     /// TLS says goodbye inside the stream before TCP does: once, after all data.
     fn queue_close_notify_if_due(&mut self) {
         let shutting = matches!(
@@ -959,7 +979,7 @@ impl Connection {
 
     /// Backpressure: stop reading while too much is owed; resume at the low mark.
     fn update_backpressure(&mut self, limits: &Limits) {
-        let owed = self.sendbuf.len();
+        let owed = self.pending_output();
         if !self.backpressure {
             self.bp_paused = false;
         } else if owed > limits.high_water {
@@ -971,7 +991,7 @@ impl Connection {
 
     /// Closing drops output we owed: reset the peer rather than let it see a clean end.
     fn reset_if_owed(&self) -> Teardown {
-        if self.sendbuf.is_empty() {
+        if self.pending_output() == 0 {
             Teardown::Drop
         } else {
             Teardown::Reset

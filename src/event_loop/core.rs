@@ -19,12 +19,9 @@ use crate::dgram::DgramQueue;
 use crate::handler::{DatagramHandler, Handler};
 use crate::id::{ConnId, TimerId};
 use crate::net::{BindOptions, Datagram, Listener, PeerAddr, SendBatch, Stream};
+use crate::sendbuf::BufPool;
 use crate::stats::{Stats, Transport};
 use crate::timer::{Timers, later};
-
-/// Retained capacity of the staging buffer between callbacks: one huge send must not pin
-/// its size in memory for the life of the loop.
-pub(crate) const OUT_KEEP: usize = 1 << 20;
 
 /// Everything a callback can reach through its context: the loop minus its event buffer,
 /// read buffers and channels (which only the dispatch code touches).
@@ -48,10 +45,16 @@ pub(crate) struct Core {
     pub(crate) phase: Phase,
     /// Entries to read (or accept on) again without waiting for an event.
     pub(crate) ready: Vec<ConnId>,
-    /// Application output of the running callback, sent when it returns (batching small
-    /// sends into one write), and which connection each run of bytes is for.
-    pub(crate) out: Vec<u8>,
-    pub(crate) segs: Vec<(ConnId, usize)>,
+    /// Spare output buffers, lent to connections while they owe bytes.
+    pub(crate) pool: BufPool,
+    /// Connections sent to from outside their own callbacks this turn: written once each
+    /// before the loop polls again (`stream::flush_listed`). Each is listed once
+    /// (`StreamEntry::listed`).
+    pub(crate) flush: Vec<ConnId>,
+    pub(crate) flush_spare: Vec<ConnId>,
+    /// The connection whose callback is running: what it sends to itself is written when
+    /// the callback returns, without listing.
+    pub(crate) current: Option<ConnId>,
     /// Entries acted on from elsewhere (another callback, another thread, the loop's own
     /// stop) whose consequences still need to run.
     pub(crate) touched: Vec<ConnId>,
@@ -97,8 +100,10 @@ impl Core {
             phase: Phase::Running,
             // Preallocated so that steady-state work does not allocate.
             ready: Vec::with_capacity(64),
-            out: Vec::new(),
-            segs: Vec::with_capacity(16),
+            pool: BufPool::default(),
+            flush: Vec::with_capacity(64),
+            flush_spare: Vec::with_capacity(64),
+            current: None,
             touched: Vec::with_capacity(64),
             dead: Vec::with_capacity(64),
             stop_request: None,
@@ -128,29 +133,6 @@ impl Core {
     pub(crate) fn next_id(&mut self, key: usize) -> ConnId {
         self.next_generation = self.next_generation.wrapping_add(1);
         ConnId::new(key, self.next_generation)
-    }
-
-    /// Stages application output for `id`; consecutive sends to one connection form one
-    /// run, written with one system call when the callback returns.
-    pub(crate) fn stage(&mut self, id: ConnId, data: &[u8]) {
-        if data.is_empty() {
-            return;
-        }
-        self.out.extend_from_slice(data);
-        let end = self.out.len();
-        match self.segs.last_mut() {
-            Some((last, e)) if *last == id => *e = end,
-            _ => self.segs.push((id, end)),
-        }
-    }
-
-    /// Forgets staged output once committed, keeping a bounded allocation.
-    pub(crate) fn clear_staged(&mut self) {
-        self.segs.clear();
-        self.out.clear();
-        if self.out.capacity() > OUT_KEEP {
-            self.out = Vec::new();
-        }
     }
 
     pub(crate) fn is_running(&self) -> bool {
@@ -205,6 +187,8 @@ pub(crate) struct StreamEntry<S> {
     pub(crate) transport: Transport,
     /// Counted in the loop's statistics (false for a management listener's connections).
     pub(crate) counted: bool,
+    /// On the loop's list to write at the end of the turn (`Core::flush`).
+    pub(crate) listed: bool,
     /// The timer standing for `conn.poll_timeout()`.
     pub(crate) deadline: Option<TimerId>,
     /// The handler's timers, cancelled when the connection closes.

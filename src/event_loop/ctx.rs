@@ -21,14 +21,14 @@ use crate::net::{self, Datagram, Endpoint, PeerAddr};
 use crate::stats::Stats;
 use crate::timer::{Target, later};
 
-/// Runs everything actions have left to do: commits staged output, then drives every
-/// touched entry (which may touch more) until none is left.
+/// Runs everything actions have left to do: drives every touched entry (which may touch
+/// more) until none is left. Output sent to connections from elsewhere waits for
+/// [`flush`], at the end of the turn.
 pub(crate) fn settle<S>(inner: &mut Inner<S>) {
-    stream::commit_staged(inner, None);
     while let Some(id) = inner.core.touched.pop() {
         match inner.slab.get(id.key()) {
             Some(Entry::Stream(e)) if e.generation == id.generation => {
-                stream::drive(inner, id.key(), &[]);
+                stream::drive(inner, id.key());
             }
             Some(Entry::Dgram(d)) if d.generation == id.generation => {
                 datagram::settle(inner, id.key());
@@ -38,6 +38,16 @@ pub(crate) fn settle<S>(inner: &mut Inner<S>) {
             }
             _ => {}
         }
+    }
+}
+
+/// Ends a turn's work (or an action taken between turns): everything [`settle`] does,
+/// then writes the output listed for the end of the turn, and settles what that caused.
+pub(crate) fn flush<S>(inner: &mut Inner<S>) {
+    settle(inner);
+    while !inner.core.flush.is_empty() {
+        stream::flush_listed(inner);
+        settle(inner);
     }
 }
 
@@ -137,9 +147,7 @@ impl<S> LoopOps<S> for Inner<S> {
     }
 
     fn conn_send(&mut self, id: ConnId, data: &[u8]) -> Result<(), ConnError> {
-        self.conn_entry(id)?.conn.can_send()?;
-        self.core.stage(id, data);
-        Ok(())
+        stream::send(self, id, data)
     }
 
     fn conn_op(&mut self, id: ConnId, op: ConnOp) -> Result<(), ConnError> {
@@ -207,6 +215,6 @@ impl<S> LoopOps<S> for Inner<S> {
     }
 
     fn settle(&mut self) {
-        settle(self);
+        flush(self);
     }
 }

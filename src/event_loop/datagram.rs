@@ -13,7 +13,7 @@ use std::time::Duration;
 use mio::{Interest, Token};
 
 use super::core::{Core, DgramEntry, Entry, Inner, TimerList, dgram_at};
-use super::stream::{ReadBufs, commit_staged};
+use super::stream::ReadBufs;
 use crate::dgram::DgramQueue;
 use crate::error::{ListenError, SendError};
 use crate::handler::{DatagramHandler, DgramCtx};
@@ -119,8 +119,7 @@ fn callback<S>(
     };
     d.handler = Some(handler);
     let close_now = d.close_requested && !d.closed;
-    // Datagram handlers may send to stream connections too.
-    commit_staged(inner, None);
+    // What it sent to stream connections is written at the end of the turn.
     if close_now {
         close(inner, key);
     }

@@ -11,7 +11,10 @@
 //!   for bytes already waiting.
 //! * **Interest registered once** — every connection is registered for both readable and
 //!   writable when it is created and never re-registered (`stream::add_accepted`).
-//! * **Partial writes** — see [`crate::sendbuf`] and `stream::commit_staged`.
+//! * **Partial writes** — see [`crate::sendbuf`] and `stream::push_output`.
+//! * **Output that coalesces** — a connection's replies to its own input are written
+//!   when its callback returns; what other callbacks send it is written once per turn,
+//!   just before the loop polls again (`stream::send`, `stream::flush_listed`).
 //! * **Backpressure** — a peer that sends but does not read would make us buffer without
 //!   bound; above `high_water` bytes owed we stop reading it, below `low_water` we resume.
 //! * **Slot reuse** — see `core`: closed entries are freed only after the batch.
@@ -28,7 +31,7 @@
 //! | `stream` | the stream driver: system calls for each `conn::Connection` |
 //! | `datagram` | the datagram driver: UDP and Unix datagram sockets |
 //! | `accept` | listeners and the accept loop |
-//! | `ctx` | what the handler contexts do (`handler::LoopOps`), and `settle` |
+//! | `ctx` | what the handler contexts do (`handler::LoopOps`), `settle` and `flush` |
 //! | `wake` | [`StopHandle`] and [`Sender`]: reaching the loop from other threads |
 //!
 //! # Nesting in a host's poller
@@ -85,7 +88,7 @@ pub use crate::config::{Config, ConnectOptions, ListenKind};
 pub use wake::{Sender, StopHandle};
 
 use self::core::{Core, Entry, Inner, ListenerEntry, Phase};
-use self::ctx::settle;
+use self::ctx::{flush, settle};
 use self::stream::{ReadBufs, Readiness};
 use self::wake::{Channel, Wake};
 use crate::error::{AddrError, ConnError, ListenError};
@@ -410,7 +413,7 @@ impl<S: 'static> EventLoop<S> {
         // The handler's on_ready may set timers: count them from now.
         self.inner.core.now = Instant::now();
         let (id, addr) = datagram::add(&mut self.inner, sock, handler)?;
-        self.with_callbacks(settle).map_err(ListenError::Register)?;
+        self.with_callbacks(flush).map_err(ListenError::Register)?;
         Ok(Bound { id, addr })
     }
 
@@ -516,7 +519,7 @@ impl<S: 'static> EventLoop<S> {
         self.inner.core.now = Instant::now();
         // Work asked for between turns (a connect that failed at once, an action through
         // `conn`) must not wait for an event that may never come.
-        settle(&mut self.inner);
+        flush(&mut self.inner);
         self.apply_stop_request();
         // UDP sockets, however added (by a callback too), read in batches when their
         // queue runs deep: the buffers are made once, with the first.
@@ -549,6 +552,9 @@ impl<S: 'static> EventLoop<S> {
         self.run_ready();
         self.run_timers();
         self.apply_stop_request();
+        // Just before polling again: write what this turn sent to connections from
+        // outside their own callbacks, once per connection.
+        flush(&mut self.inner);
         self.sweep();
         self.check_stopped();
         Ok(!self.is_stopped())
@@ -581,6 +587,7 @@ impl<S: 'static> EventLoop<S> {
         // look for new events.
         if !core.ready.is_empty()
             || !core.touched.is_empty()
+            || !core.flush.is_empty()
             || core.stop_request.is_some()
             || self.messages_left
             || self.events_left
@@ -839,7 +846,7 @@ fn begin_stop<S>(inner: &mut Inner<S>, grace: Duration) {
     for key in dgrams {
         datagram::close(inner, key);
     }
-    settle(inner);
+    flush(inner);
     if grace.is_zero() {
         force_close_all(inner);
     }
@@ -871,7 +878,7 @@ fn finish_lingering<S>(inner: &mut Inner<S>) -> bool {
             left = true;
         }
     }
-    settle(inner);
+    flush(inner);
     left
 }
 
@@ -884,7 +891,7 @@ fn force_close_all<S>(inner: &mut Inner<S>) {
             core.touched.push(ConnId::new(key, e.generation));
         }
     }
-    settle(inner);
+    flush(inner);
 }
 
 fn unix_mismatch(name: &UnixName) -> ListenError {
@@ -955,7 +962,7 @@ mod tests {
     }
 
     #[test]
-    fn loop_staging_buffer_keeps_a_bounded_allocation_after_a_huge_send() {
+    fn loop_output_buffers_keep_a_bounded_allocation_after_a_huge_send() {
         let (mut el, addr) = serve(64 << 20);
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"x").unwrap();
@@ -965,12 +972,14 @@ mod tests {
             back.len()
         });
         turn_until(&mut el, |el| el.stats().bytes_out > 0);
-        assert!(
-            el.inner.core.out.capacity() <= super::core::OUT_KEEP,
-            "staging buffer keeps {} bytes",
-            el.inner.core.out.capacity()
-        );
         turn_until(&mut el, |el| el.stats().closed == 1);
         assert_eq!(reader.join().unwrap(), 64 << 20);
+        // The 64 MiB reply went through the connection's buffer; once sent, the loop
+        // keeps no more than the pool's bound of spare output buffers.
+        assert!(
+            el.inner.core.pool.bytes() <= crate::sendbuf::BufPool::KEEP_BYTES,
+            "spare buffers keep {} bytes",
+            el.inner.core.pool.bytes()
+        );
     }
 }

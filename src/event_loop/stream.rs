@@ -14,7 +14,8 @@ use mio::{Interest, Token};
 
 use super::core::{Core, Entry, FailedEntry, Inner, StreamEntry, TimerList, stream_at};
 use crate::config::ConnectOptions;
-use crate::conn::{CloseReason, Connection, Event, SendPath, Session, State, Teardown};
+use crate::conn::{CloseReason, Connection, Event, Session, State, Teardown};
+use crate::error::ConnError;
 use crate::handler::{Ctx, Handler};
 use crate::id::ConnId;
 use crate::net::{Endpoint, PeerAddr, Stream};
@@ -22,6 +23,11 @@ use crate::sendbuf::{Flush, write_until_blocked};
 use crate::stats::Transport;
 use crate::timer::Target;
 use crate::tls::TlsSession;
+
+/// Output sent to a connection from outside its own callbacks waits for the end of the
+/// turn only up to this much: past it, nothing is saved by waiting (one write of this
+/// size already fills a loopback socket's buffer).
+const DEFER_LIMIT: usize = 64 * 1024;
 
 /// The reactor's read buffers, shared by all connections: only unsent output is kept per
 /// connection, so an idle connection costs no buffer memory.
@@ -76,6 +82,7 @@ pub(crate) fn add_accepted<S>(
         generation: id.generation,
         transport,
         counted,
+        listed: false,
         deadline: None,
         user_timers: TimerList::default(),
     }));
@@ -84,7 +91,7 @@ pub(crate) fn add_accepted<S>(
     }
     // Data the client sent right after connecting is not missed: registering a socket
     // that is already readable produces an event at once.
-    drive(inner, key, &[]);
+    drive(inner, key);
 }
 
 /// Starts a non-blocking connect and returns its id. Whatever happens, `handler` hears
@@ -115,6 +122,7 @@ pub(crate) fn connect<S>(
                 generation: id.generation,
                 transport,
                 counted: true,
+                listed: false,
                 deadline: None,
                 user_timers: TimerList::default(),
             })
@@ -167,7 +175,6 @@ pub(crate) fn report_failed_connect<S>(inner: &mut Inner<S>, key: usize) {
         &mut Ctx { ops: inner, id },
         &CloseReason::ConnectFailed(error),
     );
-    commit_staged(inner, Some(id));
     inner.core.dead.push(key);
 }
 
@@ -184,7 +191,7 @@ pub(crate) fn ready<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, key: usize, r:
             return;
         }
         finish_connect(&mut inner.core, e);
-        drive(inner, key, &[]);
+        drive(inner, key);
         match inner.slab.get(key) {
             Some(Entry::Stream(e))
                 if !e.conn.is_closed() && e.conn.state() != State::Connecting => {}
@@ -196,7 +203,7 @@ pub(crate) fn ready<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, key: usize, r:
             if e.conn.is_write_blocked() {
                 // Room in the kernel's send buffer again: flush what waited.
                 e.conn.handle_writable();
-                drive(inner, key, &[]);
+                drive(inner, key);
             }
         }
     }
@@ -207,7 +214,7 @@ pub(crate) fn ready<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, key: usize, r:
             if !e.conn.wants_read() {
                 if let Ok(Some(err)) = e.stream.take_error() {
                     e.conn.handle_io_error(err);
-                    drive(inner, key, &[]);
+                    drive(inner, key);
                     return;
                 }
             }
@@ -281,7 +288,7 @@ pub(crate) fn read_loop<S>(
         match e.stream.try_read(&mut bufs.wire) {
             Ok(0) => {
                 e.conn.handle_eof(core.now);
-                drive(inner, key, &[]);
+                drive(inner, key);
                 return;
             }
             Ok(n) => {
@@ -296,7 +303,7 @@ pub(crate) fn read_loop<S>(
                 if drained {
                     e.conn.handle_read_drained();
                 }
-                drive(inner, key, data);
+                drive_input(inner, key, data);
                 if drained {
                     return;
                 }
@@ -308,22 +315,27 @@ pub(crate) fn read_loop<S>(
             Err(err) => {
                 // ECONNRESET and friends: the peer is gone; only this connection ends.
                 e.conn.handle_io_error(err);
-                drive(inner, key, &[]);
+                drive(inner, key);
                 return;
             }
         }
     }
 }
 
-/// Runs the connection's outputs until it has nothing more to say: events to its handler
-/// (`data` is what the last `handle_input` returned), bytes to the socket, the FIN, its
-/// deadline timer, a read to come back for.
-pub(crate) fn drive<S>(inner: &mut Inner<S>, key: usize, data: &[u8]) {
+/// Runs the connection's outputs until it has nothing more to say: events to its handler,
+/// bytes to the socket, the FIN, its deadline timer, a read to come back for.
+pub(crate) fn drive<S>(inner: &mut Inner<S>, key: usize) {
+    drive_input(inner, key, &[]);
+}
+
+/// [`drive`] after a read: `input` is what `handle_input` returned, and the data event
+/// carries it to the handler.
+pub(crate) fn drive_input<S>(inner: &mut Inner<S>, key: usize, input: &[u8]) {
     loop {
         let Some(Entry::Stream(e)) = inner.slab.get_mut(key) else {
             return;
         };
-        match e.conn.poll_event() {
+        match e.conn.poll_event(input) {
             Some(Event::Proxied(header)) => {
                 let core = &mut inner.core;
                 if e.counted {
@@ -350,7 +362,7 @@ pub(crate) fn drive<S>(inner: &mut Inner<S>, key: usize, data: &[u8]) {
                 }
                 callback(inner, key, |h, ctx| h.on_open(ctx));
             }
-            Some(Event::Data) => callback(inner, key, |h, ctx| h.on_data(ctx, data)),
+            Some(Event::Data(data)) => callback(inner, key, |h, ctx| h.on_data(ctx, data)),
             Some(Event::Drained) => callback(inner, key, |h, ctx| h.on_drained(ctx)),
             Some(Event::PeerClosed) => callback(inner, key, |h, ctx| h.on_peer_closed(ctx)),
             Some(Event::Closed(reason)) => return closed(inner, key, reason),
@@ -386,15 +398,89 @@ pub(crate) fn callback<S>(
     let Some(mut handler) = e.handler.take() else {
         return;
     };
+    // What the callback sends to its own connection is written when the callback returns
+    // (the caller drives the connection next): not listed for the end of the turn.
+    inner.core.current = Some(id);
     f(handler.as_mut(), &mut Ctx { ops: inner, id });
+    inner.core.current = None;
     if let Some(Entry::Stream(e)) = inner.slab.get_mut(key) {
         e.handler = Some(handler);
     }
-    commit_staged(inner, Some(id));
+}
+
+/// Queues application output for connection `id`: into its send buffer, in order, after
+/// what is owed already. The bytes are written when the connection is next driven: at
+/// once after its own callback, or — sent from anywhere else — once per loop turn, just
+/// before the loop polls again (as Redis writes its replies in `beforeSleep`), so that
+/// a connection that many callbacks send to in one turn is written with one system call,
+/// however the sends to different connections interleave.
+pub(crate) fn send<S>(inner: &mut Inner<S>, id: ConnId, data: &[u8]) -> Result<(), ConnError> {
+    let core = &mut inner.core;
+    let e = match inner.slab.get_mut(id.key()) {
+        Some(Entry::Stream(e)) if e.generation == id.generation => e,
+        _ => return Err(inner_missing(&inner.slab, id)),
+    };
+    e.conn.can_send()?;
+    e.conn.queue(data, &core.limits, &mut core.pool);
+    if core.current != Some(id) && !e.listed {
+        e.listed = true;
+        e.conn.handle_output_deferred();
+        core.flush.push(id);
+    }
+    if e.listed && e.conn.pending_output() >= DEFER_LIMIT {
+        // Waiting saves system calls only while the output is small: this much already
+        // fills a socket buffer, and holding more would grow our memory and make a
+        // producer that watches `pending_output` think the peer is slow. Write it now
+        // (its events, if any, run when the end of the turn drives it).
+        transmit(core, e);
+    }
+    Ok(())
+}
+
+/// Why `id` names no stream connection.
+fn inner_missing<S>(slab: &slab::Slab<Entry<S>>, id: ConnId) -> ConnError {
+    match slab.get(id.key()) {
+        Some(e) if e.generation() == id.generation => match e {
+            // A connect that failed at once: its on_close is on its way.
+            Entry::Failed(_) => ConnError::NotOpen,
+            _ => ConnError::NotStream,
+        },
+        _ => ConnError::Gone,
+    }
+}
+
+/// Writes what was sent to connections from elsewhere during this turn: once each, just
+/// before the loop polls again. What that causes (`on_drained`, `on_close`) may send more;
+/// it is written in the same pass.
+pub(crate) fn flush_listed<S>(inner: &mut Inner<S>) {
+    while !inner.core.flush.is_empty() {
+        // Swap in the spare list (no allocation per turn); sends made while we write go
+        // to the other one and are written by the next pass.
+        let mut list = std::mem::take(&mut inner.core.flush_spare);
+        std::mem::swap(&mut list, &mut inner.core.flush);
+        for &id in &list {
+            if let Some(e) = stream_at(&mut inner.slab, id) {
+                e.listed = false;
+                drive(inner, id.key());
+            }
+        }
+        list.clear();
+        inner.core.flush_spare = list;
+    }
 }
 
 /// Writes what the connection has queued, and the FIN when it is due.
 fn push_output<S>(core: &mut Core, e: &mut StreamEntry<S>) {
+    if e.listed {
+        // Written (and its FIN sent) by `flush_listed` at the end of the turn, together
+        // with whatever else is sent to it until then.
+        return;
+    }
+    transmit(core, e);
+}
+
+/// [`push_output`] whether or not the connection waits for the end of the turn.
+fn transmit<S>(core: &mut Core, e: &mut StreamEntry<S>) {
     let bytes = e.conn.poll_transmit();
     if !bytes.is_empty() {
         let stream = &mut e.stream;
@@ -403,11 +489,16 @@ fn push_output<S>(core: &mut Core, e: &mut StreamEntry<S>) {
             core.stats.stream_out(e.transport, n);
         }
         match result {
-            Ok(flush) => e
-                .conn
-                .handle_sent(core.now, n, flush == Flush::Blocked, &core.limits),
+            Ok(flush) => e.conn.handle_sent(
+                core.now,
+                n,
+                flush == Flush::Blocked,
+                &core.limits,
+                &mut core.pool,
+            ),
             Err(err) => {
-                e.conn.handle_sent(core.now, n, false, &core.limits);
+                e.conn
+                    .handle_sent(core.now, n, false, &core.limits, &mut core.pool);
                 e.conn.handle_io_error(err);
             }
         }
@@ -434,62 +525,6 @@ fn arm_deadline<S>(core: &mut Core, e: &mut StreamEntry<S>, id: ConnId) {
     if let Some(at) = at {
         e.deadline = Some(core.timers.add(at, Target::Deadline(id)));
     }
-}
-
-/// Commits the output staged by a callback (or by calls made outside callbacks), in the
-/// order it was sent. For a plain connection with nothing queued ahead, the bytes go
-/// straight to the socket — writing right after processing instead of waiting for a
-/// writable event; what the kernel does not take waits in the connection's send buffer.
-/// Connections other than `current` are marked for a look at their outputs.
-pub(crate) fn commit_staged<S>(inner: &mut Inner<S>, current: Option<ConnId>) {
-    if inner.core.segs.is_empty() {
-        return;
-    }
-    let Core {
-        out,
-        segs,
-        touched,
-        stats,
-        now,
-        limits,
-        ..
-    } = &mut inner.core;
-    let mut start = 0;
-    for &(id, end) in segs.iter() {
-        let data = &out[start..end];
-        start = end;
-        let e = match inner.slab.get_mut(id.key()) {
-            Some(Entry::Stream(e)) if e.generation == id.generation => e,
-            _ => continue,
-        };
-        match e.conn.send_path() {
-            SendPath::Direct => {
-                let stream = &mut e.stream;
-                let (n, result) = write_until_blocked(data, |d| stream.try_write(d));
-                if e.counted {
-                    stats.stream_out(e.transport, n);
-                }
-                match result {
-                    Ok(flush) => {
-                        // Partial send: the kernel's buffer is full; the rest waits.
-                        e.conn.handle_direct_sent(*now, n, flush == Flush::Blocked);
-                        e.conn.queue(&data[n..], limits);
-                    }
-                    Err(err) => {
-                        e.conn.handle_direct_sent(*now, n, false);
-                        e.conn.handle_io_error(err);
-                    }
-                }
-            }
-            SendPath::Buffered => e.conn.queue(data, limits),
-            // Aborted meanwhile: what it was sent is dropped, as abort promises.
-            SendPath::Refused => {}
-        }
-        if Some(id) != current {
-            touched.push(id);
-        }
-    }
-    inner.core.clear_staged();
 }
 
 /// The connection has closed: statistics, timers, `on_close`, then the socket is released
@@ -560,7 +595,7 @@ pub(crate) fn deadline_fired<S>(inner: &mut Inner<S>, id: ConnId) {
     // The timer has fired: whatever the connection says next needs a new one.
     e.deadline = None;
     e.conn.handle_timeout(inner.core.now, &inner.core.limits);
-    drive(inner, id.key(), &[]);
+    drive(inner, id.key());
 }
 
 /// A handler timer of this connection fired.
@@ -574,5 +609,5 @@ pub(crate) fn user_timer_fired<S>(inner: &mut Inner<S>, id: ConnId, timer: crate
     e.user_timers.remove(timer);
     let key = id.key();
     callback(inner, key, |h, ctx| h.on_timer(ctx, timer));
-    drive(inner, key, &[]);
+    drive(inner, key);
 }

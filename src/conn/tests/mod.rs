@@ -81,7 +81,7 @@ mod connecting {
         assert!(c.poll_transmit().is_empty());
         assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(1)));
         c.handle_connected(now, &limits);
-        assert!(matches!(c.poll_event(), Some(Event::Open)));
+        assert!(matches!(c.poll_event(&[]), Some(Event::Open)));
         assert_eq!(c.poll_timeout(), None, "connect deadline cleared once open");
     }
 
@@ -91,24 +91,24 @@ mod connecting {
         let limits = test_limits();
         let mut c = Connection::connecting(Session::Plain, now, Some(Duration::from_secs(1)));
         c.handle_timeout(now + Duration::from_millis(999), &limits);
-        assert!(c.poll_event().is_none(), "not yet");
+        assert!(c.poll_event(&[]).is_none(), "not yet");
         c.handle_timeout(now + Duration::from_secs(1), &limits);
         assert!(matches!(
-            c.poll_event(),
+            c.poll_event(&[]),
             Some(Event::Closed(super::super::CloseReason::ConnectTimeout))
         ));
-        assert!(c.poll_event().is_none(), "nothing after Closed");
+        assert!(c.poll_event(&[]).is_none(), "nothing after Closed");
 
         let mut f = Connection::connecting(Session::Plain, now, None);
         f.handle_connect_failed(std::io::ErrorKind::ConnectionRefused.into());
         assert!(matches!(
-            f.poll_event(),
+            f.poll_event(&[]),
             Some(Event::Closed(super::super::CloseReason::ConnectFailed(_)))
         ));
         // Actions on a connection that is gone say so.
         assert!(f.abort().is_err());
         assert!(f.close(now, &limits).is_err());
-        assert!(f.poll_event().is_none(), "Closed comes once");
+        assert!(f.poll_event(&[]).is_none(), "Closed comes once");
     }
 
     #[test]
@@ -262,7 +262,7 @@ mod open {
         let limits = test_limits();
         let now = Instant::now();
         let mut c = Connection::accepted(Session::Plain, now, &limits, false);
-        assert!(matches!(c.poll_event(), Some(Event::Open)));
+        assert!(matches!(c.poll_event(&[]), Some(Event::Open)));
         c.pause_reading().unwrap();
         assert!(!c.wants_read());
         // The driver stopped before WouldBlock: data may be waiting.
@@ -346,7 +346,7 @@ mod open {
         assert_eq!(c.can_send(), Err(crate::error::ConnError::Gone));
         assert!(c.abort().is_err());
         assert!(c.pause_reading().is_err());
-        let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+        let events: Vec<_> = std::iter::from_fn(|| c.poll_event(&[])).collect();
         assert!(matches!(events.last(), Some(Event::Closed(_))));
         assert_eq!(
             events

@@ -4,9 +4,9 @@
 //! (1 byte to 64 KiB), standing for the kernel's buffers. A write takes what fits and
 //! "would block" on the rest; a read takes what is queued; a FIN is queued behind the
 //! bytes; a reset throws away what is in flight. Each side runs a tiny driver that does
-//! what the reactor's does — commit output straight to the pipe when nothing is queued
-//! ahead of it (`SendPath::Direct`), flush, shut down, read until the pipe is empty or
-//! reading is paused — and an application (`App`) that answers events with actions.
+//! what the reactor's does — queue the application's output when its callback returns,
+//! transmit, shut down, read until the pipe is empty or reading is paused — and an
+//! application (`App`) that answers events with actions.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
-use super::super::{CloseReason, Connection, Event, Limits, SendPath, Session, State, Teardown};
+use super::super::{CloseReason, Connection, Event, Limits, Session, State, Teardown};
+use crate::sendbuf::BufPool;
 use crate::tls::TlsSession;
 
 /// What an application does in answer to an event.
@@ -109,6 +110,8 @@ pub(crate) struct Side {
     pub(crate) max_owed: usize,
     /// Application output waiting for the end of the callback (the driver's staging).
     staged: Vec<u8>,
+    /// Spare output buffers, as the loop lends them.
+    pool: BufPool,
 }
 
 impl Side {
@@ -125,6 +128,7 @@ impl Side {
             released: None,
             max_owed: 0,
             staged: Vec::new(),
+            pool: BufPool::default(),
         }
     }
 
@@ -409,32 +413,13 @@ impl Pair {
         }
     }
 
-    /// The driver's commit: straight to the pipe when nothing is queued ahead.
+    /// The driver's commit: what the callback sent is queued, by the rule every driver
+    /// shares; `settle` transmits it.
     fn commit(&mut self, who: Who) {
-        let now = self.now;
         let limits = self.limits_for(who);
-        let room = self.peer_room(who);
-        let (me, peer) = self.sides(who);
+        let me = self.side(who);
         let staged = std::mem::take(&mut me.staged);
-        if staged.is_empty() {
-            return;
-        }
-        if peer.released.is_some() {
-            // The peer's socket is gone: its kernel answers with a reset.
-            me.conn
-                .handle_io_error(std::io::ErrorKind::BrokenPipe.into());
-            return;
-        }
-        match me.conn.send_path() {
-            SendPath::Direct => {
-                let n = staged.len().min(room);
-                peer.inbox.bytes.extend(&staged[..n]);
-                me.conn.handle_direct_sent(now, n, n < staged.len());
-                me.conn.queue(&staged[n..], &limits);
-            }
-            SendPath::Buffered => me.conn.queue(&staged, &limits),
-            SendPath::Refused => {}
-        }
+        me.conn.queue(&staged, &limits, &mut me.pool);
     }
 
     /// The driver's `drive`: events to the application, output to the pipe, the FIN.
@@ -443,11 +428,11 @@ impl Pair {
         let limits = self.limits_for(who);
         for _ in 0..10_000 {
             let me = self.side(who);
-            if let Some(ev) = me.conn.poll_event() {
+            if let Some(ev) = me.conn.poll_event(data) {
                 let heard = match ev {
                     Event::Proxied(h) => Heard::Proxied(h.source),
                     Event::Open => Heard::Open,
-                    Event::Data => {
+                    Event::Data(data) => {
                         me.received.extend_from_slice(data);
                         Heard::Data(data.len())
                     }
@@ -479,9 +464,9 @@ impl Pair {
                 let n = bytes.len().min(room);
                 let blocked = n < bytes.len();
                 peer.inbox.bytes.extend(&bytes[..n]);
-                me.conn.handle_sent(now, n, blocked, &limits);
+                me.conn.handle_sent(now, n, blocked, &limits, &mut me.pool);
             } else if !bytes.is_empty() {
-                me.conn.handle_sent(now, 0, true, &limits);
+                me.conn.handle_sent(now, 0, true, &limits, &mut me.pool);
             }
             if me.conn.poll_shutdown(now, &limits) {
                 peer.inbox.fin = true;
