@@ -138,22 +138,32 @@ pub enum ConnError {
     /// No such connection: it has closed (its `on_close` has run or is about to), or the
     /// id was never one of this loop's.
     Gone,
-    /// The id names a listener or a datagram socket, not a stream connection.
+    /// The id names something else: a listener, a datagram socket or a descriptor source
+    /// where a stream connection was expected, or the other way round.
     NotStream,
     /// Still connecting or in its TLS handshake: it cannot take application data yet.
     NotOpen,
     /// Our sending side is shut (`shutdown_write` or `close` was called, or the loop is
     /// stopping): nothing more can be sent.
     WriteShut,
+    /// The id was made by another loop: ids are only meaningful to the loop that made
+    /// them (a connection lives on one loop's thread).
+    OtherLoop,
+    /// The loop has stopped: nothing it would do later can happen.
+    Stopped,
 }
 
 impl fmt::Display for ConnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             ConnError::Gone => "no such connection (it has closed)",
-            ConnError::NotStream => "the id names a listener or datagram socket, not a connection",
+            ConnError::NotStream => {
+                "the id names another kind of entry (listener, socket, descriptor)"
+            }
             ConnError::NotOpen => "the connection is not open yet",
             ConnError::WriteShut => "the connection's sending side is already shut",
+            ConnError::OtherLoop => "the id belongs to another event loop",
+            ConnError::Stopped => "the event loop has stopped",
         })
     }
 }

@@ -24,13 +24,14 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::config::ConnectOptions;
 pub use crate::conn::CloseReason;
 pub use crate::error::SendError;
 use crate::error::{ConnError, ListenError};
-pub use crate::id::{ConnId, TimerId};
+pub use crate::id::{ConnId, SourceId, TimerId};
 use crate::net::{Endpoint, PeerAddr};
 use crate::stats::Stats;
 
@@ -71,6 +72,17 @@ pub trait Handler<S = ()> {
     /// A timer set with [`Ctx::set_timer`] fired.
     fn on_timer(&mut self, ctx: &mut Ctx<'_, S>, timer: TimerId) {
         let _ = (ctx, timer);
+    }
+
+    /// The loop has begun a graceful stop ([`crate::StopHandle::stop`], a signal,
+    /// `stop_loop`). Listeners are closed; this connection may still do what it owes
+    /// within the grace period — send a reply that a worker thread is still computing,
+    /// say — and then close. The default closes at once, gracefully: everything already
+    /// sent is delivered, then our FIN. A connection still open when the grace ends is
+    /// closed then (reset if output was still owed). Connections that never opened are
+    /// closed without this call.
+    fn on_stopping(&mut self, ctx: &mut Ctx<'_, S>) {
+        ctx.close();
     }
 
     /// The connection is gone. Sending on it is no longer possible (and ignored); the rest
@@ -121,6 +133,66 @@ pub(crate) enum ConnOp {
     Backpressure(bool),
 }
 
+/// What can be done to a listener by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListenerOp {
+    Pause,
+    Resume,
+    Close,
+}
+
+/// Which readiness of a descriptor to watch (see [`LoopCtx::add_fd`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FdInterest {
+    /// Data to read (or, for a pidfd, the process has exited; for a timerfd, it fired).
+    Read,
+    /// Room to write.
+    Write,
+    /// Both.
+    ReadWrite,
+}
+
+/// What a descriptor became ready for. Edge-triggered: this says what *changed*; the
+/// callback reads (or writes) until `WouldBlock`, because nothing more is reported for
+/// what is already waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct FdReady {
+    /// Readable: read until `WouldBlock` (or EOF).
+    pub readable: bool,
+    /// Writable: there is room again.
+    pub writable: bool,
+    /// Hang-up: the other end is gone (a pipe's writer closed, a peer shut down). Read
+    /// what is left; the next read returns EOF.
+    pub hang_up: bool,
+    /// An error is pending on the descriptor (for a socket, `SO_ERROR` says which).
+    pub error: bool,
+}
+
+/// A watched descriptor and its callback, boxed together so the loop need not know the
+/// descriptor's type.
+pub(crate) trait Watched<S> {
+    fn ready(&mut self, ctx: &mut LoopCtx<'_, S>, ready: FdReady);
+}
+
+struct Watch<F, C> {
+    fd: F,
+    callback: C,
+}
+
+impl<S, F, C> Watched<S> for Watch<F, C>
+where
+    C: FnMut(&mut LoopCtx<'_, S>, &mut F, FdReady),
+{
+    fn ready(&mut self, ctx: &mut LoopCtx<'_, S>, ready: FdReady) {
+        (self.callback)(ctx, &mut self.fd, ready);
+    }
+}
+
+/// A loop timer's callback.
+pub(crate) type OnTimer<S> = Box<dyn FnOnce(&mut LoopCtx<'_, S>)>;
+
 /// Everything a callback may ask of its loop: the one interface between the contexts here
 /// and the reactor (`event_loop::ctx` implements it). Object-safe, so the contexts need not
 /// name the reactor's types.
@@ -152,6 +224,19 @@ pub(crate) trait LoopOps<S> {
     fn dgram_close(&mut self, id: ConnId);
     fn dgram_connect(&mut self, id: ConnId, to: &PeerAddr) -> io::Result<()>;
     fn dgram_local_addr(&self, id: ConnId) -> Option<PeerAddr>;
+
+    fn conn_close_with(&mut self, id: ConnId, last: &[u8]) -> Result<(), ConnError>;
+    fn listener_op(&mut self, id: ConnId, op: ListenerOp) -> Result<(), ConnError>;
+    fn add_source(
+        &mut self,
+        fd: RawFd,
+        interest: FdInterest,
+        watched: Box<dyn Watched<S>>,
+    ) -> io::Result<ConnId>;
+    fn remove_source(&mut self, id: ConnId) -> Result<(), ConnError>;
+    fn set_loop_timer(&mut self, after: Duration, callback: OnTimer<S>) -> TimerId;
+    fn cancel_loop_timer(&mut self, timer: TimerId);
+    fn is_stopping(&self) -> bool;
 
     /// Runs the callbacks that actions taken outside any callback have caused.
     fn settle(&mut self);
@@ -213,8 +298,175 @@ macro_rules! loop_methods {
         pub fn set_timer_for(&mut self, owner: ConnId, after: Duration) -> TimerId {
             self.ops.set_timer(owner, after)
         }
+
+        /// Sets a timer of the loop's own, owned by no connection: `callback` runs on
+        /// the loop's thread after `after` (never before the current callback returns).
+        /// Cancel it with [`Self::cancel_loop_timer`]. A loop timer does not keep a
+        /// stopping loop alive: once every connection is closed, the loop ends and its
+        /// timers with it.
+        pub fn set_loop_timer(
+            &mut self,
+            after: Duration,
+            callback: impl FnOnce(&mut LoopCtx<'_, S>) + 'static,
+        ) -> TimerId {
+            self.ops.set_loop_timer(after, Box::new(callback))
+        }
+
+        /// Cancels a loop timer; cancelling one that fired already is harmless.
+        pub fn cancel_loop_timer(&mut self, timer: TimerId) {
+            self.ops.cancel_loop_timer(timer);
+        }
+
+        /// Watches a descriptor of the application's own — a pipe, a timerfd, a pidfd,
+        /// a signalfd, an eventfd, an inotify descriptor, a socket made elsewhere — for
+        /// `interest`; `callback` runs on the loop's thread with it whenever it becomes
+        /// ready. The loop owns `fd` until [`Self::remove_fd`], which closes it (drops it).
+        ///
+        /// The descriptor is made non-blocking: a read with nothing to read must return
+        /// `WouldBlock`, not stop the whole loop. Readiness is **edge-triggered** (mio
+        /// registers with `EPOLLET`): the callback is told when readiness *changes*, so
+        /// it must read until `WouldBlock` (or EOF) each time; what it leaves unread is
+        /// never reported again. Closing the descriptor behind the loop's back (through
+        /// a duplicate of its number) is a bug the loop cannot see: epoll forgets a
+        /// descriptor only when its last duplicate closes, so the callback may still run,
+        /// and its reads fail with `EBADF`; remove it instead.
+        pub fn add_fd<F: AsFd + 'static>(
+            &mut self,
+            fd: F,
+            interest: FdInterest,
+            callback: impl FnMut(&mut LoopCtx<'_, S>, &mut F, FdReady) + 'static,
+        ) -> io::Result<SourceId> {
+            let raw = fd.as_fd().as_raw_fd();
+            let watched = Box::new(Watch { fd, callback });
+            self.ops.add_source(raw, interest, watched).map(SourceId)
+        }
+
+        /// Stops watching a descriptor added with [`Self::add_fd`] and closes it (after
+        /// the current batch of events). From its own callback too. `Gone` if it was
+        /// removed already.
+        pub fn remove_fd(&mut self, id: SourceId) -> Result<(), ConnError> {
+            self.ops.remove_source(id.0)
+        }
+
+        /// Stops accepting on a listener: new connections wait in the kernel's queue
+        /// (up to its backlog) while the listener's connections go on — draining a
+        /// server behind a load balancer, say.
+        pub fn pause_listener(&mut self, listener: ConnId) -> Result<(), ConnError> {
+            self.ops.listener_op(listener, ListenerOp::Pause)
+        }
+
+        /// Accepts again on a paused listener, starting with what queued meanwhile.
+        pub fn resume_listener(&mut self, listener: ConnId) -> Result<(), ConnError> {
+            self.ops.listener_op(listener, ListenerOp::Resume)
+        }
+
+        /// Closes a listener (its socket file too, if the loop bound it); the
+        /// connections it accepted go on.
+        pub fn close_listener(&mut self, listener: ConnId) -> Result<(), ConnError> {
+            self.ops.listener_op(listener, ListenerOp::Close)
+        }
+
+        /// True once a graceful stop has begun: listeners are closed, and connections are
+        /// finishing within the grace period.
+        pub fn is_stopping(&self) -> bool {
+            self.ops.is_stopping()
+        }
     };
 }
+
+/// What every context — [`Ctx`], [`DgramCtx`] and [`LoopCtx`] — can do for the loop as
+/// a whole, as a trait: a helper written once (`fn broadcast<C: LoopContext<Room>>(ctx:
+/// &mut C, ..)`) serves callbacks of every kind. The contexts also have these as
+/// inherent methods, so calling them needs no import.
+pub trait LoopContext<S> {
+    /// See [`LoopCtx::now`].
+    fn now(&self) -> Instant;
+    /// See [`LoopCtx::state`].
+    fn state(&mut self) -> &mut S;
+    /// See [`LoopCtx::conn`].
+    fn conn(&mut self, id: ConnId) -> ConnRef<'_, S>;
+    /// See [`LoopCtx::connect`].
+    fn connect(
+        &mut self,
+        to: Endpoint,
+        opts: ConnectOptions,
+        handler: Box<dyn Handler<S>>,
+    ) -> ConnId;
+    /// See [`LoopCtx::stop_loop`].
+    fn stop_loop(&mut self, grace: Duration);
+    /// See [`LoopCtx::stats`].
+    fn stats(&self) -> Stats;
+    /// See [`LoopCtx::set_timer_for`].
+    fn set_timer_for(&mut self, owner: ConnId, after: Duration) -> TimerId;
+    /// See [`LoopCtx::set_loop_timer`].
+    fn set_loop_timer(
+        &mut self,
+        after: Duration,
+        callback: Box<dyn FnOnce(&mut LoopCtx<'_, S>)>,
+    ) -> TimerId;
+    /// See [`LoopCtx::cancel_loop_timer`].
+    fn cancel_loop_timer(&mut self, timer: TimerId);
+    /// See [`LoopCtx::remove_fd`].
+    fn remove_fd(&mut self, id: SourceId) -> Result<(), ConnError>;
+    /// See [`LoopCtx::is_stopping`].
+    fn is_stopping(&self) -> bool;
+}
+
+macro_rules! loop_context {
+    ($ty:ident) => {
+        impl<S> LoopContext<S> for $ty<'_, S> {
+            fn now(&self) -> Instant {
+                self.ops.now()
+            }
+            fn state(&mut self) -> &mut S {
+                self.ops.state()
+            }
+            fn conn(&mut self, id: ConnId) -> ConnRef<'_, S> {
+                ConnRef {
+                    ops: &mut *self.ops,
+                    id,
+                }
+            }
+            fn connect(
+                &mut self,
+                to: Endpoint,
+                opts: ConnectOptions,
+                handler: Box<dyn Handler<S>>,
+            ) -> ConnId {
+                self.ops.connect(&to, opts, handler)
+            }
+            fn stop_loop(&mut self, grace: Duration) {
+                self.ops.stop_loop(grace);
+            }
+            fn stats(&self) -> Stats {
+                self.ops.stats()
+            }
+            fn set_timer_for(&mut self, owner: ConnId, after: Duration) -> TimerId {
+                self.ops.set_timer(owner, after)
+            }
+            fn set_loop_timer(
+                &mut self,
+                after: Duration,
+                callback: Box<dyn FnOnce(&mut LoopCtx<'_, S>)>,
+            ) -> TimerId {
+                self.ops.set_loop_timer(after, callback)
+            }
+            fn cancel_loop_timer(&mut self, timer: TimerId) {
+                self.ops.cancel_loop_timer(timer);
+            }
+            fn remove_fd(&mut self, id: SourceId) -> Result<(), ConnError> {
+                self.ops.remove_source(id.0)
+            }
+            fn is_stopping(&self) -> bool {
+                self.ops.is_stopping()
+            }
+        }
+    };
+}
+
+loop_context!(Ctx);
+loop_context!(DgramCtx);
+loop_context!(LoopCtx);
 
 /// What a stream handler can do from a callback: act on its own connection, and reach the
 /// rest of the loop.
@@ -271,6 +523,13 @@ impl<S> Ctx<'_, S> {
     /// yet. Calling it twice is harmless.
     pub fn close(&mut self) {
         let _ = self.ops.conn_op(self.id, ConnOp::Close);
+    }
+
+    /// Replaces everything still owed with `last` and closes gracefully: for the line a
+    /// slow consumer should read before it is cut off, which would otherwise wait
+    /// behind its backlog (and [`Ctx::abort`] would drop). See [`ConnRef::close_with`].
+    pub fn close_with(&mut self, last: &[u8]) {
+        let _ = self.ops.conn_close_with(self.id, last);
     }
 
     /// Closes at once, dropping anything unsent — including what this callback sent
@@ -399,6 +658,21 @@ impl<S> fmt::Debug for LoopCtx<'_, S> {
 
 impl<S> LoopCtx<'_, S> {
     loop_methods!();
+
+    /// A timer of the loop's own (as [`LoopCtx::set_loop_timer`]): `callback` runs after
+    /// `after`, on the loop's thread.
+    pub fn set_timer(
+        &mut self,
+        after: Duration,
+        callback: impl FnOnce(&mut LoopCtx<'_, S>) + 'static,
+    ) -> TimerId {
+        self.set_loop_timer(after, callback)
+    }
+
+    /// Cancels a timer set with [`LoopCtx::set_timer`].
+    pub fn cancel_timer(&mut self, timer: TimerId) {
+        self.cancel_loop_timer(timer);
+    }
 }
 
 /// A stream connection named by id, from a callback ([`Ctx::conn`]) or, wrapped in a
@@ -449,6 +723,17 @@ impl<S> ConnRef<'_, S> {
     /// Graceful close, as [`Ctx::close`]. Closing twice is harmless (`Ok`).
     pub fn close(&mut self) -> Result<(), ConnError> {
         self.ops.conn_op(self.id, ConnOp::Close)
+    }
+
+    /// Drops what is still owed, sends `last` instead and closes gracefully (as
+    /// [`ConnRef::close`]): a slow consumer reads why it is cut off right after what it
+    /// has already received, instead of behind its whole backlog. What the kernel has
+    /// taken already cannot be recalled, so on a plain connection a message being
+    /// written when this is called may arrive cut short before `last`; on TLS only
+    /// output not yet encrypted is dropped (records already made must go whole).
+    /// Refused like `send` once our side is shut.
+    pub fn close_with(&mut self, last: &[u8]) -> Result<(), ConnError> {
+        self.ops.conn_close_with(self.id, last)
     }
 
     /// Closes at once with a reset, as [`Ctx::abort`].

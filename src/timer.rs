@@ -26,6 +26,8 @@ pub(crate) enum Target {
     DgramRetry(ConnId),
     /// Try `accept` again after running out of descriptors.
     AcceptBackoff(ConnId),
+    /// A timer of the loop's own (`LoopCtx::set_timer`): its callback is kept by the loop.
+    Loop,
 }
 
 /// `now + d`, saturating far in the future instead of overflowing: durations come from

@@ -172,6 +172,11 @@ impl TlsSession {
         self.staged.len()
     }
 
+    /// Forgets the staged plaintext.
+    pub(crate) fn discard_staged(&mut self) {
+        self.staged.clear();
+    }
+
     /// Encrypts the staged plaintext into `out`.
     pub(crate) fn seal(&mut self, out: &mut SendBuf) -> Result<(), rustls::Error> {
         let staged = std::mem::take(&mut self.staged);

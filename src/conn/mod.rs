@@ -633,6 +633,15 @@ impl Connection {
         self.update_backpressure(limits);
     }
 
+    /// Forgets output not yet handed to the kernel (a last message is to replace it).
+    /// TLS keeps records already made: cutting one would break the stream.
+    pub(crate) fn discard_unsent(&mut self) {
+        match &mut self.session {
+            Session::Plain => self.sendbuf.consume(self.sendbuf.len()),
+            Session::Tls(tls) => tls.discard_staged(),
+        }
+    }
+
     /// Half-close: after everything queued, tell the peer we send no more (TLS
     /// `close_notify`, then TCP FIN). Reading goes on. Calling it again changes nothing.
     pub(crate) fn shutdown_write(&mut self) -> Result<(), ConnError> {
@@ -936,7 +945,8 @@ impl Connection {
         self.deadline_dirty = true;
     }
 
-    fn has_opened(&self) -> bool {
+    /// Opened and not closed yet: its handler has heard `Open` and not `Closed`.
+    pub(crate) fn has_opened(&self) -> bool {
         !matches!(
             self.state,
             State::Preamble | State::Connecting | State::Handshaking | State::Closed

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use mio::{Interest, Token};
 
-use super::core::{Entry, Inner, ListenerEntry};
+use super::core::{Entry, Inner, ListenerEntry, entry_at};
 use super::stream;
 use crate::config::ListenKind;
 use crate::conn::Session;
-use crate::error::ListenError;
-use crate::handler::Handler;
+use crate::error::{ConnError, ListenError};
+use crate::handler::{Handler, ListenerOp};
 use crate::id::ConnId;
 use crate::net::{self, Endpoint, Listener};
 use crate::stats::Transport;
@@ -50,6 +50,8 @@ pub(crate) fn add<S>(
         backoff: None,
         proxy: false,
         counted: true,
+        paused: false,
+        closed: false,
     }));
     Ok((id, addr))
 }
@@ -61,7 +63,7 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
         let Some(Entry::Listener(l)) = inner.slab.get_mut(key) else {
             return;
         };
-        if l.backoff.is_some() || !core.is_running() {
+        if l.backoff.is_some() || l.paused || !core.is_running() {
             return;
         }
         let (sock, peer) = match l.sock.try_accept() {
@@ -147,4 +149,39 @@ pub(crate) fn backoff_over<S>(inner: &mut Inner<S>, id: ConnId) {
         _ => return,
     }
     accept_loop(inner, id.key());
+}
+
+/// Pauses, resumes or closes a listener by id (its connections are not affected).
+pub(crate) fn listener_op<S>(
+    inner: &mut Inner<S>,
+    id: ConnId,
+    op: ListenerOp,
+) -> Result<(), ConnError> {
+    let Entry::Listener(l) = entry_at(&mut inner.slab, &inner.core, id)? else {
+        return Err(ConnError::NotStream);
+    };
+    if l.closed {
+        return Err(ConnError::Gone);
+    }
+    match op {
+        ListenerOp::Pause => l.paused = true,
+        ListenerOp::Resume => {
+            if l.paused {
+                l.paused = false;
+                // Connections that queued while paused raise no new event (edge
+                // triggering): look at the queue now.
+                inner.core.schedule_read(id);
+            }
+        }
+        ListenerOp::Close => {
+            l.closed = true;
+            l.paused = true;
+            if let Some(t) = l.backoff.take() {
+                inner.core.timers.cancel(t);
+            }
+            // Deregistered and closed after this batch (`EventLoop::sweep`).
+            inner.core.dead.push(id.key());
+        }
+    }
+    Ok(())
 }

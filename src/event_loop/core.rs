@@ -16,7 +16,8 @@ use slab::Slab;
 use crate::config::{Config, ListenKind};
 use crate::conn::{Connection, Limits};
 use crate::dgram::DgramQueue;
-use crate::handler::{DatagramHandler, Handler};
+use crate::error::ConnError;
+use crate::handler::{DatagramHandler, Handler, LoopCtx, OnTimer, Watched};
 use crate::id::{ConnId, TimerId};
 use crate::net::{BindOptions, Datagram, Listener, PeerAddr, SendBatch, Stream};
 use crate::sendbuf::BufPool;
@@ -30,6 +31,10 @@ pub(crate) struct Inner<S> {
     pub(crate) slab: Slab<Entry<S>>,
     pub(crate) core: Core,
     pub(crate) state: S,
+    /// The callbacks of the loop's own timers (`LoopCtx::set_timer`), by timer.
+    pub(crate) loop_timers: HashMap<TimerId, OnTimer<S>>,
+    /// What the loop runs when a graceful stop begins (`EventLoop::on_stopping`).
+    pub(crate) on_stopping: Option<Box<dyn FnMut(&mut LoopCtx<'_, S>)>>,
 }
 
 /// Loop-wide bookkeeping, kept apart from the slab so that a driver can borrow both an
@@ -62,6 +67,8 @@ pub(crate) struct Core {
     pub(crate) dead: Vec<usize>,
     pub(crate) stop_request: Option<Duration>,
     next_generation: u32,
+    /// This loop's number, in the high bits of every generation it hands out.
+    pub(crate) loop_no: u32,
     /// True while a UDP receive batch is being handled: replies are gathered in
     /// `dgram_batch` and sent together.
     pub(crate) batching: bool,
@@ -108,6 +115,7 @@ impl Core {
             dead: Vec::with_capacity(64),
             stop_request: None,
             next_generation: 0,
+            loop_no: crate::id::next_loop_no(),
             batching: false,
             udp_added: false,
             dgram_batch: SendBatch::default(),
@@ -131,8 +139,18 @@ impl Core {
 
     /// A fresh id for slot `key`: the generation tells it from earlier users of the slot.
     pub(crate) fn next_id(&mut self, key: usize) -> ConnId {
-        self.next_generation = self.next_generation.wrapping_add(1);
+        self.next_generation = crate::id::next_generation(self.loop_no, self.next_generation);
         ConnId::new(key, self.next_generation)
+    }
+
+    /// Refuses an id made by another loop, before it is looked up: its slot here belongs
+    /// to a stranger.
+    pub(crate) fn check_ours(&self, id: ConnId) -> Result<(), ConnError> {
+        if id.loop_no() == self.loop_no {
+            Ok(())
+        } else {
+            Err(ConnError::OtherLoop)
+        }
     }
 
     pub(crate) fn is_running(&self) -> bool {
@@ -147,6 +165,8 @@ pub(crate) enum Entry<S> {
     Dgram(DgramEntry<S>),
     /// A connect that failed before it had a socket: its `on_close` is still to run.
     Failed(FailedEntry<S>),
+    /// A descriptor of the application's own, watched for readiness.
+    Source(SourceEntry<S>),
 }
 
 impl<S> Entry<S> {
@@ -156,8 +176,34 @@ impl<S> Entry<S> {
             Entry::Stream(c) => c.generation,
             Entry::Dgram(d) => d.generation,
             Entry::Failed(f) => f.generation,
+            Entry::Source(w) => w.generation,
         }
     }
+}
+
+/// The entry `id` names in `slab`, if it is still the one the id was made for: `Gone`
+/// once its slot was freed or reused, `OtherLoop` for another loop's id.
+pub(crate) fn entry_at<'a, S>(
+    slab: &'a mut Slab<Entry<S>>,
+    core: &Core,
+    id: ConnId,
+) -> Result<&'a mut Entry<S>, ConnError> {
+    core.check_ours(id)?;
+    match slab.get_mut(id.key()) {
+        Some(e) if e.generation() == id.generation => Ok(e),
+        _ => Err(ConnError::Gone),
+    }
+}
+
+/// A descriptor source: the application's descriptor and callback, boxed together.
+pub(crate) struct SourceEntry<S> {
+    /// `None` only while its callback runs.
+    pub(crate) watched: Option<Box<dyn Watched<S>>>,
+    /// The descriptor as registered, to deregister it before it is closed.
+    pub(crate) fd: std::os::fd::RawFd,
+    pub(crate) generation: u32,
+    /// Removed (by `remove_fd`, perhaps from its own callback): freed after the batch.
+    pub(crate) removed: bool,
 }
 
 /// A listening socket and the factory of handlers for what it accepts.
@@ -173,6 +219,10 @@ pub(crate) struct ListenerEntry<S> {
     /// Its connections count in the loop's statistics and limits (see
     /// `EventLoop::count_in_stats`).
     pub(crate) counted: bool,
+    /// Accepting is paused (`pause_listener`): connects wait in the kernel's queue.
+    pub(crate) paused: bool,
+    /// Closed (`close_listener`): freed after the batch.
+    pub(crate) closed: bool,
 }
 
 /// A stream connection: its socket, its state machine and its handler.

@@ -9,13 +9,16 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use super::core::{Entry, Inner, StreamEntry, dgram_at};
-use super::{datagram, stream};
+use super::core::{Entry, Inner, Phase, StreamEntry, dgram_at, entry_at};
+use super::{accept, datagram, source, stream};
 use crate::config::ConnectOptions;
 use crate::error::{ConnError, ListenError, SendError};
-use crate::handler::{ConnOp, DatagramHandler, Handler, LoopOps};
+use crate::handler::{
+    ConnOp, DatagramHandler, FdInterest, Handler, ListenerOp, LoopOps, OnTimer, Watched,
+};
 use crate::id::{ConnId, TimerId};
 use crate::net::{self, Datagram, Endpoint, PeerAddr};
 use crate::stats::Stats;
@@ -54,23 +57,23 @@ pub(crate) fn flush<S>(inner: &mut Inner<S>) {
 impl<S> Inner<S> {
     /// Looks `id` up as a stream connection, naming what it is otherwise.
     fn conn_entry(&mut self, id: ConnId) -> Result<&mut StreamEntry<S>, ConnError> {
-        match self.slab.get_mut(id.key()) {
-            Some(entry) if entry.generation() == id.generation => match entry {
-                Entry::Stream(e) => Ok(e),
-                // A connect that failed at once: its on_close is on its way.
-                Entry::Failed(_) => Err(ConnError::NotOpen),
-                Entry::Listener(_) | Entry::Dgram(_) => Err(ConnError::NotStream),
-            },
-            _ => Err(ConnError::Gone),
+        match entry_at(&mut self.slab, &self.core, id)? {
+            Entry::Stream(e) => Ok(e),
+            // A connect that failed at once: its on_close is on its way.
+            Entry::Failed(_) => Err(ConnError::NotOpen),
+            Entry::Listener(_) | Entry::Dgram(_) | Entry::Source(_) => Err(ConnError::NotStream),
         }
     }
 
     fn conn_view(&self, id: ConnId) -> Result<&StreamEntry<S>, ConnError> {
+        self.core.check_ours(id)?;
         match self.slab.get(id.key()) {
             Some(entry) if entry.generation() == id.generation => match entry {
                 Entry::Stream(e) => Ok(e),
                 Entry::Failed(_) => Err(ConnError::NotOpen),
-                Entry::Listener(_) | Entry::Dgram(_) => Err(ConnError::NotStream),
+                Entry::Listener(_) | Entry::Dgram(_) | Entry::Source(_) => {
+                    Err(ConnError::NotStream)
+                }
             },
             _ => Err(ConnError::Gone),
         }
@@ -216,5 +219,49 @@ impl<S> LoopOps<S> for Inner<S> {
 
     fn settle(&mut self) {
         flush(self);
+    }
+
+    fn conn_close_with(&mut self, id: ConnId, last: &[u8]) -> Result<(), ConnError> {
+        let conn = &mut self.conn_entry(id)?.conn;
+        conn.can_send()?;
+        conn.discard_unsent();
+        stream::send(self, id, last)?;
+        self.conn_op(id, ConnOp::Close)
+    }
+
+    fn listener_op(&mut self, id: ConnId, op: ListenerOp) -> Result<(), ConnError> {
+        accept::listener_op(self, id, op)
+    }
+
+    fn add_source(
+        &mut self,
+        fd: RawFd,
+        interest: FdInterest,
+        watched: Box<dyn Watched<S>>,
+    ) -> io::Result<ConnId> {
+        source::add(self, fd, interest, watched)
+    }
+
+    fn remove_source(&mut self, id: ConnId) -> Result<(), ConnError> {
+        source::remove(self, id)
+    }
+
+    fn set_loop_timer(&mut self, after: Duration, callback: OnTimer<S>) -> TimerId {
+        let t = self
+            .core
+            .timers
+            .add(later(self.core.now, after), Target::Loop);
+        self.loop_timers.insert(t, callback);
+        t
+    }
+
+    fn cancel_loop_timer(&mut self, timer: TimerId) {
+        if self.loop_timers.remove(&timer).is_some() {
+            self.core.timers.cancel(timer);
+        }
+    }
+
+    fn is_stopping(&self) -> bool {
+        matches!(self.core.phase, Phase::Stopping { .. })
     }
 }

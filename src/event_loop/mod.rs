@@ -81,19 +81,22 @@ mod accept;
 mod core;
 mod ctx;
 mod datagram;
+mod source;
 mod stream;
 mod wake;
 
 pub use crate::config::{Config, ConnectOptions, ListenKind};
 pub use wake::{Sender, StopHandle};
 
-use self::core::{Core, Entry, Inner, ListenerEntry, Phase};
+use self::core::{Core, Entry, Inner, ListenerEntry, Phase, entry_at};
 use self::ctx::{flush, settle};
 use self::stream::{ReadBufs, Readiness};
 use self::wake::{Channel, Wake};
 use crate::error::{AddrError, ConnError, ListenError};
-use crate::handler::{ConnGuard, ConnRef, DatagramHandler, Handler, LoopCtx};
-use crate::id::ConnId;
+use crate::handler::{
+    ConnGuard, ConnRef, DatagramHandler, FdInterest, FdReady, Handler, LoopCtx, SourceId,
+};
+use crate::id::{ConnId, TimerId};
 use crate::net::{self, Datagram, Endpoint, RecvBatch, UnixName};
 use crate::stats::Stats;
 use crate::timer::{Target, later};
@@ -199,6 +202,8 @@ impl<S: 'static> EventLoop<S> {
                 slab: Slab::new(),
                 core: Core::new(config.sanitized()),
                 state,
+                loop_timers: std::collections::HashMap::new(),
+                on_stopping: None,
             },
             events: Events::with_capacity(EVENTS),
             bufs: ReadBufs {
@@ -342,11 +347,9 @@ impl<S: 'static> EventLoop<S> {
     /// The listener `id` names: `NotStream` for another kind of entry, `Gone` once its
     /// slot was freed (the generation tells a reused slot from the one asked for).
     fn listener_mut(&mut self, id: ConnId) -> Result<&mut ListenerEntry<S>, ConnError> {
-        match self.inner.slab.get_mut(id.key()) {
-            Some(e) if e.generation() != id.generation => Err(ConnError::Gone),
-            Some(Entry::Listener(l)) => Ok(l),
-            Some(_) => Err(ConnError::NotStream),
-            None => Err(ConnError::Gone),
+        match entry_at(&mut self.inner.slab, &self.inner.core, id)? {
+            Entry::Listener(l) => Ok(l),
+            _ => Err(ConnError::NotStream),
         }
     }
 
@@ -448,6 +451,62 @@ impl<S: 'static> EventLoop<S> {
             },
             busy: &mut self.busy,
         }
+    }
+
+    /// Runs `f` with a loop context, between turns: everything a callback without a
+    /// connection can do ([`LoopCtx`]: timers, descriptors, listeners, connections by
+    /// id), with what it causes run before this returns.
+    pub fn with_ctx<R>(&mut self, f: impl FnOnce(&mut LoopCtx<'_, S>) -> R) -> io::Result<R> {
+        self.inner.core.now = Instant::now();
+        let mut out = None;
+        self.with_callbacks(|inner| {
+            out = Some(f(&mut LoopCtx { ops: &mut *inner }));
+            flush(inner);
+        })?;
+        // Invariant: `with_callbacks` ran the closure, which set `out`.
+        Ok(out.expect("the closure ran"))
+    }
+
+    /// Watches a descriptor of the application's own; see [`LoopCtx::add_fd`].
+    pub fn add_fd<F: AsFd + 'static>(
+        &mut self,
+        fd: F,
+        interest: FdInterest,
+        callback: impl FnMut(&mut LoopCtx<'_, S>, &mut F, FdReady) + 'static,
+    ) -> io::Result<SourceId> {
+        if self.is_stopped() {
+            return Err(io::Error::other(ConnError::Stopped));
+        }
+        self.with_ctx(|ctx| ctx.add_fd(fd, interest, callback))?
+    }
+
+    /// Stops watching a descriptor and closes it; see [`LoopCtx::remove_fd`].
+    pub fn remove_fd(&mut self, id: SourceId) -> Result<(), ConnError> {
+        source::remove(&mut self.inner, id.0)
+    }
+
+    /// A timer of the loop's own: `callback` runs on the loop's thread after `after`
+    /// (see [`LoopCtx::set_timer`]). Refused once the loop has stopped: it would never
+    /// fire.
+    pub fn set_timer(
+        &mut self,
+        after: Duration,
+        callback: impl FnOnce(&mut LoopCtx<'_, S>) + 'static,
+    ) -> Result<TimerId, ConnError> {
+        if self.is_stopped() {
+            return Err(ConnError::Stopped);
+        }
+        self.inner.core.now = Instant::now();
+        Ok(LoopCtx {
+            ops: &mut self.inner,
+        }
+        .set_timer(after, callback))
+    }
+
+    /// Runs `callback` when a graceful stop begins, before each open connection hears
+    /// [`Handler::on_stopping`]: to tell workers, or stop a child process, say.
+    pub fn on_stopping(&mut self, callback: impl FnMut(&mut LoopCtx<'_, S>) + 'static) {
+        self.inner.on_stopping = Some(Box::new(callback));
     }
 
     /// Stops the loop (see [`StopHandle::stop`]). Callbacks run before this returns (the
@@ -650,7 +709,7 @@ impl<S: 'static> EventLoop<S> {
                     datagram::ready(inner, &mut self.bufs, batch, key, true, false);
                 }
                 Some(Entry::Listener(_)) => accept::accept_loop(inner, key),
-                Some(Entry::Failed(_)) | None => continue,
+                Some(Entry::Failed(_) | Entry::Source(_)) | None => continue,
             }
             settle(inner);
         }
@@ -670,6 +729,11 @@ impl<S: 'static> EventLoop<S> {
                 Target::Dgram(id) => datagram::user_timer_fired(inner, id, timer),
                 Target::DgramRetry(id) => datagram::retry_fired(inner, id),
                 Target::AcceptBackoff(id) => accept::backoff_over(inner, id),
+                Target::Loop => {
+                    if let Some(callback) = inner.loop_timers.remove(&timer) {
+                        callback(&mut LoopCtx { ops: inner });
+                    }
+                }
             }
             settle(inner);
         }
@@ -693,7 +757,22 @@ impl<S: 'static> EventLoop<S> {
                 force_close_all(&mut self.inner);
                 self.sweep();
             }
-            if self.inner.slab.is_empty() {
+            if only_sources_left(&self.inner) {
+                // Descriptor sources and loop timers do not keep a stopping loop alive:
+                // they end with it (the descriptors are closed).
+                for (_, entry) in self.inner.slab.iter_mut() {
+                    if let Entry::Source(w) = entry {
+                        if !w.removed {
+                            let _ = self
+                                .inner
+                                .poll
+                                .registry()
+                                .deregister(&mut mio::unix::SourceFd(&w.fd));
+                        }
+                    }
+                }
+                self.inner.slab.clear();
+                self.inner.loop_timers.clear();
                 self.inner.core.phase = Phase::Stopped;
                 // Senders learn that nobody will read their messages.
                 self.channels.clear();
@@ -717,7 +796,8 @@ impl<S: 'static> EventLoop<S> {
                 // Dropping closes the descriptor, and closing removes it from epoll (we
                 // never duplicate descriptors): one system call fewer per connection than
                 // deregistering first.
-                Some(Entry::Stream(_) | Entry::Failed(_)) | None => {}
+                // Descriptor sources were deregistered when removed; dropping closes them.
+                Some(Entry::Stream(_) | Entry::Failed(_) | Entry::Source(_)) | None => {}
             }
         }
     }
@@ -755,6 +835,15 @@ fn dispatch<S>(
                 read_closed: event.is_read_closed(),
             };
             stream::ready(inner, bufs, key, r);
+        }
+        Some(Entry::Source(_)) => {
+            let ready = FdReady {
+                readable: event.is_readable(),
+                writable: event.is_writable(),
+                hang_up: event.is_read_closed() || event.is_write_closed(),
+                error: event.is_error(),
+            };
+            source::ready(inner, key, ready);
         }
         Some(Entry::Dgram(_)) => {
             // A pending socket error (ICMP news on a connected UDP socket) raises EPOLLERR
@@ -815,41 +904,80 @@ fn take_signals(
     info
 }
 
-/// Graceful stop: no new connections, no new input; what was read is answered, then each
-/// connection is half-closed and closed when its peer finishes.
+/// Graceful stop: no new connections; the loop's `on_stopping`, then every open
+/// connection's (by default a graceful close: what was read is answered, then each
+/// connection is half-closed and closed when its peer finishes). A second request only
+/// shortens the grace.
 fn begin_stop<S>(inner: &mut Inner<S>, grace: Duration) {
     let core = &mut inner.core;
     let deadline = later(core.now, grace);
     match core.phase {
         Phase::Stopped => return,
-        Phase::Stopping { deadline: d } if d <= deadline => return,
-        _ => {}
+        Phase::Stopping { deadline: d } => {
+            if deadline < d {
+                core.phase = Phase::Stopping { deadline };
+                if grace.is_zero() {
+                    force_close_all(inner);
+                }
+            }
+            return;
+        }
+        Phase::Running => {}
     }
     core.phase = Phase::Stopping { deadline };
     let mut dgrams = Vec::new();
+    let mut conns = Vec::new();
     for (key, entry) in inner.slab.iter_mut() {
         match entry {
             Entry::Listener(l) => {
                 if let Some(t) = l.backoff.take() {
                     core.timers.cancel(t);
                 }
-                core.dead.push(key);
+                if !l.closed {
+                    l.closed = true;
+                    core.dead.push(key);
+                }
             }
             Entry::Dgram(_) => dgrams.push(key),
-            Entry::Stream(e) => {
-                e.conn.stop(core.now, &core.limits);
-                core.touched.push(ConnId::new(key, e.generation));
-            }
-            Entry::Failed(_) => {}
+            Entry::Stream(e) => conns.push(ConnId::new(key, e.generation)),
+            Entry::Failed(_) | Entry::Source(_) => {}
         }
     }
     for key in dgrams {
         datagram::close(inner, key);
     }
+    if let Some(mut callback) = inner.on_stopping.take() {
+        callback(&mut LoopCtx { ops: inner });
+        inner.on_stopping = Some(callback);
+        settle(inner);
+    }
+    for id in conns {
+        let Some(e) = self::core::stream_at(&mut inner.slab, id) else {
+            continue;
+        };
+        if e.conn.has_opened() {
+            stream::callback(inner, id.key(), |h, ctx| h.on_stopping(ctx));
+        } else {
+            // Never opened (connecting, handshaking, waiting for its PROXY header): it
+            // owes nothing and its handler has not begun; close it now.
+            e.conn.stop(inner.core.now, &inner.core.limits);
+        }
+        inner.core.touched.push(id);
+        settle(inner);
+    }
     flush(inner);
     if grace.is_zero() {
         force_close_all(inner);
     }
+}
+
+/// True when nothing but descriptor sources (and listeners closed in this batch) is left:
+/// a stopping loop is done.
+fn only_sources_left<S>(inner: &Inner<S>) -> bool {
+    inner
+        .slab
+        .iter()
+        .all(|(_, e)| matches!(e, Entry::Source(_)) || matches!(e, Entry::Listener(l) if l.closed))
 }
 
 /// The lingering close, cut short where nothing can be lost. A connection whose FIN is out

@@ -12,7 +12,7 @@ use std::io;
 
 use mio::{Interest, Token};
 
-use super::core::{Core, Entry, FailedEntry, Inner, StreamEntry, TimerList, stream_at};
+use super::core::{Core, Entry, FailedEntry, Inner, StreamEntry, TimerList, entry_at, stream_at};
 use crate::config::ConnectOptions;
 use crate::conn::{CloseReason, Connection, Event, Session, State, Teardown};
 use crate::error::ConnError;
@@ -416,9 +416,11 @@ pub(crate) fn callback<S>(
 /// however the sends to different connections interleave.
 pub(crate) fn send<S>(inner: &mut Inner<S>, id: ConnId, data: &[u8]) -> Result<(), ConnError> {
     let core = &mut inner.core;
-    let e = match inner.slab.get_mut(id.key()) {
-        Some(Entry::Stream(e)) if e.generation == id.generation => e,
-        _ => return Err(inner_missing(&inner.slab, id)),
+    let e = match entry_at(&mut inner.slab, core, id)? {
+        Entry::Stream(e) => e,
+        // A connect that failed at once: its on_close is on its way.
+        Entry::Failed(_) => return Err(ConnError::NotOpen),
+        _ => return Err(ConnError::NotStream),
     };
     e.conn.can_send()?;
     e.conn.queue(data, &core.limits, &mut core.pool);
@@ -435,18 +437,6 @@ pub(crate) fn send<S>(inner: &mut Inner<S>, id: ConnId, data: &[u8]) -> Result<(
         transmit(core, e);
     }
     Ok(())
-}
-
-/// Why `id` names no stream connection.
-fn inner_missing<S>(slab: &slab::Slab<Entry<S>>, id: ConnId) -> ConnError {
-    match slab.get(id.key()) {
-        Some(e) if e.generation() == id.generation => match e {
-            // A connect that failed at once: its on_close is on its way.
-            Entry::Failed(_) => ConnError::NotOpen,
-            _ => ConnError::NotStream,
-        },
-        _ => ConnError::Gone,
-    }
 }
 
 /// Writes what was sent to connections from elsewhere during this turn: once each, just
