@@ -16,14 +16,26 @@
 //! mio loop that does nothing but echo (`mod floor`). No design can do much better than it,
 //! so its ratio against tokio shows what is left to win at all.
 //!
+//! Row h is fan-out (`mod fanout`, in benches/fanout/): one publisher, 100 subscribers,
+//! 64-byte messages relayed by a broker to every subscriber, the publisher pipelining.
+//! Not an echo, so not `echoloop bench`: the brokers and the generator are written here.
+//! Three brokers run in each round: (i) an echoloop broker calling
+//! `ctx.conn(sub).send(msg)` per message per subscriber, the natural code; (ii) the same
+//! gathering each callback's messages by hand and sending once per subscriber; (iii) a
+//! tokio current_thread broker. Each is measured per delivery (a message received by one
+//! subscriber): deliveries/s, server CPU, and write system calls (counted with
+//! `perf stat` over the same window). Under it, the targets as same-round ratios:
+//! deliveries/s (i) ÷ (ii) ≥ 0.9, CPU (i) ÷ tokio ≤ 1.0, write calls (i) ≤ 0.05.
+//!
 //! Environment: `ECHOLOOP_BENCH_SECS` (default 5) seconds per run, `ECHOLOOP_BENCH_ROUNDS`
 //! (default 3) runs per server, `ECHOLOOP_BENCH_ONLY=a,c` to pick scenarios, and
 //! `ECHOLOOP_BENCH_PREVIOUS=/path/to/echoloop` to add a fourth server: another build of
 //! echoloop (say, the previous main), run the same way and printed under each row as the
-//! paired ratio of this build to it — how a change is shown to cost nothing.
+//! paired ratio of this build to it — how a change is shown to cost nothing (not for row h,
+//! whose brokers are built into this binary).
 //!
 //! The same binary is also the baseline server: run with
-//! `ECHOLOOP_BASELINE=<tcp|udp|tls|floor-tcp|floor-udp>`
+//! `ECHOLOOP_BASELINE=<tcp|udp|tls|floor-tcp|floor-udp|fanout-send|fanout-outbox|fanout-tokio>`
 //! and `ECHOLOOP_BASELINE_ADDR`, it prints `listening <kind> <addr>` and serves.
 
 use std::io::{Read, Write};
@@ -33,6 +45,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 mod common;
+mod fanout;
 
 use common::{Pki, env_num, median, pinned};
 use echoloop::cli::bench::{clock_ticks_per_sec, proc_cpu_split};
@@ -41,9 +54,12 @@ const ECHOLOOP: &str = env!("CARGO_BIN_EXE_echoloop");
 
 fn main() {
     if let Ok(kind) = std::env::var("ECHOLOOP_BASELINE") {
-        match kind.strip_prefix("floor-") {
-            Some(transport) => floor::serve(transport),
-            None => baseline::serve(&kind),
+        if let Some(broker) = kind.strip_prefix("fanout-") {
+            fanout::serve(broker);
+        } else if let Some(transport) = kind.strip_prefix("floor-") {
+            floor::serve(transport);
+        } else {
+            baseline::serve(&kind);
         }
         return;
     }
@@ -162,6 +178,11 @@ fn main() {
             results.push(round);
         }
         print_row(sc, &results);
+    }
+    // Its own servers and generator, and a row of its own shape (three servers, and
+    // figures per delivery): see `mod fanout`.
+    if only.is_empty() || only.split(',').any(|o| o == "h") {
+        fanout::bench(secs, rounds, pin);
     }
 }
 

@@ -149,8 +149,8 @@ pub use echo::{Echo, EchoDatagram};
 pub use error::{AddrError, ConnError, ListenError, SendError, TrySendError};
 pub use event_loop::{Bound, Config, ConnectOptions, EventLoop, ListenKind, Sender, StopHandle};
 pub use handler::{
-    CloseReason, ConnGuard, ConnId, ConnRef, Ctx, DatagramHandler, DgramCtx, Handler, LoopCtx,
-    TimerId,
+    CloseReason, ConnGuard, ConnId, ConnRef, Ctx, DatagramHandler, DgramCtx, FdInterest, FdReady,
+    Handler, LoopContext, LoopCtx, SourceId, TimerId,
 };
 pub use net::{Endpoint, PeerAddr, UnixName};
 pub use stats::Stats;
