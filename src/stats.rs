@@ -39,6 +39,9 @@ pub struct Stats {
     pub accept_errors: u64,
     /// Connections whose PROXY protocol header was read.
     pub proxied: u64,
+    /// Write system calls on stream sockets. Against messages sent, it shows how output
+    /// coalesces: what many callbacks send to one connection in a turn goes in one write.
+    pub write_calls: u64,
     /// Connections closed, by why.
     pub closed_by: ClosedBy,
     /// Bytes and datagrams in each direction, by transport.

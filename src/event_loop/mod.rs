@@ -607,6 +607,7 @@ impl<S: 'static> EventLoop<S> {
         self.dispatch_events();
         if self.messages_left {
             self.messages_left = drain(&mut self.inner, &mut self.channels);
+            self.wake.room_made();
         }
         self.run_ready();
         self.run_timers();
@@ -677,6 +678,7 @@ impl<S: 'static> EventLoop<S> {
                         request_stop(&mut inner.core, grace);
                     }
                     *messages_left = drain(inner, channels);
+                    wake.room_made();
                 }
                 SIGNALS => {
                     if take_signals(&mut inner.core, signals.as_mut(), *signal_grace) {
@@ -776,6 +778,7 @@ impl<S: 'static> EventLoop<S> {
                 self.inner.core.phase = Phase::Stopped;
                 // Senders learn that nobody will read their messages.
                 self.channels.clear();
+                self.wake.room_made();
             }
         }
     }
@@ -800,6 +803,14 @@ impl<S: 'static> EventLoop<S> {
                 Some(Entry::Stream(_) | Entry::Failed(_) | Entry::Source(_)) | None => {}
             }
         }
+    }
+}
+
+impl<S> Drop for EventLoop<S> {
+    fn drop(&mut self) {
+        // Senders waiting for room must learn now that none will come.
+        self.channels.clear();
+        self.wake.room_made();
     }
 }
 

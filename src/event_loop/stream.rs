@@ -474,9 +474,14 @@ fn transmit<S>(core: &mut Core, e: &mut StreamEntry<S>) {
     let bytes = e.conn.poll_transmit();
     if !bytes.is_empty() {
         let stream = &mut e.stream;
-        let (n, result) = write_until_blocked(bytes, |d| stream.try_write(d));
+        let mut calls = 0;
+        let (n, result) = write_until_blocked(bytes, |d| {
+            calls += 1;
+            stream.try_write(d)
+        });
         if e.counted {
             core.stats.stream_out(e.transport, n);
+            core.stats.write_calls += calls;
         }
         match result {
             Ok(flush) => e.conn.handle_sent(

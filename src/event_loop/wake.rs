@@ -8,9 +8,10 @@
 //! it drains either is seen by this drain or makes its own wake-up.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use mio::Waker;
 
@@ -31,6 +32,12 @@ pub(crate) struct Wake {
     notified: AtomicBool,
     /// A stop was asked for: the grace in milliseconds, or `u64::MAX` for none.
     grace_ms: AtomicU64,
+    /// Senders blocked in [`Sender::send_timeout`] until a channel has room: the loop
+    /// bumps the count after it took messages (or stopped) and wakes them. Only when
+    /// someone waits (`waiting`), so a loop nobody waits on pays one atomic load.
+    room: Mutex<u64>,
+    room_changed: Condvar,
+    waiting: AtomicUsize,
 }
 
 impl Wake {
@@ -39,7 +46,22 @@ impl Wake {
             waker,
             notified: AtomicBool::new(false),
             grace_ms: AtomicU64::new(u64::MAX),
+            room: Mutex::new(0),
+            room_changed: Condvar::new(),
+            waiting: AtomicUsize::new(0),
         }
+    }
+
+    /// The loop took messages (or will take none any more): wake blocked senders.
+    pub(crate) fn room_made(&self) {
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        // A poisoned lock only means a sender panicked while holding it: the count is
+        // still a count.
+        let mut epoch = self.room.lock().unwrap_or_else(|e| e.into_inner());
+        *epoch = epoch.wrapping_add(1);
+        self.room_changed.notify_all();
     }
 
     fn wake(&self) {
@@ -119,6 +141,43 @@ impl<M> Sender<M> {
             Err(mpsc::TrySendError::Full(m)) => Err(TrySendError::Full(m)),
             Err(mpsc::TrySendError::Disconnected(m)) => Err(TrySendError::Closed(m)),
         }
+    }
+
+    /// Queues `msg`, waiting up to `timeout` for room if the channel is full: flow control
+    /// for a producer thread (a worker pool answering through the loop) that should slow
+    /// down to the loop's pace rather than spin or drop. Blocks the calling thread — never
+    /// call it on the loop's own thread, whose draining it would wait for. Gives the
+    /// message back with `Full` when the time is up, `Closed` once the loop has stopped.
+    pub fn send_timeout(&self, msg: M, timeout: Duration) -> Result<(), TrySendError<M>> {
+        let deadline = Instant::now().checked_add(timeout);
+        let wake = &*self.wake;
+        wake.waiting.fetch_add(1, Ordering::AcqRel);
+        let result = (|| {
+            let mut msg = msg;
+            loop {
+                // Read the count before trying: room made after a failed try bumps it,
+                // so the wait below cannot miss it.
+                let seen = *wake.room.lock().unwrap_or_else(|e| e.into_inner());
+                match self.try_send(msg) {
+                    Err(TrySendError::Full(m)) => msg = m,
+                    other => return other,
+                }
+                let left = match deadline {
+                    Some(d) => d.saturating_duration_since(Instant::now()),
+                    None => Duration::MAX,
+                };
+                if left.is_zero() {
+                    return Err(TrySendError::Full(msg));
+                }
+                let guard = wake.room.lock().unwrap_or_else(|e| e.into_inner());
+                let _unused = wake
+                    .room_changed
+                    .wait_timeout_while(guard, left, |epoch| *epoch == seen)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        })();
+        wake.waiting.fetch_sub(1, Ordering::AcqRel);
+        result
     }
 }
 

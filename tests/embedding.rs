@@ -1,0 +1,593 @@
+//! The embedder's API for real servers (issue 17): output that coalesces, descriptors and
+//! timers of the application's own, a stop handlers take part in, listeners by id, ids
+//! that know their loop, flow control from other threads. In process, on loopback.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use echoloop::{
+    Config, ConnError, ConnId, Ctx, Echo, Endpoint, EventLoop, FdInterest, Handler, ListenKind,
+    LoopContext, LoopCtx, TrySendError,
+};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn addr_of(ep: Endpoint) -> SocketAddr {
+    match ep {
+        Endpoint::Inet(a) => a,
+        other => panic!("not an IP address: {other}"),
+    }
+}
+
+fn any() -> Endpoint {
+    Endpoint::Inet("127.0.0.1:0".parse().unwrap())
+}
+
+/// Turns the loop until `done`, bounded in time.
+fn run_until<S>(el: &mut EventLoop<S>, mut done: impl FnMut(&mut EventLoop<S>) -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done(el) {
+        assert!(Instant::now() < deadline, "not reached in time");
+        el.run_once(Some(Duration::from_millis(20))).unwrap();
+    }
+}
+
+/// Reads exactly `n` bytes (bounded by the socket's read timeout).
+fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf).unwrap();
+    buf
+}
+
+fn client(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+// ----- output that coalesces -----
+
+/// The loop's state for a small broker: who subscribed.
+#[derive(Default)]
+struct Subs(Vec<ConnId>);
+
+/// A subscriber's first byte `S`; a publisher's `P`, then messages of 8 bytes, each sent
+/// to every subscriber one by one (message-major: sends to different connections
+/// interleave).
+#[derive(Default)]
+struct Member {
+    publisher: bool,
+    known: bool,
+}
+
+impl Handler<Subs> for Member {
+    fn on_data(&mut self, ctx: &mut Ctx<'_, Subs>, mut data: &[u8]) {
+        if !self.known {
+            self.known = true;
+            self.publisher = data[0] == b'P';
+            if !self.publisher {
+                let me = ctx.id();
+                ctx.state().0.push(me);
+                ctx.send(b"A");
+            }
+            data = &data[1..];
+        }
+        if !self.publisher {
+            return;
+        }
+        let subs = ctx.state().0.clone();
+        for msg in data.chunks(8) {
+            for &s in &subs {
+                ctx.conn(s).send(msg).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn coalesce_interleaved_sends_to_many_connections_write_once_each() {
+    let mut el = EventLoop::with_state(Config::default(), Subs::default()).unwrap();
+    let addr = addr_of(
+        el.listen(&any(), ListenKind::Tcp, || Box::<Member>::default())
+            .unwrap()
+            .addr,
+    );
+    const N: usize = 10;
+    let mut subs: Vec<TcpStream> = (0..N).map(|_| client(addr)).collect();
+    for s in &mut subs {
+        s.write_all(b"S").unwrap();
+    }
+    run_until(&mut el, |el| el.state().0.len() == N);
+    for s in &mut subs {
+        assert_eq!(read_n(s, 1), b"A");
+    }
+    let mut publisher = client(addr);
+    let msgs: Vec<u8> = (0..100u64).flat_map(|i| i.to_le_bytes()).collect();
+    let mut first = b"P".to_vec();
+    first.extend_from_slice(&msgs);
+    let before = el.stats().write_calls;
+    publisher.write_all(&first).unwrap();
+    run_until(&mut el, |el| {
+        el.stats().bytes_out >= (N + N * msgs.len()) as u64
+    });
+    let writes = el.stats().write_calls - before;
+    for s in &mut subs {
+        assert_eq!(read_n(s, msgs.len()), msgs, "every message, in order");
+    }
+    // 1,000 sends (100 messages x 10 subscribers, interleaved): one write per subscriber
+    // per read of the publisher (its 801 bytes may come in two reads at worst).
+    assert!(writes <= 2 * N as u64, "{writes} writes for 1,000 sends");
+}
+
+#[test]
+fn coalesce_sends_from_many_callbacks_of_one_turn_share_one_write() {
+    let mut el = EventLoop::with_state(Config::default(), Subs::default()).unwrap();
+    let addr = addr_of(
+        el.listen(&any(), ListenKind::Tcp, || Box::<Member>::default())
+            .unwrap()
+            .addr,
+    );
+    let mut sub = client(addr);
+    sub.write_all(b"S").unwrap();
+    run_until(&mut el, |el| el.state().0.len() == 1);
+    assert_eq!(read_n(&mut sub, 1), b"A");
+    let tx = el.channel(200, |ctx: &mut LoopCtx<'_, Subs>, line: String| {
+        let id = ctx.state().0[0];
+        let mut c = ctx.conn(id);
+        c.send(line.as_bytes()).unwrap();
+        // Counted at once, though it waits for the end of the turn.
+        assert!(c.pending_output().unwrap() >= line.len());
+    });
+    // 100 messages waiting before the turn: 100 callbacks in one drain.
+    for i in 0..100 {
+        tx.try_send(format!("{i:03}\n")).unwrap();
+    }
+    let before = el.stats().write_calls;
+    run_until(&mut el, |el| el.stats().bytes_out >= 401);
+    assert_eq!(
+        el.stats().write_calls - before,
+        1,
+        "one write for 100 callbacks"
+    );
+    let got = read_n(&mut sub, 400);
+    let want: String = (0..100).map(|i| format!("{i:03}\n")).collect();
+    assert_eq!(String::from_utf8(got).unwrap(), want);
+}
+
+// ----- descriptors of the application's own -----
+
+/// A pipe as two owned descriptors (read end, write end).
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we pass, which has room for two.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just made by pipe2 and are owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+#[derive(Default)]
+struct PipeLog {
+    got: Vec<u8>,
+    eof: bool,
+    calls: usize,
+}
+
+#[test]
+fn fd_source_reads_a_pipe_to_eof_and_is_removed() {
+    let mut el = EventLoop::with_state(Config::default(), PipeLog::default()).unwrap();
+    let (r, w) = pipe();
+    let id = el
+        .add_fd(
+            std::fs::File::from(r),
+            FdInterest::Read,
+            |ctx: &mut LoopCtx<'_, PipeLog>, f: &mut std::fs::File, ready| {
+                ctx.state().calls += 1;
+                assert!(ready.readable || ready.hang_up, "{ready:?}");
+                // Edge-triggered: read until WouldBlock or EOF.
+                let mut buf = [0u8; 7];
+                loop {
+                    match f.read(&mut buf) {
+                        Ok(0) => {
+                            ctx.state().eof = true;
+                            break;
+                        }
+                        Ok(n) => ctx.state().got.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("read: {e}"),
+                    }
+                }
+            },
+        )
+        .unwrap();
+    let mut w = std::fs::File::from(w);
+    w.write_all(b"hello from the other side").unwrap();
+    run_until(&mut el, |el| el.state().got.len() == 25);
+    drop(w);
+    run_until(&mut el, |el| el.state().eof);
+    assert_eq!(el.state().got, b"hello from the other side");
+    el.remove_fd(id).unwrap();
+    assert_eq!(el.remove_fd(id), Err(ConnError::Gone), "removed already");
+    let calls = el.state().calls;
+    el.run_once(Some(Duration::from_millis(50))).unwrap();
+    assert_eq!(el.state().calls, calls, "no callback after removal");
+    // A stopping loop ends though a descriptor is still watched.
+    let (r2, _w2) = pipe();
+    el.add_fd(
+        r2,
+        FdInterest::Read,
+        |_: &mut LoopCtx<'_, PipeLog>, _, _| {},
+    )
+    .unwrap();
+    el.stop(Duration::from_secs(5));
+    let t = Instant::now();
+    el.run().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // Misuse says so.
+    let (r3, _w3) = pipe();
+    assert!(
+        el.add_fd(
+            r3,
+            FdInterest::Read,
+            |_: &mut LoopCtx<'_, PipeLog>, _, _| {}
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn fd_source_can_remove_itself_from_its_callback() {
+    let mut el = EventLoop::with_state(Config::default(), PipeLog::default()).unwrap();
+    let (r, w) = pipe();
+    let cell = std::rc::Rc::new(std::cell::Cell::new(None));
+    let me = std::rc::Rc::clone(&cell);
+    let id = el
+        .add_fd(
+            std::fs::File::from(r),
+            FdInterest::Read,
+            move |ctx: &mut LoopCtx<'_, PipeLog>, _: &mut std::fs::File, _| {
+                ctx.state().calls += 1;
+                if let Some(id) = me.get() {
+                    ctx.remove_fd(id).unwrap();
+                }
+            },
+        )
+        .unwrap();
+    cell.set(Some(id));
+    let mut w = std::fs::File::from(w);
+    w.write_all(b"x").unwrap();
+    run_until(&mut el, |el| el.state().calls == 1);
+    // Removal closed the read end (after the batch): the pipe is broken.
+    let e = w.write_all(b"y").unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+    el.run_once(Some(Duration::from_millis(50))).unwrap();
+    assert_eq!(el.state().calls, 1, "removed from its own callback");
+}
+
+// ----- timers of the loop's own -----
+
+#[test]
+fn loop_timer_fires_once_and_a_cancelled_one_never() {
+    let mut el = EventLoop::with_state(Config::default(), Vec::<&str>::new()).unwrap();
+    let start = Instant::now();
+    el.set_timer(Duration::from_millis(30), |ctx| ctx.state().push("first"))
+        .unwrap();
+    let t = el
+        .set_timer(Duration::from_millis(10), |ctx| {
+            ctx.state().push("cancelled")
+        })
+        .unwrap();
+    el.with_ctx(|ctx| ctx.cancel_timer(t)).unwrap();
+    // Set from a callback: a chain.
+    el.set_timer(Duration::from_millis(5), |ctx| {
+        ctx.set_timer(Duration::from_millis(5), |ctx| ctx.state().push("chained"));
+    })
+    .unwrap();
+    run_until(&mut el, |el| el.state().len() == 2);
+    assert!(start.elapsed() >= Duration::from_millis(30));
+    for _ in 0..3 {
+        el.run_once(Some(Duration::from_millis(20))).unwrap();
+    }
+    assert_eq!(el.state(), &["chained", "first"]);
+    el.stop(Duration::ZERO);
+    el.run().unwrap();
+    assert_eq!(
+        el.set_timer(Duration::ZERO, |_| {}).unwrap_err(),
+        ConnError::Stopped
+    );
+}
+
+// ----- a stop handlers take part in -----
+
+/// Work in flight: a request's answer comes from a worker thread.
+#[derive(Default)]
+struct Pending {
+    owed: Vec<ConnId>,
+    workers: Option<std::sync::mpsc::Sender<ConnId>>,
+}
+
+struct Slow;
+
+impl Handler<Pending> for Slow {
+    fn on_data(&mut self, ctx: &mut Ctx<'_, Pending>, _: &[u8]) {
+        let me = ctx.id();
+        ctx.state().owed.push(me);
+        if let Some(w) = &ctx.state().workers {
+            w.send(me).unwrap();
+        }
+    }
+    fn on_stopping(&mut self, ctx: &mut Ctx<'_, Pending>) {
+        // An answer is on its way: keep the connection until it is sent.
+        let me = ctx.id();
+        if !ctx.state().owed.contains(&me) {
+            ctx.close();
+        }
+    }
+}
+
+#[test]
+fn stop_lets_a_handler_deliver_what_a_worker_still_owes() {
+    let mut el = EventLoop::with_state(Config::default(), Pending::default()).unwrap();
+    let slow = addr_of(
+        el.listen(&any(), ListenKind::Tcp, || Box::new(Slow))
+            .unwrap()
+            .addr,
+    );
+    let echo = addr_of(
+        el.listen(&any(), ListenKind::Tcp, || Box::new(Echo))
+            .unwrap()
+            .addr,
+    );
+    let answers = el.channel(4, |ctx: &mut LoopCtx<'_, Pending>, id: ConnId| {
+        let mut c = ctx.conn(id);
+        c.send(b"answer\n").unwrap();
+        c.close().unwrap();
+        ctx.state().owed.retain(|x| *x != id);
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<ConnId>();
+    el.state_mut().workers = Some(tx);
+    let stop = el.stop_handle();
+    let worker = std::thread::spawn(move || {
+        let id = rx.recv().unwrap();
+        // The stop comes while the answer is being worked out.
+        stop.stop(Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(300));
+        answers.send_timeout(id, Duration::from_secs(5)).unwrap();
+    });
+    let mut idle = client(echo);
+    let mut asker = client(slow);
+    asker.write_all(b"question\n").unwrap();
+    let start = Instant::now();
+    el.run().unwrap();
+    let took = start.elapsed();
+    worker.join().unwrap();
+    let mut got = String::new();
+    asker.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "answer\n", "delivered during the grace, then EOF");
+    // The loop ended once the answer was out, not at the end of the grace.
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The connection that owed nothing was closed at once.
+    let mut rest = Vec::new();
+    assert_eq!(idle.read_to_end(&mut rest).unwrap(), 0);
+}
+
+#[test]
+fn stop_calls_the_loop_callback_once_and_a_second_stop_only_shortens_the_grace() {
+    let mut el = EventLoop::with_state(Config::default(), 0u32).unwrap();
+    el.on_stopping(|ctx| *ctx.state() += 1);
+    let addr = addr_of(
+        el.listen(&any(), ListenKind::Tcp, || Box::new(Echo))
+            .unwrap()
+            .addr,
+    );
+    let _c = client(addr);
+    run_until(&mut el, |el| el.stats().accepted == 1);
+    el.stop(Duration::from_secs(30));
+    el.stop(Duration::from_secs(10));
+    assert_eq!(*el.state(), 1);
+    el.run().unwrap();
+    assert_eq!(*el.state(), 1);
+}
+
+// ----- listeners by id -----
+
+#[test]
+fn listener_pause_resume_and_close_leave_its_connections_alone() {
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let bound = el
+        .listen(&any(), ListenKind::Tcp, || Box::new(Echo))
+        .unwrap();
+    let addr = addr_of(bound.addr.clone());
+    let mut first = client(addr);
+    run_until(&mut el, |el| el.stats().accepted == 1);
+    el.with_ctx(|ctx| ctx.pause_listener(bound.id))
+        .unwrap()
+        .unwrap();
+    // The kernel completes the handshake (backlog); the loop does not accept.
+    let mut waiting = client(addr);
+    waiting.write_all(b"queued").unwrap();
+    for _ in 0..5 {
+        el.run_once(Some(Duration::from_millis(20))).unwrap();
+    }
+    assert_eq!(el.stats().accepted, 1, "paused");
+    el.with_ctx(|ctx| ctx.resume_listener(bound.id))
+        .unwrap()
+        .unwrap();
+    run_until(&mut el, |el| el.stats().accepted == 2);
+    run_until(&mut el, |el| el.stats().bytes_out >= 6);
+    assert_eq!(read_n(&mut waiting, 6), b"queued");
+    el.with_ctx(|ctx| ctx.close_listener(bound.id))
+        .unwrap()
+        .unwrap();
+    el.run_once(Some(Duration::from_millis(20))).unwrap();
+    let refused = TcpStream::connect(addr);
+    assert!(refused.is_err(), "closed listener still accepts");
+    // Its connections go on.
+    first.write_all(b"still here").unwrap();
+    run_until(&mut el, |el| el.stats().bytes_out >= 16);
+    assert_eq!(read_n(&mut first, 10), b"still here");
+    assert_eq!(
+        el.with_ctx(|ctx| ctx.close_listener(bound.id)).unwrap(),
+        Err(ConnError::Gone)
+    );
+}
+
+// ----- ids that know their loop -----
+
+#[test]
+fn ids_from_another_loop_are_refused() {
+    let mut a = EventLoop::new(Config::default()).unwrap();
+    let mut b = EventLoop::new(Config::default()).unwrap();
+    let la = a
+        .listen(&any(), ListenKind::Tcp, || Box::new(Echo))
+        .unwrap();
+    let lb = b
+        .listen(&any(), ListenKind::Tcp, || Box::new(Echo))
+        .unwrap();
+    // Same slot, same place in each loop's sequence: only the loop tells them apart.
+    assert_eq!(la.id.to_string(), lb.id.to_string());
+    assert_ne!(la.id, lb.id);
+    assert_eq!(b.conn(la.id).send(b"x"), Err(ConnError::OtherLoop));
+    assert_eq!(
+        b.expect_proxy_header(la.id, true),
+        Err(ConnError::OtherLoop)
+    );
+    assert_eq!(
+        b.with_ctx(|ctx| ctx.pause_listener(la.id)).unwrap(),
+        Err(ConnError::OtherLoop)
+    );
+    // Display tells slot reuses apart: `#slot.generation`.
+    let shown = la.id.to_string();
+    assert!(shown.starts_with('#') && shown.contains('.'), "{shown}");
+}
+
+// ----- the last word to a slow consumer -----
+
+#[test]
+fn close_with_replaces_the_backlog_with_one_last_line() {
+    #[derive(Default)]
+    struct One(Option<ConnId>);
+    struct Quiet;
+    impl Handler<One> for Quiet {
+        fn on_open(&mut self, ctx: &mut Ctx<'_, One>) {
+            let me = ctx.id();
+            ctx.state().0 = Some(me);
+        }
+        fn on_data(&mut self, _: &mut Ctx<'_, One>, _: &[u8]) {}
+    }
+    let mut el = EventLoop::with_state(Config::default(), One::default()).unwrap();
+    let addr = addr_of(
+        el.listen(&any(), ListenKind::Tcp, || Box::new(Quiet))
+            .unwrap()
+            .addr,
+    );
+    let mut slow = client(addr);
+    run_until(&mut el, |el| el.state().0.is_some());
+    let id = el.state().0.unwrap();
+    // 16 MiB owed to a client that does not read: most of it waits in our buffer.
+    let block = vec![b'.'; 1 << 20];
+    for _ in 0..16 {
+        el.conn(id).send(&block).unwrap();
+    }
+    run_until(&mut el, |el| el.stats().bytes_out > 0);
+    el.conn(id)
+        .close_with(b"\ncut off: too far behind\n")
+        .unwrap();
+    assert_eq!(el.conn(id).send(b"more"), Err(ConnError::WriteShut));
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        slow.read_to_end(&mut all).unwrap();
+        all
+    });
+    run_until(&mut el, |el| el.stats().closed == 1);
+    let all = reader.join().unwrap();
+    assert!(all.ends_with(b"\ncut off: too far behind\n"));
+    assert!(
+        all.len() < 16 << 20,
+        "the backlog was dropped ({} bytes)",
+        all.len()
+    );
+}
+
+// ----- flow control from other threads -----
+
+#[test]
+fn sender_send_timeout_waits_for_room_and_says_closed() {
+    let mut el = EventLoop::with_state(Config::default(), Vec::<u32>::new()).unwrap();
+    let tx = el.channel(1, |ctx: &mut LoopCtx<'_, Vec<u32>>, m: u32| {
+        ctx.state().push(m)
+    });
+    tx.try_send(1).unwrap();
+    // Full, and nobody drains: the time runs out and the message comes back.
+    let t = Instant::now();
+    match tx.send_timeout(2, Duration::from_millis(100)) {
+        Err(TrySendError::Full(2)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    // A producer thread waits until the loop makes room.
+    let producer = {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for m in 2..=20 {
+                tx.send_timeout(m, DEADLINE).unwrap();
+            }
+        })
+    };
+    run_until(&mut el, |el| el.state().len() == 20);
+    producer.join().unwrap();
+    assert_eq!(el.state(), &(1..=20).collect::<Vec<_>>());
+    // Once the loop is gone, a waiting sender hears so at once.
+    tx.try_send(21).unwrap();
+    let waiter = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = tx.send_timeout(22, Duration::from_secs(30));
+        (
+            r.map_err(|e| matches!(e, TrySendError::Closed(22))),
+            t.elapsed(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    drop(el);
+    let (r, took) = waiter.join().unwrap();
+    assert_eq!(r, Err(true), "Closed");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+// ----- one helper for every context -----
+
+/// Written once for every kind of callback.
+fn greet_all<C: LoopContext<Vec<ConnId>>>(ctx: &mut C, text: &[u8]) -> usize {
+    let ids = ctx.state().clone();
+    ids.iter()
+        .filter(|&&id| ctx.conn(id).send(text).is_ok())
+        .count()
+}
+
+#[test]
+fn loop_context_helper_serves_stream_and_loop_callbacks() {
+    struct Greeter;
+    impl Handler<Vec<ConnId>> for Greeter {
+        fn on_open(&mut self, ctx: &mut Ctx<'_, Vec<ConnId>>) {
+            let me = ctx.id();
+            ctx.state().push(me);
+            greet_all(ctx, b"hi\n");
+        }
+        fn on_data(&mut self, _: &mut Ctx<'_, Vec<ConnId>>, _: &[u8]) {}
+    }
+    let mut el = EventLoop::with_state(Config::default(), Vec::new()).unwrap();
+    let addr = addr_of(
+        el.listen(&any(), ListenKind::Tcp, || Box::new(Greeter))
+            .unwrap()
+            .addr,
+    );
+    let mut c = client(addr);
+    run_until(&mut el, |el| el.state().len() == 1);
+    assert_eq!(read_n(&mut c, 3), b"hi\n");
+    let sent = el.with_ctx(|ctx| greet_all(ctx, b"bye\n")).unwrap();
+    assert_eq!(sent, 1);
+    assert_eq!(read_n(&mut c, 4), b"bye\n");
+}
