@@ -193,6 +193,9 @@ where
 /// A loop timer's callback.
 pub(crate) type OnTimer<S> = Box<dyn FnOnce(&mut LoopCtx<'_, S>)>;
 
+/// A callback that belongs to no connection (SIGUSR1's, the loop's `on_stopping`).
+pub(crate) type OnLoop<S> = Box<dyn FnMut(&mut LoopCtx<'_, S>)>;
+
 /// Everything a callback may ask of its loop: the one interface between the contexts here
 /// and the reactor (`event_loop::ctx` implements it). Object-safe, so the contexts need not
 /// name the reactor's types.
@@ -402,7 +405,7 @@ pub trait LoopContext<S> {
     fn set_loop_timer(
         &mut self,
         after: Duration,
-        callback: Box<dyn FnOnce(&mut LoopCtx<'_, S>)>,
+        callback: impl FnOnce(&mut LoopCtx<'_, S>) + 'static,
     ) -> TimerId;
     /// See [`LoopCtx::cancel_loop_timer`].
     fn cancel_loop_timer(&mut self, timer: TimerId);
@@ -447,9 +450,9 @@ macro_rules! loop_context {
             fn set_loop_timer(
                 &mut self,
                 after: Duration,
-                callback: Box<dyn FnOnce(&mut LoopCtx<'_, S>)>,
+                callback: impl FnOnce(&mut LoopCtx<'_, S>) + 'static,
             ) -> TimerId {
-                self.ops.set_loop_timer(after, callback)
+                self.ops.set_loop_timer(after, Box::new(callback))
             }
             fn cancel_loop_timer(&mut self, timer: TimerId) {
                 self.ops.cancel_loop_timer(timer);

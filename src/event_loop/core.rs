@@ -17,7 +17,7 @@ use crate::config::{Config, ListenKind};
 use crate::conn::{Connection, Limits};
 use crate::dgram::DgramQueue;
 use crate::error::ConnError;
-use crate::handler::{DatagramHandler, Handler, LoopCtx, OnTimer, Watched};
+use crate::handler::{DatagramHandler, Handler, OnLoop, OnTimer, Watched};
 use crate::id::{ConnId, TimerId};
 use crate::net::{BindOptions, Datagram, Listener, PeerAddr, SendBatch, Stream};
 use crate::sendbuf::BufPool;
@@ -34,7 +34,7 @@ pub(crate) struct Inner<S> {
     /// The callbacks of the loop's own timers (`LoopCtx::set_timer`), by timer.
     pub(crate) loop_timers: HashMap<TimerId, OnTimer<S>>,
     /// What the loop runs when a graceful stop begins (`EventLoop::on_stopping`).
-    pub(crate) on_stopping: Option<Box<dyn FnMut(&mut LoopCtx<'_, S>)>>,
+    pub(crate) on_stopping: Option<OnLoop<S>>,
 }
 
 /// Loop-wide bookkeeping, kept apart from the slab so that a driver can borrow both an

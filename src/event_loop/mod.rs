@@ -94,7 +94,7 @@ use self::stream::{ReadBufs, Readiness};
 use self::wake::{Channel, Wake};
 use crate::error::{AddrError, ConnError, ListenError};
 use crate::handler::{
-    ConnGuard, ConnRef, DatagramHandler, FdInterest, FdReady, Handler, LoopCtx, SourceId,
+    ConnGuard, ConnRef, DatagramHandler, FdInterest, FdReady, Handler, LoopCtx, OnLoop, SourceId,
 };
 use crate::id::{ConnId, TimerId};
 use crate::net::{self, Datagram, Endpoint, RecvBatch, UnixName};
@@ -113,9 +113,6 @@ const EVENTS: usize = 1024;
 /// While stopping, how often lingering connections are looked at again (no event says
 /// that the peer has acknowledged our last bytes).
 const LINGER_CHECK: Duration = Duration::from_millis(10);
-
-/// A callback that belongs to no connection (SIGUSR1's, say).
-type OnLoop<S> = Box<dyn FnMut(&mut LoopCtx<'_, S>)>;
 
 /// An address a listener or datagram socket is bound to, as reported by the system.
 #[derive(Debug, Clone)]
