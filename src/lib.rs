@@ -84,8 +84,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Sends to a connection from anywhere coalesce: one write per connection per loop turn,
+//! however many callbacks sent to it. A descriptor of the application's own (a child's
+//! pipe, a pidfd, a timerfd...) joins the loop with [`EventLoop::add_fd`]; the loop's own
+//! timers come from [`LoopCtx::set_timer`]; a graceful stop asks every handler to finish
+//! ([`Handler::on_stopping`]).
+//!
 //! `examples/proxy.rs` (a TCP proxy with backpressure both ways and half-close carried
 //! across), `examples/chat.rs` (lines to every other client, slow readers cut off),
+//! `examples/tail.rs` (a child process's output to every client, through a pipe),
 //! `examples/host_poll.rs` (the loop inside a host's own poller) and `examples/embed.rs`
 //! (work handed in from another thread) go further.
 //!
@@ -98,7 +105,7 @@
 //! | module | what it does | socket concept it teaches |
 //! |---|---|---|
 //! | [`guide`] | documentation only | from a blocking echo server to the reactor |
-//! | `id` | [`ConnId`], [`TimerId`] | why ids carry a generation (slot reuse) |
+//! | `id` | [`ConnId`], [`SourceId`], [`TimerId`] | why ids carry a generation (slot reuse) and their loop |
 //! | [`error`], [`stats`] | errors per concern, counters | — |
 //! | [`sendbuf`] | unsent bytes of one connection | partial writes |
 //! | `timer` | a deadline heap feeding the poll timeout | timers without threads |
@@ -109,7 +116,7 @@
 //! | `dgram` | a datagram socket's reply queue | datagram sends block too |
 //! | [`handler`] | the protocol interface and its contexts | separating protocol from I/O; acting on other connections |
 //! | [`echo`] | echo as a handler | — |
-//! | [`event_loop`] | the reactor: poll, dispatch, drivers for streams, datagrams, listeners, other threads | edge-triggered readiness, fairness, EMFILE, slot reuse, `recvmmsg`, waking a loop |
+//! | [`event_loop`] | the reactor: poll, dispatch, drivers for streams, datagrams, listeners, descriptors of the application's own, other threads | edge-triggered readiness, fairness, output that coalesces, EMFILE, slot reuse, `recvmmsg`, waking a loop, a stop in two phases |
 //! | `cli` | the `echoloop` command (feature `cli`) | — |
 //!
 //! # Panics and errors

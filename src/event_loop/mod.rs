@@ -30,7 +30,8 @@
 //! | `core` | the slab, its entries and the loop-wide bookkeeping every driver shares |
 //! | `stream` | the stream driver: system calls for each `conn::Connection` |
 //! | `datagram` | the datagram driver: UDP and Unix datagram sockets |
-//! | `accept` | listeners and the accept loop |
+//! | `accept` | listeners and the accept loop; pausing and closing them by id |
+//! | `source` | descriptors of the application's own (`add_fd`) |
 //! | `ctx` | what the handler contexts do (`handler::LoopOps`), `settle` and `flush` |
 //! | `wake` | [`StopHandle`] and [`Sender`]: reaching the loop from other threads |
 //!

@@ -90,9 +90,10 @@ pub struct StopHandle {
 }
 
 impl StopHandle {
-    /// Asks the loop to stop: it stops accepting and reading new input, sends what it owes,
-    /// closes connections gracefully, and returns from `run` when all are closed or `grace`
-    /// has passed (then it closes the rest at once, resetting those that still owed output).
+    /// Asks the loop to stop: it stops accepting, tells every open connection's handler
+    /// ([`crate::Handler::on_stopping`], by default a graceful close: what is owed is sent,
+    /// new input is not read), and returns from `run` when all are closed or `grace` has
+    /// passed (then it closes the rest at once, resetting those that still owed output).
     pub fn stop(&self, grace: Duration) {
         let ms = u64::try_from(grace.as_millis())
             .unwrap_or(u64::MAX - 1)
