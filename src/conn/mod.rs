@@ -17,9 +17,13 @@
 //!    0), [`Connection::handle_writable`], [`Connection::handle_sent`] (how much the kernel
 //!    took of [`Connection::poll_transmit`], and whether it would block),
 //!    [`Connection::handle_io_error`] and [`Connection::handle_timeout`]. The application's
-//!    requests are inputs too: [`Connection::queue`], [`Connection::shutdown_write`],
-//!    [`Connection::close`], [`Connection::abort`], [`Connection::pause_reading`],
-//!    [`Connection::resume_reading`], and the loop's [`Connection::stop`].
+//!    requests are inputs too: [`Connection::queue`], [`Connection::discard_unsent`],
+//!    [`Connection::shutdown_write`], [`Connection::close`], [`Connection::abort`],
+//!    [`Connection::pause_reading`], [`Connection::resume_reading`], and the loop's
+//!    [`Connection::stop`]. So are the driver's notes on its own reading and writing:
+//!    [`Connection::handle_read_stopped`] (it stopped before `WouldBlock`),
+//!    [`Connection::handle_read_drained`] (the queue is empty) and
+//!    [`Connection::handle_output_deferred`] (it holds the output back for a while).
 //! 2. **Outputs** (`poll_*`), after every input, until they have nothing to say:
 //!    [`Connection::poll_event`] (tell the application: open, data, drained, peer closed,
 //!    closed), [`Connection::poll_transmit`] (bytes to write), [`Connection::poll_shutdown`]

@@ -1,5 +1,5 @@
-//! What the reactor's drivers share: the slab of entries, the loop-wide bookkeeping, and
-//! the staging buffer for application output.
+//! What the reactor's drivers share: the slab of entries, the loop-wide bookkeeping, the
+//! pool of output buffers and the list of connections to write at the end of the turn.
 //!
 //! Teaches: slot reuse. Closed entries stay in the slab until the whole batch of events is
 //! dispatched (`dead`, swept by the loop), so a later event in the same batch cannot reach
