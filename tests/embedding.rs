@@ -591,3 +591,29 @@ fn loop_context_helper_serves_stream_and_loop_callbacks() {
     assert_eq!(sent, 1);
     assert_eq!(read_n(&mut c, 4), b"bye\n");
 }
+
+/// An idle connection that a stop closes with nothing in flight ended cleanly: its
+/// handler hears `Done`, not a grace period cut short.
+#[test]
+fn stop_closes_an_idle_connection_as_done() {
+    struct Note;
+    impl Handler<Vec<String>> for Note {
+        fn on_data(&mut self, _: &mut Ctx<'_, Vec<String>>, _: &[u8]) {}
+        fn on_close(&mut self, ctx: &mut Ctx<'_, Vec<String>>, reason: &echoloop::CloseReason) {
+            ctx.state().push(format!("{reason:?}"));
+        }
+    }
+    let mut el = EventLoop::with_state(Config::default(), Vec::new()).unwrap();
+    let addr = addr_of(
+        el.listen(&any(), ListenKind::Tcp, || Box::new(Note))
+            .unwrap()
+            .addr,
+    );
+    let _idle = client(addr);
+    run_until(&mut el, |el| el.stats().accepted == 1);
+    el.stop(Duration::from_secs(10));
+    let t = Instant::now();
+    el.run().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(el.state(), &["Done"]);
+}

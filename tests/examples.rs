@@ -657,3 +657,245 @@ fn example_chat_cuts_off_an_endless_line() {
     drop(s);
     term_ok(&mut chat);
 }
+
+// ----- tail: a command's output to every client -----
+
+/// A fresh directory under the temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "echoloop-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// A FIFO in this directory.
+    fn fifo(&self, name: &str) -> PathBuf {
+        let path = self.0.join(name);
+        let st = Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("run mkfifo");
+        assert!(st.success(), "mkfifo {}", path.display());
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Lets a command blocked in `read x < FIFO` go on: opening the FIFO for writing waits
+/// until the command opens it for reading (on a thread, so a command that never does
+/// fails the test instead of hanging it).
+fn release(fifo: &std::path::Path) {
+    let (tx, rx) = mpsc::channel();
+    let path = fifo.to_path_buf();
+    std::thread::spawn(move || {
+        let wrote = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b"go\n"));
+        let _ = tx.send(wrote);
+    });
+    rx.recv_timeout(common::DEADLINE)
+        .expect("the command did not open its FIFO in time")
+        .expect("write to the FIFO");
+}
+
+/// Starts `tail` running `sh -c SCRIPT FIFO...` (the script names the FIFOs `$0`, `$1`...).
+fn start_tail(script: &str, fifos: &[&std::path::Path]) -> common::Proc {
+    let mut args = vec!["127.0.0.1:0", "--", "sh", "-c", script];
+    args.extend(
+        fifos
+            .iter()
+            .map(|f| f.to_str().expect("temp paths are UTF-8")),
+    );
+    start_collected("tail", &args)
+}
+
+/// Resident memory of a process in KiB, or `None` once it has exited (a zombie has none).
+fn rss_kib_if_running(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[test]
+fn example_tail_sends_every_line_then_the_exit_status_then_eof() {
+    let dir = TempDir::new("tail-lines");
+    let (first, second) = (dir.fifo("first"), dir.fifo("second"));
+    // The command waits for the test before any output, and again before the rest, so a
+    // client can join in between: two FIFOs, because reopening one could find the first
+    // release's writer still there, and not wait. Separate printfs are separate writes:
+    // lines may arrive split; the last one has no newline.
+    let script = r#"read x < "$0"; printf 'one\n'; read x < "$1"; printf 'two\nthr'; printf 'ee\n'; printf 'last without newline'; exit 3"#;
+    let mut tail = start_tail(script, &[&first, &second]);
+    let addr = tail.sockaddr("tcp");
+    let mut a = Member::join(addr);
+    let mut b = Member::join(addr);
+    wait_stderr(&tail, "(2 watching)");
+    release(&first);
+    assert_eq!(a.next_line(), "one\n");
+    assert_eq!(b.next_line(), "one\n");
+    // A late client gets only what comes after it joined.
+    let mut c = Member::join(addr);
+    wait_stderr(&tail, "(3 watching)");
+    release(&second);
+    let rest = "two\nthree\nlast without newline\nexited with status 3\n";
+    for (name, m) in [("a", &mut a), ("b", &mut b), ("c", &mut c)] {
+        let mut got = String::new();
+        m.lines
+            .read_to_string(&mut got)
+            .unwrap_or_else(|e| panic!("client {name}: {e} after {got:?}"));
+        assert_eq!(got, rest, "client {name}");
+    }
+    drop((a, b, c));
+    // It stops by itself once the clients have everything.
+    let st = tail.wait_exit(common::DEADLINE);
+    let stderr = tail.stderr_text();
+    assert!(st.success(), "exit {st}; stderr:\n{stderr}");
+    assert!(
+        stderr.contains("the command exited with status 3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn example_tail_cuts_off_a_client_that_does_not_read() {
+    const LINES: u32 = 2_000_000; // about 15 MB of output
+    const RSS_LIMIT_KIB: u64 = 64 * 1024;
+    let dir = TempDir::new("tail-slow");
+    let fifo = dir.fifo("go");
+    let script = format!(r#"read x < "$0"; seq 1 {LINES}"#);
+    let mut tail = start_tail(&script, &[&fifo]);
+    let addr = tail.sockaddr("tcp");
+    // The reading client sets the pace (tail stops reading the command's output while
+    // every client is behind), so however slowly it reads on a loaded machine it is never
+    // cut off; the idle one falls behind it. Small kernel buffers, so what the idle one
+    // leaves unread piles up in the server soon.
+    let mut idle = small_buffer_client(addr);
+    idle.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    let idle_addr = idle.local_addr().unwrap();
+    let mut reader = TcpStream::connect(addr).unwrap();
+    reader.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    wait_stderr(&tail, "(2 watching)");
+    release(&fifo);
+
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(read_all(&mut reader));
+    });
+    // Watch the server's memory while the output flows.
+    let pid = tail.pid();
+    let deadline = Instant::now() + common::DEADLINE;
+    let mut max_rss = 0;
+    let (got, end) = loop {
+        if let Some(kib) = rss_kib_if_running(pid) {
+            max_rss = max_rss.max(kib);
+        }
+        match done_rx.recv_timeout(Duration::from_millis(5)) {
+            Ok(done) => break done,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the reader did not finish in time"
+                )
+            }
+            Err(e) => panic!("reader thread: {e}"),
+        }
+    };
+    end.expect("a clean EOF for the reading client");
+    let mut want = String::new();
+    for i in 1..=LINES {
+        want.push_str(&i.to_string());
+        want.push('\n');
+    }
+    want.push_str("exited with status 0\n");
+    assert!(
+        got == want.as_bytes(),
+        "the reading client got {} bytes of {}, ending {:?}",
+        got.len(),
+        want.len(),
+        String::from_utf8_lossy(&got[got.len().saturating_sub(64)..])
+    );
+
+    // The idle client was cut off, and the log names it.
+    wait_stderr(&tail, &format!("({idle_addr}): more than 1 MiB behind"));
+    let (cut, end) = read_all(&mut idle);
+    end.expect("a clean EOF after the cut-off line");
+    assert!(cut.len() < want.len(), "{} of {}", cut.len(), want.len());
+    assert!(
+        cut.ends_with(b"\ntail: cut off: too far behind\n"),
+        "ends {:?}",
+        String::from_utf8_lossy(&cut[cut.len().saturating_sub(64)..])
+    );
+    drop(idle);
+    let st = tail.wait_exit(common::DEADLINE);
+    assert!(st.success(), "exit {st}; stderr:\n{}", tail.stderr_text());
+    assert!(max_rss < RSS_LIMIT_KIB, "tail's RSS reached {max_rss} KiB");
+    eprintln!("tail's RSS peaked at {max_rss} KiB");
+}
+
+#[test]
+fn example_tail_rejects_bad_arguments_with_one_line() {
+    for (args, code) in [
+        (&[][..], 2),
+        (&["127.0.0.1:0"][..], 2),
+        (&["127.0.0.1:0", "--"][..], 2),
+        (&["127.0.0.1:0", "true"][..], 2),
+        (&["127.0.0.1:0", "echo", "hi"][..], 2),
+        (&["127.0.0.1:99999", "--", "true"][..], 2),
+        (&["nohost", "--", "true"][..], 2),
+        // Arguments fine, but the command cannot be started.
+        (&["127.0.0.1:0", "--", "/nonexistent/command"][..], 1),
+    ] {
+        let mut cmd = Command::new(example("tail"));
+        cmd.args(args);
+        let mut p = common::Proc::spawn_command(cmd);
+        let st = p.wait_exit(common::DEADLINE);
+        assert_eq!(st.code(), Some(code), "{args:?}: {}", p.stderr_text());
+        let stderr = p.stderr_text();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("tail: "), "{args:?}: {stderr}");
+        // Nothing on stdout (no listening line): its reader ends without a line.
+        assert!(
+            matches!(
+                p.stdout.recv_timeout(common::DEADLINE),
+                Err(mpsc::RecvTimeoutError::Disconnected)
+            ),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn example_tail_on_sigterm_kills_the_command_and_ends_its_clients() {
+    let dir = TempDir::new("tail-term");
+    let fifo = dir.fifo("never");
+    // Never released: without the kill it would wait for ever.
+    let mut tail = start_tail(r#"read x < "$0"; echo never"#, &[&fifo]);
+    let mut client = TcpStream::connect(tail.sockaddr("tcp")).unwrap();
+    client.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    wait_stderr(&tail, "(1 watching)");
+    term_ok(&mut tail);
+    let (got, end) = read_all(&mut client);
+    end.expect("a clean EOF");
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    let stderr = tail.stderr_text();
+    assert!(
+        stderr.contains("killing the command") && stderr.contains("killed by signal 9"),
+        "{stderr}"
+    );
+}

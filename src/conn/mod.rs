@@ -746,6 +746,15 @@ impl Connection {
         }
     }
 
+    /// Lingering, and the kernel holds nothing either way (all we sent acknowledged,
+    /// nothing unread): waiting for the peer's EOF could lose nothing, so the close is
+    /// complete — a clean end, not a stop cut short.
+    pub(crate) fn handle_quiet(&mut self) {
+        if self.state == State::Lingering {
+            self.finish(CloseReason::Done, Teardown::Drop);
+        }
+    }
+
     /// The loop's grace period is over.
     pub(crate) fn stop_now(&mut self) {
         if self.state != State::Closed {

@@ -1009,7 +1009,7 @@ fn finish_lingering<S>(inner: &mut Inner<S>) -> bool {
         let quiet = matches!(e.stream.unsent_in_kernel(), Ok(0))
             && matches!(e.stream.unread_in_kernel(), Ok(0));
         if quiet {
-            e.conn.stop_now();
+            e.conn.handle_quiet();
             core.touched.push(ConnId::new(key, e.generation));
         } else {
             left = true;
