@@ -48,7 +48,7 @@ mod common;
 mod fanout;
 
 use common::{Pki, env_num, median, pinned};
-use echoloop::cli::bench::{clock_ticks_per_sec, proc_cpu_split};
+use echoloop::cli::bench::proc_cpu_split;
 
 const ECHOLOOP: &str = env!("CARGO_BIN_EXE_echoloop");
 
@@ -432,9 +432,7 @@ fn run_one(
     if messages <= 0.0 {
         return Err("no messages echoed".into());
     }
-    let us = |ticks: u64| ticks as f64 / clock_ticks_per_sec() as f64 * 1e6;
-    let user_us = us(after.user - before.user);
-    let cpu_us = user_us + us(after.system - before.system);
+    let (cpu_us, user_us) = common::cpu_us_between(&before, &after);
     Ok(Sample {
         value: cpu_us / messages,
         user: user_us / messages,

@@ -108,3 +108,14 @@ pub fn median(mut v: Vec<f64>) -> f64 {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
+
+/// Microseconds of CPU a process spent between two `/proc/PID/stat` readings: (user +
+/// system, user alone).
+pub fn cpu_us_between(
+    before: &echoloop::cli::bench::CpuTicks,
+    after: &echoloop::cli::bench::CpuTicks,
+) -> (f64, f64) {
+    let us = |ticks: u64| ticks as f64 / echoloop::cli::bench::clock_ticks_per_sec() as f64 * 1e6;
+    let user = us(after.user - before.user);
+    (user + us(after.system - before.system), user)
+}

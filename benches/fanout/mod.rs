@@ -44,7 +44,7 @@ mod tokio_broker;
 
 use std::net::SocketAddr;
 
-use echoloop::cli::bench::{clock_ticks_per_sec, proc_cpu_split};
+use echoloop::cli::bench::proc_cpu_split;
 
 use crate::common::{self, median, pinned};
 
@@ -146,9 +146,7 @@ fn measure(addr: SocketAddr, pid: u32, secs: f64, pin: bool) -> Result<Sample, S
         return Err("nothing was published".into());
     }
     let window = outcome.elapsed.as_secs_f64();
-    let us = |ticks: u64| ticks as f64 / clock_ticks_per_sec() as f64 * 1e6;
-    let user_us = us(cpu_after.user - cpu_before.user);
-    let cpu_us = user_us + us(cpu_after.system - cpu_before.system);
+    let (cpu_us, user_us) = common::cpu_us_between(&cpu_before, &cpu_after);
     Ok(Sample {
         cpu: cpu_us / deliveries,
         user: user_us / deliveries,
