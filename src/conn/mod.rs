@@ -265,7 +265,11 @@ impl Connection {
     fn begin(&mut self, now: Instant, limits: &Limits) {
         if self.is_tls() {
             self.state = State::Handshaking;
-            self.set_phase_deadline(Some(later(now, limits.handshake_timeout)));
+            // Behind a load balancer the handshake timeout already runs since the accept
+            // (for the PROXY header): the header and the handshake share one deadline, or
+            // a peer could stretch the preamble to twice the timeout.
+            let hs = later(now, limits.handshake_timeout);
+            self.set_phase_deadline(Some(self.phase_deadline.map_or(hs, |d| d.min(hs))));
         } else {
             self.become_open();
         }

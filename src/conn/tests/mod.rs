@@ -682,6 +682,32 @@ mod preamble {
         }
     }
 
+    /// issue 18, item 7: the PROXY header and the TLS handshake after it share one
+    /// deadline, counted from the accept.
+    #[test]
+    fn issue_18_preamble_and_tls_handshake_share_one_deadline() {
+        let (server, _) = super::pair::tls_configs();
+        let limits = test_limits();
+        let t0 = Instant::now();
+        let session = Session::Tls(Box::new(crate::tls::TlsSession::server(server).unwrap()));
+        let mut c = Connection::accepted(session, t0, &limits, true);
+        // The header comes just before the timeout; the ClientHello never does.
+        let late = t0 + limits.handshake_timeout - Duration::from_millis(100);
+        let mut plain = Vec::new();
+        c.handle_input(late, V1, &mut plain, &limits);
+        assert_eq!(c.state(), State::Handshaking);
+        assert_eq!(c.poll_timeout(), Some(t0 + limits.handshake_timeout));
+        c.handle_timeout(t0 + limits.handshake_timeout, &limits);
+        let events: Vec<_> = std::iter::from_fn(|| c.poll_event(&[])).collect();
+        assert!(
+            matches!(
+                events.last(),
+                Some(Event::Closed(super::super::CloseReason::HandshakeTimeout))
+            ),
+            "{events:?}"
+        );
+    }
+
     #[test]
     fn conn_preamble_too_slow_or_cut_short_closes() {
         let mut p =

@@ -174,7 +174,7 @@ pub(crate) fn test_limits() -> Limits {
 }
 
 /// Server and client TLS configurations for `localhost`, made once per test binary.
-fn tls_configs() -> &'static (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+pub(crate) fn tls_configs() -> &'static (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
     static CONFIGS: OnceLock<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)> =
         OnceLock::new();
     CONFIGS.get_or_init(|| {
