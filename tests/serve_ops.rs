@@ -343,10 +343,15 @@ fn parse_stats(line: &str) -> Option<StatsLine> {
             reasons.push((name.to_string(), num(n)));
         }
     }
-    // `in N msgs/s R UNIT, out ...`
+    // issue 18, item 10: on a stream server "msgs" meant datagrams and read 0: traffic is
+    // in bytes, datagrams are named.
+    if rest.contains("msgs/s") || !rest.contains("datagrams/s") {
+        return malformed(line);
+    }
+    // `in R UNIT (N datagrams/s), out ...`
     let (_, after_in) = rest.split_once(", in ").unwrap_or_else(|| malformed(line));
     let iw: Vec<&str> = after_in.split_whitespace().collect();
-    let in_rate = format!("{} {}", iw[2], iw[3].trim_end_matches(','));
+    let in_rate = format!("{} {}", iw[0], iw[1]);
     let refused = rest
         .split_once(" refused")
         .and_then(|(before, _)| before.rsplit(' ').next())

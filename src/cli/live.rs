@@ -186,17 +186,19 @@ impl Sampler {
             format!(" ({})", each.join(", "))
         };
         format!(
-            "{}: {} open, {accepted} accepted, {closed_n} closed{reasons}, in {} msgs/s {}, out {} msgs/s {}, {dropped} dropped, {refused} refused, cpu {cpu:.1}%",
+            "{}: {} open, {accepted} accepted, {closed_n} closed{reasons}, in {} ({} datagrams/s), out {} ({} datagrams/s), {dropped} dropped, {refused} refused, cpu {cpu:.1}%",
             if total {
                 format!("stats over {:.1} s", secs)
             } else {
                 "stats".to_string()
             },
             s.connections_open,
-            format_count(dgrams_in),
+            // Bytes first: they move on every transport. "Messages" would mean datagrams
+            // here (a stream has none), and read `0 msgs/s` on a busy TCP server.
             format_bytes_per_sec(bytes_in),
-            format_count(dgrams_out),
+            format_count(dgrams_in),
             format_bytes_per_sec(bytes_out),
+            format_count(dgrams_out),
         )
     }
 }
