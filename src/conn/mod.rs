@@ -236,6 +236,8 @@ pub(crate) struct Connection {
     /// The loop pauses reading while too much is owed (see
     /// [`Connection::set_backpressure`]).
     backpressure: bool,
+    /// The close began because the connection was idle: however it ends, that is why.
+    idle_close: bool,
 }
 
 impl Connection {
@@ -357,6 +359,7 @@ impl Connection {
             drain_pending: false,
             deadline_dirty: false,
             backpressure: true,
+            idle_close: false,
         }
     }
 
@@ -590,7 +593,9 @@ impl Connection {
             match self.state {
                 State::Open | State::PeerShut | State::WriteShut { .. } => {
                     // Begin a graceful close; if even that makes no progress for another
-                    // idle period, the connection is closed outright.
+                    // idle period, the connection is closed outright. Either way the
+                    // reason stays the idle timeout, even if the peer then finishes cleanly.
+                    self.idle_close = true;
                     let _ = self.close(now, limits);
                     self.set_idle_check(Some(later(now, idle)));
                 }
@@ -1031,6 +1036,10 @@ impl Connection {
         if self.state == State::Closed {
             return;
         }
+        let reason = match reason {
+            CloseReason::Done if self.idle_close => CloseReason::IdleTimeout,
+            other => other,
+        };
         let keep = if reason.is_clean() {
             self.events & (EV_DATA | EV_PEER_CLOSED)
         } else {

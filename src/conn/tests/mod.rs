@@ -286,8 +286,9 @@ mod open {
         assert!(!p.server.is_closed());
         p.advance(Duration::from_secs(2));
         p.run();
-        // Both were idle; each began a graceful close and the FINs met.
-        assert_eq!(closed_as(&p, Who::Server), Some("done"));
+        // The server was idle and began a graceful close; the client answered its FIN at
+        // once. The end was clean, but why it ended is the idle timeout (issue 18, item 11).
+        assert_eq!(closed_as(&p, Who::Server), Some("idle-timeout"));
         assert_eq!(closed_as(&p, Who::Client), Some("done"));
         assert_closed_once(&p);
     }
@@ -730,6 +731,26 @@ mod preamble {
 /// Cases the fuzzer found, kept by name.
 mod regressions {
     use super::{Act, EchoApp, Heard, Pair, Quiet, Who, assert_closed_once, closed_as};
+
+    /// issue 18, item 11: an idle timeout keeps its reason when the peer answers our FIN
+    /// at once (the clean end of a close *we* began for idleness).
+    #[test]
+    fn issue_18_idle_timeout_keeps_its_reason_when_the_peer_finishes_cleanly() {
+        let limits = super::super::Limits {
+            idle_timeout: Some(std::time::Duration::from_secs(1)),
+            ..super::test_limits()
+        };
+        let mut p = Pair::new(Box::new(Quiet), Box::new(EchoApp), 1024, false, limits);
+        p.act(Who::Client, vec![Act::Send(vec![7, 7])]);
+        p.run();
+        assert_eq!(p.client.received, vec![7, 7]);
+        p.advance(std::time::Duration::from_secs(2));
+        // The server has sent its FIN; the client still sends a little, then closes.
+        p.act(Who::Client, vec![Act::Send(vec![1; 10])]);
+        p.run();
+        assert_eq!(closed_as(&p, Who::Server), Some("idle-timeout"));
+        assert_closed_once(&p);
+    }
 
     /// rustls counts its own `close_notify` as a fatal alert sent, so a bad record from the
     /// peer after we half-closed tripped a debug assertion inside rustls (rustls#959).
