@@ -255,3 +255,25 @@ fn proxy_behind_a_real_haproxy() {
     p.signal("TERM");
     assert!(p.wait_exit(common::DEADLINE).success());
 }
+
+/// issue 18, item 6 (part): a flood of connections without a PROXY header is logged once
+/// per interval with a count, not once each (a slow stderr would stall the loop).
+#[test]
+fn issue_18_headerless_connections_are_logged_at_most_once_per_interval() {
+    let mut p = Proc::serve(&["--tcp", "127.0.0.1:0", "--proxy-protocol"]);
+    let addr = p.sockaddr("tcp");
+    for _ in 0..50 {
+        let back = exchange(addr, b"no header here\n", b"").unwrap_or_default();
+        assert!(back.is_empty());
+    }
+    let good = exchange(addr, b"PROXY UNKNOWN\r\n", b"fine").unwrap();
+    assert_eq!(good, b"fine");
+    p.signal("TERM");
+    assert!(p.wait_exit(common::DEADLINE).success());
+    let text = p.stderr_text();
+    let lines = text.lines().filter(|l| l.contains("PROXY")).count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} lines about bad headers for 50 connections:\n{text}"
+    );
+}

@@ -83,6 +83,8 @@ pub(crate) struct Core {
     pub(crate) emfile_log: WarnEvery,
     /// Likewise for datagrams refused from loop-prone ports.
     pub(crate) refuse_log: WarnEvery,
+    /// Likewise for connections closed for a missing or bad PROXY header.
+    pub(crate) bad_header_log: WarnEvery,
     /// The real clients of connections that came through a load balancer, as their
     /// PROXY headers said (only those: the map stays empty without PROXY listeners).
     pub(crate) proxied: HashMap<ConnId, PeerAddr>,
@@ -122,6 +124,7 @@ impl Core {
             reject_log: None,
             emfile_log: WarnEvery::default(),
             refuse_log: WarnEvery::default(),
+            bad_header_log: WarnEvery::default(),
             proxied: HashMap::new(),
         }
     }

@@ -546,7 +546,14 @@ fn closed<S>(inner: &mut Inner<S>, key: usize, reason: CloseReason) {
     }
     log::debug!("{id} closed: {reason}");
     if let CloseReason::BadProxyHeader(why) = &reason {
-        log::info!("{id}: closed: {why}");
+        // One line per bad header would let a flood of them stall the loop on a slow
+        // stderr: the first of each interval, with how many since the last line.
+        if let Some(count) = core.bad_header_log.note(core.now) {
+            log::info!(
+                "{id}: closed: {why} ({count} connection{} without a valid PROXY header since the last such line)",
+                if count == 1 { "" } else { "s" }
+            );
+        }
     }
     if !core.proxied.is_empty() {
         core.proxied.remove(&id);
