@@ -169,7 +169,8 @@ fn busy_poll_keeps_timers_idle_timeouts_and_stops() {
     idle.read_to_end(&mut rest).unwrap();
     drop(idle); // our FIN ends the server's lingering close
     let reason = rx.recv_timeout(common::DEADLINE).unwrap();
-    assert!(reason.contains("closed cleanly"), "{reason}");
+    // Ended by our FIN, begun by the idle timeout: the reason it keeps (issue 18, item 11).
+    assert!(reason.contains("idle timeout"), "{reason}");
     // Graceful stop with a connection still open: it is closed, the loop returns.
     let open = TcpStream::connect(addr).unwrap();
     open.shutdown(Shutdown::Write).unwrap();
