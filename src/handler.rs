@@ -56,9 +56,9 @@ pub trait Handler<S = ()> {
     fn on_data(&mut self, ctx: &mut Ctx<'_, S>, data: &[u8]);
 
     /// Everything sent so far has been handed to the kernel after it had to wait: the
-    /// socket had been full, or it was sent from outside this connection's own callbacks
-    /// (those sends are written once per loop turn). A producer that paused because
-    /// [`ConnRef::pending_output`] grew resumes here.
+    /// socket had been full, output sent from outside this connection's own callbacks
+    /// waited for the end of the turn, or `pending_output` was asked and said more than
+    /// zero. A producer that paused because [`ConnRef::pending_output`] grew resumes here.
     fn on_drained(&mut self, ctx: &mut Ctx<'_, S>) {
         let _ = ctx;
     }
@@ -497,10 +497,12 @@ impl<S> Ctx<'_, S> {
         self.ops.conn_peer_addr(self.id).ok()
     }
 
-    /// Queues bytes to send. They go out when the callback returns, together with anything
-    /// else sent in the same callback; what the kernel does not take waits in the
-    /// connection's send buffer. Ignored (and logged at debug level) once our sending side
-    /// is shut: after [`Ctx::shutdown_write`], [`Ctx::close`] or [`Ctx::abort`]. Use
+    /// Queues bytes to send, after everything sent to this connection before. They go out
+    /// when the callback returns, with anything else sent in the same callback (or, if
+    /// other callbacks sent to this connection in the same turn, with theirs at the end
+    /// of the turn); what the kernel does not take waits in the connection's send buffer.
+    /// Ignored (and logged at debug level) once our sending side is shut: after
+    /// [`Ctx::shutdown_write`], [`Ctx::close`] or [`Ctx::abort`]. Use
     /// `ctx.conn(ctx.id()).send(..)` to get the refusal as a result.
     pub fn send(&mut self, data: &[u8]) {
         if let Err(e) = self.ops.conn_send(self.id, data) {
@@ -508,7 +510,8 @@ impl<S> Ctx<'_, S> {
         }
     }
 
-    /// Bytes sent and not yet taken by the kernel, this callback's sends included.
+    /// Bytes sent and not yet taken by the kernel, this callback's sends included. If it
+    /// says more than zero, [`Handler::on_drained`] follows once they are all taken.
     pub fn pending_output(&self) -> usize {
         self.ops.conn_pending(self.id).unwrap_or(0)
     }
@@ -713,7 +716,8 @@ impl<S> ConnRef<'_, S> {
 
     /// Bytes sent to it and not yet taken by the kernel, including what was sent a moment
     /// ago and waits for the end of the turn. A producer that sends to a slow connection
-    /// watches this to stop in time, and resumes in that connection's `on_drained`.
+    /// watches this to stop in time, and resumes in that connection's `on_drained`, which
+    /// follows whenever this has said more than zero.
     pub fn pending_output(&self) -> Result<usize, ConnError> {
         self.ops.conn_pending(self.id)
     }

@@ -25,6 +25,10 @@ use crate::sendbuf::SendBuf;
 /// this only bounds what can pile up before the handshake finishes.
 const RUSTLS_BUFFER_LIMIT: usize = 64 * 1024;
 
+/// Plaintext capacity a session keeps between sends: enough for a typical message
+/// without an allocation each time, small beside the ~30 KiB rustls itself holds.
+const STAGED_KEEP: usize = 16 * 1024;
+
 /// One TLS session, client or server side.
 pub(crate) struct TlsSession {
     conn: Connection,
@@ -183,7 +187,7 @@ impl TlsSession {
         let result = self.write_plaintext(&staged, out);
         self.staged = staged;
         self.staged.clear();
-        if self.staged.capacity() > RUSTLS_BUFFER_LIMIT {
+        if self.staged.capacity() > STAGED_KEEP {
             // One burst must not pin its size for the life of the connection.
             self.staged = Vec::new();
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use echoloop::{
     Config, ConnError, ConnId, Ctx, Echo, Endpoint, EventLoop, FdInterest, Handler, ListenKind,
-    LoopContext, LoopCtx, TrySendError,
+    LoopContext, LoopCtx, TimerId, TrySendError,
 };
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -616,4 +616,278 @@ fn stop_closes_an_idle_connection_as_done() {
     el.run().unwrap();
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(el.state(), &["Done"]);
+}
+
+// ----- found by a review of this change (helper): each failed before its fix -----
+
+fn run_for<S>(
+    el: &mut EventLoop<S>,
+    d: Duration,
+    mut done: impl FnMut(&mut EventLoop<S>) -> bool,
+) -> bool {
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline {
+        if done(el) {
+            return true;
+        }
+        el.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    done(el)
+}
+
+/// The documented producer: send while pending_output is low, pause, resume in on_drained.
+struct Producer {
+    sent: usize,
+}
+const TOTAL: usize = 1 << 20;
+const PAUSE_AT: usize = 8 * 1024;
+impl Producer {
+    fn fill(&mut self, ctx: &mut Ctx<'_>) {
+        while self.sent < TOTAL && ctx.pending_output() < PAUSE_AT {
+            ctx.send(&[7u8; 1024]);
+            self.sent += 1024;
+        }
+        if self.sent == TOTAL {
+            ctx.close();
+        }
+    }
+}
+impl Handler for Producer {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>) {
+        self.fill(ctx);
+    }
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: &[u8]) {}
+    fn on_drained(&mut self, ctx: &mut Ctx<'_>) {
+        self.fill(ctx);
+    }
+}
+
+#[test]
+fn issue_17_review_producer_pausing_on_pending_output_in_own_callback_is_woken() {
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let addr = addr_of(
+        el.listen(&any(), ListenKind::Tcp, || Box::new(Producer { sent: 0 }))
+            .unwrap()
+            .addr,
+    );
+    let reader = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut total = 0;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
+    });
+    run_for(&mut el, Duration::from_secs(4), |el| el.stats().closed == 1);
+    let got = reader.join().unwrap();
+    assert_eq!(got, TOTAL, "the producer stalled after {got} bytes");
+}
+
+/// Fan-out paced by on_drained (as tail.rs paces its reading, but without the timer hop):
+/// each subscriber's on_drained broadcasts the next message to every subscriber.
+#[derive(Default)]
+struct Fan {
+    subs: Vec<ConnId>,
+    sent: usize,
+    drained_this_turn: usize,
+    max_per_turn: usize,
+}
+const MSGS: usize = 20_000;
+struct FanSub;
+fn fan_broadcast<C: LoopContext<Fan>>(ctx: &mut C) {
+    if ctx.state().sent >= MSGS {
+        return;
+    }
+    ctx.state().sent += 1;
+    let subs = ctx.state().subs.clone();
+    for s in subs {
+        let _ = ctx.conn(s).send(&[1u8; 512]);
+    }
+}
+impl Handler<Fan> for FanSub {
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Fan>) {
+        let me = ctx.id();
+        ctx.state().subs.push(me);
+    }
+    fn on_data(&mut self, _: &mut Ctx<'_, Fan>, _: &[u8]) {}
+    fn on_drained(&mut self, ctx: &mut Ctx<'_, Fan>) {
+        let st = ctx.state();
+        st.drained_this_turn += 1;
+        st.max_per_turn = st.max_per_turn.max(st.drained_this_turn);
+        fan_broadcast(ctx);
+    }
+}
+
+#[test]
+fn issue_17_review_on_drained_chain_does_not_keep_the_loop_from_polling() {
+    let mut el = EventLoop::with_state(Config::default(), Fan::default()).unwrap();
+    let addr = addr_of(
+        el.listen(&any(), ListenKind::Tcp, || Box::new(FanSub))
+            .unwrap()
+            .addr,
+    );
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        readers.push(std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0usize;
+            while total < MSGS * 512 {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+            total
+        }));
+    }
+    assert!(run_for(&mut el, Duration::from_secs(5), |el| el
+        .state()
+        .subs
+        .len()
+        == 2));
+    el.with_ctx(|ctx| fan_broadcast(ctx)).unwrap();
+    let mut turns = 0;
+    run_for(&mut el, Duration::from_secs(10), |el| {
+        turns += 1;
+        el.state_mut().drained_this_turn = 0;
+        el.state().sent >= MSGS
+    });
+    for r in readers {
+        r.join().unwrap();
+    }
+    let max = el.state().max_per_turn;
+    let _ = turns;
+    assert!(
+        max < 1000,
+        "{max} on_drained callbacks (and broadcasts) without polling once"
+    );
+}
+
+/// A TimerId made by another loop, cancelled here, reaches this loop's own timer
+/// (a connection's idle deadline): the connection never times out.
+struct CancelForeign(TimerId);
+impl Handler for CancelForeign {
+    fn on_data(&mut self, ctx: &mut Ctx<'_>, _: &[u8]) {
+        ctx.cancel_timer(self.0);
+    }
+}
+
+#[test]
+fn issue_17_review_foreign_timer_id_cannot_cancel_a_connections_deadline() {
+    let mut a = EventLoop::new(Config::default()).unwrap();
+    let foreign = a.set_timer(Duration::from_secs(3600), |_| {}).unwrap();
+    let mut cfg = Config::default();
+    cfg.idle_timeout = Some(Duration::from_millis(200));
+    cfg.close_timeout = Duration::from_millis(200);
+    let mut b = EventLoop::new(cfg).unwrap();
+    let addr = addr_of(
+        b.listen(&any(), ListenKind::Tcp, move || {
+            Box::new(CancelForeign(foreign))
+        })
+        .unwrap()
+        .addr,
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    assert!(run_for(&mut b, Duration::from_secs(2), |b| b
+        .stats()
+        .connections_open
+        == 1));
+    s.write_all(b"x").unwrap();
+    let closed = run_for(&mut b, Duration::from_secs(3), |b| b.stats().closed == 1);
+    assert!(
+        closed,
+        "idle connection still open: its deadline timer was cancelled by loop A's TimerId"
+    );
+}
+
+struct Stubborn;
+impl Handler for Stubborn {
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: &[u8]) {}
+    fn on_stopping(&mut self, _: &mut Ctx<'_>) {} // waits for the grace
+}
+
+#[test]
+fn issue_17_review_a_later_stop_request_does_not_lengthen_the_grace() {
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let addr = addr_of(
+        el.listen(&any(), ListenKind::Tcp, || Box::new(Stubborn))
+            .unwrap()
+            .addr,
+    );
+    let _c = TcpStream::connect(addr).unwrap();
+    assert!(run_for(&mut el, Duration::from_secs(2), |el| el
+        .stats()
+        .connections_open
+        == 1));
+    let tx = el.channel(4, |ctx: &mut LoopCtx<'_>, ()| {
+        ctx.stop_loop(Duration::from_secs(60))
+    });
+    tx.try_send(()).unwrap();
+    el.stop_handle().stop(Duration::ZERO); // "stop now"
+    let stopped = run_for(&mut el, Duration::from_secs(2), |el| el.is_stopped());
+    assert!(
+        stopped,
+        "stop(ZERO) was lengthened to 60 s by a stop_loop in the same turn"
+    );
+}
+
+/// Echo with manual flow control: pause reading while replies are owed, resume in
+/// on_drained (the pattern the docs describe).
+struct PausingEcho;
+impl Handler for PausingEcho {
+    fn on_data(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) {
+        ctx.send(data);
+        if ctx.pending_output() >= 16 * 1024 {
+            ctx.pause_reading();
+        }
+    }
+    fn on_drained(&mut self, ctx: &mut Ctx<'_>) {
+        ctx.resume_reading();
+    }
+}
+
+#[test]
+fn issue_17_review_echo_that_pauses_on_pending_output_is_resumed() {
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let addr = addr_of(
+        el.listen(&any(), ListenKind::Tcp, || Box::new(PausingEcho))
+            .unwrap()
+            .addr,
+    );
+    const N: usize = 1 << 20;
+    let s = TcpStream::connect(addr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&vec![5u8; N]);
+    });
+    let reader = std::thread::spawn(move || {
+        let mut s = s;
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0;
+        while total < N {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        total
+    });
+    let t0 = Instant::now();
+    while !reader.is_finished() && t0.elapsed() < Duration::from_secs(5) {
+        el.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    let got = reader.join().unwrap();
+    drop(el);
+    let _ = writer.join();
+    assert_eq!(
+        got, N,
+        "echo stalled after {got} bytes: reading paused, on_drained never came"
+    );
 }

@@ -95,8 +95,6 @@ impl Metrics {
     /// client that sends requests without reading the answers is held up, not given all
     /// the memory it asks for.
     fn answer<S: StatsSource>(&mut self, ctx: &mut Ctx<'_, S>) {
-        // Answers queued in this callback (`pending_output` does not count them yet).
-        let mut queued = 0;
         loop {
             // Blank lines before a request line are ignored (RFC 9112, section 2.2).
             let blank = self
@@ -108,7 +106,8 @@ impl Metrics {
             if self.buf.is_empty() {
                 return;
             }
-            if ctx.pending_output() + queued >= MAX_UNREAD_ANSWERS {
+            // Answers not yet taken by the kernel, this callback's included.
+            if ctx.pending_output() >= MAX_UNREAD_ANSWERS {
                 self.paused = true;
                 ctx.pause_reading();
                 if self.next_turn.is_none() {
@@ -141,7 +140,7 @@ impl Metrics {
                     };
                     // HEAD: the same head as GET (Content-Length included), no body.
                     let with_body = req.method != "HEAD";
-                    queued += respond(ctx, status, reason, &body, req.keep_alive, with_body);
+                    respond(ctx, status, reason, &body, req.keep_alive, with_body);
                     req.keep_alive
                 }
                 Err(why) => {
@@ -245,7 +244,7 @@ fn parse(head: &[u8]) -> Result<Request<'_>, &'static str> {
     })
 }
 
-/// Sends one response (its body only if `with_body`); returns the bytes queued.
+/// Sends one response (its body only if `with_body`).
 fn respond<S>(
     ctx: &mut Ctx<'_, S>,
     status: u16,
@@ -253,7 +252,7 @@ fn respond<S>(
     body: &str,
     keep_alive: bool,
     with_body: bool,
-) -> usize {
+) {
     let content_type = if status == 200 {
         "text/plain; version=0.0.4; charset=utf-8"
     } else {
@@ -273,9 +272,6 @@ fn respond<S>(
     ctx.send(head.as_bytes());
     if with_body {
         ctx.send(body.as_bytes());
-        head.len() + body.len()
-    } else {
-        head.len()
     }
 }
 

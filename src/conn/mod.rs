@@ -65,6 +65,7 @@ mod reason;
 #[cfg(test)]
 mod tests;
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 pub use reason::CloseReason;
@@ -228,9 +229,10 @@ pub(crate) struct Connection {
     maybe_readable: bool,
     /// The kernel's send buffer was full at the last write: wait for writability.
     write_blocked: bool,
-    /// A write blocked since the last `Drained` event: tell the application when the
-    /// send buffer empties.
-    drain_pending: bool,
+    /// Tell the application (`Drained`) when the send buffer empties: a write blocked,
+    /// the driver held output back, or the application saw output pending (a `Cell`: it
+    /// is armed by a query, [`Connection::observe_pending`]).
+    drain_pending: Cell<bool>,
     /// `poll_timeout` changed since the driver last asked.
     deadline_dirty: bool,
     /// The loop pauses reading while too much is owed (see
@@ -356,7 +358,7 @@ impl Connection {
             bp_paused: false,
             maybe_readable: false,
             write_blocked: false,
-            drain_pending: false,
+            drain_pending: Cell::new(false),
             deadline_dirty: false,
             backpressure: true,
             idle_close: false,
@@ -522,8 +524,8 @@ impl Connection {
             .phase_deadline
             .is_some_and(|d| later(now, limits.close_timeout) > d);
         self.sent_since_check |= n > 0 && after_set;
-        if !blocked && self.sendbuf.is_empty() && self.drain_pending {
-            self.drain_pending = false;
+        if !blocked && self.pending_output() == 0 && self.drain_pending.get() {
+            self.drain_pending.set(false);
             if self.has_opened() {
                 self.events |= EV_DRAINED;
             }
@@ -537,7 +539,7 @@ impl Connection {
         }
         if blocked {
             self.write_blocked = true;
-            self.drain_pending = true;
+            self.drain_pending.set(true);
         }
     }
 
@@ -546,7 +548,7 @@ impl Connection {
     /// application can observe in `pending_output`, so it hears `Drained` once the
     /// output has gone — a producer that paused on `pending_output` is never left waiting.
     pub(crate) fn handle_output_deferred(&mut self) {
-        self.drain_pending = true;
+        self.drain_pending.set(true);
     }
 
     /// A read, write or shutdown failed (a reset from the peer, a broken pipe...).
@@ -924,6 +926,17 @@ impl Connection {
             Session::Tls(_) => true,
             Session::Plain => false,
         }
+    }
+
+    /// [`Connection::pending_output`] for the application: if it sees bytes pending, it
+    /// may pause until they are gone, so it will hear `Drained` when they are — even if
+    /// the kernel then takes them all at once without a blocked write.
+    pub(crate) fn observe_pending(&self) -> usize {
+        let n = self.pending_output();
+        if n > 0 && self.has_opened() {
+            self.drain_pending.set(true);
+        }
+        n
     }
 
     /// Bytes owed to the peer that the kernel has not taken yet.

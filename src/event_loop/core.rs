@@ -261,13 +261,15 @@ impl TimerList {
         self.0.get_or_insert_with(Box::default).push(t);
     }
 
-    /// Forgets `t` (it fired or was cancelled).
-    pub(crate) fn remove(&mut self, t: TimerId) {
+    /// Forgets `t` (it fired or was cancelled); false if it was not in the list.
+    pub(crate) fn remove(&mut self, t: TimerId) -> bool {
         if let Some(list) = self.0.as_deref_mut() {
             if let Some(i) = list.iter().position(|x| *x == t) {
                 list.swap_remove(i);
+                return true;
             }
         }
+        false
     }
 
     /// Every timer still set, leaving the list empty.

@@ -46,9 +46,14 @@ pub(crate) fn settle<S>(inner: &mut Inner<S>) {
 
 /// Ends a turn's work (or an action taken between turns): everything [`settle`] does,
 /// then writes the output listed for the end of the turn, and settles what that caused.
+///
+/// One pass: output that the callbacks run here send in turn (an `on_drained` that sends
+/// to others) waits for the next turn, which then does not sleep. A chain of such
+/// callbacks must not keep the loop from polling: timers, signals and other sockets wait
+/// meanwhile.
 pub(crate) fn flush<S>(inner: &mut Inner<S>) {
     settle(inner);
-    while !inner.core.flush.is_empty() {
+    if !inner.core.flush.is_empty() {
         stream::flush_listed(inner);
         settle(inner);
     }
@@ -94,7 +99,8 @@ impl<S> LoopOps<S> for Inner<S> {
     }
 
     fn stop_loop(&mut self, grace: Duration) {
-        self.core.stop_request = Some(grace);
+        // The shortest grace asked for wins, whoever asked first.
+        super::request_stop(&mut self.core, grace);
     }
 
     fn connect(
@@ -140,13 +146,17 @@ impl<S> LoopOps<S> for Inner<S> {
     }
 
     fn cancel_timer(&mut self, owner: ConnId, timer: TimerId) {
-        self.core.timers.cancel(timer);
         let list = match self.slab.get_mut(owner.key()) {
             Some(Entry::Stream(e)) if e.generation == owner.generation => &mut e.user_timers,
             Some(Entry::Dgram(d)) if d.generation == owner.generation => &mut d.user_timers,
+            // Gone: its timers were cancelled with it.
             _ => return,
         };
-        list.remove(timer);
+        // Only the owner's own timers: an id from elsewhere (another loop, a loop timer,
+        // a connection's deadline) must not cancel what it happens to number.
+        if list.remove(timer) {
+            self.core.timers.cancel(timer);
+        }
     }
 
     fn conn_send(&mut self, id: ConnId, data: &[u8]) -> Result<(), ConnError> {
@@ -170,7 +180,7 @@ impl<S> LoopOps<S> for Inner<S> {
     }
 
     fn conn_pending(&self, id: ConnId) -> Result<usize, ConnError> {
-        Ok(self.conn_view(id)?.conn.pending_output())
+        Ok(self.conn_view(id)?.conn.observe_pending())
     }
 
     fn conn_peer_addr(&self, id: ConnId) -> Result<PeerAddr, ConnError> {

@@ -880,7 +880,7 @@ fn drain<S>(inner: &mut Inner<S>, channels: &mut [Box<dyn Channel<S>>]) -> bool 
 }
 
 /// A stop asked for (by a handle, a callback or a signal); the shortest grace wins.
-fn request_stop(core: &mut Core, grace: Duration) {
+pub(crate) fn request_stop(core: &mut Core, grace: Duration) {
     core.stop_request = Some(core.stop_request.map_or(grace, |g| g.min(grace)));
 }
 

@@ -442,22 +442,20 @@ pub(crate) fn send<S>(inner: &mut Inner<S>, id: ConnId, data: &[u8]) -> Result<(
 
 /// Writes what was sent to connections from elsewhere during this turn: once each, just
 /// before the loop polls again. What that causes (`on_drained`, `on_close`) may send more;
-/// it is written in the same pass.
+/// that is listed anew and written on the next turn.
 pub(crate) fn flush_listed<S>(inner: &mut Inner<S>) {
-    while !inner.core.flush.is_empty() {
-        // Swap in the spare list (no allocation per turn); sends made while we write go
-        // to the other one and are written by the next pass.
-        let mut list = std::mem::take(&mut inner.core.flush_spare);
-        std::mem::swap(&mut list, &mut inner.core.flush);
-        for &id in &list {
-            if let Some(e) = stream_at(&mut inner.slab, id) {
-                e.listed = false;
-                drive(inner, id.key());
-            }
+    // Swap in the spare list (no allocation per turn); sends made while we write go to
+    // the other one.
+    let mut list = std::mem::take(&mut inner.core.flush_spare);
+    std::mem::swap(&mut list, &mut inner.core.flush);
+    for &id in &list {
+        if let Some(e) = stream_at(&mut inner.slab, id) {
+            e.listed = false;
+            drive(inner, id.key());
         }
-        list.clear();
-        inner.core.flush_spare = list;
     }
+    list.clear();
+    inner.core.flush_spare = list;
 }
 
 /// Writes what the connection has queued, and the FIN when it is due.
