@@ -129,6 +129,11 @@ impl Core {
         }
     }
 
+    /// A stop asked for (by a handle, a callback or a signal); the shortest grace wins.
+    pub(crate) fn request_stop(&mut self, grace: Duration) {
+        self.stop_request = Some(self.stop_request.map_or(grace, |g| g.min(grace)));
+    }
+
     pub(crate) fn schedule_read(&mut self, id: ConnId) {
         self.ready.push(id);
     }

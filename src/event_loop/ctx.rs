@@ -100,7 +100,7 @@ impl<S> LoopOps<S> for Inner<S> {
 
     fn stop_loop(&mut self, grace: Duration) {
         // The shortest grace asked for wins, whoever asked first.
-        super::request_stop(&mut self.core, grace);
+        self.core.request_stop(grace);
     }
 
     fn connect(

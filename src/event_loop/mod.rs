@@ -673,7 +673,7 @@ impl<S: 'static> EventLoop<S> {
             match event.token() {
                 WAKER => {
                     if let Some(grace) = wake.woken() {
-                        request_stop(&mut inner.core, grace);
+                        inner.core.request_stop(grace);
                     }
                     *messages_left = drain(inner, channels);
                     wake.room_made();
@@ -879,11 +879,6 @@ fn drain<S>(inner: &mut Inner<S>, channels: &mut [Box<dyn Channel<S>>]) -> bool 
     left
 }
 
-/// A stop asked for (by a handle, a callback or a signal); the shortest grace wins.
-pub(crate) fn request_stop(core: &mut Core, grace: Duration) {
-    core.stop_request = Some(core.stop_request.map_or(grace, |g| g.min(grace)));
-}
-
 /// Acts on the signals that arrived; returns whether SIGUSR1 was among them.
 fn take_signals(
     core: &mut Core,
@@ -904,10 +899,10 @@ fn take_signals(
     if stop {
         if matches!(core.phase, Phase::Stopping { .. }) || core.stop_request.is_some() {
             log::warn!("second signal: stopping now");
-            request_stop(core, Duration::ZERO);
+            core.request_stop(Duration::ZERO);
         } else {
             log::info!("signal received: shutting down (grace {grace:?})");
-            request_stop(core, grace);
+            core.request_stop(grace);
         }
     }
     info
