@@ -999,26 +999,47 @@ fn metrics_not_found_bad_request_and_methods() {
     // Still open after a 404, and a query string is fine.
     let r = h.get("/metrics?name=x");
     assert_eq!(r.status, 200, "{r:?}");
-    h.send(b"POST /metrics HTTP/1.1\r\n\r\n");
+    h.send(b"POST /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
     let r = h.response();
     assert_eq!(r.status, 405, "{r:?}");
-    h.send(b"HEAD /metrics HTTP/1.1\r\n\r\n");
+    h.send(b"HEAD /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
     let head = h.head_only();
     assert!(head.starts_with("HTTP/1.1 200 "), "{head:?}");
     let r = h.get("/metrics");
     assert_eq!(r.status, 200, "the HEAD response carried a body: {r:?}");
+    // issue 18, item 8: absolute-form is served (RFC 9112, 3.2.2); `OPTIONS *` is a
+    // method we do not allow, not a bad request.
+    h.send(b"GET http://echoloop/metrics HTTP/1.1\r\nHost: echoloop\r\n\r\n");
+    let r = h.response();
+    assert_eq!(r.status, 200, "{r:?}");
+    h.send(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = h.response();
+    assert_eq!(r.status, 405, "{r:?}");
 
     for (case, bad) in [
         ("garbage", &b"garbage\r\n\r\n"[..]),
+        ("no Host", b"GET /metrics HTTP/1.1\r\n\r\n"),
+        (
+            "two Hosts",
+            b"GET /metrics HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        ),
+        (
+            "NUL in a value",
+            b"GET /metrics HTTP/1.1\r\nHost: t\r\nX: a\0b\r\n\r\n",
+        ),
+        (
+            "space in a name",
+            b"GET /metrics HTTP/1.1\r\nHost: t\r\nX Y: b\r\n\r\n",
+        ),
         ("no version", b"GET /metrics\r\n\r\n"),
         ("HTTP/2", b"GET /metrics HTTP/2\r\n\r\n"),
         (
             "header without colon",
-            b"GET /metrics HTTP/1.1\r\nnonsense\r\n\r\n",
+            b"GET /metrics HTTP/1.1\r\nHost: t\r\nnonsense\r\n\r\n",
         ),
         (
             "a body",
-            b"GET /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            b"GET /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
         ),
     ] {
         let mut h = Http::connect(m);
@@ -1032,7 +1053,7 @@ fn metrics_not_found_bad_request_and_methods() {
     // A bad request after a good one on the same connection: answered in order, then closed.
     let mut h = Http::connect(m);
     h.send(
-        b"GET /metrics HTTP/1.1\r\n\r\nBREW /pot HTCPCP/1.0\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\nBREW /pot HTCPCP/1.0\r\n\r\nGET /metrics HTTP/1.1\r\nHost: t\r\n\r\n",
     );
     assert_eq!(h.response().status, 200);
     assert_eq!(h.response().status, 400);
@@ -1052,17 +1073,17 @@ fn metrics_not_found_bad_request_and_methods() {
 fn metrics_heads_follow_the_http_rfcs() {
     let p = Proc::serve(&["--tcp", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
     let mut h = Http::connect(p.sockaddr("metrics"));
-    h.send(b"DELETE /metrics HTTP/1.1\r\n\r\n");
+    h.send(b"DELETE /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
     let r = h.response();
     assert_eq!(r.status, 405, "{r:?}");
     assert_eq!(r.header("Allow"), Some("GET, HEAD"), "{r:?}");
-    h.send(b"\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n");
+    h.send(b"\r\n\r\nGET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
     let get = h.response();
     assert_eq!(
         get.status, 200,
         "a leading blank line is not a bad request: {get:?}"
     );
-    h.send(b"HEAD /metrics HTTP/1.1\r\n\r\n");
+    h.send(b"HEAD /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
     let head = h.head_only();
     let length: usize = head
         .lines()
@@ -1099,7 +1120,7 @@ fn metrics_pipelined_requests_wait_for_a_client_that_does_not_read() {
     let before = rss_kib(p.pid());
     // 3,000 requests each, some 10 MB of answers each if all were answered at once.
     const N: usize = 3000;
-    let requests = b"GET /metrics HTTP/1.1\r\n\r\n".repeat(N);
+    let requests = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(N);
     let mut clients: Vec<TcpStream> = (0..4)
         .map(|_| {
             let mut s = tcp(m);
@@ -1150,9 +1171,9 @@ fn metrics_keep_alive_and_pipelining() {
     assert_eq!((first.status, second.status), (200, 404));
     check_exposition(&first.body);
     // Pipelined and split at an awkward place, the last one asking to close.
-    h.send(b"GET /metrics HTTP/1.1\r\n\r\nGET /met");
+    h.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\nGET /met");
     thread::sleep(Duration::from_millis(20));
-    h.send(b"rics HTTP/1.1\r\nConnection: close\r\n\r\n");
+    h.send(b"rics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(h.response().status, 200);
     let last = h.response();
     assert_eq!(last.status, 200);
@@ -1167,7 +1188,7 @@ fn metrics_oversized_head_gets_431_and_close() {
     let p = Proc::serve(&["--tcp", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
     let m = p.sockaddr("metrics");
     const MAX_HEAD: usize = 8 * 1024;
-    let start = b"GET /metrics HTTP/1.1\r\nX-Filler: ";
+    let start = b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Filler: ";
 
     // No blank line at all, one byte over the limit, in one write.
     let mut head = start.to_vec();
@@ -1229,7 +1250,7 @@ fn metrics_slow_clients_do_not_disturb_echo() {
     }
     echo_and_close(addr, b"a new connection too");
     for h in &mut slow {
-        h.send(b"ics HTTP/1.1\r\n\r\n");
+        h.send(b"ics HTTP/1.1\r\nHost: t\r\n\r\n");
     }
     for h in &mut slow {
         assert_eq!(h.response().status, 200);

@@ -201,14 +201,15 @@ fn parse(head: &[u8]) -> Result<Request<'_>, &'static str> {
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err("bad method");
     }
-    if !path.starts_with('/') {
-        return Err("bad path");
-    }
-    let mut keep_alive = match version {
+    let path = target_path(method, path)?;
+    let http11 = match version {
         "HTTP/1.1" => true,
         "HTTP/1.0" => false,
         _ => return Err("unsupported HTTP version"),
     };
+    let mut keep_alive = http11;
+    let mut close = false;
+    let mut hosts = 0;
     for line in lines {
         if line.is_empty() {
             break;
@@ -218,15 +219,24 @@ fn parse(head: &[u8]) -> Result<Request<'_>, &'static str> {
             return Err("folded header lines are not accepted");
         }
         let (name, value) = line.split_once(':').ok_or("bad header line")?;
-        if name.is_empty() || name.ends_with([' ', '\t']) {
+        // A field name is a token (RFC 9110, 5.1): no spaces, no controls.
+        if name.is_empty() || !name.bytes().all(is_tchar) {
             return Err("bad header name");
         }
+        // Field values carry no controls but tab (RFC 9110, 5.5): a NUL or a lone CR
+        // is how request smuggling starts.
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err("control character in a header value");
+        }
         let value = value.trim();
-        if name.eq_ignore_ascii_case("connection") {
-            // A list of options: `close` anywhere in it wins.
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("connection") {
+            // A list of options: `close` anywhere in it wins, on any line (RFC 9110,
+            // 7.6.1): a later `keep-alive` does not undo it.
             let has = |opt: &str| value.split(',').any(|o| o.trim().eq_ignore_ascii_case(opt));
             if has("close") {
-                keep_alive = false;
+                close = true;
             } else if has("keep-alive") {
                 keep_alive = true;
             }
@@ -237,11 +247,48 @@ fn parse(head: &[u8]) -> Result<Request<'_>, &'static str> {
             return Err("a request body is not accepted");
         }
     }
+    // HTTP/1.1 requests name exactly one host; none may name two (RFC 9112, 3.2).
+    if hosts > 1 || (http11 && hosts == 0) {
+        return Err("a request must have one Host header");
+    }
+    let keep_alive = keep_alive && !close;
     Ok(Request {
         method,
         path,
         keep_alive,
     })
+}
+
+/// The path a request target names: origin-form (`/metrics`) as is, absolute-form
+/// (`http://host/metrics`, which a server must accept: RFC 9112, 3.2.2) by its path, and
+/// `*` for OPTIONS only.
+fn target_path<'a>(method: &str, target: &'a str) -> Result<&'a str, &'static str> {
+    if target.starts_with('/') {
+        return Ok(target);
+    }
+    if target == "*" {
+        return if method == "OPTIONS" {
+            Ok(target)
+        } else {
+            Err("bad target")
+        };
+    }
+    let scheme_end = target.find("://").ok_or("bad target")?;
+    let scheme = &target[..scheme_end];
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err("bad target");
+    }
+    let rest = &target[scheme_end + 3..];
+    Ok(match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+        // No path: the root (a query alone cannot be served here either way).
+        _ => "/",
+    })
+}
+
+/// A token character (RFC 9110, 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Sends one response (its body only if `with_body`).
@@ -416,7 +463,7 @@ mod tests {
         );
         assert!(!parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
         assert!(
-            !parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            !parse(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 .unwrap()
                 .keep_alive
         );
@@ -447,14 +494,44 @@ mod tests {
             Some(35)
         );
         // Options are a list; a zero length is a number, however written.
-        let req = b"GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n";
+        let req = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n";
         assert!(!parse(req).unwrap().keep_alive);
-        assert!(parse(b"GET / HTTP/1.1\r\nContent-Length: 00\r\n\r\n").is_ok());
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 00\r\n\r\n").is_ok());
         for bad in [
             &b"GET / HTTP/1.1\r\nHost: x\r\n folded: x\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\n: empty\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
             b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+
+        // issue 18, item 8: `close` wins on any line; absolute-form is accepted, and
+        // `OPTIONS *`; Host must be there once; no NUL in values, no space in names.
+        let req =
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n";
+        assert!(!parse(req).unwrap().keep_alive);
+        let abs = parse(b"GET http://127.0.0.1:9100/metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(abs.unwrap().path, "/metrics");
+        let bare = parse(b"GET HTTP://example ?a HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(bare.is_err(), "a space splits the line into four parts");
+        let root = parse(b"GET http://example HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(root.unwrap().path, "/");
+        let star = parse(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!((star.method, star.path), ("OPTIONS", "*"));
+        assert!(
+            parse(b"GET / HTTP/1.0\r\n\r\n").is_ok(),
+            "HTTP/1.0 needs no Host"
+        );
+        for bad in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX A: b\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET ftp://x/metrics HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
