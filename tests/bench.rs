@@ -1485,3 +1485,29 @@ fn bench_tls_presents_a_client_certificate() {
     assert!(r.num("connect_failures") + r.num("broken") >= 1.0, "{r}");
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
+
+/// issue 18, item 2: `merge` refuses what is not a regular file (a FIFO, `/dev/zero`, a
+/// directory) by name, instead of reading it forever into memory.
+#[test]
+fn bench_merge_refuses_inputs_that_are_not_regular_files() {
+    let dir = std::env::temp_dir().join(format!("echoloop-merge-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    let mut inputs = vec!["/dev/zero".to_string(), dir.display().to_string()];
+    if made.is_ok_and(|s| s.success()) {
+        inputs.push(fifo.display().to_string());
+    }
+    for input in &inputs {
+        let (status, out, err) = common::run_bounded(
+            &["bench", "merge", input, input],
+            None,
+            std::time::Duration::from_secs(20),
+        );
+        assert!(!status.success(), "{input}: {out}");
+        assert!(err.contains("not a regular file"), "{input}: {err}");
+        assert_eq!(err.lines().count(), 1, "{input}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

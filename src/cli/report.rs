@@ -266,11 +266,27 @@ fn check_histogram_header(bytes: &[u8]) -> Result<(), String> {
         let w: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
         Some(u32::from_be_bytes(w) as usize)
     };
+    let long = |b: &[u8], at: usize| -> Option<u64> {
+        let w: [u8; 8] = b.get(at..at + 8)?.try_into().ok()?;
+        Some(u64::from_be_bytes(w))
+    };
     let plain = |b: &[u8], whole: bool| -> Result<(), String> {
         let len = word(b, 4).ok_or("a histogram cut short")?;
         if len > MAX_PAYLOAD || (whole && V2_HEADER + len > b.len()) {
             return Err(format!(
                 "a damaged histogram (it declares {len} bytes of counts)"
+            ));
+        }
+        // The decoder sizes its counters by the declared range and precision, whatever
+        // the payload holds: 1..2^62 at 5 digits is 48 MB per histogram. Ours are at
+        // most 1 ns..1 h at 3 digits (in ns or µs); anything wider is not ours.
+        let digits = word(b, 12).ok_or("a histogram cut short")?;
+        let low = long(b, 16).ok_or("a histogram cut short")?;
+        let high = long(b, 24).ok_or("a histogram cut short")?;
+        if digits > usize::from(SIGFIG) || low == 0 || high > HIGHEST_NS || high < 2 * low {
+            return Err(format!(
+                "a histogram that `echoloop bench` does not write (range {low}..{high} at \
+                 {digits} significant digits; at most 1..{HIGHEST_NS} at {SIGFIG})"
             ));
         }
         Ok(())
@@ -856,6 +872,28 @@ mod tests {
         huge.resize(40, 0);
         let err = Recorder::decode(&base64::Engine::encode(&super::BASE64, &huge)).unwrap_err();
         assert!(err.contains("declares"), "{err}");
+        // issue 18, item 2: a small histogram declaring a range and precision no bench
+        // writes (1..2^62 at 5 digits: 48 MB of counters to decode) is refused, compressed
+        // or not.
+        for deflate in [false, true] {
+            let wide = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1 << 62, 5).unwrap();
+            let mut bytes = Vec::new();
+            if deflate {
+                use hdrhistogram::serialization::Serializer;
+                hdrhistogram::serialization::V2DeflateSerializer::new()
+                    .serialize(&wide, &mut bytes)
+                    .unwrap();
+            } else {
+                use hdrhistogram::serialization::Serializer;
+                hdrhistogram::serialization::V2Serializer::new()
+                    .serialize(&wide, &mut bytes)
+                    .unwrap();
+            }
+            assert!(bytes.len() < 64 * 1024, "small on disk: {}", bytes.len());
+            let text = base64::Engine::encode(&super::BASE64, &bytes);
+            let err = super::decode_histogram(&text).unwrap_err();
+            assert!(err.contains("does not write"), "{err}");
+        }
 
         // Microseconds for interval logs, and back.
         let micros = r.to_micros();

@@ -80,9 +80,13 @@ fn check_part(p: &Part) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The largest input `merge` reads: an hour's `--hlog` with three tags a second is some
+/// 25 MB; a file far larger than any run writes is refused before it is read into memory.
+const MAX_INPUT: u64 = 256 << 20;
+
 fn read_part_unchecked(path: &PathBuf) -> Result<Part, CliError> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{source}: {e}"))?;
+    let text = read_bounded(path).map_err(|e| format!("{source}: {e}"))?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {
         // The last line that is a report (a --json-lines file ends with one).
@@ -102,6 +106,34 @@ fn read_part_unchecked(path: &PathBuf) -> Result<Part, CliError> {
         });
     }
     read_log(source, &text)
+}
+
+/// Reads a regular file of at most [`MAX_INPUT`] bytes as text. A FIFO, a device
+/// (`/dev/zero`) or a directory is refused by name, not read forever.
+fn read_bounded(path: &PathBuf) -> Result<String, String> {
+    use std::io::Read;
+    // Looked at before opening: opening a FIFO for reading waits for a writer.
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file (merge reads the files `bench` wrote)".into());
+    }
+    if meta.len() > MAX_INPUT {
+        return Err(format!(
+            "{} bytes, more than any bench run writes (at most {} MiB)",
+            meta.len(),
+            MAX_INPUT >> 20
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    // Bounded again while reading: the file may grow after the check.
+    file.take(MAX_INPUT + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_INPUT {
+        return Err(format!("more than {} MiB", MAX_INPUT >> 20));
+    }
+    Ok(text)
 }
 
 /// An interval log: the trailing `#echoloop-report` line and the histograms.
