@@ -1366,6 +1366,7 @@ fn bench_hlog_is_read_back_by_the_hdrhistogram_crate() {
             }
         }
         assert!(base.is_some(), "a BaseTime header");
+        no_interval_before_start_time(&String::from_utf8_lossy(&text));
         let found: Vec<&str> = counts.keys().map(String::as_str).collect();
         assert_eq!(found, tags, "{counts:?}");
         // The window's intervals hold exactly the report's messages.
@@ -1377,6 +1378,38 @@ fn bench_hlog_is_read_back_by_the_hdrhistogram_crate() {
         assert_eq!(counts["connect"], 2, "the two connects");
     }
     let _ = std::fs::remove_file(&path);
+}
+
+/// issue 18, item 12: HdrHistogram's own log readers (Java's `HistogramLogReader`,
+/// HdrHistogram_py) skip every interval that starts before the log's `StartTime`, in
+/// double arithmetic on the text: read the text that way, independently of the crate.
+fn no_interval_before_start_time(text: &str) {
+    let header = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("#[{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} header"));
+        line.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let (start_time, base_time) = (header("StartTime"), header("BaseTime"));
+    let mut seen = 0;
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with('"'))
+    {
+        let fields: Vec<&str> = line.split(',').collect();
+        let at = if fields[0].starts_with("Tag=") { 1 } else { 0 };
+        let Ok(offset) = fields[at].parse::<f64>() else {
+            continue;
+        };
+        seen += 1;
+        assert!(
+            base_time + offset >= start_time,
+            "an interval at {} starts before StartTime {start_time}: {line:.60}",
+            base_time + offset
+        );
+    }
+    assert!(seen > 0, "no interval lines");
 }
 
 /// Standard base64 (the tests do not link a base64 crate of their own).

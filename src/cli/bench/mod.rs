@@ -343,7 +343,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
                 f,
                 &mut serializer,
                 (run_start, run_start_wall),
-                window_start,
                 &meta,
                 s.is_open_loop(),
             )?;

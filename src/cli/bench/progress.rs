@@ -203,8 +203,11 @@ pub(super) fn unix_secs(t: SystemTime) -> f64 {
 
 /// The `--hlog` interval log: tags `rtt`, `connect` and, in open loop,
 /// `rtt_uncorrected`; values in microseconds. `BaseTime` is when connecting began, so the
-/// connect phase is the first interval (tag `connect`) and the window's intervals follow;
-/// `StartTime` is the window's start. A comment line starting `#echoloop ` at the top
+/// connect phase is the first interval (tag `connect`) and the window's intervals follow.
+/// `StartTime` is the same instant: HdrHistogram's own readers skip every interval that
+/// starts before it, so it cannot be the window's start (the connect interval comes
+/// first, and float rounding can put the first window interval a hair before it); the
+/// window is in the report line. A comment line starting `#echoloop ` at the top
 /// says what was measured, and one starting `#echoloop-report ` at the end holds the final
 /// report: `bench merge` reads both. Written through a [`io::LineWriter`], so a log of a
 /// long run can be read (or plotted) while it grows.
@@ -225,14 +228,13 @@ impl<'a, 'b, W: Write> Hlog<'a, 'b, W> {
         out: &'a mut W,
         serializer: &'b mut V2DeflateSerializer,
         base: (Instant, SystemTime),
-        window_start: SystemTime,
         meta: &str,
         open_loop: bool,
     ) -> io::Result<Hlog<'a, 'b, W>> {
         let log = IntervalLogWriterBuilder::new()
             .add_comment("Latency intervals of `echoloop bench`: values in microseconds")
             .add_comment(&format!("echoloop {meta}"))
-            .with_start_time(window_start)
+            .with_start_time(base.1)
             .with_base_time(base.1)
             .begin_log_with(out, serializer)?;
         Ok(Hlog {
