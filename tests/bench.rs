@@ -1441,6 +1441,94 @@ fn bench_server_pid_reports_the_servers_cost() {
     assert!(r.num("generator_cpu_us_per_msg") > 0.0, "{r}");
 }
 
+/// issue 18, item 9: a `--server-pid` process that exits during the run is reported, not
+/// silently left out.
+#[test]
+fn bench_server_pid_that_exits_during_the_run_is_reported() {
+    let _gate = shared();
+    let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    let mut short = std::process::Command::new("sleep")
+        .arg("0.2")
+        .spawn()
+        .unwrap();
+    let pid = short.id().to_string();
+    // Reaped as soon as it exits, so that /proc no longer has it.
+    let reaper = std::thread::spawn(move || short.wait());
+    let (status, r, err) = bench(&[
+        "tcp",
+        &server.addr("tcp"),
+        "-d",
+        "0.8",
+        "--server-pid",
+        &pid,
+    ]);
+    reaper.join().unwrap().unwrap();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains(&format!("--server-pid {pid}")) && err.contains("did it exit?"),
+        "{err}"
+    );
+    assert!(r.num("messages") > 0.0, "{r}");
+}
+
+/// issue 18, item 9: an `--hlog` that cannot be written (a full disk: /dev/full) is named
+/// once, and the run and its report go on.
+#[test]
+fn bench_hlog_on_a_full_disk_is_named_and_the_report_kept() {
+    let _gate = shared();
+    let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    if !std::path::Path::new("/dev/full").exists() {
+        return;
+    }
+    let (status, r, err) = bench(&[
+        "tcp",
+        &server.addr("tcp"),
+        "-d",
+        "0.3",
+        "--hlog",
+        "/dev/full",
+    ]);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("--hlog /dev/full"), "{err}");
+    assert_eq!(err.matches("--hlog").count(), 1, "said once: {err}");
+    assert!(r.num("messages") > 0.0, "{r}");
+}
+
+/// issue 18, item 9: `merge` refuses figures no run can produce — a 1 ns window, a CPU
+/// share of 1e308 — naming the file and the figure.
+#[test]
+fn bench_merge_refuses_impossible_figures() {
+    let _gate = shared();
+    let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    let (status, out, err) = common::run(
+        &["bench", "tcp", &server.addr("tcp"), "-d", "0.2", "--json"],
+        None,
+    );
+    assert!(status.success(), "{err}");
+    let line = out.lines().find(|l| l.starts_with('{')).expect("a report");
+    let good: serde_json::Value = serde_json::from_str(line).unwrap();
+    let dir = std::env::temp_dir();
+    for (case, field, value) in [
+        ("1 ns window", "window_end_unix", None),
+        ("CPU 1e308", "generator_cpu_percent", Some(1e308)),
+        ("negative CPU time", "generator_cpu_us_per_msg", Some(-1.0)),
+    ] {
+        let mut bad = good.clone();
+        let v = value.unwrap_or_else(|| bad["window_start_unix"].as_f64().unwrap() + 1e-9);
+        bad[field] = serde_json::json!(v);
+        let path = dir.join(format!(
+            "echoloop-impossible-{}-{field}.json",
+            std::process::id()
+        ));
+        std::fs::write(&path, bad.to_string()).unwrap();
+        let p = path.to_str().unwrap();
+        let (status, out, err) = common::run(&["bench", "merge", p, p], None);
+        assert!(!status.success(), "{case}: {out}");
+        assert!(err.contains(p) && err.lines().count() == 1, "{case}: {err}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 #[test]
 fn bench_json_lines_one_per_interval_then_the_report() {
     let _gate = shared();

@@ -77,8 +77,46 @@ fn check_part(p: &Part) -> Result<(), CliError> {
         )
         .into());
     }
+    // Figures no run can produce are damage (or a hand-made file), not data: a 1 ns
+    // window would make 82 trillion messages a second of a few thousand.
+    let span = b - a;
+    if !(MIN_WINDOW..=MAX_WINDOW).contains(&span) {
+        return Err(format!(
+            "{}: a measured window of {span} s; bench measures from {MIN_WINDOW} s to 30 days",
+            p.source
+        )
+        .into());
+    }
+    let percents = [
+        ("generator_cpu_percent", r.generator_cpu_percent),
+        ("server_cpu_percent", r.server_cpu_percent),
+    ];
+    for (name, v) in percents {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && (0.0..=MAX_CPU_PERCENT).contains(v))) {
+            return Err(format!(
+                "{}: {name} {v} is not a CPU share (0 to {MAX_CPU_PERCENT}: 100 per core)",
+                p.source
+            )
+            .into());
+        }
+    }
+    let per_msg = [
+        ("generator_cpu_us_per_msg", r.generator_cpu_us_per_msg),
+        ("server_cpu_us_per_msg", r.server_cpu_us_per_msg),
+    ];
+    for (name, v) in per_msg {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Err(format!("{}: {name} {v} is not a time", p.source).into());
+        }
+    }
     Ok(())
 }
+
+/// The shortest and longest windows a bench run measures (its `--duration` bounds).
+const MIN_WINDOW: f64 = 0.0001;
+const MAX_WINDOW: f64 = 30.0 * 24.0 * 3600.0;
+/// CPU shares are 100 per core; no generator has more than this many.
+const MAX_CPU_PERCENT: f64 = 100.0 * 4096.0;
 
 /// The largest input `merge` reads: an hour's `--hlog` with three tags a second is some
 /// 25 MB; a file far larger than any run writes is refused before it is read into memory.

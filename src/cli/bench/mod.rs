@@ -339,15 +339,23 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     .to_string();
     let mut hlog = match hlog_file.as_mut() {
         Some(f) => {
-            let mut h = Hlog::begin(
+            // A write that fails here (a full disk) is said with the option's name, and
+            // the run goes on without the log, as for any later failure.
+            let begun = Hlog::begin(
                 f,
                 &mut serializer,
                 (run_start, run_start_wall),
                 &meta,
                 s.is_open_loop(),
-            )?;
-            h.connect_phase(&connect_phase, tl.start)?;
-            Some(h)
+            )
+            .and_then(|mut h| h.connect_phase(&connect_phase, tl.start).map(|()| h));
+            match begun {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    log_lost("--hlog", args.hlog.as_deref(), &e);
+                    None
+                }
+            }
         }
         None => None,
     };
@@ -420,6 +428,21 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         server_end = s.server_pid.and_then(cpu_sample);
     }
     let server_rss = s.server_pid.and_then(|p| peak_rss_kib(p).ok());
+    if let Some(pid) = s.server_pid {
+        if server_start.is_none() || server_end.is_none() || server_rss.is_none() {
+            // Checked at the start, gone by the end: the report's server figures are empty,
+            // and a benchmarker must not mistake that for "not asked".
+            errln!(
+                "echoloop: --server-pid {pid}: the process could not be read at the window's {} \
+                 (did it exit?); the server's CPU and memory are left out of the report",
+                if server_start.is_none() {
+                    "start"
+                } else {
+                    "end"
+                }
+            );
+        }
+    }
     for h in handles {
         if h.join().is_err() {
             return Err("a load thread panicked".into());
