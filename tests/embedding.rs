@@ -891,3 +891,63 @@ fn issue_17_review_echo_that_pauses_on_pending_output_is_resumed() {
         "echo stalled after {got} bytes: reading paused, on_drained never came"
     );
 }
+
+// ----- issue 18, item 1: adopted descriptors that are not what they are served as -----
+
+#[test]
+fn issue_18_adopted_sockets_of_the_wrong_kind_are_refused_by_name() {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::OwnedFd;
+    let mut el = EventLoop::new(Config::default()).unwrap();
+    let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listening.local_addr().unwrap();
+    // A connected socket (what `Accept=yes` units hand over): accept would say EINVAL
+    // forever.
+    let connected = TcpStream::connect(addr).unwrap();
+    let err = el
+        .adopt_listener(OwnedFd::from(connected), ListenKind::Tcp, || Box::new(Echo))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not listening"), "{err}");
+    // Bound, never `listen`ed.
+    let bound = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    bound
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let err = el
+        .adopt_listener(OwnedFd::from(bound), ListenKind::Tcp, || Box::new(Echo))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not listening"), "{err}");
+    // A listener served as a datagram socket, and a SOCK_SEQPACKET one.
+    let err = el
+        .adopt_datagram(OwnedFd::from(listening), Box::new(echoloop::EchoDatagram))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("stream socket") && err.contains("datagram"),
+        "{err}"
+    );
+    let seq = Socket::new(Domain::UNIX, Type::SEQPACKET, None).unwrap();
+    let err = el
+        .adopt_datagram(OwnedFd::from(seq), Box::new(echoloop::EchoDatagram))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("SEQPACKET"), "{err}");
+    // A pipe is not a socket at all.
+    let (r, _w) = pipe();
+    let err = el
+        .adopt_listener(r, ListenKind::Tcp, || Box::new(Echo))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a socket"), "{err}");
+    // What is right is still served.
+    let good = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bound = el
+        .adopt_listener(OwnedFd::from(good), ListenKind::Tcp, || Box::new(Echo))
+        .unwrap();
+    let mut c = client(addr_of(bound.addr));
+    c.write_all(b"ok").unwrap();
+    run_until(&mut el, |el| el.stats().bytes_out >= 2);
+    assert_eq!(read_n(&mut c, 2), b"ok");
+}

@@ -1872,6 +1872,38 @@ fn socket_activate(
     panic!("systemd-socket-activate could not bind a free port in 5 tries");
 }
 
+/// issue 18, item 1: `systemd-socket-activate -a` (as `Accept=yes` units) hands over a
+/// *connected* socket: serve refuses it by descriptor and kind, and exits, instead of
+/// announcing it and spinning on `accept`.
+#[test]
+fn activation_of_a_connected_socket_is_refused_by_name() {
+    let Some((mut p, ports)) = socket_activate(&["-a"], false, 1, &[]) else {
+        return;
+    };
+    // The first client makes it accept and start a server with that connection; with
+    // `-a` it stays, and says how each child ended.
+    let _c = TcpStream::connect(("127.0.0.1", ports[0])).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let err = loop {
+        let err = p.stderr_text();
+        if err.contains("died with code") {
+            break err;
+        }
+        assert!(Instant::now() < deadline, "{err}");
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert!(err.contains("died with code 1"), "{err}");
+    assert!(
+        err.contains("descriptor 3 (LISTEN_FDS)") && err.contains("not listening"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("listening tcp"),
+        "{err}"
+    );
+    p.signal("KILL");
+}
+
 #[test]
 fn activation_by_systemd_socket_activate_tcp_and_tls() {
     let pki = TestPki::generate();

@@ -10,6 +10,8 @@
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
+use crate::net::{Adopted, check_adopted};
+
 /// The first descriptor systemd passes (after stdin, stdout, stderr).
 const FIRST_FD: RawFd = 3;
 
@@ -29,8 +31,17 @@ pub(crate) fn take() -> Result<Vec<Activated>, String> {
     };
     match std::env::var("LISTEN_PID") {
         Ok(pid) if pid.trim() == std::process::id().to_string() => {}
-        // Inherited from a parent that was activated: not ours.
-        _ => return Ok(Vec::new()),
+        // Inherited from a parent that was activated: not ours. Said, so that a unit
+        // whose sockets never arrive (a wrapper script in between) is not a mystery.
+        other => {
+            let pid = other.unwrap_or_else(|_| "(unset)".into());
+            errln!(
+                "echoloop: LISTEN_FDS is set, but LISTEN_PID={pid} is not this process ({}): \
+                 its sockets are not ours and are left alone",
+                std::process::id()
+            );
+            return Ok(Vec::new());
+        }
     }
     // A count, not a descriptor: negative or absurd values are refused, not ignored.
     let n: RawFd = fds
@@ -52,11 +63,27 @@ pub(crate) fn take() -> Result<Vec<Activated>, String> {
         let ty = sock
             .r#type()
             .map_err(|e| format!("descriptor {raw} (LISTEN_FDS): not a socket: {e}"))?;
+        let stream = ty == socket2::Type::STREAM;
+        // Served as the wrong thing, a socket fails on every event and spins the loop: a
+        // connected socket (`Accept=yes`), a SOCK_SEQPACKET, a netlink socket, a TCP
+        // socket that never called `listen` are refused here, by name.
+        let want = if stream {
+            Adopted::Listener
+        } else {
+            Adopted::Datagram
+        };
+        check_adopted(&sock, want).map_err(|e| format!("descriptor {raw} (LISTEN_FDS): {e}"))?;
         let addr = sock
             .local_addr()
             .map_err(|e| format!("descriptor {raw} (LISTEN_FDS): {e}"))?;
-        let stream = ty == socket2::Type::STREAM;
         let tls = names.get(i as usize).is_some_and(|n| n == "tls");
+        if tls && !(stream && !addr.is_unix()) {
+            return Err(format!(
+                "descriptor {raw} (LISTEN_FDS) is named `tls`, but TLS is served on TCP \
+                 listeners only, and it is a {} socket",
+                if addr.is_unix() { "Unix" } else { "UDP" }
+            ));
+        }
         let kind = match (addr.is_unix(), stream) {
             (true, true) => "unix",
             (true, false) => "unix-dgram",

@@ -69,10 +69,12 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
         let (sock, peer) = match l.sock.try_accept() {
             Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if net::is_resource_exhaustion(&e) => {
-                // Out of descriptors: the connection stays in the kernel's queue and
-                // accepting again now would fail the same way, spinning the CPU.
-                // Keep serving what we have; try again after a pause.
+            Err(e) if !net::is_per_connection(&e) => {
+                // Out of descriptors, or a listener that fails whatever we do (`EINVAL`
+                // from a socket that does not listen): the connection stays in the
+                // kernel's queue and accepting again now would fail the same way,
+                // spinning the CPU. Keep serving what we have; try again after a pause,
+                // and say so at most once per interval.
                 core.stats.accept_errors += 1;
                 let pause = core.config.accept_backoff;
                 if let Some(count) = core.emfile_log.note(core.now) {
@@ -91,7 +93,7 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
             }
             Err(e) => {
                 // The client gave up before we accepted (ECONNABORTED) and the like:
-                // that connection is lost, the listener is fine.
+                // that connection is lost, the listener is fine (`is_per_connection`).
                 core.stats.accept_errors += 1;
                 log::debug!("accept: {e}");
                 continue;

@@ -51,6 +51,7 @@ impl Datagram {
     /// told apart by its address family. We never remove its file.
     pub(crate) fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<Datagram> {
         let sock = socket2::Socket::from(fd);
+        super::sys::check_adopted(&sock, super::sys::Adopted::Datagram)?;
         sock.set_nonblocking(true)?;
         if sock.local_addr()?.is_unix() {
             Ok(Datagram::Unix(

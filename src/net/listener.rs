@@ -17,7 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::addr::{Endpoint, PeerAddr, UnixName, unix_endpoint};
 use super::stream::Stream;
-use super::sys::retry;
+use super::sys::{Adopted, check_adopted, retry};
 use crate::error::ListenError;
 
 /// A listening stream socket. A Unix listener remembers the file it created so that it can
@@ -34,6 +34,7 @@ impl Listener {
     /// remove it.
     pub(crate) fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<Listener> {
         let sock = Socket::from(fd);
+        check_adopted(&sock, Adopted::Listener)?;
         sock.set_nonblocking(true)?;
         if sock.local_addr()?.is_unix() {
             let l: unix::UnixListener = std::os::fd::OwnedFd::from(sock).into();

@@ -20,4 +20,5 @@ pub(crate) use datagram::Datagram;
 pub(crate) use listener::{BindOptions, Listener, bind_tcp, bind_udp, bind_unix};
 pub(crate) use mmsg::{BATCH, RecvBatch, SendBatch};
 pub(crate) use stream::Stream;
-pub(crate) use sys::is_resource_exhaustion;
+pub(crate) use sys::is_per_connection;
+pub(crate) use sys::{Adopted, check_adopted};
