@@ -1877,7 +1877,7 @@ fn socket_activate(
 /// announcing it and spinning on `accept`.
 #[test]
 fn activation_of_a_connected_socket_is_refused_by_name() {
-    let Some((mut p, ports)) = socket_activate(&["-a"], false, 1, &[]) else {
+    let Some((p, ports)) = socket_activate(&["-a"], false, 1, &[]) else {
         return;
     };
     // The first client makes it accept and start a server with that connection; with

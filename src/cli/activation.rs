@@ -77,7 +77,7 @@ pub(crate) fn take() -> Result<Vec<Activated>, String> {
             .local_addr()
             .map_err(|e| format!("descriptor {raw} (LISTEN_FDS): {e}"))?;
         let tls = names.get(i as usize).is_some_and(|n| n == "tls");
-        if tls && !(stream && !addr.is_unix()) {
+        if tls && (!stream || addr.is_unix()) {
             return Err(format!(
                 "descriptor {raw} (LISTEN_FDS) is named `tls`, but TLS is served on TCP \
                  listeners only, and it is a {} socket",
