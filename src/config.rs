@@ -22,6 +22,11 @@ pub struct Config {
     pub read_budget: usize,
     /// Connections beyond this are accepted and closed at once.
     pub max_connections: Option<usize>,
+    /// Connections of listeners left out of the statistics and of `max_connections`
+    /// (`EventLoop::count_in_stats`: a metrics or admin endpoint) beyond this are accepted
+    /// and closed at once, so that a flood of them cannot take the descriptors the
+    /// service itself needs.
+    pub max_side_connections: usize,
     /// Close connections with no traffic for this long.
     pub idle_timeout: Option<Duration>,
     /// A TLS handshake must finish within this.
@@ -63,6 +68,7 @@ impl Default for Config {
             low_water: 64 * 1024,
             read_budget: 256 * 1024,
             max_connections: None,
+            max_side_connections: 64,
             idle_timeout: None,
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),

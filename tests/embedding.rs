@@ -951,3 +951,59 @@ fn issue_18_adopted_sockets_of_the_wrong_kind_are_refused_by_name() {
     run_until(&mut el, |el| el.stats().bytes_out >= 2);
     assert_eq!(read_n(&mut c, 2), b"ok");
 }
+
+/// issue 18, item 5: connections of a listener left out of the statistics (a metrics
+/// endpoint) have a cap of their own: past it they are closed at once, and the service's
+/// own listener goes on accepting.
+#[test]
+fn issue_18_side_listeners_have_a_cap_of_their_own() {
+    struct Count;
+    impl Handler<usize> for Count {
+        fn on_open(&mut self, ctx: &mut Ctx<'_, usize>) {
+            *ctx.state() += 1;
+        }
+        fn on_data(&mut self, _: &mut Ctx<'_, usize>, _: &[u8]) {}
+    }
+    let mut config = Config::default();
+    config.max_side_connections = 3;
+    config.max_connections = Some(2);
+    let mut el = EventLoop::with_state(config, 0usize).unwrap();
+    let side = el
+        .listen(&any(), ListenKind::Tcp, || Box::new(Count))
+        .unwrap();
+    el.count_in_stats(side.id, false).unwrap();
+    let main = el
+        .listen(&any(), ListenKind::Tcp, || Box::new(Echo))
+        .unwrap();
+    let side_addr = addr_of(side.addr);
+    let mut kept: Vec<TcpStream> = (0..5).map(|_| client(side_addr)).collect();
+    run_until(&mut el, |el| *el.state() == 3);
+    // The two past the cap were accepted and closed: they read EOF (or a reset).
+    let mut ended = 0;
+    for c in &mut kept {
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        for _ in 0..5 {
+            el.run_once(Some(Duration::from_millis(10))).unwrap();
+        }
+        let timed_out = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        };
+        match c.read(&mut b) {
+            Ok(0) => ended += 1,
+            Err(e) if !timed_out(&e) => ended += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(*el.state(), 3, "opened: the cap");
+    assert_eq!(ended, 2, "closed at once: the rest");
+    // The service still takes connections (its own limit is 2, and it has none).
+    let mut echo = client(addr_of(main.addr));
+    echo.write_all(b"hi").unwrap();
+    run_until(&mut el, |el| el.stats().bytes_out >= 2);
+    assert_eq!(read_n(&mut echo, 2), b"hi");
+}

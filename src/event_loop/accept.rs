@@ -99,6 +99,21 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
                 continue;
             }
         };
+        if !l.counted && core.side_open >= core.config.max_side_connections {
+            // A management endpoint has a small cap of its own: it is left out of
+            // `max_connections` so that a full server still answers its monitoring, and
+            // must not take the descriptors echo needs in exchange.
+            let max = core.config.max_side_connections;
+            log::debug!("rejecting connection from {peer}: {max} side connections already open");
+            if let Some(count) = core.side_reject_log.note(core.now) {
+                log::warn!(
+                    "rejecting connections to a side listener: {max} already open ({count} \
+                     rejected since the last such line)"
+                );
+            }
+            drop(sock);
+            continue;
+        }
         if let (Some(max), true) = (core.config.max_connections, l.counted) {
             if core.stats.connections_open >= max as u64 {
                 // Accept and close at once: left in the kernel's queue the client would

@@ -85,6 +85,10 @@ pub(crate) struct Core {
     pub(crate) refuse_log: WarnEvery,
     /// Likewise for connections closed for a missing or bad PROXY header.
     pub(crate) bad_header_log: WarnEvery,
+    /// Likewise for connections refused by `Config::max_side_connections`.
+    pub(crate) side_reject_log: WarnEvery,
+    /// Connections open of listeners left out of the statistics (`counted` false).
+    pub(crate) side_open: usize,
     /// The real clients of connections that came through a load balancer, as their
     /// PROXY headers said (only those: the map stays empty without PROXY listeners).
     pub(crate) proxied: HashMap<ConnId, PeerAddr>,
@@ -125,6 +129,8 @@ impl Core {
             emfile_log: WarnEvery::default(),
             refuse_log: WarnEvery::default(),
             bad_header_log: WarnEvery::default(),
+            side_reject_log: WarnEvery::default(),
+            side_open: 0,
             proxied: HashMap::new(),
         }
     }

@@ -89,6 +89,8 @@ pub(crate) fn add_accepted<S>(
     }));
     if counted {
         inner.core.stats.connections_open += 1;
+    } else {
+        inner.core.side_open += 1;
     }
     // Data the client sent right after connecting is not missed: registering a socket
     // that is already readable produces an event at once.
@@ -529,6 +531,9 @@ fn closed<S>(inner: &mut Inner<S>, key: usize, reason: CloseReason) {
     };
     let id = ConnId::new(key, e.generation);
     let core = &mut inner.core;
+    if !e.counted {
+        core.side_open = core.side_open.saturating_sub(1);
+    }
     if e.counted {
         core.stats.connections_open = core.stats.connections_open.saturating_sub(1);
         core.stats.closed += 1;
