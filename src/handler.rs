@@ -415,20 +415,19 @@ pub trait LoopContext<S> {
     fn is_stopping(&self) -> bool;
 }
 
+/// The trait's methods are the contexts' inherent ones (`loop_methods!`), called by path
+/// so that there is one body for each.
 macro_rules! loop_context {
     ($ty:ident) => {
         impl<S> LoopContext<S> for $ty<'_, S> {
             fn now(&self) -> Instant {
-                self.ops.now()
+                $ty::now(self)
             }
             fn state(&mut self) -> &mut S {
-                self.ops.state()
+                $ty::state(self)
             }
             fn conn(&mut self, id: ConnId) -> ConnRef<'_, S> {
-                ConnRef {
-                    ops: &mut *self.ops,
-                    id,
-                }
+                $ty::conn(self, id)
             }
             fn connect(
                 &mut self,
@@ -436,32 +435,32 @@ macro_rules! loop_context {
                 opts: ConnectOptions,
                 handler: Box<dyn Handler<S>>,
             ) -> ConnId {
-                self.ops.connect(&to, opts, handler)
+                $ty::connect(self, to, opts, handler)
             }
             fn stop_loop(&mut self, grace: Duration) {
-                self.ops.stop_loop(grace);
+                $ty::stop_loop(self, grace);
             }
             fn stats(&self) -> Stats {
-                self.ops.stats()
+                $ty::stats(self)
             }
             fn set_timer_for(&mut self, owner: ConnId, after: Duration) -> TimerId {
-                self.ops.set_timer(owner, after)
+                $ty::set_timer_for(self, owner, after)
             }
             fn set_loop_timer(
                 &mut self,
                 after: Duration,
                 callback: impl FnOnce(&mut LoopCtx<'_, S>) + 'static,
             ) -> TimerId {
-                self.ops.set_loop_timer(after, Box::new(callback))
+                $ty::set_loop_timer(self, after, callback)
             }
             fn cancel_loop_timer(&mut self, timer: TimerId) {
-                self.ops.cancel_loop_timer(timer);
+                $ty::cancel_loop_timer(self, timer);
             }
             fn remove_fd(&mut self, id: SourceId) -> Result<(), ConnError> {
-                self.ops.remove_source(id.0)
+                $ty::remove_fd(self, id)
             }
             fn is_stopping(&self) -> bool {
-                self.ops.is_stopping()
+                $ty::is_stopping(self)
             }
         }
     };

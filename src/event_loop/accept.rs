@@ -190,15 +190,7 @@ pub(crate) fn listener_op<S>(
                 inner.core.schedule_read(id);
             }
         }
-        ListenerOp::Close => {
-            l.closed = true;
-            l.paused = true;
-            if let Some(t) = l.backoff.take() {
-                inner.core.timers.cancel(t);
-            }
-            // Deregistered and closed after this batch (`EventLoop::sweep`).
-            inner.core.dead.push(id.key());
-        }
+        ListenerOp::Close => l.close(&mut inner.core, id.key()),
     }
     Ok(())
 }

@@ -209,6 +209,45 @@ pub(crate) fn entry_at<'a, S>(
     }
 }
 
+/// The stream connection an entry is, naming what it is otherwise.
+pub(crate) fn as_stream<S>(entry: &mut Entry<S>) -> Result<&mut StreamEntry<S>, ConnError> {
+    match entry {
+        Entry::Stream(e) => Ok(e),
+        // A connect that failed at once: its on_close is on its way.
+        Entry::Failed(_) => Err(ConnError::NotOpen),
+        Entry::Listener(_) | Entry::Dgram(_) | Entry::Source(_) => Err(ConnError::NotStream),
+    }
+}
+
+/// [`entry_at`] for reading only.
+pub(crate) fn entry_view<'a, S>(
+    slab: &'a Slab<Entry<S>>,
+    core: &Core,
+    id: ConnId,
+) -> Result<&'a Entry<S>, ConnError> {
+    core.check_ours(id)?;
+    match slab.get(id.key()) {
+        Some(e) if e.generation() == id.generation => Ok(e),
+        _ => Err(ConnError::Gone),
+    }
+}
+
+impl<S> SourceEntry<S> {
+    /// Takes the descriptor out of the poller, once. Done before it is closed: once
+    /// closed, its number may already name another file.
+    pub(crate) fn deregister(&mut self, poll: &Poll) {
+        if std::mem::replace(&mut self.removed, true) {
+            return;
+        }
+        if let Err(e) = poll
+            .registry()
+            .deregister(&mut mio::unix::SourceFd(&self.fd))
+        {
+            log::debug!("deregistering descriptor {}: {e}", self.fd);
+        }
+    }
+}
+
 /// A descriptor source: the application's descriptor and callback, boxed together.
 pub(crate) struct SourceEntry<S> {
     /// `None` only while its callback runs.
@@ -237,6 +276,22 @@ pub(crate) struct ListenerEntry<S> {
     pub(crate) paused: bool,
     /// Closed (`close_listener`): freed after the batch.
     pub(crate) closed: bool,
+}
+
+impl<S> ListenerEntry<S> {
+    /// Stops accepting for good: no more accepts, no backoff timer, and the slot `key` is
+    /// freed (socket deregistered and closed) after this batch (`EventLoop::sweep`).
+    /// Closing twice is harmless.
+    pub(crate) fn close(&mut self, core: &mut Core, key: usize) {
+        if let Some(t) = self.backoff.take() {
+            core.timers.cancel(t);
+        }
+        if !self.closed {
+            self.closed = true;
+            self.paused = true;
+            core.dead.push(key);
+        }
+    }
 }
 
 /// A stream connection: its socket, its state machine and its handler.

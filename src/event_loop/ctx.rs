@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use super::core::{Entry, Inner, Phase, StreamEntry, dgram_at, entry_at};
+use super::core::{Entry, Inner, Phase, StreamEntry, as_stream, dgram_at, entry_at, entry_view};
 use super::{accept, datagram, source, stream};
 use crate::config::ConnectOptions;
 use crate::error::{ConnError, ListenError, SendError};
@@ -62,25 +62,14 @@ pub(crate) fn flush<S>(inner: &mut Inner<S>) {
 impl<S> Inner<S> {
     /// Looks `id` up as a stream connection, naming what it is otherwise.
     fn conn_entry(&mut self, id: ConnId) -> Result<&mut StreamEntry<S>, ConnError> {
-        match entry_at(&mut self.slab, &self.core, id)? {
-            Entry::Stream(e) => Ok(e),
-            // A connect that failed at once: its on_close is on its way.
-            Entry::Failed(_) => Err(ConnError::NotOpen),
-            Entry::Listener(_) | Entry::Dgram(_) | Entry::Source(_) => Err(ConnError::NotStream),
-        }
+        as_stream(entry_at(&mut self.slab, &self.core, id)?)
     }
 
     fn conn_view(&self, id: ConnId) -> Result<&StreamEntry<S>, ConnError> {
-        self.core.check_ours(id)?;
-        match self.slab.get(id.key()) {
-            Some(entry) if entry.generation() == id.generation => match entry {
-                Entry::Stream(e) => Ok(e),
-                Entry::Failed(_) => Err(ConnError::NotOpen),
-                Entry::Listener(_) | Entry::Dgram(_) | Entry::Source(_) => {
-                    Err(ConnError::NotStream)
-                }
-            },
-            _ => Err(ConnError::Gone),
+        match entry_view(&self.slab, &self.core, id)? {
+            Entry::Stream(e) => Ok(e),
+            Entry::Failed(_) => Err(ConnError::NotOpen),
+            Entry::Listener(_) | Entry::Dgram(_) | Entry::Source(_) => Err(ConnError::NotStream),
         }
     }
 }

@@ -456,13 +456,11 @@ impl<S: 'static> EventLoop<S> {
     /// id), with what it causes run before this returns.
     pub fn with_ctx<R>(&mut self, f: impl FnOnce(&mut LoopCtx<'_, S>) -> R) -> io::Result<R> {
         self.inner.core.now = Instant::now();
-        let mut out = None;
         self.with_callbacks(|inner| {
-            out = Some(f(&mut LoopCtx { ops: &mut *inner }));
+            let out = f(&mut LoopCtx { ops: &mut *inner });
             flush(inner);
-        })?;
-        // Invariant: `with_callbacks` ran the closure, which set `out`.
-        Ok(out.expect("the closure ran"))
+            out
+        })
     }
 
     /// Watches a descriptor of the application's own; see [`LoopCtx::add_fd`].
@@ -562,11 +560,11 @@ impl<S: 'static> EventLoop<S> {
     }
 
     /// Runs `f`, which may call handlers, under the poison guard.
-    fn with_callbacks(&mut self, f: impl FnOnce(&mut Inner<S>)) -> io::Result<()> {
+    fn with_callbacks<R>(&mut self, f: impl FnOnce(&mut Inner<S>) -> R) -> io::Result<R> {
         self.enter()?;
-        f(&mut self.inner);
+        let r = f(&mut self.inner);
         self.busy = false;
-        Ok(())
+        Ok(r)
     }
 
     fn turn(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
@@ -762,13 +760,7 @@ impl<S: 'static> EventLoop<S> {
                 // they end with it (the descriptors are closed).
                 for (_, entry) in self.inner.slab.iter_mut() {
                     if let Entry::Source(w) = entry {
-                        if !w.removed {
-                            let _ = self
-                                .inner
-                                .poll
-                                .registry()
-                                .deregister(&mut mio::unix::SourceFd(&w.fd));
-                        }
+                        w.deregister(&self.inner.poll);
                     }
                 }
                 self.inner.slab.clear();
@@ -933,15 +925,7 @@ fn begin_stop<S>(inner: &mut Inner<S>, grace: Duration) {
     let mut conns = Vec::new();
     for (key, entry) in inner.slab.iter_mut() {
         match entry {
-            Entry::Listener(l) => {
-                if let Some(t) = l.backoff.take() {
-                    core.timers.cancel(t);
-                }
-                if !l.closed {
-                    l.closed = true;
-                    core.dead.push(key);
-                }
-            }
+            Entry::Listener(l) => l.close(core, key),
             Entry::Dgram(_) => dgrams.push(key),
             Entry::Stream(e) => conns.push(ConnId::new(key, e.generation)),
             Entry::Failed(_) | Entry::Source(_) => {}

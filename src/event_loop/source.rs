@@ -73,11 +73,7 @@ pub(crate) fn remove<S>(inner: &mut Inner<S>, id: ConnId) -> Result<(), ConnErro
     if w.removed {
         return Err(ConnError::Gone);
     }
-    w.removed = true;
-    // Before closing: once closed, the number may name another file.
-    if let Err(e) = inner.poll.registry().deregister(&mut SourceFd(&w.fd)) {
-        log::debug!("{id}: deregistering the descriptor: {e}");
-    }
+    w.deregister(&inner.poll);
     inner.core.dead.push(id.key());
     Ok(())
 }

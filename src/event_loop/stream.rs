@@ -12,7 +12,9 @@ use std::io;
 
 use mio::{Interest, Token};
 
-use super::core::{Core, Entry, FailedEntry, Inner, StreamEntry, TimerList, entry_at, stream_at};
+use super::core::{
+    Core, Entry, FailedEntry, Inner, StreamEntry, TimerList, as_stream, entry_at, stream_at,
+};
 use crate::config::ConnectOptions;
 use crate::conn::{CloseReason, Connection, Event, Session, State, Teardown};
 use crate::error::ConnError;
@@ -419,12 +421,7 @@ pub(crate) fn callback<S>(
 /// however the sends to different connections interleave.
 pub(crate) fn send<S>(inner: &mut Inner<S>, id: ConnId, data: &[u8]) -> Result<(), ConnError> {
     let core = &mut inner.core;
-    let e = match entry_at(&mut inner.slab, core, id)? {
-        Entry::Stream(e) => e,
-        // A connect that failed at once: its on_close is on its way.
-        Entry::Failed(_) => return Err(ConnError::NotOpen),
-        _ => return Err(ConnError::NotStream),
-    };
+    let e = as_stream(entry_at(&mut inner.slab, core, id)?)?;
     e.conn.can_send()?;
     e.conn.queue(data, &core.limits, &mut core.pool);
     if core.current != Some(id) && !e.listed {
@@ -433,10 +430,11 @@ pub(crate) fn send<S>(inner: &mut Inner<S>, id: ConnId, data: &[u8]) -> Result<(
         core.flush.push(id);
     }
     if e.listed && e.conn.pending_output() >= DEFER_LIMIT {
-        // Waiting saves system calls only while the output is small: this much already
-        // fills a socket buffer, and holding more would grow our memory and make a
-        // producer that watches `pending_output` think the peer is slow. Write it now
-        // (its events, if any, run when the end of the turn drives it).
+        // Waiting saves system calls only while the output is small (see DEFER_LIMIT);
+        // holding more would grow our memory and make a producer that watches
+        // `pending_output` think the peer is slow. Write it now: a partial write keeps
+        // the rest queued as usual, and the events it raises run when the end of the
+        // turn drives the connection (no callback may run inside this send).
         transmit(core, e);
     }
     Ok(())
