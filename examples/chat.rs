@@ -18,6 +18,17 @@
 //!   are waiting for it in our memory — on top of what the kernel's buffers hold — it is
 //!   disconnected with a reset, and the server logs `disconnecting #N: 1 MiB of chat
 //!   unread`.
+//! - **The room needs a bound of its own.** 1 MiB per member is still 1 GiB for 1,000
+//!   members that all stop reading (a flood of idle connections, say). So the room also
+//!   counts the memory all members' backlogs hold together (`held_output`: a line sent
+//!   to everyone in one turn is kept once, so members that keep up hold nothing of their
+//!   own), and before each line is relayed, if the room could then hold more than
+//!   `ROOM_UNREAD` (32 MiB), the members furthest behind are disconnected, worst first
+//!   (`disconnecting #N: furthest behind, 32 MiB of chat unread in the room`). What the
+//!   room cannot see coming is the turn in which a member falls behind: the output of
+//!   that turn it could not take becomes its own (up to 64 KiB). So the backlog stays
+//!   under 32 MiB plus 64 KiB per member (about 94 MiB for 1,000 idle members, where
+//!   1 MiB each would be 1 GiB), plus what the speaker itself holds (at most 1 MiB).
 //!
 //! Ctrl-C (or SIGTERM) stops it.
 
@@ -35,6 +46,10 @@ const MAX_LINE: usize = 64 * 1024;
 /// Chat waiting to be read by one member, past which it is disconnected.
 const MAX_UNREAD: usize = 1024 * 1024;
 
+/// Chat waiting to be read by all members together, past which those furthest behind
+/// are disconnected.
+const ROOM_UNREAD: usize = 32 * 1024 * 1024;
+
 /// The loop's state: who is in the room.
 #[derive(Default)]
 struct Room {
@@ -46,8 +61,10 @@ struct Room {
 struct Member {
     /// The unfinished line received so far.
     partial: Vec<u8>,
-    /// Scratch list of the others, kept to avoid an allocation per message.
+    /// Scratch lists (the others; what each owes), kept to avoid an allocation per
+    /// message.
     others: Vec<ConnId>,
+    held: Vec<(usize, ConnId)>,
 }
 
 impl Member {
@@ -77,10 +94,10 @@ impl Handler<Room> for Member {
         if !lines.is_empty() {
             if self.partial.is_empty() {
                 // The common case: whole lines, relayed straight from the read buffer.
-                broadcast(ctx, &mut self.others, lines);
+                broadcast(ctx, &mut self.others, &mut self.held, lines);
             } else {
                 self.partial.extend_from_slice(lines);
-                broadcast(ctx, &mut self.others, &self.partial);
+                broadcast(ctx, &mut self.others, &mut self.held, &self.partial);
                 self.partial.clear();
             }
         }
@@ -106,12 +123,46 @@ impl Handler<Room> for Member {
 }
 
 /// Sends `bytes` (whole lines) to every member but the sender. Sending only queues: a
-/// member that does not read costs memory, so each one's backlog is checked first.
-fn broadcast(ctx: &mut Ctx<'_, Room>, others: &mut Vec<ConnId>, bytes: &[u8]) {
+/// member that does not read costs memory, so the room's memory is checked first, then
+/// each member's backlog.
+fn broadcast(
+    ctx: &mut Ctx<'_, Room>,
+    others: &mut Vec<ConnId>,
+    held_by: &mut Vec<(usize, ConnId)>,
+    bytes: &[u8],
+) {
     let me = ctx.id();
     // Copy the ids out: sending needs `ctx` again, so the set cannot stay borrowed.
     others.clear();
     others.extend(ctx.state().members.iter().copied().filter(|&id| id != me));
+    // What the members' backlogs could hold once this line is queued. A member holding
+    // memory of its own is behind (its socket is full), so the line is copied for it,
+    // and a buffer that grows may double: counted so, the room stays under its bound
+    // even when a thousand members fall behind in step.
+    held_by.clear();
+    let mut room_may_hold = 0;
+    for &id in others.iter() {
+        let held = ctx.conn(id).held_output().unwrap_or(0);
+        let after = if held == 0 { 0 } else { 2 * held + bytes.len() };
+        room_may_hold += after;
+        held_by.push((after, id));
+    }
+    if room_may_hold > ROOM_UNREAD {
+        // Furthest behind first: they are the likeliest never to catch up, and each cut
+        // frees the most.
+        held_by.sort_unstable_by_key(|&(after, _)| std::cmp::Reverse(after));
+        for &(after, id) in held_by.iter() {
+            if room_may_hold <= ROOM_UNREAD {
+                break;
+            }
+            eprintln!(
+                "disconnecting {id}: furthest behind, {} MiB of chat unread in the room",
+                ROOM_UNREAD >> 20
+            );
+            cut_off(ctx, id);
+            room_may_hold -= after;
+        }
+    }
     for &id in others.iter() {
         let mut member = ctx.conn(id);
         match member.pending_output() {
@@ -120,18 +171,23 @@ fn broadcast(ctx: &mut Ctx<'_, Room>, others: &mut Vec<ConnId>, bytes: &[u8]) {
                     "disconnecting {id}: {} MiB of chat unread",
                     MAX_UNREAD >> 20
                 );
-                // A reset, not a FIN: it has not received what was said, and must not
-                // take the end for a clean one. Its `on_close` runs after this callback.
-                let _ = member.abort();
-                ctx.state().members.remove(&id);
+                cut_off(ctx, id);
             }
             Ok(_) => {
                 // Only refused if it is closing already (and leaving the room).
                 let _ = member.send(bytes);
             }
+            // Cut off above, or closing.
             Err(_) => {}
         }
     }
+}
+
+/// Disconnects a member with a reset, not a FIN: it has not received what was said, and
+/// must not take the end for a clean one. Its `on_close` runs after this callback.
+fn cut_off(ctx: &mut Ctx<'_, Room>, id: ConnId) {
+    let _ = ctx.conn(id).abort();
+    ctx.state().members.remove(&id);
 }
 
 fn main() -> ExitCode {

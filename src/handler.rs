@@ -221,6 +221,7 @@ pub(crate) trait LoopOps<S> {
     fn conn_send(&mut self, id: ConnId, data: &[u8]) -> Result<(), ConnError>;
     fn conn_op(&mut self, id: ConnId, op: ConnOp) -> Result<(), ConnError>;
     fn conn_pending(&self, id: ConnId) -> Result<usize, ConnError>;
+    fn conn_held(&self, id: ConnId) -> Result<usize, ConnError>;
     fn conn_peer_addr(&self, id: ConnId) -> Result<PeerAddr, ConnError>;
 
     fn dgram_send(&mut self, id: ConnId, data: &[u8], to: &PeerAddr) -> Result<(), SendError>;
@@ -719,6 +720,18 @@ impl<S> ConnRef<'_, S> {
     /// follows whenever this has said more than zero.
     pub fn pending_output(&self) -> Result<usize, ConnError> {
         self.ops.conn_pending(self.id)
+    }
+
+    /// Bytes of memory its output holds on its own account: the capacity of its send
+    /// buffer (at least what it owes past this turn) and, for TLS, the plaintext waiting to
+    /// be encrypted. What a turn sends to many connections is kept once for all of them
+    /// until the turn ends (fan-out), so 1,000 subscribers each owing the same 64 KiB this
+    /// turn hold 64 KiB between them, not 64 MiB, and none of it here; what stays unsent
+    /// past the turn (a full socket: a slow reader) is the connection's own. A server
+    /// bounding its memory over many connections sums this, not `pending_output` (the
+    /// chat example's room limit). Arms `on_drained` as `pending_output` does.
+    pub fn held_output(&self) -> Result<usize, ConnError> {
+        self.ops.conn_held(self.id)
     }
 
     /// Half-close, as [`Ctx::shutdown_write`].

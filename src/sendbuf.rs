@@ -122,11 +122,15 @@ impl SendBuf {
 /// pool gives both things a server wants: no allocation per message in steady state, and
 /// no memory held by a connection between messages (10,000 quiet connections hold none),
 /// however large the replies they once sent. What the pool itself keeps is bounded.
+///
+/// The pool also holds the turn's shared output ([`Shared`]): bytes that many connections
+/// are sent in the same turn, kept once.
 #[derive(Debug, Default)]
 pub(crate) struct BufPool {
     spare: Vec<Vec<u8>>,
     /// Capacity held in `spare`.
     bytes: usize,
+    pub(crate) shared: Shared,
 }
 
 impl BufPool {
@@ -159,6 +163,139 @@ impl BufPool {
         buf.clear();
         self.bytes += cap;
         self.spare.push(buf);
+    }
+}
+
+/// Output that many connections are sent during one loop turn, kept once.
+///
+/// Fan-out — one message to each of 100 subscribers — would otherwise copy the message
+/// into 100 send buffers, only for the kernel to copy it again from each: 100 buffers of
+/// tens of KiB each push each other out of the CPU's caches, and the copies, not the system
+/// calls, become the cost. Here a message is appended once; a connection whose output
+/// this turn is all shared holds a [`Span`] of it (two numbers in place of a buffer),
+/// successive messages to it extend the span when they follow each other here, and the
+/// end of the turn writes the span straight from this buffer, as a server that shares
+/// one reference-counted chunk between its subscribers would. Sending the same bytes to
+/// several connections in a row is recognised by comparing them with the last piece
+/// appended (a comparison reads what a copy would write, and stays in cache).
+///
+/// A span is only valid until the end of the turn (or until this buffer is full, which
+/// brings the end of the turn's writing forward): then every connection holding one has
+/// been written, and what the kernel did not take has been copied to the connection's own
+/// buffer ([`Shared::reset`] runs after that).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    bytes: Vec<u8>,
+    /// The last piece appended, which the next send may repeat.
+    last: Span,
+    /// Accepting pieces: not while the end of the turn writes the spans out.
+    open: bool,
+}
+
+/// A range of [`Shared`]'s bytes. Offsets are `u32` so that a span fits beside a
+/// connection's flags: the shared buffer never exceeds [`Shared::LIMIT`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+}
+
+impl Span {
+    pub(crate) fn len(self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    pub(crate) fn is_empty(self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// `a == b`, without a call to `memcmp` for small pieces: the fan-out case compares one
+/// short message per receiver, and a branch-free compare of a few machine words is
+/// several times cheaper than the library call.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() > 128 {
+        return a == b;
+    }
+    a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            bytes: Vec::new(),
+            last: Span::default(),
+            open: true,
+        }
+    }
+}
+
+impl Shared {
+    /// Bytes kept at most (and the capacity kept between turns): small enough to stay in
+    /// the CPU's cache. When a send finds no room, the driver writes the spans out at
+    /// once and starts again ([`Shared::needs_room`]); a piece larger than this is copied
+    /// into the connection's own buffer as without sharing.
+    pub(crate) const LIMIT: usize = 256 * 1024;
+
+    /// Where `data` is in the shared output: the last piece again if it holds the same
+    /// bytes, else a new piece appended. `None` when sharing is closed or full.
+    #[inline]
+    pub(crate) fn place(&mut self, data: &[u8]) -> Option<Span> {
+        if !self.open {
+            return None;
+        }
+        if same(self.get(self.last), data) {
+            return Some(self.last);
+        }
+        if self.bytes.len() + data.len() > Self::LIMIT {
+            return None;
+        }
+        // Fits in u32: LIMIT does.
+        let start = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(data);
+        self.last = Span {
+            start,
+            end: self.bytes.len() as u32,
+        };
+        Some(self.last)
+    }
+
+    /// Whether placing `data` would find sharing open but no room: then the spans given
+    /// out should be written and this buffer reset first.
+    #[inline]
+    pub(crate) fn needs_room(&self, data: &[u8]) -> bool {
+        self.open
+            && self.bytes.len() + data.len() > Self::LIMIT
+            && data.len() <= Self::LIMIT
+            && !same(self.get(self.last), data)
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, span: Span) -> &[u8] {
+        &self.bytes[span.start as usize..span.end as usize]
+    }
+
+    /// The end of the turn is writing the spans out: what is sent meanwhile goes to the
+    /// connections' own buffers (it is written next turn, after this buffer is reset).
+    pub(crate) fn close(&mut self) {
+        self.open = false;
+    }
+
+    /// Everything kept this turn.
+    #[cfg(test)]
+    pub(crate) fn get_all(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Forgets this turn's bytes once no connection holds a span of them.
+    pub(crate) fn reset(&mut self) {
+        self.bytes.clear();
+        self.last = Span::default();
+        self.open = true;
     }
 }
 

@@ -86,23 +86,29 @@ impl Handler<Subs> for Member {
     }
 }
 
-#[test]
-fn coalesce_interleaved_sends_to_many_connections_write_once_each() {
+/// A broker loop with `n` subscribers connected and acknowledged.
+fn broker_with_subscribers(n: usize) -> (EventLoop<Subs>, SocketAddr, Vec<TcpStream>) {
     let mut el = EventLoop::with_state(Config::default(), Subs::default()).unwrap();
     let addr = addr_of(
         el.listen(&any(), ListenKind::Tcp, || Box::<Member>::default())
             .unwrap()
             .addr,
     );
-    const N: usize = 10;
-    let mut subs: Vec<TcpStream> = (0..N).map(|_| client(addr)).collect();
+    let mut subs: Vec<TcpStream> = (0..n).map(|_| client(addr)).collect();
     for s in &mut subs {
         s.write_all(b"S").unwrap();
     }
-    run_until(&mut el, |el| el.state().0.len() == N);
+    run_until(&mut el, |el| el.state().0.len() == n);
     for s in &mut subs {
         assert_eq!(read_n(s, 1), b"A");
     }
+    (el, addr, subs)
+}
+
+#[test]
+fn coalesce_interleaved_sends_to_many_connections_write_once_each() {
+    const N: usize = 10;
+    let (mut el, addr, mut subs) = broker_with_subscribers(N);
     let mut publisher = client(addr);
     let msgs: Vec<u8> = (0..100u64).flat_map(|i| i.to_le_bytes()).collect();
     let mut first = b"P".to_vec();
@@ -154,6 +160,91 @@ fn coalesce_sends_from_many_callbacks_of_one_turn_share_one_write() {
     let got = read_n(&mut sub, 400);
     let want: String = (0..100).map(|i| format!("{i:03}\n")).collect();
     assert_eq!(String::from_utf8(got).unwrap(), want);
+}
+
+/// A message of `len` bytes that names itself (`tag`), so that a byte out of place in a
+/// receiver's stream is seen.
+fn tagged(tag: u64, len: usize) -> Vec<u8> {
+    let mut m = tag.to_le_bytes().to_vec();
+    m.extend((0..len.saturating_sub(8)).map(|i| (tag as usize * 31 + i) as u8));
+    m.truncate(len.max(1));
+    m
+}
+
+/// Fan-out keeps a message once per turn and gives receivers ranges of it; around that,
+/// every receiver's stream must stay exactly what it was sent. Mixed on purpose: the same
+/// message to all (shared), different messages to different subsets (ranges that do not
+/// follow each other, copied), a message too large to share, more in one turn than the
+/// shared buffer holds (written out early), and a receiver that reads nothing until the
+/// end (partial writes: the rest must outlive the turn).
+#[test]
+fn shared_fan_out_keeps_every_receivers_stream_exact() {
+    const N: usize = 6;
+    let (mut el, _, mut subs) = broker_with_subscribers(N);
+    let ids = el.state().0.clone();
+    let mut want: Vec<Vec<u8>> = vec![Vec::new(); N];
+    // Every receiver but the first reads all along, in its own thread.
+    let slow = subs.remove(0);
+    let mut tag = 0u64;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..30 {
+        el.with_ctx(|ctx| {
+            let (count, len_max) = match round % 3 {
+                // More than the shared buffer (256 KiB) in one turn, to everyone.
+                0 => (6000, 120),
+                _ => (200, 600),
+            };
+            for _ in 0..count {
+                tag += 1;
+                let r = next();
+                let msg = tagged(tag, 1 + (r as usize >> 8) % len_max);
+                // Everyone, or a subset that changes from message to message.
+                let mask = if round % 3 == 0 || r % 4 == 0 {
+                    0x3f
+                } else {
+                    (r >> 40) & 0x3f
+                };
+                for (i, &id) in ids.iter().enumerate() {
+                    if mask & (1 << i) != 0 {
+                        ctx.conn(id).send(&msg).unwrap();
+                        want[i].extend_from_slice(&msg);
+                    }
+                }
+            }
+            if round == 7 {
+                // Larger than the shared buffer: copied, between shared messages.
+                tag += 1;
+                let big = tagged(tag, 300 * 1024);
+                for i in [1, 3] {
+                    ctx.conn(ids[i]).send(&big).unwrap();
+                    want[i].extend_from_slice(&big);
+                }
+            }
+        })
+        .unwrap();
+        el.run_once(Some(Duration::ZERO)).unwrap();
+    }
+    let readers: Vec<_> = std::iter::once(slow)
+        .chain(subs)
+        .zip(want.iter().map(Vec::len))
+        .map(|(mut s, n)| std::thread::spawn(move || read_n(&mut s, n)))
+        .collect();
+    run_until(&mut el, |_| readers.iter().all(|r| r.is_finished()));
+    for (i, r) in readers.into_iter().enumerate() {
+        let got = r.join().unwrap();
+        let at = got.iter().zip(&want[i]).position(|(a, b)| a != b);
+        assert!(
+            at.is_none(),
+            "receiver {i}: first wrong byte at {at:?} of {}",
+            want[i].len()
+        );
+    }
 }
 
 // ----- descriptors of the application's own -----

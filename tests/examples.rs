@@ -588,6 +588,84 @@ fn example_chat_disconnects_a_member_that_does_not_read() {
     term_ok(&mut chat);
 }
 
+/// The highest resident memory of a process so far, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn example_chat_bounds_the_rooms_backlog_with_a_thousand_idle_members() {
+    let mut chat = start_collected("chat", &["127.0.0.1:0"]);
+    let addr = chat.sockaddr("tcp");
+    let reader = Member::join(addr);
+    let mut speaker = Member::join(addr);
+    // 1,000 members that never read, with small kernel buffers: what they leave unread
+    // piles up in the server at once.
+    let idle: Vec<TcpStream> = (0..1000).map(|_| small_buffer_client(addr)).collect();
+    wait_stderr(&chat, "(1002 online)");
+    let before = chat.rss_kib();
+
+    // 2 MiB of lines; the reader must get every one, in order.
+    let mut line = vec![b'y'; 1023];
+    line.push(b'\n');
+    let said: Vec<u8> = (0..2048u32)
+        .flat_map(|i| {
+            let mut l = line.clone();
+            l[..4].copy_from_slice(&i.to_le_bytes().map(|b| b'a' + b % 26));
+            l
+        })
+        .collect();
+    let want = said.clone();
+    let mut lines = reader.lines;
+    let heard = std::thread::spawn(move || {
+        let mut got = vec![0u8; want.len()];
+        match lines.read_exact(&mut got) {
+            Ok(()) => got == want,
+            Err(e) => panic!("the reader: {e}"),
+        }
+    });
+    speaker.s.write_all(&said).unwrap();
+    let heard = heard.join();
+    let log = || {
+        let text = chat.stderr_text();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.contains(" joined (")).collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    };
+    assert!(
+        heard.is_ok_and(|same| same),
+        "the reader did not hear every line, in order; the server said:\n{}",
+        log()
+    );
+
+    let peak = peak_rss_kib(chat.pid());
+    let stderr = chat.stderr_text();
+    let cut = stderr
+        .matches("furthest behind, 32 MiB of chat unread")
+        .count();
+    assert!(
+        cut > 0,
+        "nobody was cut off:\n{}",
+        &stderr[stderr.len().saturating_sub(2000)..]
+    );
+    // Documented bound: 32 MiB for the room, plus a line per member and the speaker's
+    // own backlog; 16 MiB of slack for the allocator. Without it: 1,000 x 1 MiB.
+    let grew = peak.saturating_sub(before);
+    // The documented bound: 32 MiB for the room, 64 KiB per member for the turn in which
+    // it falls behind, 1 MiB for the speaker; 16 MiB of slack for the allocator. Without
+    // the room's bound: up to 1,000 x 1 MiB.
+    assert!(
+        grew < (32 + 1000 / 16 + 1 + 16) * 1024,
+        "the chat server grew by {grew} KiB with 1,000 idle members ({cut} cut off)"
+    );
+    drop((idle, speaker, reader.s));
+    term_ok(&mut chat);
+}
+
 #[test]
 fn example_host_poll_echoes_ticks_and_stops_on_sigterm() {
     let mut host = start_collected("host_poll", &["127.0.0.1:0"]);

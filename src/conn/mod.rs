@@ -72,7 +72,7 @@ pub use reason::CloseReason;
 
 use crate::config::Config;
 use crate::error::ConnError;
-use crate::sendbuf::{BufPool, SendBuf};
+use crate::sendbuf::{BufPool, SendBuf, Span};
 use crate::timer::later;
 use crate::tls::TlsSession;
 pub(crate) use proxy::ProxyHeader;
@@ -208,9 +208,6 @@ pub(crate) struct Connection {
     /// message; re-arming a timer each time would cost more than looking late and finding
     /// that the connection was busy after all.
     idle_check: Option<Instant>,
-    /// Queued bytes reached the kernel since the close deadline was last set: the peer is
-    /// reading what we owe, only slowly.
-    sent_since_check: bool,
     /// The PROXY header's first pieces (while in Preamble), then the header (once read)
     /// or the close reason (once closed), until `poll_event` takes it.
     stash: Option<Box<Stash>>,
@@ -219,27 +216,63 @@ pub(crate) struct Connection {
     teardown: Teardown,
     /// Pending `EV_*` events.
     events: u8,
-    /// Reading paused by the application.
-    user_paused: bool,
-    /// Reading paused because too much output is owed (backpressure).
-    bp_paused: bool,
-    /// We stopped reading before the socket said `WouldBlock`. Readiness is
-    /// edge-triggered: no new event comes for data already waiting, so whoever resumes
-    /// reading must go back for it (see [`Connection::poll_read_again`]).
-    maybe_readable: bool,
-    /// The kernel's send buffer was full at the last write: wait for writability.
-    write_blocked: bool,
+    /// Yes/no facts, one bit each (see [`Flags`]).
+    flags: Flags,
+    /// This turn's output, when all of it is shared with other connections
+    /// ([`crate::sendbuf::Shared`]): then `sendbuf` is empty, and the span goes out first.
+    shared: Span,
     /// Tell the application (`Drained`) when the send buffer empties: a write blocked,
     /// the driver held output back, or the application saw output pending (a `Cell`: it
     /// is armed by a query, [`Connection::observe_pending`]).
     drain_pending: Cell<bool>,
+}
+
+/// Eight yes/no facts about a connection in one byte: every byte of a connection counts
+/// (10,000 idle ones must cost under 2 MiB), and this makes room for [`Connection`]'s
+/// shared-output span.
+#[derive(Debug, Clone, Copy)]
+struct Flags(u8);
+
+impl Flags {
+    /// Queued bytes reached the kernel since the close deadline was last set: the peer is
+    /// reading what we owe, only slowly.
+    const SENT_SINCE_CHECK: u8 = 1 << 0;
+    /// Reading paused by the application.
+    const USER_PAUSED: u8 = 1 << 1;
+    /// Reading paused because too much output is owed (backpressure).
+    const BP_PAUSED: u8 = 1 << 2;
+    /// We stopped reading before the socket said `WouldBlock`. Readiness is
+    /// edge-triggered: no new event comes for data already waiting, so whoever resumes
+    /// reading must go back for it (see [`Connection::poll_read_again`]).
+    const MAYBE_READABLE: u8 = 1 << 3;
+    /// The kernel's send buffer was full at the last write: wait for writability.
+    const WRITE_BLOCKED: u8 = 1 << 4;
     /// `poll_timeout` changed since the driver last asked.
-    deadline_dirty: bool,
+    const DEADLINE_DIRTY: u8 = 1 << 5;
     /// The loop pauses reading while too much is owed (see
     /// [`Connection::set_backpressure`]).
-    backpressure: bool,
+    const BACKPRESSURE: u8 = 1 << 6;
     /// The close began because the connection was idle: however it ends, that is why.
-    idle_close: bool,
+    const IDLE_CLOSE: u8 = 1 << 7;
+
+    fn has(self, f: u8) -> bool {
+        self.0 & f != 0
+    }
+
+    fn set(&mut self, f: u8, on: bool) {
+        if on {
+            self.0 |= f;
+        } else {
+            self.0 &= !f;
+        }
+    }
+
+    /// Whether `f` was set; clears it.
+    fn take(&mut self, f: u8) -> bool {
+        let was = self.has(f);
+        self.set(f, false);
+        was
+    }
 }
 
 impl Connection {
@@ -349,19 +382,13 @@ impl Connection {
             last_active: now,
             phase_deadline: None,
             idle_check: None,
-            sent_since_check: false,
             stash: None,
             closed_from: state,
             teardown: Teardown::Drop,
             events: 0,
-            user_paused: false,
-            bp_paused: false,
-            maybe_readable: false,
-            write_blocked: false,
+            flags: Flags(Flags::BACKPRESSURE),
+            shared: Span::default(),
             drain_pending: Cell::new(false),
-            deadline_dirty: false,
-            backpressure: true,
-            idle_close: false,
         }
     }
 
@@ -460,7 +487,7 @@ impl Connection {
     /// The peer will send no more: read returned 0, or TLS `close_notify` arrived.
     pub(crate) fn handle_eof(&mut self, now: Instant) {
         self.last_active = now;
-        self.maybe_readable = false;
+        self.flags.set(Flags::MAYBE_READABLE, false);
         match self.state {
             State::Preamble => self.finish(
                 CloseReason::BadProxyHeader(
@@ -497,7 +524,7 @@ impl Connection {
 
     /// The socket reported writability.
     pub(crate) fn handle_writable(&mut self) {
-        self.write_blocked = false;
+        self.flags.set(Flags::WRITE_BLOCKED, false);
     }
 
     /// The kernel took `n` bytes of [`Connection::poll_transmit`]; `blocked` if it would
@@ -512,9 +539,16 @@ impl Connection {
         limits: &Limits,
         pool: &mut BufPool,
     ) {
-        self.sendbuf.consume(n);
-        if self.sendbuf.is_empty() && matches!(self.session, Session::Plain) {
-            pool.give(self.sendbuf.take_buffer());
+        if self.shared.is_empty() {
+            self.sendbuf.consume(n);
+            if self.sendbuf.is_empty() && matches!(self.session, Session::Plain) {
+                pool.give(self.sendbuf.take_buffer());
+            }
+        } else {
+            // The span went first (the send buffer is empty while there is one). Spans
+            // last one turn: what the kernel did not take is copied to our own buffer.
+            self.shared.start += n.min(self.shared.len()) as u32;
+            self.unshare(pool);
         }
         self.note_sent(now, n, blocked);
         // Progress for the close deadline counts only after the instant the deadline was
@@ -523,7 +557,9 @@ impl Connection {
         let after_set = self
             .phase_deadline
             .is_some_and(|d| later(now, limits.close_timeout) > d);
-        self.sent_since_check |= n > 0 && after_set;
+        if n > 0 && after_set {
+            self.flags.set(Flags::SENT_SINCE_CHECK, true);
+        }
         if !blocked && self.pending_output() == 0 && self.drain_pending.get() {
             self.drain_pending.set(false);
             if self.has_opened() {
@@ -538,7 +574,7 @@ impl Connection {
             self.last_active = now;
         }
         if blocked {
-            self.write_blocked = true;
+            self.flags.set(Flags::WRITE_BLOCKED, true);
             self.drain_pending.set(true);
         }
     }
@@ -569,9 +605,9 @@ impl Connection {
                 ),
                 State::Connecting => self.finish(CloseReason::ConnectTimeout, Teardown::Drop),
                 State::Handshaking => self.finish(CloseReason::HandshakeTimeout, Teardown::Drop),
-                State::Closing { .. } if self.sent_since_check => {
+                State::Closing { .. } if self.flags.has(Flags::SENT_SINCE_CHECK) => {
                     // The peer is reading what we owe, only slowly: give it more time.
-                    self.sent_since_check = false;
+                    self.flags.set(Flags::SENT_SINCE_CHECK, false);
                     self.set_phase_deadline(Some(later(now, limits.close_timeout)));
                 }
                 State::Closing { .. } | State::Lingering => {
@@ -597,7 +633,7 @@ impl Connection {
                     // Begin a graceful close; if even that makes no progress for another
                     // idle period, the connection is closed outright. Either way the
                     // reason stays the idle timeout, even if the peer then finishes cleanly.
-                    self.idle_close = true;
+                    self.flags.set(Flags::IDLE_CLOSE, true);
                     let _ = self.close(now, limits);
                     self.set_idle_check(Some(later(now, idle)));
                 }
@@ -638,6 +674,8 @@ impl Connection {
         }
         match &mut self.session {
             Session::Plain => {
+                // In order: a span this turn holds goes before these bytes.
+                self.unshare(pool);
                 if self.sendbuf.capacity() == 0 {
                     self.sendbuf.adopt(pool.take());
                 }
@@ -648,11 +686,64 @@ impl Connection {
         self.update_backpressure(limits);
     }
 
+    /// [`Connection::queue`] for output that other connections may be sent too in this
+    /// turn (fan-out): kept once in the turn's shared output when this connection owes
+    /// nothing else (see [`crate::sendbuf::Shared`]), else copied as by `queue`. The
+    /// driver writes the connection before the shared output is reset at the turn's end.
+    #[inline]
+    pub(crate) fn queue_shared(&mut self, data: &[u8], limits: &Limits, pool: &mut BufPool) {
+        let shareable = matches!(self.session, Session::Plain)
+            && self.sendbuf.is_empty()
+            && !self.flags.has(Flags::WRITE_BLOCKED)
+            && !data.is_empty()
+            && !matches!(self.state, State::Closed | State::Preamble);
+        if shareable {
+            if let Some(piece) = pool.shared.place(data) {
+                let joined = if self.shared.is_empty() {
+                    self.shared = piece;
+                    true
+                } else if self.shared.end == piece.start {
+                    // The pieces follow each other: one span, one write.
+                    self.shared.end = piece.end;
+                    true
+                } else {
+                    false
+                };
+                if joined {
+                    self.update_backpressure(limits);
+                    return;
+                }
+            }
+        }
+        self.queue(data, limits, pool);
+    }
+
+    /// Whether the connection holds a span of the turn's shared output.
+    pub(crate) fn holds_span(&self) -> bool {
+        !self.shared.is_empty()
+    }
+
+    /// Copies this turn's span, if any, into the connection's own buffer: it is to be
+    /// followed by bytes that are not shared, or it must outlive the turn.
+    pub(crate) fn unshare(&mut self, pool: &mut BufPool) {
+        if self.shared.is_empty() {
+            return;
+        }
+        if self.sendbuf.capacity() == 0 {
+            self.sendbuf.adopt(pool.take());
+        }
+        self.sendbuf.push(pool.shared.get(self.shared));
+        self.shared = Span::default();
+    }
+
     /// Forgets output not yet handed to the kernel (a last message is to replace it).
     /// TLS keeps records already made: cutting one would break the stream.
     pub(crate) fn discard_unsent(&mut self) {
         match &mut self.session {
-            Session::Plain => self.sendbuf.consume(self.sendbuf.len()),
+            Session::Plain => {
+                self.shared = Span::default();
+                self.sendbuf.consume(self.sendbuf.len());
+            }
             Session::Tls(tls) => tls.discard_staged(),
         }
     }
@@ -694,7 +785,7 @@ impl Connection {
                 // no deadline of its own: a peer that never reads would hold the
                 // connection and its buffer forever. Closing bounds it from now.
                 if self.phase_deadline.is_none() {
-                    self.sent_since_check = false;
+                    self.flags.set(Flags::SENT_SINCE_CHECK, false);
                     self.set_phase_deadline(Some(later(now, limits.close_timeout)));
                 }
                 return Ok(());
@@ -702,7 +793,7 @@ impl Connection {
             State::Closed => return Err(ConnError::Gone),
         };
         self.events &= !(EV_DATA | EV_PEER_CLOSED);
-        self.sent_since_check = false;
+        self.flags.set(Flags::SENT_SINCE_CHECK, false);
         self.set_phase_deadline(Some(later(now, limits.close_timeout)));
         Ok(())
     }
@@ -720,7 +811,7 @@ impl Connection {
     /// eventually stops the peer.
     pub(crate) fn pause_reading(&mut self) -> Result<(), ConnError> {
         self.check_alive()?;
-        self.user_paused = true;
+        self.flags.set(Flags::USER_PAUSED, true);
         Ok(())
     }
 
@@ -728,7 +819,7 @@ impl Connection {
     /// (see [`Connection::poll_read_again`]).
     pub(crate) fn resume_reading(&mut self) -> Result<(), ConnError> {
         self.check_alive()?;
-        self.user_paused = false;
+        self.flags.set(Flags::USER_PAUSED, false);
         Ok(())
     }
 
@@ -739,7 +830,7 @@ impl Connection {
     /// paces the *other* connection itself.
     pub(crate) fn set_backpressure(&mut self, on: bool, limits: &Limits) -> Result<(), ConnError> {
         self.check_alive()?;
-        self.backpressure = on;
+        self.flags.set(Flags::BACKPRESSURE, on);
         self.update_backpressure(limits);
         Ok(())
     }
@@ -812,10 +903,16 @@ impl Connection {
         self.events != 0
     }
 
-    /// Bytes to write now (empty: nothing, or the socket is full).
-    pub(crate) fn poll_transmit(&mut self) -> &[u8] {
-        if matches!(self.state, State::Connecting | State::Closed) || self.write_blocked {
+    /// Bytes to write now (empty: nothing, or the socket is full): this turn's span of
+    /// the shared output in `pool`, if the connection holds one, else its own buffer.
+    pub(crate) fn poll_transmit<'a>(&'a mut self, pool: &'a BufPool) -> &'a [u8] {
+        if matches!(self.state, State::Connecting | State::Closed)
+            || self.flags.has(Flags::WRITE_BLOCKED)
+        {
             return &[];
+        }
+        if !self.shared.is_empty() {
+            return pool.shared.get(self.shared);
         }
         self.seal_staged();
         self.queue_close_notify_if_due();
@@ -851,8 +948,8 @@ impl Connection {
     /// True once, when reading should resume without waiting for a readiness event: we
     /// stopped early with data possibly waiting, and reading is wanted again.
     pub(crate) fn poll_read_again(&mut self) -> bool {
-        if self.maybe_readable && self.wants_read() {
-            self.maybe_readable = false;
+        if self.flags.has(Flags::MAYBE_READABLE) && self.wants_read() {
+            self.flags.set(Flags::MAYBE_READABLE, false);
             return true;
         }
         false
@@ -861,7 +958,7 @@ impl Connection {
     /// True once after [`Connection::poll_timeout`] changed: the driver re-arms its timer
     /// only then, not after every message.
     pub(crate) fn poll_timeout_changed(&mut self) -> bool {
-        std::mem::take(&mut self.deadline_dirty)
+        self.flags.take(Flags::DEADLINE_DIRTY)
     }
 
     /// When [`Connection::handle_timeout`] should next be called.
@@ -878,7 +975,9 @@ impl Connection {
             // The handshake (and the PROXY header) must progress whatever the application
             // asked.
             State::Preamble | State::Handshaking => true,
-            State::Open | State::WriteShut { .. } => !(self.user_paused || self.bp_paused),
+            State::Open | State::WriteShut { .. } => {
+                !(self.flags.has(Flags::USER_PAUSED) || self.flags.has(Flags::BP_PAUSED))
+            }
             // Closing reads (and drops) regardless of pauses, to see the peer's EOF.
             State::Closing { peer_eof: false } | State::Lingering => true,
             State::Connecting | State::PeerShut | State::Closing { .. } | State::Closed => false,
@@ -887,12 +986,12 @@ impl Connection {
 
     /// The driver stopped reading before `WouldBlock` (a pause or its fairness budget).
     pub(crate) fn handle_read_stopped(&mut self) {
-        self.maybe_readable = true;
+        self.flags.set(Flags::MAYBE_READABLE, true);
     }
 
     /// The driver knows the receive queue is empty (`WouldBlock`, or a short read).
     pub(crate) fn handle_read_drained(&mut self) {
-        self.maybe_readable = false;
+        self.flags.set(Flags::MAYBE_READABLE, false);
     }
 
     /// Everything still queued, whatever the state (a closing driver's last, best-effort
@@ -939,17 +1038,29 @@ impl Connection {
         n
     }
 
+    /// Memory held for this connection's output alone: its send buffer's capacity (what
+    /// the allocator gave, not only the bytes in it) and TLS's staged plaintext, but not
+    /// this turn's span of the shared output. Arms `Drained` as `observe_pending` does.
+    pub(crate) fn observe_held(&self) -> usize {
+        let staged = match &self.session {
+            Session::Plain => 0,
+            Session::Tls(tls) => tls.staged(),
+        };
+        let _ = self.observe_pending();
+        self.sendbuf.capacity() + staged
+    }
+
     /// Bytes owed to the peer that the kernel has not taken yet.
     pub(crate) fn pending_output(&self) -> usize {
         match &self.session {
-            Session::Plain => self.sendbuf.len(),
+            Session::Plain => self.sendbuf.len() + self.shared.len(),
             Session::Tls(tls) => self.sendbuf.len() + tls.staged(),
         }
     }
 
     /// Whether a write is waiting for writability.
     pub(crate) fn is_write_blocked(&self) -> bool {
-        self.write_blocked
+        self.flags.has(Flags::WRITE_BLOCKED)
     }
 
     /// The negotiated TLS version, for logs.
@@ -972,12 +1083,12 @@ impl Connection {
 
     fn set_phase_deadline(&mut self, at: Option<Instant>) {
         self.phase_deadline = at;
-        self.deadline_dirty = true;
+        self.flags.set(Flags::DEADLINE_DIRTY, true);
     }
 
     fn set_idle_check(&mut self, at: Option<Instant>) {
         self.idle_check = at;
-        self.deadline_dirty = true;
+        self.flags.set(Flags::DEADLINE_DIRTY, true);
     }
 
     /// Opened and not closed yet: its handler has heard `Open` and not `Closed`.
@@ -1025,12 +1136,12 @@ impl Connection {
     /// Backpressure: stop reading while too much is owed; resume at the low mark.
     fn update_backpressure(&mut self, limits: &Limits) {
         let owed = self.pending_output();
-        if !self.backpressure {
-            self.bp_paused = false;
+        if !self.flags.has(Flags::BACKPRESSURE) {
+            self.flags.set(Flags::BP_PAUSED, false);
         } else if owed > limits.high_water {
-            self.bp_paused = true;
-        } else if self.bp_paused && owed <= limits.low_water {
-            self.bp_paused = false;
+            self.flags.set(Flags::BP_PAUSED, true);
+        } else if self.flags.has(Flags::BP_PAUSED) && owed <= limits.low_water {
+            self.flags.set(Flags::BP_PAUSED, false);
         }
     }
 
@@ -1050,7 +1161,7 @@ impl Connection {
             return;
         }
         let reason = match reason {
-            CloseReason::Done if self.idle_close => CloseReason::IdleTimeout,
+            CloseReason::Done if self.flags.has(Flags::IDLE_CLOSE) => CloseReason::IdleTimeout,
             other => other,
         };
         let keep = if reason.is_clean() {
@@ -1065,6 +1176,6 @@ impl Connection {
         self.teardown = teardown;
         self.set_phase_deadline(None);
         self.set_idle_check(None);
-        self.maybe_readable = false;
+        self.flags.set(Flags::MAYBE_READABLE, false);
     }
 }

@@ -54,9 +54,15 @@ pub(crate) fn settle<S>(inner: &mut Inner<S>) {
 pub(crate) fn flush<S>(inner: &mut Inner<S>) {
     settle(inner);
     if !inner.core.flush.is_empty() {
+        // What is sent while the listed connections are written waits for the next turn
+        // in the connections' own buffers, not in the shared output, which is reset below.
+        inner.core.pool.shared.close();
         stream::flush_listed(inner);
         settle(inner);
     }
+    // Only listed connections hold spans of the turn's shared output, and each has been
+    // written, with what the kernel did not take copied to its own buffer.
+    inner.core.pool.shared.reset();
 }
 
 impl<S> Inner<S> {
@@ -170,6 +176,10 @@ impl<S> LoopOps<S> for Inner<S> {
 
     fn conn_pending(&self, id: ConnId) -> Result<usize, ConnError> {
         Ok(self.conn_view(id)?.conn.observe_pending())
+    }
+
+    fn conn_held(&self, id: ConnId) -> Result<usize, ConnError> {
+        Ok(self.conn_view(id)?.conn.observe_held())
     }
 
     fn conn_peer_addr(&self, id: ConnId) -> Result<PeerAddr, ConnError> {

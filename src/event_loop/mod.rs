@@ -14,7 +14,9 @@
 //! * **Partial writes** — see [`crate::sendbuf`] and `stream::push_output`.
 //! * **Output that coalesces** — a connection's replies to its own input are written
 //!   when its callback returns; what other callbacks send it is written once per turn,
-//!   just before the loop polls again (`stream::send`, `stream::flush_listed`).
+//!   just before the loop polls again (`stream::send`, `stream::flush_listed`). Bytes
+//!   sent to many connections in one turn are kept once and written to each from the
+//!   same memory (`sendbuf::Shared`, `Connection::queue_shared`).
 //! * **Backpressure** — a peer that sends but does not read would make us buffer without
 //!   bound; above `high_water` bytes owed we stop reading it, below `low_water` we resume.
 //! * **Slot reuse** — see `core`: closed entries are freed only after the batch.

@@ -420,14 +420,23 @@ pub(crate) fn callback<S>(
 /// a connection that many callbacks send to in one turn is written with one system call,
 /// however the sends to different connections interleave.
 pub(crate) fn send<S>(inner: &mut Inner<S>, id: ConnId, data: &[u8]) -> Result<(), ConnError> {
+    if inner.core.current != Some(id) && inner.core.pool.shared.needs_room(data) {
+        write_spans(inner);
+    }
     let core = &mut inner.core;
     let e = as_stream(entry_at(&mut inner.slab, core, id)?)?;
     e.conn.can_send()?;
-    e.conn.queue(data, &core.limits, &mut core.pool);
-    if core.current != Some(id) && !e.listed {
-        e.listed = true;
-        e.conn.handle_output_deferred();
-        core.flush.push(id);
+    if core.current == Some(id) {
+        e.conn.queue(data, &core.limits, &mut core.pool);
+    } else {
+        // Output from elsewhere waits for the end of the turn, so other connections may
+        // be sent the same bytes meanwhile (fan-out): they are kept once.
+        e.conn.queue_shared(data, &core.limits, &mut core.pool);
+        if !e.listed {
+            e.listed = true;
+            e.conn.handle_output_deferred();
+            core.flush.push(id);
+        }
     }
     if e.listed && e.conn.pending_output() >= DEFER_LIMIT {
         // Waiting saves system calls only while the output is small (see DEFER_LIMIT);
@@ -438,6 +447,24 @@ pub(crate) fn send<S>(inner: &mut Inner<S>, id: ConnId, data: &[u8]) -> Result<(
         transmit(core, e);
     }
     Ok(())
+}
+
+/// The turn's shared output is full: writes every listed connection's span now (as a
+/// connection past `DEFER_LIMIT` is written) and starts the shared output afresh. Only
+/// listed connections hold spans. No callback runs here: what the writes raise
+/// (`Drained`, a close) waits for the end of the turn, which still drives them.
+fn write_spans<S>(inner: &mut Inner<S>) {
+    // Taken out for the walk and put back (`transmit` lists nothing): no allocation.
+    let list = std::mem::take(&mut inner.core.flush);
+    for &id in &list {
+        if let Some(e) = stream_at(&mut inner.slab, id) {
+            if e.conn.holds_span() {
+                transmit(&mut inner.core, e);
+            }
+        }
+    }
+    inner.core.flush = list;
+    inner.core.pool.shared.reset();
 }
 
 /// Writes what was sent to connections from elsewhere during this turn: once each, just
@@ -470,7 +497,7 @@ fn push_output<S>(core: &mut Core, e: &mut StreamEntry<S>) {
 
 /// [`push_output`] whether or not the connection waits for the end of the turn.
 fn transmit<S>(core: &mut Core, e: &mut StreamEntry<S>) {
-    let bytes = e.conn.poll_transmit();
+    let bytes = e.conn.poll_transmit(&core.pool);
     if !bytes.is_empty() {
         let stream = &mut e.stream;
         let mut calls = 0;
@@ -497,6 +524,9 @@ fn transmit<S>(core: &mut Core, e: &mut StreamEntry<S>) {
             }
         }
     }
+    // A span of the turn's shared output that could not be written now (the socket is
+    // full) must not outlive the turn: it becomes the connection's own bytes.
+    e.conn.unshare(&mut core.pool);
     if e.conn.poll_shutdown(core.now, &core.limits) {
         // Half-close: FIN after everything already queued; we can still read.
         if let Err(err) = e.stream.shutdown_write() {

@@ -78,7 +78,10 @@ mod connecting {
             !c.wants_read(),
             "nothing to read before the connect completes"
         );
-        assert!(c.poll_transmit().is_empty());
+        assert!(
+            c.poll_transmit(&crate::sendbuf::BufPool::default())
+                .is_empty()
+        );
         assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(1)));
         c.handle_connected(now, &limits);
         assert!(matches!(c.poll_event(&[]), Some(Event::Open)));
@@ -788,5 +791,134 @@ mod regressions {
         p.run();
         assert_eq!(closed_as(&p, Who::Server), Some("io"));
         assert_closed_once(&p);
+    }
+}
+
+/// The turn's shared output ([`crate::sendbuf::Shared`]): what fan-out keeps once, and
+/// the rules that keep every connection's bytes whole and in order around it.
+mod shared_output {
+    use super::*;
+    use crate::sendbuf::{BufPool, Shared};
+
+    fn open_plain(now: Instant, limits: &Limits) -> Connection {
+        let mut c = Connection::accepted(Session::Plain, now, limits, false);
+        assert!(matches!(c.poll_event(&[]), Some(Event::Open)));
+        c
+    }
+
+    /// What the kernel would take: `room` bytes, then blocked.
+    fn write(c: &mut Connection, pool: &mut BufPool, room: usize, now: Instant) -> Vec<u8> {
+        let limits = test_limits();
+        let bytes = c.poll_transmit(pool).to_vec();
+        let n = bytes.len().min(room);
+        c.handle_sent(now, n, n < bytes.len(), &limits, pool);
+        bytes[..n].to_vec()
+    }
+
+    #[test]
+    fn one_message_to_many_is_kept_once_and_each_gets_it_in_order() {
+        let (now, limits) = (Instant::now(), test_limits());
+        let mut pool = BufPool::default();
+        let mut conns: Vec<Connection> = (0..3).map(|_| open_plain(now, &limits)).collect();
+        for msg in [&b"first|"[..], b"second|"] {
+            for c in &mut conns {
+                c.queue_shared(msg, &limits, &mut pool);
+            }
+        }
+        for c in &mut conns {
+            assert_eq!(c.pending_output(), 13);
+            assert!(c.holds_span(), "no copy of its own");
+            assert_eq!(write(c, &mut pool, usize::MAX, now), b"first|second|");
+            assert_eq!(c.pending_output(), 0);
+        }
+        assert!(
+            pool.shared.get_all().len() == 13,
+            "each message stored once"
+        );
+    }
+
+    #[test]
+    fn bytes_that_do_not_follow_the_span_are_copied_after_it() {
+        let (now, limits) = (Instant::now(), test_limits());
+        let mut pool = BufPool::default();
+        let mut a = open_plain(now, &limits);
+        let mut b = open_plain(now, &limits);
+        a.queue_shared(b"to-a-and-b|", &limits, &mut pool);
+        b.queue_shared(b"to-a-and-b|", &limits, &mut pool);
+        // Only b: appended after a's span, which b's follows.
+        b.queue_shared(b"only-b|", &limits, &mut pool);
+        // Only a: a's span ends before "only-b|", so a copies its span, then this.
+        a.queue_shared(b"only-a|", &limits, &mut pool);
+        assert!(!a.holds_span() && b.holds_span());
+        // Its own reply (not shared) goes after what was shared.
+        b.queue(b"reply-b|", &limits, &mut pool);
+        assert_eq!(
+            write(&mut a, &mut pool, usize::MAX, now),
+            b"to-a-and-b|only-a|"
+        );
+        assert_eq!(
+            write(&mut b, &mut pool, usize::MAX, now),
+            b"to-a-and-b|only-b|reply-b|"
+        );
+    }
+
+    #[test]
+    fn a_partial_write_keeps_the_rest_past_the_turn() {
+        let (now, limits) = (Instant::now(), test_limits());
+        let mut pool = BufPool::default();
+        let mut c = open_plain(now, &limits);
+        c.queue_shared(b"0123456789", &limits, &mut pool);
+        assert_eq!(write(&mut c, &mut pool, 4, now), b"0123");
+        assert!(!c.holds_span(), "the rest is its own now");
+        // The turn ends: the shared output is forgotten, and overwritten by the next.
+        pool.shared.reset();
+        let mut other = open_plain(now, &limits);
+        other.queue_shared(b"XXXXXXXXXX", &limits, &mut pool);
+        // Blocked: what comes now is copied behind the rest, not shared.
+        c.queue_shared(b"XXXXXXXXXX", &limits, &mut pool);
+        assert!(!c.holds_span());
+        c.handle_writable();
+        assert_eq!(
+            write(&mut c, &mut pool, usize::MAX, now),
+            b"456789XXXXXXXXXX"
+        );
+    }
+
+    #[test]
+    fn sharing_closes_while_the_turn_writes_and_refuses_what_does_not_fit() {
+        let (now, limits) = (Instant::now(), test_limits());
+        let mut pool = BufPool::default();
+        let mut c = open_plain(now, &limits);
+        pool.shared.close();
+        c.queue_shared(b"late", &limits, &mut pool);
+        assert!(!c.holds_span(), "sent while the turn's spans are written");
+        assert_eq!(write(&mut c, &mut pool, usize::MAX, now), b"late");
+        pool.shared.reset();
+        let big = vec![7u8; Shared::LIMIT + 1];
+        assert!(!pool.shared.needs_room(&big), "too big to share at all");
+        c.queue_shared(&big, &limits, &mut pool);
+        assert!(!c.holds_span());
+        assert_eq!(c.pending_output(), big.len());
+        let almost = vec![1u8; Shared::LIMIT - 10];
+        let mut d = open_plain(now, &limits);
+        d.queue_shared(&almost, &limits, &mut pool);
+        assert!(d.holds_span());
+        assert!(pool.shared.needs_room(b"more than ten bytes"));
+        assert!(
+            !pool.shared.needs_room(&almost),
+            "the same bytes again need no room"
+        );
+    }
+
+    #[test]
+    fn discarding_unsent_output_forgets_the_span() {
+        let (now, limits) = (Instant::now(), test_limits());
+        let mut pool = BufPool::default();
+        let mut c = open_plain(now, &limits);
+        c.queue_shared(b"backlog", &limits, &mut pool);
+        c.discard_unsent();
+        assert_eq!(c.pending_output(), 0);
+        c.queue(b"bye\n", &limits, &mut pool);
+        assert_eq!(write(&mut c, &mut pool, usize::MAX, now), b"bye\n");
     }
 }

@@ -453,7 +453,7 @@ impl Pair {
             }
             let room = self.peer_room(who);
             let (me, peer) = self.sides(who);
-            let bytes = me.conn.poll_transmit();
+            let bytes = me.conn.poll_transmit(&me.pool);
             if !bytes.is_empty() && peer.released.is_some() {
                 // The peer's socket is gone: its kernel answers with a reset.
                 me.conn
