@@ -2042,3 +2042,68 @@ fn stats_lines_to_a_closed_stderr_do_not_stop_the_server() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Issue 18, item 6: no log line may block the loop. Debug logging (lines for every
+/// connection), stderr a pipe that nobody reads, 10,000 connections opened and closed:
+/// echo goes on, each exchange as quick as ever, and once stderr is read the server says
+/// how many lines it had to drop.
+#[test]
+fn serve_keeps_echoing_while_nobody_reads_its_stderr() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = Command::new(common::bin())
+        .args(["serve", "--tcp", "127.0.0.1:0", "--log-level", "debug"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn echoloop");
+    let mut out = io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("listening line");
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening tcp ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("not a listening line: {line:?}"));
+    // Held, not read: the pipe (64 KiB) fills with the first few hundred connections.
+    let stderr = child.stderr.take().expect("stderr");
+    let mut e = tcp(addr);
+    let mut slowest = Duration::ZERO;
+    for i in 0..10_000 {
+        drop(TcpStream::connect(addr).expect("connect"));
+        if i % 250 == 0 {
+            let t = Instant::now();
+            ping(&mut e, format!("echo while stderr is full {i}").as_bytes());
+            slowest = slowest.max(t.elapsed());
+        }
+    }
+    echo_and_close(addr, b"a new connection after the flood");
+    // A loop blocked on stderr would never answer (nobody reads the pipe); the bound only
+    // keeps a broken build from hanging the suite.
+    assert!(slowest < Duration::from_secs(2), "an echo took {slowest:?}");
+    // Now read stderr: the server writes what it kept, and says what it dropped.
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = io::BufReader::new(stderr).read_to_string(&mut text);
+        text
+    });
+    // SAFETY: kill(2) on our own child's pid, which has not been waited for yet.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit {status}");
+    let text = reader.join().expect("stderr reader");
+    assert!(
+        text.contains(
+            "lines of log and statistics dropped: standard error was not read fast enough"
+        ),
+        "no word of the dropped lines; stderr ends with:\n{}",
+        &text[text.len().saturating_sub(2000)..]
+    );
+    assert!(
+        text.contains("open from"),
+        "the lines that fitted were written"
+    );
+}

@@ -62,7 +62,8 @@ pub(crate) fn host_of(addr: &str) -> &str {
 /// A boxed error for the command line: its Display is the one line the user sees.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Sets up logging to standard error at `level`.
+/// Sets up logging to standard error at `level`, through the outlet that never blocks
+/// the loop ([`super::outlet`]): each line queued whole, written by another thread.
 pub fn init_logging(level: log::LevelFilter) {
     let config = simplelog::ConfigBuilder::new()
         .set_time_level(log::LevelFilter::Off)
@@ -70,7 +71,7 @@ pub fn init_logging(level: log::LevelFilter) {
         .set_thread_level(log::LevelFilter::Off)
         .build();
     // Fails only if a logger is already set, which is harmless.
-    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
+    let _ = simplelog::WriteLogger::init(level, config, super::outlet::LineWriter::new());
 }
 
 /// Parses a log level name for clap.

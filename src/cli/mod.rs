@@ -5,17 +5,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// `eprintln!` that cannot panic: a server whose stderr is a closed pipe (`serve 2>&1 |
-/// head`) keeps serving instead of dying with "failed printing to stderr". What cannot
-/// be written is lost, as a terminal that went away would lose it.
+/// `eprintln!` that cannot panic and never blocks: the line goes to stderr through
+/// [`outlet`], written by a thread of its own, so a server whose stderr is a pipe nobody
+/// reads keeps serving (and one whose stderr is a closed pipe, `serve 2>&1 | head`, does
+/// not die with "failed printing to stderr"). What cannot be written is lost and counted.
 macro_rules! errln {
     () => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr());
+        $crate::cli::outlet::line(String::new());
     }};
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        $crate::cli::outlet::line(format!($($arg)*));
     }};
 }
 
@@ -25,6 +24,7 @@ pub mod client;
 mod common;
 mod live;
 mod metrics;
+pub mod outlet;
 pub mod report;
 pub mod serve;
 pub mod units;
@@ -57,11 +57,14 @@ pub fn main() -> ExitCode {
         Command::Client(a) => client::run(a),
         Command::Bench(a) => bench::run(a),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             errln!("echoloop: error: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last lines (a final summary, the error) are written before the process ends.
+    outlet::drain();
+    code
 }

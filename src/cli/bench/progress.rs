@@ -129,15 +129,11 @@ impl Progress {
         if iv.warmup {
             line.push_str("  (warm-up)");
         }
-        {
-            let mut err = io::stderr().lock();
-            // Progress is best effort: a closed stderr must not stop the run.
-            let _ = if self.terminal {
-                write!(err, "\r{line}\x1b[K")
-            } else {
-                writeln!(err, "{line}")
-            };
-            let _ = err.flush();
+        // Progress is best effort, and never blocks the run: through the outlet.
+        if self.terminal {
+            crate::cli::outlet::text(format!("\r{line}\x1b[K"));
+        } else {
+            crate::cli::outlet::line(line);
         }
         self.drawn = true;
         if let Some(out) = &mut self.json_lines {
