@@ -10,8 +10,11 @@
 //! [`MAX_UNREAD_ANSWERS`] wait for it (backpressure). Its listener is left out of the
 //! loop's statistics and limits (`EventLoop::count_in_stats`): a scrape is not an echo
 //! connection, and a server at `--max-connections` still answers its monitoring. The echo
-//! traffic shares the loop but cannot be disturbed: each request costs one render of a
-//! few kilobytes.
+//! traffic shares the loop and is not to be disturbed, so the work metrics may do in one
+//! turn of the loop is bounded: the page is rendered at most once per turn, whatever the
+//! number of requests (all answers of a turn share the same numbers, [`RenderCache`]), and
+//! each connection gets at most [`ANSWERS_PER_TURN`] answers per turn (a pipelined storm of
+//! `HEAD`s waits for the next turns, and echo goes on between them).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -26,6 +29,10 @@ pub(crate) const MAX_HEAD: usize = 8 * 1024;
 /// from it pauses) until it reads them.
 pub(crate) const MAX_UNREAD_ANSWERS: usize = 64 * 1024;
 
+/// Answers one connection gets per turn of the loop at most; pipelined requests beyond
+/// it wait for the next turn.
+pub(crate) const ANSWERS_PER_TURN: usize = 8;
+
 /// A request must be complete this long after its first byte (or after the connection
 /// opened, or after the previous answer).
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +43,30 @@ pub(crate) trait StatsSource {
     fn server_stats(&self, own: Stats) -> Stats;
     /// When the server started.
     fn started(&self) -> Instant;
+    /// The page as last rendered, shared by all metrics connections of the loop.
+    fn render_cache(&mut self) -> &mut RenderCache;
+}
+
+/// The metrics page of the current loop turn: rendering costs far more than copying, and
+/// numbers a few microseconds apart say nothing new.
+#[derive(Debug, Default)]
+pub(crate) struct RenderCache {
+    /// The loop's clock (read once per turn) when `text` was rendered.
+    at: Option<Instant>,
+    text: String,
+}
+
+impl RenderCache {
+    /// Whether the page was rendered in the turn whose clock says `now`.
+    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
+        self.at == Some(now)
+    }
+
+    /// The page of the turn whose clock says `now`.
+    pub(crate) fn set(&mut self, now: Instant, page: String) {
+        self.text = page;
+        self.at = Some(now);
+    }
 }
 
 /// One metrics connection.
@@ -95,19 +126,31 @@ impl Metrics {
     /// client that sends requests without reading the answers is held up, not given all
     /// the memory it asks for.
     fn answer<S: StatsSource>(&mut self, ctx: &mut Ctx<'_, S>) {
+        // What was answered is cut from the buffer once, at the end: cutting each request
+        // as it is answered would move the rest of a pipelined burst every time.
+        let mut pos = 0;
+        self.answer_from(ctx, &mut pos);
+        let done = pos.min(self.buf.len());
+        self.buf.drain(..done);
+    }
+
+    /// [`Metrics::answer`], with the requests starting at `pos` in the buffer; moves `pos`
+    /// past each one answered.
+    fn answer_from<S: StatsSource>(&mut self, ctx: &mut Ctx<'_, S>, pos: &mut usize) {
+        let mut answered = 0;
         loop {
             // Blank lines before a request line are ignored (RFC 9112, section 2.2).
-            let blank = self
-                .buf
+            let blank = self.buf[*pos..]
                 .iter()
                 .take_while(|&&b| b == b'\r' || b == b'\n')
                 .count();
-            self.buf.drain(..blank);
-            if self.buf.is_empty() {
+            *pos += blank;
+            if *pos == self.buf.len() {
                 return;
             }
-            // Answers not yet taken by the kernel, this callback's included.
-            if ctx.pending_output() >= MAX_UNREAD_ANSWERS {
+            // Answers not yet taken by the kernel, this callback's included; or this
+            // turn's share of the loop used up.
+            if ctx.pending_output() >= MAX_UNREAD_ANSWERS || answered == ANSWERS_PER_TURN {
                 self.paused = true;
                 ctx.pause_reading();
                 if self.next_turn.is_none() {
@@ -116,8 +159,8 @@ impl Metrics {
                 return;
             }
             // A head still open past the limit, or one that ended past it: too large.
-            let end = head_end(&self.buf);
-            if end.unwrap_or(self.buf.len()) > MAX_HEAD {
+            let end = head_end(&self.buf[*pos..]);
+            if end.unwrap_or(self.buf.len() - *pos) > MAX_HEAD {
                 respond(ctx, 431, "Request Header Fields Too Large", "", false, true);
                 self.buf = Vec::new();
                 ctx.close();
@@ -126,21 +169,39 @@ impl Metrics {
             let Some(end) = end else {
                 return;
             };
-            let head: Vec<u8> = self.buf.drain(..end).collect();
+            let head = self.buf[*pos..*pos + end].to_vec();
+            *pos += end;
             let keep_alive = match parse(&head) {
                 Ok(req) => {
+                    let page = req.path == "/metrics" || req.path.starts_with("/metrics?");
                     let (status, reason, body) = if req.method != "GET" && req.method != "HEAD" {
                         (405, "Method Not Allowed", String::new())
-                    } else if req.path == "/metrics" || req.path.starts_with("/metrics?") {
-                        let own = ctx.stats();
-                        let state = ctx.state();
-                        (200, "OK", render(&state.server_stats(own), state.started()))
+                    } else if page {
+                        let now = ctx.now();
+                        if !ctx.state().render_cache().is_fresh(now) {
+                            // The numbers too cost a copy and a sum over the workers: only
+                            // once per turn.
+                            let own = ctx.stats();
+                            let state = ctx.state();
+                            let page = render(&state.server_stats(own), state.started());
+                            state.render_cache().set(now, page);
+                        }
+                        // Lent out for the answer and put back below: a copy of a few
+                        // kilobytes per request would cost more than all the rest.
+                        (
+                            200,
+                            "OK",
+                            std::mem::take(&mut ctx.state().render_cache().text),
+                        )
                     } else {
                         (404, "Not Found", "not found: try /metrics\n".to_string())
                     };
                     // HEAD: the same head as GET (Content-Length included), no body.
                     let with_body = req.method != "HEAD";
                     respond(ctx, status, reason, &body, req.keep_alive, with_body);
+                    if status == 200 {
+                        ctx.state().render_cache().text = body;
+                    }
                     req.keep_alive
                 }
                 Err(why) => {
@@ -149,6 +210,7 @@ impl Metrics {
                     false
                 }
             };
+            answered += 1;
             if !keep_alive {
                 self.buf = Vec::new();
                 ctx.close();

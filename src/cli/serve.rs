@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::activation::{self, Activated};
 use super::common::{BUSY_POLL_HELP, CliError, idle_strategy, init_logging, parse_level};
 use super::live::{Board, Sampler};
-use super::metrics::{Metrics, StatsSource};
+use super::metrics::{Metrics, RenderCache, StatsSource};
 use super::units::{parse_duration, parse_size};
 use crate::event_loop::HANDLED_SIGNALS;
 use crate::net::{Endpoint, UnixName, resolve_one};
@@ -106,6 +106,8 @@ struct ServeState {
     sampler: Sampler,
     /// `--proxy-protocol`.
     proxy: bool,
+    /// The metrics page of this turn, for every scrape in it.
+    metrics_page: RenderCache,
 }
 
 impl StatsSource for ServeState {
@@ -114,6 +116,9 @@ impl StatsSource for ServeState {
     }
     fn started(&self) -> Instant {
         self.board.started
+    }
+    fn render_cache(&mut self) -> &mut RenderCache {
+        &mut self.metrics_page
     }
 }
 
@@ -189,6 +194,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
             worker: 0,
             sampler: Sampler::new(report.json, board.started),
             proxy: args.proxy_protocol,
+            metrics_page: RenderCache::default(),
         };
         let mut el = EventLoop::with_state(config, state)?;
         // Signals are caught before the listening lines go out: a script that signals as
@@ -554,6 +560,7 @@ fn run_workers(
             worker: w,
             sampler: Sampler::new(report.json, board.started),
             proxy,
+            metrics_page: RenderCache::default(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("echoloop-worker-{w}"))
