@@ -162,6 +162,10 @@ fn broadcast(
             cut_off(ctx, id);
             room_may_hold -= after;
         }
+        // Those cut off are out of the room now (their connections answer queries until
+        // the loop sweeps them, so ask the room, not them).
+        let members = &ctx.state().members;
+        others.retain(|id| members.contains(id));
     }
     for &id in others.iter() {
         let mut member = ctx.conn(id);
@@ -177,7 +181,7 @@ fn broadcast(
                 // Only refused if it is closing already (and leaving the room).
                 let _ = member.send(bytes);
             }
-            // Cut off above, or closing.
+            // Closing (gone, or leaving the room).
             Err(_) => {}
         }
     }

@@ -190,6 +190,8 @@ pub(crate) struct Shared {
     last: Span,
     /// Accepting pieces: not while the end of the turn writes the spans out.
     open: bool,
+    /// Sends this turn that found their bytes already here: whether sharing pays.
+    repeats: u32,
 }
 
 /// A range of [`Shared`]'s bytes. Offsets are `u32` so that a span fits beside a
@@ -230,6 +232,7 @@ impl Default for Shared {
             bytes: Vec::new(),
             last: Span::default(),
             open: true,
+            repeats: 0,
         }
     }
 }
@@ -241,18 +244,27 @@ impl Shared {
     /// into the connection's own buffer as without sharing.
     pub(crate) const LIMIT: usize = 256 * 1024;
 
-    /// Where `data` is in the shared output: the last piece again if it holds the same
-    /// bytes, else a new piece appended. `None` when sharing is closed or full.
+    /// Where `data` is in the shared output for a connection holding `span`: the last
+    /// piece again if it holds the same bytes, else a new piece appended — only if the
+    /// connection can use it (its span empty, or ending where the piece would start), so
+    /// that bytes one connection alone is sent are not kept here and then copied again.
+    /// `None` when sharing is closed or full, or the piece would be of no use.
     #[inline]
-    pub(crate) fn place(&mut self, data: &[u8]) -> Option<Span> {
+    pub(crate) fn place(&mut self, data: &[u8], span: Span) -> Option<Span> {
         if !self.open {
             return None;
         }
         if same(self.get(self.last), data) {
+            self.repeats += 1;
             return Some(self.last);
         }
-        if self.bytes.len() + data.len() > Self::LIMIT {
+        let end = self.bytes.len();
+        if end + data.len() > Self::LIMIT || !(span.is_empty() || span.end as usize == end) {
             return None;
+        }
+        if self.bytes.capacity() == 0 {
+            // Once, at the first shared send: growing by doubling would overshoot LIMIT.
+            self.bytes.reserve_exact(Self::LIMIT);
         }
         // Fits in u32: LIMIT does.
         let start = self.bytes.len() as u32;
@@ -264,8 +276,17 @@ impl Shared {
         Some(self.last)
     }
 
+    /// Whether this turn's sends have found their bytes here already: the buffer holds
+    /// fan-out, and when it is full, writing the spans out early to make room pays. If
+    /// not (each connection sent bytes of its own), sharing only moved copies here, and a
+    /// full buffer should close sharing for the rest of the turn instead, so that each
+    /// connection is still written once per turn.
+    pub(crate) fn pays(&self) -> bool {
+        self.repeats > 0
+    }
+
     /// Whether placing `data` would find sharing open but no room: then the spans given
-    /// out should be written and this buffer reset first.
+    /// out should be written and this buffer reset first (or sharing closed).
     #[inline]
     pub(crate) fn needs_room(&self, data: &[u8]) -> bool {
         self.open
@@ -296,6 +317,7 @@ impl Shared {
         self.bytes.clear();
         self.last = Span::default();
         self.open = true;
+        self.repeats = 0;
     }
 }
 

@@ -34,8 +34,11 @@
 //! [`Connection::wants_read`] says whether to read at all right now.
 //!
 //! Application output always goes through [`Connection::queue`] (TLS stages the plaintext
-//! and encrypts it when it is next transmitted, so many small sends become few records)
-//! and leaves through [`Connection::poll_transmit`]: one rule for every driver. *When* to
+//! and encrypts it when it is next transmitted, so many small sends become few records),
+//! or, sent from outside the connection's own callback, [`Connection::queue_shared`]
+//! (bytes many connections are sent in the same turn are kept once, in the loop's shared
+//! output, and the connection holds a range of them until [`Connection::unshare`] or the
+//! write), and leaves through [`Connection::poll_transmit`]: one rule for every driver. *When* to
 //! transmit is the driver's choice: the reactor writes a connection's own replies as soon
 //! as its callback returns, and what other callbacks sent it once per loop turn, so that
 //! output coalesces however sends to different connections interleave.
@@ -698,7 +701,7 @@ impl Connection {
             && !data.is_empty()
             && !matches!(self.state, State::Closed | State::Preamble);
         if shareable {
-            if let Some(piece) = pool.shared.place(data) {
+            if let Some(piece) = pool.shared.place(data, self.shared) {
                 let joined = if self.shared.is_empty() {
                     self.shared = piece;
                     true
@@ -994,8 +997,9 @@ impl Connection {
         self.flags.set(Flags::MAYBE_READABLE, false);
     }
 
-    /// Everything still queued, whatever the state (a closing driver's last, best-effort
-    /// write of a TLS alert).
+    /// Everything still queued in the connection's own buffer, whatever the state (a
+    /// closing driver's last, best-effort write of a TLS alert; TLS never holds a span of
+    /// the shared output).
     pub(crate) fn unsent(&self) -> &[u8] {
         self.sendbuf.as_slice()
     }
@@ -1177,5 +1181,8 @@ impl Connection {
         self.set_phase_deadline(None);
         self.set_idle_check(None);
         self.flags.set(Flags::MAYBE_READABLE, false);
+        // Nothing more is written (whether owed output meant a reset was decided by the
+        // caller): a span of the shared output would only be copied out for nothing.
+        self.shared = Span::default();
     }
 }

@@ -421,7 +421,13 @@ pub(crate) fn callback<S>(
 /// however the sends to different connections interleave.
 pub(crate) fn send<S>(inner: &mut Inner<S>, id: ConnId, data: &[u8]) -> Result<(), ConnError> {
     if inner.core.current != Some(id) && inner.core.pool.shared.needs_room(data) {
-        write_spans(inner);
+        if inner.core.pool.shared.pays() {
+            write_spans(inner);
+        } else {
+            // Nothing was shared: writing every holder now would cost a write per
+            // connection per 256 KiB instead of one per turn. Copy as without sharing.
+            inner.core.pool.shared.close();
+        }
     }
     let core = &mut inner.core;
     let e = as_stream(entry_at(&mut inner.slab, core, id)?)?;
