@@ -299,6 +299,48 @@ fn loop_idle_timeout_with_output_owed_resets_the_peer() {
     assert!(got < 8 << 20, "got {got}");
 }
 
+/// The TCP state of our side of a connection (`TCP_INFO`): 8 is `CLOSE_WAIT`, the peer's
+/// FIN received.
+fn tcp_state(s: &TcpStream) -> u8 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data, zeroed is a valid value; the length passed is its
+    // size, and the descriptor is a live TCP socket.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        assert_eq!(rc, 0, "TCP_INFO");
+        info.tcpi_state
+    }
+}
+
+/// Issue 18, item 11: a close begun by the idle timeout keeps that reason when the peer
+/// answers our FIN with more input and then a reset (it closed with our echo unread).
+#[test]
+fn loop_idle_close_keeps_its_reason_when_the_peer_resets() {
+    let mut config = Config::default();
+    config.idle_timeout = Some(Duration::from_millis(200));
+    config.close_timeout = Duration::from_secs(30);
+    let mut el = EventLoop::new(config).unwrap();
+    let addr = listen_echo(&mut el);
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"echo left unread").unwrap();
+    // Until the idle timeout has sent our FIN.
+    run_until(&mut el, |_| tcp_state(&c) == 8);
+    c.write_all(&[7u8; 5000]).unwrap();
+    // Unread data in its receive queue: closing sends a reset, not a FIN.
+    drop(c);
+    run_until(&mut el, |el| el.stats().closed == 1);
+    let by = el.stats().closed_by;
+    assert_eq!((by.idle_timeout, by.io, by.done), (1, 0, 0), "{by:?}");
+}
+
 #[test]
 fn loop_end_of_shutdown_grace_resets_connections_still_owed_output() {
     let mut el = EventLoop::new(Config::default()).unwrap();

@@ -181,7 +181,11 @@ enum Stash {
     /// connections should cost little).
     Preamble(Vec<u8>),
     Proxied(ProxyHeader),
-    Closed(CloseReason),
+    /// The close reason until `poll_event` takes it, and the input discarded meanwhile.
+    Closed(CloseReason, u64),
+    /// Bytes of input read and dropped while closing (never handed to the application),
+    /// for the driver's log line; kept after the close event too.
+    Discarded(u64),
 }
 
 /// How the driver releases a closed connection's socket.
@@ -452,6 +456,7 @@ impl Connection {
         }
         let Session::Tls(tls) = &mut self.session else {
             if dropping {
+                self.note_discarded(wire.len());
                 return &[];
             }
             self.events |= EV_DATA;
@@ -484,7 +489,33 @@ impl Connection {
             // no-op once the state has moved past the EOF.
             self.handle_eof(now);
         }
-        if dropping { &[] } else { data }
+        if dropping {
+            self.note_discarded(data.len());
+            return &[];
+        }
+        data
+    }
+
+    /// Counts input dropped while closing: a peer that kept sending after we stopped
+    /// echoing should be told in the log how much it lost, not see a clean end only.
+    fn note_discarded(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        match self.stash.as_deref_mut() {
+            Some(Stash::Discarded(total)) => *total += n as u64,
+            None => self.stash = Some(Box::new(Stash::Discarded(n as u64))),
+            // A PROXY header not yet reported: rare enough to leave uncounted.
+            Some(_) => {}
+        }
+    }
+
+    /// Bytes of input read and dropped because the connection was closing.
+    pub(crate) fn discarded_input(&self) -> u64 {
+        match self.stash.as_deref() {
+            Some(Stash::Discarded(n) | Stash::Closed(_, n)) => *n,
+            _ => 0,
+        }
     }
 
     /// The peer will send no more: read returned 0, or TLS `close_notify` arrived.
@@ -895,7 +926,12 @@ impl Connection {
             EV_DRAINED => Event::Drained,
             EV_PEER_CLOSED => Event::PeerClosed,
             _ => match self.stash.take().map(|b| *b) {
-                Some(Stash::Closed(reason)) => Event::Closed(reason),
+                Some(Stash::Closed(reason, discarded)) => {
+                    if discarded > 0 {
+                        self.stash = Some(Box::new(Stash::Discarded(discarded)));
+                    }
+                    Event::Closed(reason)
+                }
                 _ => Event::Closed(CloseReason::Done),
             },
         })
@@ -1164,8 +1200,13 @@ impl Connection {
         if self.state == State::Closed {
             return;
         }
+        // A close begun because the connection was idle ends for that reason, however
+        // the peer takes it: a clean EOF, or a reset from a peer that closed with our
+        // echo unread (the bytes it sent meanwhile are counted as discarded).
         let reason = match reason {
-            CloseReason::Done if self.flags.has(Flags::IDLE_CLOSE) => CloseReason::IdleTimeout,
+            CloseReason::Done | CloseReason::Io(_) if self.flags.has(Flags::IDLE_CLOSE) => {
+                CloseReason::IdleTimeout
+            }
             other => other,
         };
         let keep = if reason.is_clean() {
@@ -1176,7 +1217,8 @@ impl Connection {
         self.closed_from = self.state;
         self.state = State::Closed;
         self.events = keep | EV_CLOSED;
-        self.stash = Some(Box::new(Stash::Closed(reason)));
+        let discarded = self.discarded_input();
+        self.stash = Some(Box::new(Stash::Closed(reason, discarded)));
         self.teardown = teardown;
         self.set_phase_deadline(None);
         self.set_idle_check(None);

@@ -581,7 +581,10 @@ fn closed<S>(inner: &mut Inner<S>, key: usize, reason: CloseReason) {
             _ => {}
         }
     }
-    log::debug!("{id} closed: {reason}");
+    match e.conn.discarded_input() {
+        0 => log::debug!("{id} closed: {reason}"),
+        n => log::debug!("{id} closed: {reason} ({n} bytes of input discarded unechoed)"),
+    }
     if let CloseReason::BadProxyHeader(why) = &reason {
         // One line per bad header would let a flood of them stall the loop on a slow
         // stderr: the first of each interval, with how many since the last line.

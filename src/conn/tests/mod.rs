@@ -910,6 +910,48 @@ mod shared_output {
         );
     }
 
+    /// Issue 18, item 11: input that arrives while the connection closes is read and
+    /// dropped (so the close stays clean), and counted for the close's log line.
+    #[test]
+    fn input_dropped_while_closing_is_counted_past_the_close() {
+        let (now, limits) = (Instant::now(), test_limits());
+        let mut c = open_plain(now, &limits);
+        let mut plain = Vec::new();
+        assert_eq!(
+            c.handle_input(now, b"echoed", &mut plain, &limits),
+            b"echoed"
+        );
+        assert!(matches!(c.poll_event(b"echoed"), Some(Event::Data(_))));
+        c.close(now, &limits).unwrap();
+        assert!(
+            c.handle_input(now, &[7u8; 1000], &mut plain, &limits)
+                .is_empty()
+        );
+        assert!(
+            c.handle_input(now, &[7u8; 234], &mut plain, &limits)
+                .is_empty()
+        );
+        assert_eq!(c.discarded_input(), 1234);
+        c.handle_eof(now);
+        let mut pool = BufPool::default();
+        // The FIN goes out; with the peer's EOF in, the close is complete.
+        let _ = c.poll_transmit(&pool);
+        assert!(c.poll_shutdown(now, &limits));
+        c.handle_sent(now, 0, false, &limits, &mut pool);
+        let mut closed = None;
+        while let Some(ev) = c.poll_event(&[]) {
+            if let Event::Closed(reason) = ev {
+                closed = Some(reason.to_string());
+            }
+        }
+        assert!(closed.is_some(), "closed");
+        assert_eq!(
+            c.discarded_input(),
+            1234,
+            "still known after the close event"
+        );
+    }
+
     #[test]
     fn discarding_unsent_output_forgets_the_span() {
         let (now, limits) = (Instant::now(), test_limits());
