@@ -1,7 +1,8 @@
 //! The library's modules depend on each other in layers, never in a circle: each file's
 //! `crate::…` (and, inside a module folder, `super::…`) paths are read from the sources and
-//! the graph is checked for cycles — among the top-level modules, and among the files of
-//! each module folder (`event_loop/`, `conn/`, `net/`). Also: no glob imports.
+//! the graph is checked for cycles — among the top-level modules, and among the entries of
+//! every folder at any depth (`event_loop/`, `conn/`, `cli/`, `cli/bench/`…), where a
+//! nested folder counts as one entry of its parent. Also: no glob imports.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -94,6 +95,21 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
     None
 }
 
+/// The entries of a folder: its files (by stem) and its folders.
+fn entries_of(files: &[PathBuf], dir: &Path) -> BTreeSet<String> {
+    files
+        .iter()
+        .filter_map(|f| f.strip_prefix(dir).ok())
+        .filter_map(|r| r.components().next())
+        .map(|c| {
+            c.as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string()
+        })
+        .collect()
+}
+
 #[test]
 fn layering_has_no_import_cycles_and_no_glob_imports() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -138,69 +154,61 @@ fn layering_has_no_import_cycles_and_no_glob_imports() {
                 deps.insert(t);
             }
         }
-        if parts.len() > 1 {
-            // The module's children: its files, and its directories (modules of their own).
-            let siblings: BTreeSet<String> = files
-                .iter()
-                .filter_map(|f| f.strip_prefix(src.join(&module)).ok())
-                .filter_map(|r| r.components().next())
-                .map(|c| {
-                    c.as_os_str()
-                        .to_string_lossy()
-                        .trim_end_matches(".rs")
-                        .to_string()
-                })
-                .collect();
-            // A file of a child directory (`cli/bench/thread.rs`) speaks for that child;
-            // its `super::` paths stay inside the child, so only its `crate::cli::x`
-            // paths are edges at this level.
-            let nested = parts.len() > 2;
-            let file = if nested {
-                parts[1].clone()
-            } else {
-                parts[1..].join("/")
-            };
+        // At every folder on the file's path, the edges it gives its entry there.
+        for depth in 1..parts.len() {
+            let folder = parts[..depth].join("/");
+            let entries = entries_of(&files, &src.join(&folder));
+            // The entry of `folder` this file speaks for: itself, or the child folder it
+            // is in.
+            let me = parts[depth].clone();
             let edges = inner
-                .entry(module.clone())
+                .entry(folder.clone())
                 .or_default()
-                .entry(file.clone())
+                .entry(me.clone())
                 .or_default();
-            if nested {
-                let mut found = targets(&code, &format!("crate::{module}::"));
-                if parts.len() == 3 && parts[2] == "mod" {
-                    // The child's root: its `super::` is this module.
-                    found.extend(targets(&code, "super::"));
-                }
-                for t in found {
-                    if siblings.contains(&t) && t != file {
-                        edges.insert(t);
-                    }
-                }
-            } else if file == "mod" {
-                // The root depends on a child when it names its items (`stream::x`), not
-                // merely by declaring it (`mod stream;`).
+            // Full paths into this folder (`crate::cli::bench::x`).
+            let mut found = targets(&code, &format!("crate::{}::", parts[..depth].join("::")));
+            let own_folder = depth == parts.len() - 1;
+            if own_folder && me == "mod" {
+                // The folder's root depends on a child when it names its items
+                // (`stream::x`), not merely by declaring it (`mod stream;`).
                 let body: String = code
                     .lines()
                     .filter(|l| {
                         !l.trim_start()
                             .trim_start_matches("pub ")
+                            .trim_start_matches("pub(crate) ")
                             .starts_with("mod ")
                     })
                     .collect::<Vec<_>>()
                     .join("\n");
-                for child in &siblings {
+                for child in &entries {
                     if child != "mod" && !targets(&body, &format!("{child}::")).is_empty() {
-                        edges.insert(child.clone());
+                        found.insert(child.clone());
                     }
                 }
-            } else {
+            } else if own_folder {
+                // A sibling file, or an item of the folder's root.
                 for t in targets(&code, "super::") {
-                    // A sibling file, or an item of the module root.
-                    edges.insert(if siblings.contains(&t) {
+                    found.insert(if entries.contains(&t) {
                         t
                     } else {
                         "mod".into()
                     });
+                }
+            } else if depth == parts.len() - 2 && parts[depth + 1] == "mod" {
+                // A child folder's root: its `super::` is this folder.
+                for t in targets(&code, "super::") {
+                    found.insert(if entries.contains(&t) {
+                        t
+                    } else {
+                        "mod".into()
+                    });
+                }
+            }
+            for t in found {
+                if entries.contains(&t) && t != me {
+                    edges.insert(t);
                 }
             }
         }

@@ -12,9 +12,9 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::model::{Env, Start, Step, ThreadState, Timeline, sweep_period};
 use super::pattern::Pattern;
 use super::settings::Load;
-use super::thread::{Env, Start, Step, ThreadState, Timeline, sweep_period};
 use crate::{DatagramHandler, DgramCtx, PeerAddr, TimerId};
 
 /// Where a sent datagram stands.

@@ -48,8 +48,10 @@
 //! address, or no echo completed in the window (the report is printed all the same), or
 //! for bad input (nothing is sent then).
 
+mod args;
 mod dgram;
 mod merge;
+mod model;
 mod pattern;
 mod procfs;
 mod progress;
@@ -59,8 +61,6 @@ mod thread;
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::IpAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -72,114 +72,14 @@ pub use procfs::{
     CpuTicks, clock_ticks_per_sec, peak_rss_kib, proc_cpu_split, proc_cpu_ticks, raise_fd_limit,
 };
 
-use super::common::{
-    BUSY_POLL_HELP, CliError, TlsClientArgs, Transport, idle_strategy, init_logging, parse_level,
-};
+use super::common::{CliError, idle_strategy, init_logging};
 use super::report::{Histograms, LatencySummary, Recorder, Report, SegmentInfo};
-use super::units::{parse_duration, parse_rate, parse_size};
+pub use args::BenchArgs;
+use args::BenchCommand;
+use model::{Counters, Timeline};
 use progress::{GO_MARGIN, Hlog, Progress, unix_secs};
-use settings::{Load, Segment, Settings, StartAt, parse_count, parse_segment, parse_start_at};
-use thread::{Counters, Msg, ThreadResult, Timeline};
-
-/// Arguments of `echoloop bench`.
-#[derive(Debug, clap::Args)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    command: Option<BenchCommand>,
-    /// Transport to load.
-    #[arg(value_enum, required = true)]
-    transport: Option<Transport>,
-    /// Server address: host:port for tcp, tls and udp; a path or @name for unix and unix-dgram.
-    #[arg(value_name = "ADDR", required = true)]
-    addr: Option<String>,
-    /// Concurrent connections (datagram sockets for udp and unix-dgram); 10k is accepted.
-    /// With --segment, the whole run's: this generator opens its share.
-    #[arg(long, short = 'c', value_name = "N", value_parser = parse_count, default_value = "1")]
-    connections: usize,
-    /// Message size (64, 16k, 1M). Datagrams need at least 8 bytes and at most 65507;
-    /// stream messages at most 64M.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64")]
-    size: u64,
-    /// Length of the measured window (10s, 2m).
-    #[arg(long, short = 'd', value_name = "SECS", value_parser = parse_duration, default_value = "10s")]
-    duration: Duration,
-    /// Run this long first and discard its measurements.
-    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "0")]
-    warmup: Duration,
-    /// Messages each connection keeps in flight (closed loop; 1 is ping-pong).
-    #[arg(long, value_name = "K", default_value_t = 1)]
-    pipeline: usize,
-    /// Open loop: send this many messages per second in total (10k, 1M), latency measured
-    /// from when each message was due. With --segment, the whole run's rate.
-    #[arg(long, value_name = "MSGS_PER_S", value_parser = parse_rate)]
-    rate: Option<f64>,
-    /// Open connections at this many per second instead of all at once (the whole run's).
-    #[arg(long, value_name = "CONNS_PER_S", value_parser = parse_rate)]
-    connect_rate: Option<f64>,
-    /// Use a new connection for every message: connect, TLS handshake, one echo, close.
-    #[arg(long)]
-    reconnect: bool,
-    /// Reactor threads sharing the connections.
-    #[arg(long, value_name = "T", default_value_t = 1)]
-    threads: usize,
-    /// Local source address, repeatable: connections use them in turn.
-    #[arg(long, value_name = "IP")]
-    source: Vec<IpAddr>,
-    /// Print the final report as one JSON object.
-    #[arg(long)]
-    json: bool,
-    /// Progress period: the status line, --json-lines and --hlog come this often.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
-    interval: Duration,
-    /// Write one JSON object per interval to FILE (- for standard output), then the final
-    /// report as the last line.
-    #[arg(long, value_name = "FILE")]
-    json_lines: Option<String>,
-    /// Write an HdrHistogram interval log to FILE: per interval, histograms tagged rtt,
-    /// connect and (open loop) rtt_uncorrected, in microseconds.
-    #[arg(long, value_name = "FILE")]
-    hlog: Option<PathBuf>,
-    /// Write the latency percentile distribution (HdrHistogram .hgrm text) to FILE.
-    #[arg(long, value_name = "FILE")]
-    hgrm: Option<PathBuf>,
-    /// Connect first, then start the measured window at TIME: Unix seconds (fractions
-    /// allowed) or +DURATION from now. Generators on several machines with clocks kept
-    /// by NTP then measure the same interval.
-    #[arg(long, value_name = "TIME", value_parser = parse_start_at)]
-    start_at: Option<StartAt>,
-    /// This generator is number I (from 0) of N sharing the run: it takes its share of
-    /// --connections and --rate, and sends bytes no other generator sends.
-    #[arg(long, value_name = "I/N", value_parser = parse_segment)]
-    segment: Option<Segment>,
-    /// Also report this process's CPU per message and peak memory (the server's cost).
-    #[arg(long, value_name = "PID")]
-    server_pid: Option<u32>,
-    #[command(flatten)]
-    tls: TlsClientArgs,
-    /// Let TLS reconnections resume sessions (default: every handshake is a full one).
-    #[arg(long)]
-    tls_resume: bool,
-    /// A datagram with no echo within this is lost; also the grace for the last echoes.
-    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "1s")]
-    timeout: Duration,
-    /// Give up on a connect (and TLS handshake) after this.
-    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "5s")]
-    connect_timeout: Duration,
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0", help = BUSY_POLL_HELP)]
-    busy_poll: Duration,
-    /// Log level on stderr: off, error, warn, info, debug, trace.
-    #[arg(long, value_name = "LEVEL", value_parser = parse_level, default_value = "warn")]
-    log_level: log::LevelFilter,
-}
-
-/// What `echoloop bench` does besides generating load.
-#[derive(Debug, clap::Subcommand)]
-enum BenchCommand {
-    /// Merge the final JSON reports (--json) or the --hlog logs of several generators of
-    /// one run into one report.
-    Merge(merge::MergeArgs),
-}
+use settings::{Load, Settings};
+use thread::{Msg, ThreadResult};
 
 /// This process's CPU ticks now, with the instant they were read.
 fn cpu_sample(pid: u32) -> Option<(Instant, u64)> {

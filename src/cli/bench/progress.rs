@@ -15,7 +15,7 @@ use hdrhistogram::serialization::interval_log::{
     IntervalLogWriter, IntervalLogWriterBuilder, IntervalLogWriterError, Tag,
 };
 
-use super::thread::{Interval, Timeline};
+use super::model::{Interval, Timeline};
 use crate::cli::report::{Recorder, status_line};
 
 /// The run's histograms, summed from the merged intervals.

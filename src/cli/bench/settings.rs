@@ -4,16 +4,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
-use super::BenchArgs;
+use super::args::{BenchArgs, Segment};
 use super::pattern::HEADER;
 use super::procfs::{proc_cpu_ticks, raise_fd_limit};
 use crate::cli::common::{CliError, Transport};
-use crate::cli::units::{parse_duration, parse_rate};
 use crate::net::{Endpoint, UnixName, resolve_all};
 use crate::tls_config::{client_config, server_name};
 
@@ -36,8 +35,6 @@ const OPEN_LOOP_QUEUED: u128 = 1 << 30;
 /// The longest duration any option may give: long enough for any run, short enough that
 /// instants computed from it cannot overflow.
 const MAX_SPAN: Duration = Duration::from_secs(30 * 86_400);
-/// Most segments a run may be cut into (the index is a 12-bit field of connection keys).
-const MAX_SEGMENTS: u32 = 4096;
 /// Most load threads (also a 12-bit field of connection keys).
 const MAX_THREADS: usize = 4096;
 
@@ -51,13 +48,6 @@ pub(super) enum Load {
     Open { rate: f64, interval: f64 },
     /// One message per connection.
     Reconnect,
-}
-
-/// Generator `index` of `count` taking part in one run (`--segment I/N`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Segment {
-    pub(super) index: u32,
-    pub(super) count: u32,
 }
 
 /// Everything a run needs, checked and resolved; shared read-only by the threads.
@@ -346,105 +336,6 @@ fn check_pid(pid: u32) -> Result<u32, CliError> {
     }
 }
 
-/// Parses `--segment I/N`: generator I (from 0) of N.
-pub(super) fn parse_segment(s: &str) -> Result<Segment, String> {
-    let bad = || format!("invalid segment {s:?}: expected I/N, e.g. 0/4 for the first of four");
-    let (i, n) = s.split_once('/').ok_or_else(bad)?;
-    let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
-    if !digits(i) || !digits(n) {
-        return Err(bad());
-    }
-    let index: u32 = i.parse().map_err(|_| bad())?;
-    let count: u32 = n.parse().map_err(|_| bad())?;
-    if count == 0 || count > MAX_SEGMENTS {
-        return Err(format!(
-            "invalid segment {s:?}: N must be from 1 to {MAX_SEGMENTS}"
-        ));
-    }
-    if index >= count {
-        return Err(format!(
-            "invalid segment {s:?}: I counts from 0, so it must be below N ({count})"
-        ));
-    }
-    Ok(Segment { index, count })
-}
-
-/// `--start-at` as written: an instant, or an offset from when the command started.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum StartAt {
-    /// Unix time in seconds.
-    Unix(Duration),
-    /// From now.
-    After(Duration),
-}
-
-impl StartAt {
-    /// The instant, checked: not past, and not absurdly far (milliseconds for seconds).
-    fn resolve(self) -> Result<SystemTime, CliError> {
-        let now = SystemTime::now();
-        let at = match self {
-            StartAt::After(d) => now.checked_add(d),
-            StartAt::Unix(d) => UNIX_EPOCH.checked_add(d),
-        }
-        .ok_or("--start-at is too far away")?;
-        match at.duration_since(now) {
-            Err(past) => Err(format!(
-                "--start-at is {:.3} s in the past: give a later time, or +DURATION from now",
-                past.duration().as_secs_f64()
-            )
-            .into()),
-            Ok(ahead) if ahead > Duration::from_secs(86_400) => Err(format!(
-                "--start-at is {:.0} s away, more than a day: expected Unix time in seconds \
-                 (not milliseconds), or +DURATION from now",
-                ahead.as_secs_f64()
-            )
-            .into()),
-            Ok(_) => Ok(at),
-        }
-    }
-}
-
-/// Parses `--start-at`: Unix seconds with an optional fraction (`1767225600.5`) or `+5s`.
-pub(super) fn parse_start_at(s: &str) -> Result<StartAt, String> {
-    if let Some(rest) = s.strip_prefix('+') {
-        return parse_duration(rest)
-            .map(StartAt::After)
-            .map_err(|e| format!("invalid --start-at {s:?}: {e}"));
-    }
-    let bad = || {
-        format!(
-            "invalid --start-at {s:?}: expected Unix time in seconds (1767225600.25) or +DURATION (+5s)"
-        )
-    };
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    let digits = |x: &str| x.bytes().all(|b| b.is_ascii_digit());
-    if int.is_empty() || !digits(int) || !digits(frac) || frac.len() > 9 {
-        return Err(bad());
-    }
-    let secs: u64 = int.parse().map_err(|_| bad())?;
-    let nanos: u32 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<9}").parse().map_err(|_| bad())?
-    };
-    Ok(StartAt::Unix(Duration::new(secs, nanos)))
-}
-
-/// Parses a count such as `100`, `10k` or `1M` (decimal multiples, whole numbers only).
-pub(super) fn parse_count(s: &str) -> Result<usize, String> {
-    let value = parse_rate(s).map_err(|_| {
-        format!(
-            "invalid count {s:?}: expected a positive whole number with an optional k or M suffix"
-        )
-    })?;
-    if value.fract() != 0.0 || value > u32::MAX as f64 {
-        return Err(format!(
-            "invalid count {s:?}: expected a positive whole number with an optional k or M suffix"
-        ));
-    }
-    Ok(value as usize)
-}
-
 /// A source address must be local and of the target's family; checked once up front so a
 /// typo is one clear error rather than a connect failure per connection.
 fn check_source(ip: IpAddr, target: SocketAddr, t: Transport) -> Result<(), CliError> {
@@ -478,7 +369,7 @@ fn warn_fd_limit(connections: usize, limit: Option<u64>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Segment, StartAt, parse_count, parse_segment, parse_start_at};
+    use super::super::args::{Segment, StartAt, parse_count, parse_segment, parse_start_at};
     use std::time::Duration;
 
     #[test]

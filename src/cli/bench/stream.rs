@@ -13,9 +13,9 @@ use std::io;
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::model::{Env, RETRY_BACKOFF, Start, Step, ThreadState, Timeline};
 use super::pattern::Pattern;
 use super::settings::Load;
-use super::thread::{Env, RETRY_BACKOFF, Start, Step, ThreadState, Timeline};
 use crate::{CloseReason, Ctx, Handler, TimerId};
 
 /// A message in flight.
