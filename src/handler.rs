@@ -11,8 +11,9 @@
 //!
 //! The contexts are thin: each call goes to the loop through one internal interface
 //! (`LoopOps`), which the reactor implements by calling methods of the connection's state
-//! machine. That keeps this module free of the reactor's internals (it imports only ids,
-//! settings and error types), so the two do not depend on each other in a circle.
+//! machine. That keeps this module free of the reactor's internals (it imports ids,
+//! settings, errors, statistics, addresses and the close reasons of `conn`, never
+//! `event_loop`), so the two do not depend on each other in a circle.
 //!
 //! # Reentrancy
 //!

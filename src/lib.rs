@@ -106,13 +106,14 @@
 //! |---|---|---|
 //! | [`guide`] | documentation only | from a blocking echo server to the reactor |
 //! | `id` | [`ConnId`], [`SourceId`], [`TimerId`] | why ids carry a generation (slot reuse) and their loop |
-//! | [`error`], [`stats`] | errors per concern, counters | — |
+//! | [`error`] | errors per concern | — |
 //! | [`sendbuf`] | unsent bytes of one connection | partial writes |
 //! | `timer` | a deadline heap feeding the poll timeout | timers without threads |
 //! | [`net`] | the only code making socket system calls | address families, backlog, `WouldBlock` and `EINTR`, non-blocking connect, stale Unix socket files |
 //! | `tls`, [`tls_config`] | rustls driven by hand; certificates, keys, trust | TLS as a state machine between byte streams; hostname verification |
 //! | `config` | [`Config`], [`ConnectOptions`], [`ListenKind`] | — |
 //! | `conn` | one stream connection's state machine, without I/O | connect, handshake, half-close either way, lingering, abort, deadlines, backpressure |
+//! | [`stats`] | the loop's counters (closes counted by their reason) | — |
 //! | `dgram` | a datagram socket's reply queue | datagram sends block too |
 //! | [`handler`] | the protocol interface and its contexts | separating protocol from I/O; acting on other connections |
 //! | [`echo`] | echo as a handler | — |

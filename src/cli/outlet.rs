@@ -9,7 +9,7 @@
 //! `EAGAIN` where they never expected it.
 //!
 //! So the command line's log lines and statistics lines go through an outlet: the loop's
-//! thread only appends a finished line to a bounded queue ([`MAX_QUEUED`] bytes); a
+//! thread only appends a finished line to a bounded queue (256 KiB); a
 //! thread of its own writes the queue to stderr, several lines per `write` when they have
 //! piled up, never a line in pieces. When the queue is full, a line is dropped and counted,
 //! and the writer says how many were lost once it can write again. At exit,

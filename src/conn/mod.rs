@@ -17,7 +17,8 @@
 //!    0), [`Connection::handle_writable`], [`Connection::handle_sent`] (how much the kernel
 //!    took of [`Connection::poll_transmit`], and whether it would block),
 //!    [`Connection::handle_io_error`] and [`Connection::handle_timeout`]. The application's
-//!    requests are inputs too: [`Connection::queue`], [`Connection::discard_unsent`],
+//!    requests are inputs too: [`Connection::queue`], [`Connection::queue_shared`] and
+//!    [`Connection::unshare`], [`Connection::discard_unsent`],
 //!    [`Connection::shutdown_write`], [`Connection::close`], [`Connection::abort`],
 //!    [`Connection::pause_reading`], [`Connection::resume_reading`], and the loop's
 //!    [`Connection::stop`]. So are the driver's notes on its own reading and writing:
@@ -28,8 +29,10 @@
 //!    [`Connection::poll_event`] (tell the application: open, data, drained, peer closed,
 //!    closed), [`Connection::poll_transmit`] (bytes to write), [`Connection::poll_shutdown`]
 //!    (send FIN now), [`Connection::poll_read_again`] (read without waiting for readiness),
-//!    [`Connection::poll_timeout`] (when to call `handle_timeout` next), and once closed
-//!    [`Connection::teardown`] (how to release the socket).
+//!    [`Connection::poll_timeout`] (when to call `handle_timeout` next; with
+//!    [`Connection::poll_timeout_changed`], whether it changed since last asked), and once
+//!    closed [`Connection::teardown`] (how to release the socket) and
+//!    [`Connection::discarded_input`] (what was read and dropped while closing).
 //!
 //! [`Connection::wants_read`] says whether to read at all right now.
 //!
@@ -510,14 +513,6 @@ impl Connection {
         }
     }
 
-    /// Bytes of input read and dropped because the connection was closing.
-    pub(crate) fn discarded_input(&self) -> u64 {
-        match self.stash.as_deref() {
-            Some(Stash::Discarded(n) | Stash::Closed(_, n)) => *n,
-            _ => 0,
-        }
-    }
-
     /// The peer will send no more: read returned 0, or TLS `close_notify` arrived.
     pub(crate) fn handle_eof(&mut self, now: Instant) {
         self.last_active = now;
@@ -681,6 +676,16 @@ impl Connection {
                 State::Connecting | State::Closed => {}
             }
         }
+    }
+
+    /// The driver stopped reading before `WouldBlock` (a pause or its fairness budget).
+    pub(crate) fn handle_read_stopped(&mut self) {
+        self.flags.set(Flags::MAYBE_READABLE, true);
+    }
+
+    /// The driver knows the receive queue is empty (`WouldBlock`, or a short read).
+    pub(crate) fn handle_read_drained(&mut self) {
+        self.flags.set(Flags::MAYBE_READABLE, false);
     }
 
     // ----- inputs from the application -----
@@ -1023,16 +1028,6 @@ impl Connection {
         }
     }
 
-    /// The driver stopped reading before `WouldBlock` (a pause or its fairness budget).
-    pub(crate) fn handle_read_stopped(&mut self) {
-        self.flags.set(Flags::MAYBE_READABLE, true);
-    }
-
-    /// The driver knows the receive queue is empty (`WouldBlock`, or a short read).
-    pub(crate) fn handle_read_drained(&mut self) {
-        self.flags.set(Flags::MAYBE_READABLE, false);
-    }
-
     /// Everything still queued in the connection's own buffer, whatever the state (a
     /// closing driver's last, best-effort write of a TLS alert; TLS never holds a span of
     /// the shared output).
@@ -1046,6 +1041,14 @@ impl Connection {
     }
 
     // ----- queries -----
+
+    /// Bytes of input read and dropped because the connection was closing.
+    pub(crate) fn discarded_input(&self) -> u64 {
+        match self.stash.as_deref() {
+            Some(Stash::Discarded(n) | Stash::Closed(_, n)) => *n,
+            _ => 0,
+        }
+    }
 
     pub(crate) fn state(&self) -> State {
         self.state

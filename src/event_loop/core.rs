@@ -413,9 +413,6 @@ impl WarnEvery {
 
 #[cfg(test)]
 mod tests {
-    /// An idle connection is one slab entry (and a socket): 10,000 of them should cost the
-    /// server under 2 MiB. A field added carelessly (an enum losing its niche) shows here
-    /// first; the PROXY protocol's first version added 8 bytes this way.
     /// The first occurrence is logged at once; the rest of the interval only counts.
     #[test]
     fn warnings_come_once_per_interval_with_a_count() {
@@ -430,6 +427,9 @@ mod tests {
         assert_eq!(w.note(t0 + s(6)), None);
     }
 
+    /// An idle connection is one slab entry (and a socket): 10,000 of them should cost the
+    /// server under 2 MiB. A field added carelessly (an enum losing its niche) shows here
+    /// first; the PROXY protocol's first version added 8 bytes this way.
     #[test]
     fn a_stream_entry_stays_small() {
         let size = std::mem::size_of::<super::Entry<()>>();

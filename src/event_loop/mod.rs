@@ -49,9 +49,9 @@
 //! # Busy polling
 //!
 //! Waiting for an event costs time as well as saving it: a loop that blocks in
-//! `epoll_wait` is put to sleep, and the next packet must wake it — on this kind of
-//! virtual machine about 50 µs each way when the sender runs on another core, ten times
-//! the cost of the echo itself. [`Config::busy_poll`] trades a core for that latency: after
+//! `epoll_wait` is put to sleep, and the next packet must wake it — on a virtual machine
+//! often several times the cost of the echo itself (figures in the guide, section 4).
+//! [`Config::busy_poll`] trades a core for that latency: after
 //! the last event, the loop keeps polling with a zero timeout for up to the given window
 //! before it blocks (the idle strategy of latency tools and low-latency servers: sockperf's
 //! zero timeout, Aeron's busy-spin, Seastar's poll mode). Timers, signals, the stop
