@@ -789,7 +789,7 @@ pub struct ConnGuard<'a, S = ()> {
     pub(crate) conn: ConnRef<'a, S>,
     /// The loop's poison flag: set while the callbacks run, so that a panic in one of
     /// them poisons the loop as a panic inside `run_once` would.
-    pub(crate) busy: &'a mut bool,
+    pub(crate) running_callbacks: &'a mut bool,
 }
 
 impl<S> fmt::Debug for ConnGuard<'_, S> {
@@ -814,11 +814,11 @@ impl<S> std::ops::DerefMut for ConnGuard<'_, S> {
 impl<S> Drop for ConnGuard<'_, S> {
     fn drop(&mut self) {
         // Poisoned already: no more callbacks; `run_once` says why.
-        if *self.busy {
+        if *self.running_callbacks {
             return;
         }
-        *self.busy = true;
+        *self.running_callbacks = true;
         self.conn.ops.settle();
-        *self.busy = false;
+        *self.running_callbacks = false;
     }
 }

@@ -207,6 +207,21 @@ impl Transport {
             Transport::UnixDgram => "unix-dgram",
         }
     }
+
+    /// A byte stream (TCP, TLS, Unix stream) rather than datagrams.
+    pub fn is_stream(self) -> bool {
+        !self.is_datagram()
+    }
+
+    /// Datagrams (UDP, Unix datagram).
+    pub fn is_datagram(self) -> bool {
+        matches!(self, Transport::Udp | Transport::UnixDgram)
+    }
+
+    /// Addressed by IP and port (not a Unix socket name).
+    pub fn is_ip(self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Tls | Transport::Udp)
+    }
 }
 
 /// Traffic in each direction on one transport.

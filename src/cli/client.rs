@@ -53,9 +53,8 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{self, BufRead, Write};
 use std::os::fd::OwnedFd;
-use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixDatagram};
+use std::os::unix::net::UnixDatagram;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -258,11 +257,9 @@ fn start_dgram(
             el.bind_udp(unspecified_like(server), Box::new(client))?;
         }
         _ => {
-            let server = match UnixName::parse(&args.addr)? {
-                UnixName::Path(p) => UnixSocketAddr::from_pathname(&p),
-                UnixName::Abstract(name) => UnixSocketAddr::from_abstract_name(&name),
-            }
-            .map_err(|e| format!("invalid Unix socket name {:?}: {e}", args.addr))?;
+            let server = UnixName::parse(&args.addr)?
+                .to_std()
+                .map_err(|e| format!("invalid Unix socket name {:?}: {e}", args.addr))?;
             let sock = autobound_unix_datagram()
                 .map_err(|e| format!("cannot create a Unix datagram socket: {e}"))?;
             let client = DgramClient::new(common, PeerAddr::Unix(server), retries, false);
@@ -274,11 +271,7 @@ fn start_dgram(
 
 /// The wildcard address of `server`'s family, port 0: where a client binds to reach it.
 fn unspecified_like(server: std::net::SocketAddr) -> std::net::SocketAddr {
-    if server.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    }
+    (crate::net::wildcard_for(server), 0).into()
 }
 
 /// A Unix datagram socket with a name the server can reply to. Binding to an address that

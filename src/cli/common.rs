@@ -1,46 +1,30 @@
 //! What the subcommands share: the transports they speak, their error type, logging.
 
-/// The transports `client` and `bench` speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Transport {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-    /// TLS over TCP.
-    Tls,
-    /// Unix stream socket.
-    Unix,
-    /// Unix datagram socket.
-    #[value(name = "unix-dgram")]
-    UnixDgram,
-}
+/// The transports `client` and `bench` speak: the library's own ([`crate::stats`]), read
+/// from the command line as `tcp`, `udp`, `tls`, `unix` and `unix-dgram`.
+pub use crate::stats::Transport;
 
-impl Transport {
-    /// The name used on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Udp => "udp",
-            Transport::Tls => "tls",
-            Transport::Unix => "unix",
-            Transport::UnixDgram => "unix-dgram",
-        }
+impl clap::ValueEnum for Transport {
+    fn value_variants<'a>() -> &'a [Self] {
+        // The order `--help` lists them in.
+        &[
+            Transport::Tcp,
+            Transport::Udp,
+            Transport::Tls,
+            Transport::Unix,
+            Transport::UnixDgram,
+        ]
     }
 
-    /// A byte stream (TCP, TLS, Unix stream) rather than datagrams.
-    pub fn is_stream(self) -> bool {
-        !self.is_datagram()
-    }
-
-    /// Datagrams (UDP, Unix datagram).
-    pub fn is_datagram(self) -> bool {
-        matches!(self, Transport::Udp | Transport::UnixDgram)
-    }
-
-    /// Addressed by IP and port (not a Unix socket name).
-    pub fn is_ip(self) -> bool {
-        matches!(self, Transport::Tcp | Transport::Tls | Transport::Udp)
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self {
+            Transport::Tcp => "TCP",
+            Transport::Udp => "UDP",
+            Transport::Tls => "TLS over TCP",
+            Transport::Unix => "Unix stream socket",
+            Transport::UnixDgram => "Unix datagram socket",
+        };
+        Some(clap::builder::PossibleValue::new(self.name()).help(help))
     }
 }
 

@@ -13,7 +13,7 @@ use super::common::{BUSY_POLL_HELP, CliError, idle_strategy, init_logging, parse
 use super::live::{Board, Sampler};
 use super::metrics::{Metrics, RenderCache, StatsSource};
 use super::units::{parse_duration, parse_size};
-use crate::event_loop::HANDLED_SIGNALS;
+use crate::event_loop::{HANDLED_SIGNALS, SignalAction, SignalPolicy};
 use crate::net::{Endpoint, UnixName, resolve_one};
 use crate::tls_config::{ServerTlsOptions, server_config};
 use crate::{Bound, Config, Echo, EchoDatagram, EventLoop, ListenKind, StopHandle};
@@ -637,20 +637,12 @@ fn run_workers(
         closer.close();
         results
     });
-    let mut stopping = false;
+    let mut policy = SignalPolicy::new(grace);
     for sig in signals.forever() {
-        match sig {
-            signal_hook::consts::SIGUSR1 => errln!("{}", summary.summary(&board.total(None))),
-            signal_hook::consts::SIGUSR2 => log::info!("SIGUSR2 ignored"),
-            _ if !stopping => {
-                log::info!("signal received: shutting down (grace {grace:?})");
-                stop_all(&stops, grace);
-                stopping = true;
-            }
-            _ => {
-                log::warn!("second signal: stopping now");
-                stop_all(&stops, Duration::ZERO);
-            }
+        match policy.on_signal(sig) {
+            SignalAction::Report => errln!("{}", summary.summary(&board.total(None))),
+            SignalAction::Stop(grace) => stop_all(&stops, grace),
+            _ => {}
         }
     }
     let results = joiner

@@ -8,7 +8,6 @@
 //! while established connections are served.
 
 use std::io;
-use std::time::Duration;
 
 use mio::{Interest, Token};
 
@@ -122,12 +121,11 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
                 // One line per rejection would let a connect flood stall the loop on a
                 // slow stderr: details at debug, a summary at most once a second.
                 log::debug!("rejecting connection from {peer}: {max} connections already open");
-                if core.reject_log.is_none_or(|t| core.now >= t) {
+                if core.reject_log.note(core.now).is_some() {
                     log::warn!(
                         "rejecting connections: {max} already open ({} rejected so far)",
                         core.stats.rejected
                     );
-                    core.reject_log = Some(core.now + Duration::from_secs(1));
                 }
                 drop(sock);
                 continue;
@@ -145,11 +143,14 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
             ListenKind::Unix => (Session::Plain, Transport::Unix),
         };
         let handler = (l.factory)();
-        let flags = (l.proxy, l.counted);
+        let from = stream::FromListener {
+            proxy: l.proxy,
+            counted: l.counted,
+        };
         if l.counted {
             core.stats.accepted += 1;
         }
-        stream::add_accepted(inner, sock, session, transport, flags, handler, &peer);
+        stream::add_accepted(inner, sock, session, transport, from, handler, &peer);
     }
     // Fairness: the rest of the queue is taken on the next turn; no new event would come
     // for connections already queued.

@@ -76,8 +76,8 @@ pub(crate) struct Core {
     /// batch buffers, which it makes on its next turn.
     pub(crate) udp_added: bool,
     pub(crate) dgram_batch: SendBatch,
-    /// When the next "rejecting connections" warning may be logged.
-    pub(crate) reject_log: Option<Instant>,
+    /// Warnings about connections rejected at `max_connections`: at most one a second.
+    pub(crate) reject_log: WarnEvery,
     /// Warnings about out-of-descriptor accept failures: one line per interval with a
     /// count, not one per backoff.
     pub(crate) emfile_log: WarnEvery,
@@ -125,7 +125,7 @@ impl Core {
             batching: false,
             udp_added: false,
             dgram_batch: SendBatch::default(),
-            reject_log: None,
+            reject_log: WarnEvery::every(Duration::from_secs(1)),
             emfile_log: WarnEvery::default(),
             refuse_log: WarnEvery::default(),
             bad_header_log: WarnEvery::default(),
@@ -391,14 +391,30 @@ pub(crate) fn dgram_at<S>(slab: &mut Slab<Entry<S>>, id: ConnId) -> Option<&mut 
 /// A warning about trouble that can come in floods (thousands of failed accepts or
 /// refused datagrams a second): logged at most once per [`WarnEvery::INTERVAL`], with how
 /// many times it happened since the last line, so a slow stderr never slows the loop.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct WarnEvery {
     count: u64,
     next: Option<Instant>,
+    interval: Duration,
+}
+
+impl Default for WarnEvery {
+    fn default() -> WarnEvery {
+        WarnEvery::every(WarnEvery::INTERVAL)
+    }
 }
 
 impl WarnEvery {
     const INTERVAL: Duration = Duration::from_secs(5);
+
+    /// Lines at most once per `interval`.
+    pub(crate) fn every(interval: Duration) -> WarnEvery {
+        WarnEvery {
+            count: 0,
+            next: None,
+            interval,
+        }
+    }
 
     /// Counts one more occurrence at `now`; returns how many to report if a line is due.
     pub(crate) fn note(&mut self, now: Instant) -> Option<u64> {
@@ -406,7 +422,7 @@ impl WarnEvery {
         if self.next.is_some_and(|t| now < t) {
             return None;
         }
-        self.next = Some(later(now, Self::INTERVAL));
+        self.next = Some(later(now, self.interval));
         Some(std::mem::take(&mut self.count))
     }
 }

@@ -126,6 +126,65 @@ pub struct Bound {
     pub addr: Endpoint,
 }
 
+/// What a server does with a signal, by [`SignalPolicy`]: one rule for the loop's own
+/// signal handling ([`EventLoop::handle_signals`]) and for a program that takes the
+/// signals itself (`serve --workers`, which stops several loops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignalAction {
+    /// SIGUSR1: report the statistics so far, and go on.
+    Report,
+    /// SIGUSR2 (left alone it would kill the process): nothing.
+    Ignore,
+    /// SIGINT, SIGTERM, SIGHUP: stop, with this grace (zero for a second signal).
+    Stop(Duration),
+}
+
+/// The signal policy of echoloop's servers: SIGUSR1 reports, SIGUSR2 is ignored, the
+/// first SIGINT, SIGTERM or SIGHUP stops gracefully within the grace period, and a second
+/// one stops at once (an operator who presses Ctrl-C twice means it). Each decision is
+/// logged as it is taken.
+#[derive(Debug, Clone, Copy)]
+pub struct SignalPolicy {
+    grace: Duration,
+    stopping: bool,
+}
+
+impl SignalPolicy {
+    /// The policy for a server whose graceful stop lasts at most `grace`.
+    pub fn new(grace: Duration) -> SignalPolicy {
+        SignalPolicy {
+            grace,
+            stopping: false,
+        }
+    }
+
+    /// A stop has begun by other means: the next stop signal is the second.
+    pub fn stopping(&mut self) {
+        self.stopping = true;
+    }
+
+    /// What to do with signal `sig` (one of [`HANDLED_SIGNALS`]).
+    pub fn on_signal(&mut self, sig: libc::c_int) -> SignalAction {
+        match sig {
+            libc::SIGUSR1 => SignalAction::Report,
+            libc::SIGUSR2 => {
+                log::info!("SIGUSR2 ignored");
+                SignalAction::Ignore
+            }
+            _ if !self.stopping => {
+                self.stopping = true;
+                log::info!("signal received: shutting down (grace {:?})", self.grace);
+                SignalAction::Stop(self.grace)
+            }
+            _ => {
+                log::warn!("second signal: stopping now");
+                SignalAction::Stop(Duration::ZERO)
+            }
+        }
+    }
+}
+
 /// The signals [`EventLoop::handle_signals`] takes over, for a program that must block
 /// their default action before it starts its loops (as `serve --workers` does).
 pub const HANDLED_SIGNALS: [libc::c_int; 5] = [
@@ -160,12 +219,12 @@ pub struct EventLoop<S: 'static = ()> {
     /// The last poll filled the events buffer: more may be waiting.
     events_left: bool,
     signals: Option<signal_hook_mio::v1_0::Signals>,
-    signal_grace: Duration,
+    signal_policy: SignalPolicy,
     /// What SIGUSR1 runs.
     info_signal: Option<OnLoop<S>>,
     /// An entry point that runs callbacks is under way. Still set when the next one
     /// starts only if a callback panicked out of the last: the loop is poisoned.
-    busy: bool,
+    running_callbacks: bool,
     /// When the last event arrived (for the busy-poll window).
     last_event: Instant,
     /// Stopping, with connections lingering after their FIN: look at them again soon.
@@ -217,9 +276,9 @@ impl<S: 'static> EventLoop<S> {
             messages_left: false,
             events_left: false,
             signals: None,
-            signal_grace: Duration::from_secs(5),
+            signal_policy: SignalPolicy::new(Duration::from_secs(5)),
             info_signal: None,
-            busy: false,
+            running_callbacks: false,
             last_event: Instant::now(),
             lingering: false,
         })
@@ -264,7 +323,7 @@ impl<S: 'static> EventLoop<S> {
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         self.signals = Some(signals);
-        self.signal_grace = grace;
+        self.signal_policy = SignalPolicy::new(grace);
         Ok(())
     }
 
@@ -449,7 +508,7 @@ impl<S: 'static> EventLoop<S> {
                 ops: &mut self.inner,
                 id,
             },
-            busy: &mut self.busy,
+            running_callbacks: &mut self.running_callbacks,
         }
     }
 
@@ -528,7 +587,7 @@ impl<S: 'static> EventLoop<S> {
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
         self.enter()?;
         let result = self.turn(timeout);
-        self.busy = false;
+        self.running_callbacks = false;
         result
     }
 
@@ -552,12 +611,12 @@ impl<S: 'static> EventLoop<S> {
     }
 
     fn enter(&mut self) -> io::Result<()> {
-        if self.busy {
+        if self.running_callbacks {
             return Err(io::Error::other(
                 "the event loop is poisoned: a handler panicked during an earlier call; drop it and make a new one",
             ));
         }
-        self.busy = true;
+        self.running_callbacks = true;
         Ok(())
     }
 
@@ -565,7 +624,7 @@ impl<S: 'static> EventLoop<S> {
     fn with_callbacks<R>(&mut self, f: impl FnOnce(&mut Inner<S>) -> R) -> io::Result<R> {
         self.enter()?;
         let r = f(&mut self.inner);
-        self.busy = false;
+        self.running_callbacks = false;
         Ok(r)
     }
 
@@ -665,7 +724,7 @@ impl<S: 'static> EventLoop<S> {
             channels,
             messages_left,
             signals,
-            signal_grace,
+            signal_policy,
             info_signal,
             ..
         } = self;
@@ -679,7 +738,7 @@ impl<S: 'static> EventLoop<S> {
                     wake.room_made();
                 }
                 SIGNALS => {
-                    if take_signals(&mut inner.core, signals.as_mut(), *signal_grace) {
+                    if take_signals(&mut inner.core, signals.as_mut(), signal_policy) {
                         match info_signal.as_mut() {
                             Some(cb) => cb(&mut LoopCtx { ops: inner }),
                             None => log::info!("SIGUSR1: {:?}", inner.core.stats),
@@ -877,26 +936,21 @@ fn drain<S>(inner: &mut Inner<S>, channels: &mut [Box<dyn Channel<S>>]) -> bool 
 fn take_signals(
     core: &mut Core,
     signals: Option<&mut signal_hook_mio::v1_0::Signals>,
-    grace: Duration,
+    policy: &mut SignalPolicy,
 ) -> bool {
     let Some(signals) = signals else {
         return false;
     };
-    let (mut stop, mut info) = (false, false);
-    for sig in signals.pending() {
-        match sig {
-            signal_hook::consts::SIGUSR1 => info = true,
-            signal_hook::consts::SIGUSR2 => log::info!("SIGUSR2 ignored"),
-            _ => stop = true,
-        }
+    // A stop begun elsewhere (a handle, a callback) makes the next signal the second.
+    if matches!(core.phase, Phase::Stopping { .. }) || core.stop_request.is_some() {
+        policy.stopping();
     }
-    if stop {
-        if matches!(core.phase, Phase::Stopping { .. }) || core.stop_request.is_some() {
-            log::warn!("second signal: stopping now");
-            core.request_stop(Duration::ZERO);
-        } else {
-            log::info!("signal received: shutting down (grace {grace:?})");
-            core.request_stop(grace);
+    let mut info = false;
+    for sig in signals.pending() {
+        match policy.on_signal(sig) {
+            SignalAction::Report => info = true,
+            SignalAction::Ignore => {}
+            SignalAction::Stop(grace) => core.request_stop(grace),
         }
     }
     info

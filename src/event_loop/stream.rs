@@ -51,6 +51,15 @@ pub(crate) struct Readiness {
     pub(crate) read_closed: bool,
 }
 
+/// What a connection takes from the listener that accepted it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FromListener {
+    /// Behind a load balancer: a PROXY protocol header comes first.
+    pub(crate) proxy: bool,
+    /// Counted in the loop's statistics and limits (false for a side listener's).
+    pub(crate) counted: bool,
+}
+
 /// Adds a connection accepted from a listener; a plain one hears `on_open` at once
 /// (behind a load balancer, once its PROXY header has been read).
 pub(crate) fn add_accepted<S>(
@@ -58,7 +67,7 @@ pub(crate) fn add_accepted<S>(
     mut stream: Stream,
     session: Session,
     transport: Transport,
-    (proxy, counted): (bool, bool),
+    FromListener { proxy, counted }: FromListener,
     handler: Box<dyn Handler<S>>,
     peer: &PeerAddr,
 ) {

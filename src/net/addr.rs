@@ -68,7 +68,9 @@ impl UnixName {
         }
     }
 
-    pub(crate) fn to_std(&self) -> io::Result<unix::SocketAddr> {
+    /// The name as the standard library's Unix socket address (to send datagrams to it,
+    /// say). Fails for a path too long for `sun_path`.
+    pub fn to_std(&self) -> io::Result<unix::SocketAddr> {
         match self {
             UnixName::Path(p) => unix::SocketAddr::from_pathname(p),
             UnixName::Abstract(name) => unix::SocketAddr::from_abstract_name(name),
@@ -215,6 +217,16 @@ pub(crate) fn split_host_port(input: &str) -> Result<(&str, u16), AddrError> {
     match port.parse::<u16>() {
         Ok(p) if port_ok => Ok((host, p)),
         _ => Err(invalid(format!("{port:?} is not a port number (0-65535)"))),
+    }
+}
+
+/// The wildcard address of `peer`'s family (`0.0.0.0` or `::`): where a client binds
+/// to reach `peer` from any local address.
+pub fn wildcard_for(peer: SocketAddr) -> std::net::IpAddr {
+    if peer.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
     }
 }
 

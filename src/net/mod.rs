@@ -15,7 +15,7 @@ mod mmsg;
 mod stream;
 mod sys;
 
-pub use addr::{Endpoint, PeerAddr, UnixName, resolve_all, resolve_one};
+pub use addr::{Endpoint, PeerAddr, UnixName, resolve_all, resolve_one, wildcard_for};
 pub(crate) use datagram::Datagram;
 pub(crate) use listener::{BindOptions, Listener, bind_tcp, bind_udp, bind_unix};
 pub(crate) use mmsg::{BATCH, RecvBatch, SendBatch};

@@ -29,8 +29,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::linux::net::SocketAddrExt;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -84,12 +83,7 @@ pub(super) struct ThreadResult {
 pub(super) fn datagram_target(target: &Endpoint) -> io::Result<PeerAddr> {
     match target {
         Endpoint::Inet(a) => Ok(PeerAddr::Inet(*a)),
-        Endpoint::Unix(UnixName::Path(p)) => {
-            std::os::unix::net::SocketAddr::from_pathname(p).map(PeerAddr::Unix)
-        }
-        Endpoint::Unix(UnixName::Abstract(n)) => {
-            std::os::unix::net::SocketAddr::from_abstract_name(n).map(PeerAddr::Unix)
-        }
+        Endpoint::Unix(name) => name.to_std().map(PeerAddr::Unix),
     }
 }
 
@@ -125,11 +119,9 @@ fn open_slot(
             let Endpoint::Inet(target) = &s.target else {
                 return Err("udp needs host:port".into());
             };
-            let ip = s.source_for(slot).unwrap_or(if target.is_ipv4() {
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-            } else {
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-            });
+            let ip = s
+                .source_for(slot)
+                .unwrap_or(crate::net::wildcard_for(*target));
             let handler = DgramSock::new(Rc::clone(env), slot, key, PeerAddr::Inet(*target));
             el.bind_udp(SocketAddr::new(ip, 0), Box::new(handler))
                 .map(drop)
