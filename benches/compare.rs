@@ -348,14 +348,7 @@ impl Drop for Server {
 fn start_server(kind: ServerKind, transport: &str, pki: &Pki, pin: bool) -> Result<Server, String> {
     let mut cmd = match kind {
         ServerKind::Echoloop(program) => {
-            let mut c = pinned(pin, "0", program);
-            c.args([
-                "serve",
-                "--log-level",
-                "warn",
-                &format!("--{transport}"),
-                "127.0.0.1:0",
-            ]);
+            let mut c = common::serve_command(program, transport, pin);
             if transport == "tls" {
                 c.arg("--cert").arg(&pki.chain).arg("--key").arg(&pki.key);
             }

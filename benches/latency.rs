@@ -168,14 +168,7 @@ fn echoloop_server(
     busy: Option<&str>,
     pin: bool,
 ) -> Result<(Server, String), String> {
-    let mut c = pinned(pin, "0", ECHOLOOP);
-    c.args([
-        "serve",
-        "--log-level",
-        "warn",
-        &format!("--{transport}"),
-        "127.0.0.1:0",
-    ]);
+    let mut c = common::serve_command(ECHOLOOP, transport, pin);
     if let Some(b) = busy {
         c.args(["--busy-poll", b]);
     }

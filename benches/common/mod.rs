@@ -86,6 +86,21 @@ pub fn pinned(pin: bool, core: &str, program: &str) -> Command {
     }
 }
 
+/// `echoloop serve` (the build at `program`) on one `transport` listener at
+/// 127.0.0.1:0, logging only warnings, pinned to core 0 when `pin`: the server every
+/// echoloop row measures. The caller adds what its row needs (certificates, busy polling).
+pub fn serve_command(program: &str, transport: &str, pin: bool) -> Command {
+    let mut c = pinned(pin, "0", program);
+    c.args([
+        "serve",
+        "--log-level",
+        "warn",
+        &format!("--{transport}"),
+        "127.0.0.1:0",
+    ]);
+    c
+}
+
 /// A number from the environment variable `name`, or `default` if unset or not a number.
 pub fn env_num(name: &str, default: f64) -> f64 {
     std::env::var(name)
