@@ -47,8 +47,8 @@ use std::time::Duration;
 mod common;
 mod fanout;
 
+use crate::common::procfs::proc_cpu_split;
 use common::{Pki, env_num, median, pinned};
-use echoloop::cli::bench::proc_cpu_split;
 
 const ECHOLOOP: &str = env!("CARGO_BIN_EXE_echoloop");
 

@@ -24,7 +24,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use echoloop::cli::bench::{clock_ticks_per_sec, proc_cpu_ticks};
+use crate::common::procfs::{clock_ticks_per_sec, proc_cpu_ticks};
 
 const ECHOLOOP: &str = env!("CARGO_BIN_EXE_echoloop");
 

@@ -118,7 +118,10 @@
 //! | [`handler`] | the protocol interface and its contexts | separating protocol from I/O; acting on other connections |
 //! | [`echo`] | echo as a handler | — |
 //! | [`event_loop`] | the reactor: poll, dispatch, drivers for streams, datagrams, listeners, descriptors of the application's own, other threads | edge-triggered readiness, fairness, output that coalesces, EMFILE, slot reuse, `recvmmsg`, waking a loop, a stop in two phases |
-//! | `cli` | the `echoloop` command (feature `cli`) | — |
+//!
+//! The `echoloop` command (feature `cli`, on by default) is not part of the library: it is
+//! a client of the public API above, and its modules (`src/cli/`) belong to the binary
+//! (`src/main.rs`).
 //!
 //! # Panics and errors
 //!
@@ -149,9 +152,6 @@ mod test_support;
 mod timer;
 mod tls;
 pub mod tls_config;
-
-#[cfg(feature = "cli")]
-pub mod cli;
 
 pub use echo::{Echo, EchoDatagram};
 pub use error::{AddrError, ConnError, ListenError, SendError, TrySendError};

@@ -7,58 +7,16 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::process::ExitCode;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use common::Proc;
 use common::certs::TestPki;
-
-/// Counts allocations process-wide while `COUNT_NOW` is on. Only the allocation test turns
-/// it on, and it holds [`GATE`] exclusively, so nothing else in this binary runs then.
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static COUNT_NOW: AtomicBool = AtomicBool::new(false);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the wrapper only
-// bumps a counter, which neither allocates nor touches the memory handed out.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNT_NOW.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's; forwarded as is.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNT_NOW.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: `ptr` came from this allocator with `layout`; forwarded as is.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Tests share it; the allocation test takes it alone.
-static GATE: RwLock<()> = RwLock::new(());
-
-fn shared() -> RwLockReadGuard<'static, ()> {
-    GATE.read().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A report, or one line of `--json-lines`.
 type Json = serde_json::Value;
@@ -179,10 +137,9 @@ fn assert_clean(r: &Json, connections: u64) {
 
 #[test]
 fn bench_tcp_closed_loop_clean_run() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let addr = server.addr("tcp");
-    let cpu_before = echoloop::cli::bench::proc_cpu_ticks(server.pid()).unwrap();
+    let cpu_before = common::procfs::proc_cpu_ticks(server.pid()).unwrap();
     let rest = ["--size", "100", "--duration", "0.5"];
     let r = clean_run("tcp", &addr, 4, 100, &rest);
     assert_eq!(r.str("mode"), "closed-loop pipeline=1");
@@ -190,13 +147,12 @@ fn bench_tcp_closed_loop_clean_run() {
     assert_eq!(r.at("connect_latency_us").num("count"), 4.0);
     assert_eq!(r.at("reconnects_per_sec"), &Json::Null);
     // The server did the echoing: its CPU time grew (what the benches compare).
-    let cpu_after = echoloop::cli::bench::proc_cpu_ticks(server.pid()).unwrap();
+    let cpu_after = common::procfs::proc_cpu_ticks(server.pid()).unwrap();
     assert!(cpu_after > cpu_before, "{cpu_before} -> {cpu_after}");
 }
 
 #[test]
 fn bench_tcp_pipeline_and_threads() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let addr = server.addr("tcp");
     let rest = [
@@ -218,7 +174,6 @@ fn bench_tcp_pipeline_and_threads() {
 
 #[test]
 fn bench_tcp_large_messages_arrive_in_pieces() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let addr = server.addr("tcp");
     let rest = ["--size", "256k", "--duration", "0.5"];
@@ -227,7 +182,6 @@ fn bench_tcp_large_messages_arrive_in_pieces() {
 
 #[test]
 fn bench_udp_clean_run() {
-    let _gate = shared();
     let server = Proc::serve(&["--udp", "127.0.0.1:0"]);
     let addr = server.addr("udp");
     let rest = ["--size", "64", "--duration", "0.5", "--pipeline", "4"];
@@ -237,7 +191,6 @@ fn bench_udp_clean_run() {
 
 #[test]
 fn bench_unix_clean_run() {
-    let _gate = shared();
     let path = common::temp_sock("bench-unix");
     let _cleanup = RemoveOnDrop(path.clone());
     let p = path.to_str().unwrap();
@@ -247,7 +200,6 @@ fn bench_unix_clean_run() {
 
 #[test]
 fn bench_unix_dgram_clean_run() {
-    let _gate = shared();
     let path = common::temp_sock("bench-dgram");
     let _cleanup = RemoveOnDrop(path.clone());
     let p = path.to_str().unwrap();
@@ -264,7 +216,6 @@ fn trusting<'a>(args: &[&'a str], ca: &'a std::path::Path) -> Vec<&'a str> {
 
 #[test]
 fn bench_tls_clean_run() {
-    let _gate = shared();
     let pki = TestPki::generate();
     let server = common::serve_tls(&pki, &[], &[]);
     let rest = ["--size", "1k", "--duration", "0.5", "--pipeline", "2"];
@@ -274,7 +225,6 @@ fn bench_tls_clean_run() {
 
 #[test]
 fn bench_tls_wrong_ca_counts_connect_failures() {
-    let _gate = shared();
     let pki = TestPki::generate();
     let server = common::serve_tls(&pki, &[], &[]);
     let addr = server.addr("tls");
@@ -289,7 +239,6 @@ fn bench_tls_wrong_ca_counts_connect_failures() {
 
 #[test]
 fn bench_tls_reconnect_reports_handshakes_per_second() {
-    let _gate = shared();
     let pki = TestPki::generate();
     let server = common::serve_tls(&pki, &[], &[]);
     let rest = trusting(&["--duration", "0.5", "--reconnect"], &pki.ca_pem);
@@ -307,7 +256,6 @@ fn bench_tls_reconnect_reports_handshakes_per_second() {
 
 #[test]
 fn bench_tcp_reconnect_reports_connections_per_second() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let rest = ["--duration", "0.5", "--reconnect"];
     let r = bench_ok("tcp", &server.addr("tcp"), 3, &rest);
@@ -320,7 +268,6 @@ fn bench_tcp_reconnect_reports_connections_per_second() {
 
 #[test]
 fn bench_open_loop_sends_at_the_rate() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
     for kind in ["tcp", "udp"] {
         let rest = ["--duration", "0.5", "--rate", "2k"];
@@ -334,7 +281,6 @@ fn bench_open_loop_sends_at_the_rate() {
 
 #[test]
 fn bench_connect_rate_ramps_connections_before_the_window() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     // 8 connections at 10/s: due at 0, 0.1 ... 0.7 s. All are connected before the window
     // opens, however short it is; the ramp itself shows in the run's length.
@@ -350,7 +296,6 @@ fn bench_connect_rate_ramps_connections_before_the_window() {
 
 #[test]
 fn bench_connects_everything_before_a_short_window() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     // Connecting 400 takes longer than the 50 ms window; before, the window closed on
     // unfinished connects and counted them as failures.
@@ -362,7 +307,6 @@ fn bench_connects_everything_before_a_short_window() {
 
 #[test]
 fn bench_connect_failures_are_counted_not_fatal() {
-    let _gate = shared();
     // A port nobody listens on: bind one, note it, close it.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -379,7 +323,6 @@ fn bench_connect_failures_are_counted_not_fatal() {
 
 #[test]
 fn bench_source_address() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
     for kind in ["tcp", "udp"] {
         let rest = ["--duration", "0.3", "--source", "127.0.0.1"];
@@ -405,7 +348,6 @@ fn bench_source_address() {
 
 #[test]
 fn bench_hgrm_and_human_report() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let path = std::env::temp_dir().join(format!("echoloop-bench-{}.hgrm", std::process::id()));
     let (status, out, err) = common::run(
@@ -511,7 +453,6 @@ fn corrupting_tcp_server() -> (String, Stop) {
 
 #[test]
 fn bench_tcp_corrupted_echo_is_a_verify_error() {
-    let _gate = shared();
     let (addr, _stop) = corrupting_tcp_server();
     let (status, r, err) = bench(&["tcp", &addr, "-c", "2", "--duration", "0.4"]);
     assert!(!status.success(), "a wrong byte must fail the run: {err}");
@@ -579,7 +520,6 @@ fn udp_server(policy: Policy) -> (String, Stop) {
 
 #[test]
 fn bench_udp_dropped_datagrams_are_lost() {
-    let _gate = shared();
     let (addr, _stop) = udp_server(Policy::DropOdd);
     let (status, r, err) = bench(&[
         "udp",
@@ -601,7 +541,6 @@ fn bench_udp_dropped_datagrams_are_lost() {
 
 #[test]
 fn bench_udp_late_echo_is_not_taken_for_a_newer_one() {
-    let _gate = shared();
     // Every fifth datagram comes back 200 ms late, after its 50 ms timeout.
     let (addr, _stop) = udp_server(Policy::DelayEveryFifth(Duration::from_millis(200)));
     let (status, r, err) = bench(&[
@@ -627,7 +566,6 @@ fn bench_udp_late_echo_is_not_taken_for_a_newer_one() {
 
 #[test]
 fn bench_udp_echo_after_the_timeout_is_late_whenever_the_sweep_runs() {
-    let _gate = shared();
     // Every echo comes 150 ms late, past a 100 ms timeout: none is an answer.
     let (addr, _stop) = udp_server(Policy::DelayAll(Duration::from_millis(150)));
     let args = [
@@ -650,7 +588,6 @@ fn bench_udp_echo_after_the_timeout_is_late_whenever_the_sweep_runs() {
 
 #[test]
 fn bench_udp_duplicate_echo_is_counted_once() {
-    let _gate = shared();
     let (addr, _stop) = udp_server(Policy::Twice);
     let (status, r, err) = bench(&["udp", &addr, "-c", "2", "--duration", "0.3"]);
     assert!(status.success(), "{err}");
@@ -664,7 +601,6 @@ fn bench_udp_duplicate_echo_is_counted_once() {
 
 #[test]
 fn bench_bad_arguments_fail_with_a_message() {
-    let _gate = shared();
     let cases: &[(&[&str], &str)] = &[
         (
             &["bench", "carrier-pigeon", "127.0.0.1:1"],
@@ -817,65 +753,8 @@ fn bench_bad_arguments_fail_with_a_message() {
     }
 }
 
-/// `echoloop bench` run in this process, with its allocations counted; returns
-/// (allocations, messages in the report).
-fn counted_run(addr: &str, duration: &str, extra: &[&str]) -> (u64, u64) {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        args: echoloop::cli::bench::BenchArgs,
-    }
-    let hgrm = std::env::temp_dir().join(format!(
-        "echoloop-bench-alloc-{}-{duration}.hgrm",
-        std::process::id()
-    ));
-    let mut argv = vec!["bench", "tcp", addr, "--duration", duration, "--json"];
-    argv.extend_from_slice(extra);
-    argv.extend_from_slice(&["--hgrm", hgrm.to_str().unwrap()]);
-    let cmd = Cmd::try_parse_from(argv).unwrap();
-    ALLOCS.store(0, Ordering::SeqCst);
-    COUNT_NOW.store(true, Ordering::SeqCst);
-    let code = echoloop::cli::bench::run(cmd.args);
-    COUNT_NOW.store(false, Ordering::SeqCst);
-    assert_eq!(code.unwrap(), ExitCode::SUCCESS);
-    let text = std::fs::read_to_string(&hgrm).unwrap();
-    let _ = std::fs::remove_file(&hgrm);
-    // "#[Max     =   1234.000, Total count    =   5678]"
-    let total = text
-        .lines()
-        .find_map(|l| l.split("Total count    =").nth(1))
-        .and_then(|v| v.trim().trim_end_matches(']').trim().parse().ok())
-        .unwrap_or_else(|| panic!("no total in {text}"));
-    (ALLOCS.load(Ordering::SeqCst), total)
-}
-
-#[test]
-fn bench_steady_state_allocates_nothing_per_message() {
-    let _alone = GATE.write().unwrap_or_else(|e| e.into_inner());
-    let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
-    let addr = server.addr("tcp");
-    let extra = ["-c", "4", "--pipeline", "2"];
-    let (short_allocs, short_msgs) = counted_run(&addr, "0.3", &extra);
-    let (long_allocs, long_msgs) = counted_run(&addr, "1.3", &extra);
-    assert!(
-        long_msgs > short_msgs + 10_000,
-        "{short_msgs} vs {long_msgs}"
-    );
-    // Setup and per-connection costs are the same in both runs; what differs is a second
-    // of messages and one progress line. One allocation per message would be tens of
-    // thousands.
-    let extra_allocs = long_allocs.saturating_sub(short_allocs);
-    assert!(
-        extra_allocs < 200,
-        "{extra_allocs} more allocations for {} more messages ({short_allocs} -> {long_allocs})",
-        long_msgs - short_msgs
-    );
-}
-
 #[test]
 fn bench_messages_larger_than_the_socket_buffers_do_not_deadlock() {
-    let _gate = shared();
     let path = common::temp_sock("bench-large");
     let _cleanup = RemoveOnDrop(path.clone());
     let server = Proc::serve(&["--tcp", "127.0.0.1:0", "--unix", path.to_str().unwrap()]);
@@ -955,7 +834,6 @@ fn counting_tcp_server() -> (String, Arc<AtomicU64>, Arc<AtomicU64>, Stop) {
 
 #[test]
 fn bench_open_loop_at_a_low_rate_keeps_its_connection_and_its_count() {
-    let _gate = shared();
     let (addr, accepted, bytes, _stop) = counting_tcp_server();
     // 2 messages per second for 1.2 s: due at 0, 0.5 and 1.0 s. Before, the connection
     // closed after each schedule gap and reopened, sending more than asked.
@@ -1019,7 +897,6 @@ fn misbehaving_tcp_server(what: &'static str) -> (String, Stop) {
 
 #[test]
 fn bench_failures_are_named_for_what_happened() {
-    let _gate = shared();
     // A server that never answers: the messages time out when the grace runs out; the
     // generator's own stop is not a failure of any kind.
     let (addr, _stop) = misbehaving_tcp_server("silent");
@@ -1060,7 +937,6 @@ fn bench_failures_are_named_for_what_happened() {
 
 #[test]
 fn bench_udp_replies_from_another_port_are_not_echoes() {
-    let _gate = shared();
     // Receives on one socket and answers from another, as a broken NAT or server would.
     let inbound = UdpSocket::bind("127.0.0.1:0").unwrap();
     let outbound = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -1130,7 +1006,6 @@ fn two_generators(addr: &str, tag: &str, stagger: f64) -> [std::path::PathBuf; 2
 
 #[test]
 fn bench_two_generators_merge_into_one_report() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let addr = server.addr("tcp");
     let paths = two_generators(&addr, "merge", 0.0);
@@ -1275,7 +1150,6 @@ fn bench_two_generators_merge_into_one_report() {
 
 #[test]
 fn bench_merge_refuses_reports_of_windows_that_only_overlap() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     // The second generator starts 0.3 s into the first one's 0.5 s window: their report
     // totals cover different windows and cannot be added up as one.
@@ -1309,7 +1183,6 @@ fn closing_after(n: usize) -> (String, Arc<AtomicU64>, Stop) {
 
 #[test]
 fn bench_open_loop_sends_what_came_due_while_a_connection_was_down() {
-    let _gate = shared();
     // 200 messages come due in the second; the server drops the connection every 20, and
     // each reopening waits 100 ms. What came due meanwhile is sent late (its latency
     // counted from when it was due), not skipped.
@@ -1327,7 +1200,6 @@ fn bench_open_loop_sends_what_came_due_while_a_connection_was_down() {
 fn bench_hlog_is_read_back_by_the_hdrhistogram_crate() {
     use hdrhistogram::serialization::Deserializer;
     use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let path = std::env::temp_dir().join(format!("echoloop-{}.hlog", std::process::id()));
     let p = path.to_str().unwrap();
@@ -1422,7 +1294,6 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 #[test]
 fn bench_server_pid_reports_the_servers_cost() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let pid = server.pid().to_string();
     let (status, r, err) = bench(&[
@@ -1445,7 +1316,6 @@ fn bench_server_pid_reports_the_servers_cost() {
 /// silently left out.
 #[test]
 fn bench_server_pid_that_exits_during_the_run_is_reported() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let mut short = std::process::Command::new("sleep")
         .arg("0.2")
@@ -1475,7 +1345,6 @@ fn bench_server_pid_that_exits_during_the_run_is_reported() {
 /// once, and the run and its report go on.
 #[test]
 fn bench_hlog_on_a_full_disk_is_named_and_the_report_kept() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     if !std::path::Path::new("/dev/full").exists() {
         return;
@@ -1498,7 +1367,6 @@ fn bench_hlog_on_a_full_disk_is_named_and_the_report_kept() {
 /// share of 1e308 — naming the file and the figure.
 #[test]
 fn bench_merge_refuses_impossible_figures() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let (status, out, err) = common::run(
         &["bench", "tcp", &server.addr("tcp"), "-d", "0.2", "--json"],
@@ -1531,7 +1399,6 @@ fn bench_merge_refuses_impossible_figures() {
 
 #[test]
 fn bench_json_lines_one_per_interval_then_the_report() {
-    let _gate = shared();
     let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
     let addr = server.addr("tcp");
     let path = std::env::temp_dir().join(format!("echoloop-{}.jsonl", std::process::id()));
@@ -1580,7 +1447,6 @@ fn bench_json_lines_one_per_interval_then_the_report() {
 
 #[test]
 fn bench_tls_presents_a_client_certificate() {
-    let _gate = shared();
     let pki = TestPki::generate();
     let ca = pki.ca_pem.to_str().unwrap();
     let server = common::serve_tls(&pki, &[], &["--client-ca", ca]);

@@ -216,9 +216,9 @@ fn busy_poll_serve_and_bench_flags() {
     // over the next second (CPU time comes in 10 ms ticks).
     let pid = p.pid();
     std::thread::sleep(Duration::from_millis(200));
-    let t0 = echoloop::cli::bench::proc_cpu_ticks(pid).unwrap();
+    let t0 = common::procfs::proc_cpu_ticks(pid).unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    let t1 = echoloop::cli::bench::proc_cpu_ticks(pid).unwrap();
+    let t1 = common::procfs::proc_cpu_ticks(pid).unwrap();
     assert!(t1 - t0 <= 1, "{} ticks of CPU in an idle second", t1 - t0);
     p.signal("TERM");
     assert!(p.wait_exit(common::DEADLINE).success());

@@ -4,6 +4,12 @@
 // Each bench uses a part of this module.
 #![allow(dead_code)]
 
+/// CPU time and memory of a process from /proc: the same file the command line uses.
+#[path = "../../src/cli/bench/procfs.rs"]
+// Its unit tests are not run from a bench (no test harness): their imports go unused.
+#[allow(unused_imports)]
+pub mod procfs;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -126,11 +132,8 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 /// Microseconds of CPU a process spent between two `/proc/PID/stat` readings: (user +
 /// system, user alone).
-pub fn cpu_us_between(
-    before: &echoloop::cli::bench::CpuTicks,
-    after: &echoloop::cli::bench::CpuTicks,
-) -> (f64, f64) {
-    let us = |ticks: u64| ticks as f64 / echoloop::cli::bench::clock_ticks_per_sec() as f64 * 1e6;
+pub fn cpu_us_between(before: &procfs::CpuTicks, after: &procfs::CpuTicks) -> (f64, f64) {
+    let us = |ticks: u64| ticks as f64 / procfs::clock_ticks_per_sec() as f64 * 1e6;
     let user = us(after.user - before.user);
     (user + us(after.system - before.system), user)
 }

@@ -44,7 +44,7 @@ mod tokio_broker;
 
 use std::net::SocketAddr;
 
-use echoloop::cli::bench::proc_cpu_split;
+use crate::common::procfs::proc_cpu_split;
 
 use crate::common::{self, median, pinned};
 

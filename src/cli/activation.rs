@@ -10,7 +10,7 @@
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use crate::net::{Adopted, check_adopted};
+use echoloop::net::{Adopted, check_adopted};
 
 /// The first descriptor systemd passes (after stdin, stdout, stderr).
 const FIRST_FD: RawFd = 3;

@@ -60,11 +60,11 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::common::{CliError, TlsClientArgs, Transport, host_of};
+use super::common::{CliError, TlsClientArgs, Transport, TransportArg, host_of};
 use super::units::parse_duration;
-use crate::net::{Endpoint, PeerAddr, UnixName, resolve_all};
-use crate::tls_config::{client_config, server_name};
-use crate::{
+use echoloop::net::{Endpoint, PeerAddr, UnixName, resolve_all};
+use echoloop::tls_config::{client_config, server_name};
+use echoloop::{
     CloseReason, Config, ConnectOptions, Ctx, DatagramHandler, DgramCtx, EventLoop, Handler,
     TimerId,
 };
@@ -82,7 +82,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
     /// Transport to use.
-    #[arg(value_enum)]
+    #[arg(value_parser = TransportArg)]
     transport: Transport,
     /// Server address: host:port (IPv6 as [::1]:port) for tcp, tls and udp; a path or
     /// @name (Linux abstract name) for unix and unix-dgram.
@@ -132,15 +132,13 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, CliError> {
         )
     };
 
-    let config = Config {
-        // No backpressure for the client: it must keep reading its echo while it still owes
-        // the server part of a long message, or both sides would stop, each waiting for the
-        // other to read.
-        high_water: usize::MAX,
-        low_water: usize::MAX,
-        close_timeout: timeout,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    // No backpressure for the client: it must keep reading its echo while it still owes
+    // the server part of a long message, or both sides would stop, each waiting for the
+    // other to read.
+    config.high_water = usize::MAX;
+    config.low_water = usize::MAX;
+    config.close_timeout = timeout;
     let mut el = EventLoop::with_state(
         config,
         Shared {
@@ -156,6 +154,8 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, CliError> {
         Transport::Udp | Transport::UnixDgram => {
             start_dgram(&mut el, &args, common)?;
         }
+        // The command line offers no other (the library's list may grow).
+        other => return Err(format!("client does not speak {}", other.name()).into()),
     }
     // A zero wait first: a stop asked for while the socket was being set up (no messages at
     // all) is then applied at once instead of after the first event.
@@ -271,7 +271,7 @@ fn start_dgram(
 
 /// The wildcard address of `server`'s family, port 0: where a client binds to reach it.
 fn unspecified_like(server: std::net::SocketAddr) -> std::net::SocketAddr {
-    (crate::net::wildcard_for(server), 0).into()
+    (echoloop::net::wildcard_for(server), 0).into()
 }
 
 /// A Unix datagram socket with a name the server can reply to. Binding to an address that
@@ -910,7 +910,8 @@ impl DgramClient {
                 let max = match &self.server {
                     PeerAddr::Inet(a) if a.is_ipv6() => MAX_UDP_V6,
                     PeerAddr::Inet(_) => MAX_UDP_V4,
-                    PeerAddr::Unix(_) => usize::MAX,
+                    // Unix datagrams (and whatever else): the kernel says.
+                    _ => usize::MAX,
                 };
                 if msg.len() > max {
                     let e = format!(
@@ -940,10 +941,10 @@ impl DgramClient {
         if let Err(e) = ctx.send_to(msg, &self.server) {
             let why = match &e {
                 // ICMP news the socket had not yet handed to `on_error`.
-                crate::SendError::Io(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                echoloop::SendError::Io(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
                     return self.refused(ctx);
                 }
-                crate::SendError::Io(err) => describe_io(err),
+                echoloop::SendError::Io(err) => describe_io(err),
                 other => other.to_string(),
             };
             let text = format!(

@@ -1,35 +1,60 @@
 //! What the subcommands share: the transports they speak, their error type, logging.
 
-/// The transports `client` and `bench` speak: the library's own ([`crate::stats`]), read
+/// The transports `client` and `bench` speak: the library's own ([`echoloop::stats`]), read
 /// from the command line as `tcp`, `udp`, `tls`, `unix` and `unix-dgram`.
-pub use crate::stats::Transport;
+pub use echoloop::stats::Transport;
 
-impl clap::ValueEnum for Transport {
-    fn value_variants<'a>() -> &'a [Self] {
-        // The order `--help` lists them in.
-        &[
-            Transport::Tcp,
-            Transport::Udp,
-            Transport::Tls,
-            Transport::Unix,
-            Transport::UnixDgram,
-        ]
+/// The transports in the order `--help` lists them, with their help.
+const TRANSPORTS: [(Transport, &str); 5] = [
+    (Transport::Tcp, "TCP"),
+    (Transport::Udp, "UDP"),
+    (Transport::Tls, "TLS over TCP"),
+    (Transport::Unix, "Unix stream socket"),
+    (Transport::UnixDgram, "Unix datagram socket"),
+];
+
+/// Reads a [`Transport`] from the command line by its name, and lists the names in
+/// `--help` and in the error for a wrong one (the library's type, so the command line
+/// cannot derive clap's `ValueEnum` for it).
+#[derive(Debug, Clone, Copy)]
+pub struct TransportArg;
+
+impl TransportArg {
+    fn values() -> impl Iterator<Item = clap::builder::PossibleValue> {
+        TRANSPORTS
+            .iter()
+            .map(|(t, help)| clap::builder::PossibleValue::new(t.name()).help(*help))
+    }
+}
+
+impl clap::builder::TypedValueParser for TransportArg {
+    type Value = Transport;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Transport, clap::Error> {
+        // clap's own parser for a closed list gives the usual error, values listed.
+        let name =
+            clap::builder::PossibleValuesParser::new(Self::values()).parse_ref(cmd, arg, value)?;
+        TRANSPORTS
+            .iter()
+            .find(|(t, _)| t.name() == name)
+            .map(|(t, _)| *t)
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidValue).with_cmd(cmd))
     }
 
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        let help = match self {
-            Transport::Tcp => "TCP",
-            Transport::Udp => "UDP",
-            Transport::Tls => "TLS over TCP",
-            Transport::Unix => "Unix stream socket",
-            Transport::UnixDgram => "Unix datagram socket",
-        };
-        Some(clap::builder::PossibleValue::new(self.name()).help(help))
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(Self::values()))
     }
 }
 
 /// The host part of `host:port` as written: `[::1]:443` gives `[::1]` (the brackets are
-/// kept, as [`crate::tls_config::server_name`] takes an IPv6 address in them), `host:443`
+/// kept, as [`echoloop::tls_config::server_name`] takes an IPv6 address in them), `host:443`
 /// gives `host`. Without a port (`[::1]`, `host`, or a bare IPv6 address such as `::1`,
 /// whose colons are its own) the whole text is the host.
 pub(crate) fn host_of(addr: &str) -> &str {
@@ -108,9 +133,9 @@ impl TlsClientArgs {
         .collect()
     }
 
-    /// What [`crate::tls_config::client_config`] takes.
-    pub(crate) fn options(&self) -> crate::tls_config::ClientTlsOptions<'_> {
-        crate::tls_config::ClientTlsOptions {
+    /// What [`echoloop::tls_config::client_config`] takes.
+    pub(crate) fn options(&self) -> echoloop::tls_config::ClientTlsOptions<'_> {
+        echoloop::tls_config::ClientTlsOptions {
             ca: self.ca.as_deref(),
             client_cert: self.cert.as_deref().zip(self.key.as_deref()),
         }
@@ -120,7 +145,7 @@ impl TlsClientArgs {
 #[cfg(test)]
 mod tests {
     use super::host_of;
-    use crate::tls_config::server_name;
+    use echoloop::tls_config::server_name;
 
     #[test]
     fn host_of_keeps_ipv6_brackets_and_drops_the_port() {

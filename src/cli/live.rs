@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::bench::{clock_ticks_per_sec, proc_cpu_ticks};
 use super::units::{format_bytes_per_sec, format_count};
-use crate::stats::Stats;
+use echoloop::stats::Stats;
 
 /// Every worker's latest counters, for whoever reports on the whole server (the stats
 /// line, the metrics endpoint). Workers publish a few times a second.

@@ -19,8 +19,8 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::handler::{Ctx, Handler, TimerId};
-use crate::stats::Stats;
+use echoloop::handler::{Ctx, Handler, TimerId};
+use echoloop::stats::Stats;
 
 /// The largest request head (request line and headers) accepted.
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
@@ -430,7 +430,7 @@ pub(crate) fn render(s: &Stats, started: Instant) -> String {
         "Stream connections closed, by reason.",
         &closed,
     );
-    let per = |f: fn(&crate::stats::Traffic) -> u64| -> Vec<(String, u64)> {
+    let per = |f: fn(&echoloop::stats::Traffic) -> u64| -> Vec<(String, u64)> {
         s.traffic
             .iter()
             .map(|(t, tr)| (format!("{{transport=\"{}\"}}", t.name()), f(tr)))
@@ -448,13 +448,13 @@ pub(crate) fn render(s: &Stats, started: Instant) -> String {
         "Bytes written to sockets (ciphertext for TLS), by transport.",
         &per(|t| t.bytes_out),
     );
-    let dgram = |f: fn(&crate::stats::Traffic) -> u64| -> Vec<(String, u64)> {
+    let dgram = |f: fn(&echoloop::stats::Traffic) -> u64| -> Vec<(String, u64)> {
         s.traffic
             .iter()
             .filter(|(t, _)| {
                 matches!(
                     t,
-                    crate::stats::Transport::Udp | crate::stats::Transport::UnixDgram
+                    echoloop::stats::Transport::Udp | echoloop::stats::Transport::UnixDgram
                 )
             })
             .map(|(t, tr)| (format!("{{transport=\"{}\"}}", t.name()), f(tr)))
@@ -511,7 +511,7 @@ pub(crate) fn render(s: &Stats, started: Instant) -> String {
 #[cfg(test)]
 mod tests {
     use super::{Request, head_end, parse, render};
-    use crate::stats::Stats;
+    use echoloop::stats::Stats;
 
     #[test]
     fn metrics_request_parsing() {
@@ -601,10 +601,8 @@ mod tests {
 
     #[test]
     fn metrics_exposition_has_help_and_type_for_every_sample() {
-        let s = Stats {
-            accepted: 3,
-            ..Stats::default()
-        };
+        let mut s = Stats::default();
+        s.accepted = 3;
         let text = render(&s, std::time::Instant::now());
         assert!(
             text.contains("echoloop_connections_accepted_total 3\n"),

@@ -29,8 +29,6 @@ pub mod report;
 pub mod serve;
 pub mod units;
 
-pub use common::{CliError, Transport, idle_strategy, init_logging, parse_level};
-
 /// Non-blocking echo servers, clients and load generator over TCP, UDP, TLS and Unix sockets.
 #[derive(Debug, Parser)]
 #[command(name = "echoloop", version, about)]

@@ -126,6 +126,7 @@ impl Outlet {
         }
     }
 
+    #[cfg(test)]
     fn dropped_total(&self) -> u64 {
         self.queue
             .lock()
@@ -168,11 +169,6 @@ pub fn text(text: String) {
 /// process exits, so its last words are not lost to a reader that is merely slow.
 pub fn drain() {
     outlet().drain(DRAIN_WAIT);
-}
-
-/// Lines dropped so far because stderr was not read fast enough.
-pub fn dropped() -> u64 {
-    outlet().dropped_total()
 }
 
 /// A `Write` for the logger: collects the pieces a log record is written in and queues

@@ -85,11 +85,13 @@ impl Recorder {
     }
 
     /// Whether no samples have been recorded.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.hist.is_empty()
     }
 
-    /// Forgets all samples (e.g. at the end of the warm-up period).
+    /// Forgets all samples.
+    #[cfg(test)]
     pub fn reset(&mut self) {
         self.hist.reset();
     }

@@ -13,10 +13,10 @@ use super::common::{BUSY_POLL_HELP, CliError, idle_strategy, init_logging, parse
 use super::live::{Board, Sampler};
 use super::metrics::{Metrics, RenderCache, StatsSource};
 use super::units::{parse_duration, parse_size};
-use crate::event_loop::{HANDLED_SIGNALS, SignalAction, SignalPolicy};
-use crate::net::{Endpoint, UnixName, resolve_one};
-use crate::tls_config::{ServerTlsOptions, server_config};
-use crate::{Bound, Config, Echo, EchoDatagram, EventLoop, ListenKind, StopHandle};
+use echoloop::event_loop::{HANDLED_SIGNALS, SignalAction, SignalPolicy};
+use echoloop::net::{Endpoint, UnixName, resolve_one};
+use echoloop::tls_config::{ServerTlsOptions, server_config};
+use echoloop::{Bound, Config, Echo, EchoDatagram, EventLoop, ListenKind, StopHandle};
 
 /// Arguments of `echoloop serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -111,7 +111,7 @@ struct ServeState {
 }
 
 impl StatsSource for ServeState {
-    fn server_stats(&self, own: crate::Stats) -> crate::Stats {
+    fn server_stats(&self, own: echoloop::Stats) -> echoloop::Stats {
         self.board.total(Some((self.worker, own)))
     }
     fn started(&self) -> Instant {
@@ -165,19 +165,17 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
             client_ca: args.client_ca.as_deref(),
         })?)
     };
-    let config = Config {
-        max_connections: args.max_connections,
-        idle_timeout: args.idle_timeout,
-        handshake_timeout: args.handshake_timeout,
-        close_timeout: args.shutdown_timeout,
-        high_water: usize::try_from(args.high_water).unwrap_or(usize::MAX),
-        low_water: usize::try_from(args.low_water).unwrap_or(usize::MAX),
-        reuse_port: args.workers > 1,
-        // With --workers every loop spins on its own.
-        busy_poll: Some(args.busy_poll).filter(|d| !d.is_zero()),
-        udp_drop_ports: args.udp_drop_ports.0.clone(),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.max_connections = args.max_connections;
+    config.idle_timeout = args.idle_timeout;
+    config.handshake_timeout = args.handshake_timeout;
+    config.close_timeout = args.shutdown_timeout;
+    config.high_water = usize::try_from(args.high_water).unwrap_or(usize::MAX);
+    config.low_water = usize::try_from(args.low_water).unwrap_or(usize::MAX);
+    config.reuse_port = args.workers > 1;
+    // With --workers every loop spins on its own.
+    config.busy_poll = Some(args.busy_poll).filter(|d| !d.is_zero());
+    config.udp_drop_ports = args.udp_drop_ports.0.clone();
 
     if config.busy_poll.is_some() {
         log::info!("idle strategy: {}", idle_strategy(config.busy_poll));
@@ -564,7 +562,7 @@ fn run_workers(
         };
         let handle = std::thread::Builder::new()
             .name(format!("echoloop-worker-{w}"))
-            .spawn(move || -> Result<crate::Stats, String> {
+            .spawn(move || -> Result<echoloop::Stats, String> {
                 let setup = EventLoop::with_state(config, state)
                     .map_err(|e| e.to_string())
                     .and_then(|mut el| {
@@ -649,7 +647,7 @@ fn run_workers(
         .join()
         .map_err(|_| CliError::from("the thread joining the workers failed"))?;
     let mut failed = false;
-    let mut total = crate::Stats::default();
+    let mut total = echoloop::Stats::default();
     for (w, h) in results.into_iter().enumerate() {
         match h {
             // One line per worker, so an operator (and the tests) can see the kernel

@@ -21,4 +21,4 @@ pub(crate) use listener::{BindOptions, Listener, bind_tcp, bind_udp, bind_unix};
 pub(crate) use mmsg::{BATCH, RecvBatch, SendBatch};
 pub(crate) use stream::Stream;
 pub(crate) use sys::is_per_connection;
-pub(crate) use sys::{Adopted, check_adopted};
+pub use sys::{Adopted, check_adopted};

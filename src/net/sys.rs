@@ -39,7 +39,8 @@ pub(crate) fn is_per_connection(e: &io::Error) -> bool {
 
 /// What a descriptor handed over from elsewhere must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Adopted {
+#[non_exhaustive]
+pub enum Adopted {
     /// A TCP or Unix stream socket that is listening.
     Listener,
     /// A UDP or Unix datagram socket.
@@ -50,7 +51,7 @@ pub(crate) enum Adopted {
 /// listening if it is to be accepted on (`SO_TYPE`, `SO_DOMAIN`, `SO_PROTOCOL`,
 /// `SO_ACCEPTCONN`). Served as the wrong thing, it would fail on every event — a
 /// connected socket's `accept` says `EINVAL` forever — and spin the loop.
-pub(crate) fn check_adopted(sock: &socket2::Socket, want: Adopted) -> io::Result<()> {
+pub fn check_adopted(sock: &socket2::Socket, want: Adopted) -> io::Result<()> {
     use socket2::{Domain, Protocol, Type};
     let refuse = |what: String| {
         let wanted = match want {

@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod certs;
+/// CPU time and memory of a process from /proc: the same file the command line uses.
+#[path = "../../src/cli/bench/procfs.rs"]
+pub mod procfs;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};

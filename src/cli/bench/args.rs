@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::merge;
-use crate::cli::common::{BUSY_POLL_HELP, CliError, TlsClientArgs, Transport, parse_level};
+use crate::cli::common::{
+    BUSY_POLL_HELP, CliError, TlsClientArgs, Transport, TransportArg, parse_level,
+};
 use crate::cli::units::{parse_duration, parse_rate, parse_size};
 
 /// Most segments a run may be cut into (the index is a 12-bit field of connection keys).
@@ -125,7 +127,7 @@ pub struct BenchArgs {
     #[command(subcommand)]
     pub(super) command: Option<BenchCommand>,
     /// Transport to load.
-    #[arg(value_enum, required = true)]
+    #[arg(value_parser = TransportArg, required = true)]
     pub(super) transport: Option<Transport>,
     /// Server address: host:port for tcp, tls and udp; a path or @name for unix and unix-dgram.
     #[arg(value_name = "ADDR", required = true)]

@@ -15,7 +15,7 @@ use std::time::Instant;
 use super::model::{Env, Start, Step, ThreadState, Timeline, sweep_period};
 use super::pattern::Pattern;
 use super::settings::Load;
-use crate::{DatagramHandler, DgramCtx, PeerAddr, TimerId};
+use echoloop::{DatagramHandler, DgramCtx, PeerAddr, TimerId};
 
 /// Where a sent datagram stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //!
 //! # Shape
 //!
-//! `--threads T` threads each run one [`crate::EventLoop`] with every T-th connection of
+//! `--threads T` threads each run one [`echoloop::EventLoop`] with every T-th connection of
 //! the run (`thread`). A stream connection (TCP, TLS, Unix) is a `stream` handler; a
 //! datagram "connection" (UDP, Unix datagram) is one socket with a `dgram` handler.
 //! The handlers of one thread share the settings (`settings`) and a random template
@@ -48,6 +48,8 @@
 //! address, or no echo completed in the window (the report is printed all the same), or
 //! for bad input (nothing is sent then).
 
+#[cfg(test)]
+mod alloc_test;
 mod args;
 mod dgram;
 mod merge;
@@ -68,9 +70,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::serialization::V2DeflateSerializer;
 
-pub use procfs::{
-    CpuTicks, clock_ticks_per_sec, peak_rss_kib, proc_cpu_split, proc_cpu_ticks, raise_fd_limit,
-};
+pub use procfs::{clock_ticks_per_sec, peak_rss_kib, proc_cpu_ticks, raise_fd_limit};
 
 use super::common::{CliError, idle_strategy, init_logging};
 use super::report::{Histograms, LatencySummary, Recorder, Report, SegmentInfo};

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::pattern::Pattern;
 use super::settings::{Load, Settings};
-use crate::ConnId;
 use crate::cli::report::Recorder;
+use echoloop::ConnId;
 
 /// Pause before reopening a connection that failed or broke, so a refusing server does
 /// not get a connect storm.

@@ -13,8 +13,8 @@ use super::args::{BenchArgs, Segment};
 use super::pattern::HEADER;
 use super::procfs::{proc_cpu_ticks, raise_fd_limit};
 use crate::cli::common::{CliError, Transport};
-use crate::net::{Endpoint, UnixName, resolve_all};
-use crate::tls_config::{client_config, server_name};
+use echoloop::net::{Endpoint, UnixName, resolve_all};
+use echoloop::tls_config::{client_config, server_name};
 
 /// Largest datagram over IPv4 (65,535 minus the IP and UDP headers).
 pub(super) const MAX_DATAGRAM: u64 = 65_507;

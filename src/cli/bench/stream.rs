@@ -16,7 +16,7 @@ use std::time::Instant;
 use super::model::{Env, RETRY_BACKOFF, Start, Step, ThreadState, Timeline};
 use super::pattern::Pattern;
 use super::settings::Load;
-use crate::{CloseReason, Ctx, Handler, TimerId};
+use echoloop::{CloseReason, Ctx, Handler, TimerId};
 
 /// A message in flight.
 #[derive(Debug, Clone, Copy)]

@@ -9,7 +9,7 @@
 //! 2. **Go.** Once every thread is connected, the main thread fixes the [`Timeline`] (the
 //!    same for all, at `--start-at` when given) and sends it through those channels. The
 //!    channel's callback stores it and sets a timer, for the instant traffic starts, on
-//!    every waiting connection ([`crate::LoopCtx::set_timer_for`]): they all start then.
+//!    every waiting connection ([`echoloop::LoopCtx::set_timer_for`]): they all start then.
 //! 3. **Warm-up, window, grace.** Messages flow; what completes inside the window counts.
 //!    After the window no new message is sent; the last echoes have `--timeout` to come.
 //! 4. **Stop.** The loop is stopped; what is still owed counts as timed out. Nothing that
@@ -42,8 +42,8 @@ use super::settings::Settings;
 use super::stream::StreamConn;
 use crate::cli::common::Transport;
 use crate::cli::report::Recorder;
-use crate::net::{Endpoint, PeerAddr, UnixName};
-use crate::{ConnectOptions, EventLoop, LoopCtx, Sender};
+use echoloop::net::{Endpoint, PeerAddr, UnixName};
+use echoloop::{ConnectOptions, EventLoop, LoopCtx, Sender};
 
 /// Connects a thread keeps in progress at once. Thousands of SYNs at once overflow a
 /// server's SYN and accept queues (`tcp_max_syn_backlog`, `somaxconn`): the dropped ones
@@ -84,6 +84,9 @@ pub(super) fn datagram_target(target: &Endpoint) -> io::Result<PeerAddr> {
     match target {
         Endpoint::Inet(a) => Ok(PeerAddr::Inet(*a)),
         Endpoint::Unix(name) => name.to_std().map(PeerAddr::Unix),
+        other => Err(io::Error::other(format!(
+            "cannot send datagrams to {other}"
+        ))),
     }
 }
 
@@ -121,7 +124,7 @@ fn open_slot(
             };
             let ip = s
                 .source_for(slot)
-                .unwrap_or(crate::net::wildcard_for(*target));
+                .unwrap_or(echoloop::net::wildcard_for(*target));
             let handler = DgramSock::new(Rc::clone(env), slot, key, PeerAddr::Inet(*target));
             el.bind_udp(SocketAddr::new(ip, 0), Box::new(handler))
                 .map(drop)
@@ -144,6 +147,8 @@ fn open_slot(
                 .map(drop)
                 .map_err(|e| format!("cannot open a unix-dgram socket: {e}"))
         }
+        // The command line offers no other (the library's list may grow).
+        other => Err(format!("bench does not speak {}", other.name())),
     }
 }
 
@@ -156,13 +161,11 @@ pub(super) fn drive(
     slots: Vec<usize>,
     tx: &mpsc::Sender<Msg>,
 ) -> Result<ThreadResult, String> {
-    let config = crate::Config {
-        // A closing connection waits this long for the server's side of the close.
-        close_timeout: s.timeout,
-        // Every thread's loop spins on its own.
-        busy_poll: s.busy_poll,
-        ..crate::Config::default()
-    };
+    let mut config = echoloop::Config::default();
+    // A closing connection waits this long for the server's side of the close.
+    config.close_timeout = s.timeout;
+    // Every thread's loop spins on its own.
+    config.busy_poll = s.busy_poll;
     let mut el = EventLoop::with_state(config, ThreadState::default())
         .map_err(|e| format!("cannot create a poller: {e}"))?;
     // The segment is in the seed too: generators of one run send different bodies.
