@@ -764,10 +764,17 @@ impl Connection {
 
     /// Copies this turn's span, if any, into the connection's own buffer: it is to be
     /// followed by bytes that are not shared, or it must outlive the turn.
+    #[inline]
     pub(crate) fn unshare(&mut self, pool: &mut BufPool) {
-        if self.shared.is_empty() {
-            return;
+        // The common case (echo: a connection's own replies are never shared) costs one
+        // comparison where it is called.
+        if !self.shared.is_empty() {
+            self.copy_span_out(pool);
         }
+    }
+
+    #[cold]
+    fn copy_span_out(&mut self, pool: &mut BufPool) {
         if self.sendbuf.capacity() == 0 {
             self.sendbuf.adopt(pool.take());
         }
