@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 /// CPU time and memory of a process from /proc: the same file the command line uses.
-#[path = "../../src/cli/bench/procfs.rs"]
+#[path = "../../src/cli/procfs.rs"]
 // Its unit tests are not run from a bench (no test harness): their imports go unused.
 #[allow(unused_imports)]
 pub mod procfs;

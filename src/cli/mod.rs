@@ -18,14 +18,11 @@ macro_rules! errln {
     }};
 }
 
-mod activation;
 pub mod bench;
 pub mod client;
 mod common;
-mod live;
-mod metrics;
 pub mod outlet;
-pub mod report;
+pub mod procfs;
 pub mod serve;
 pub mod units;
 

@@ -4,7 +4,7 @@
 
 pub mod certs;
 /// CPU time and memory of a process from /proc: the same file the command line uses.
-#[path = "../../src/cli/bench/procfs.rs"]
+#[path = "../../src/cli/procfs.rs"]
 pub mod procfs;
 
 use std::io::{BufRead, BufReader};

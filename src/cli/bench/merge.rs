@@ -17,10 +17,10 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry, LogIteratorError};
 
-use crate::cli::common::CliError;
-use crate::cli::report::{
+use crate::cli::bench::report::{
     GeneratorRow, Histograms, LatencySummary, Recorder, Report, SegmentInfo, decode_histogram,
 };
+use crate::cli::common::CliError;
 
 /// Arguments of `echoloop bench merge`.
 #[derive(Debug, clap::Args)]

@@ -9,8 +9,10 @@
 //! their payloads are cut from (`pattern`), and count into the thread's loop state.
 //! Each thread hands finished intervals to the main thread, which merges them into the
 //! progress line, `--json-lines` and `--hlog` (`progress`), and at the end into the
-//! report. `procfs` reads CPU time and memory (the generator's, and `--server-pid`'s);
-//! `merge` joins the reports of several generators.
+//! report (`report`: the latency recorder, its codec and the report's text and JSON).
+//! The command line's `procfs` reads CPU time and memory (the generator's, and
+//! `--server-pid`'s); `merge` joins the reports of several generators. The arguments are
+//! in `args`, the thread's state model in `model`.
 //!
 //! # Load models
 //!
@@ -55,8 +57,8 @@ mod dgram;
 mod merge;
 mod model;
 mod pattern;
-mod procfs;
 mod progress;
+pub mod report;
 mod settings;
 mod stream;
 mod thread;
@@ -70,14 +72,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::serialization::V2DeflateSerializer;
 
-pub use procfs::{clock_ticks_per_sec, peak_rss_kib, proc_cpu_ticks, raise_fd_limit};
+use super::procfs::{clock_ticks_per_sec, peak_rss_kib, proc_cpu_ticks};
 
 use super::common::{CliError, idle_strategy, init_logging};
-use super::report::{Histograms, LatencySummary, Recorder, Report, SegmentInfo};
 pub use args::BenchArgs;
 use args::BenchCommand;
 use model::{Counters, Timeline};
 use progress::{GO_MARGIN, Hlog, Progress, unix_secs};
+use report::{Histograms, LatencySummary, Recorder, Report, SegmentInfo};
 use settings::{Load, Settings};
 use thread::{Msg, ThreadResult};
 

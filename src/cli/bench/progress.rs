@@ -16,7 +16,7 @@ use hdrhistogram::serialization::interval_log::{
 };
 
 use super::model::{Interval, Timeline};
-use crate::cli::report::{Recorder, status_line};
+use crate::cli::bench::report::{Recorder, status_line};
 
 /// The run's histograms, summed from the merged intervals.
 #[derive(Debug, Default)]

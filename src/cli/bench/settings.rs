@@ -11,8 +11,8 @@ use rustls::pki_types::ServerName;
 
 use super::args::{BenchArgs, Segment};
 use super::pattern::HEADER;
-use super::procfs::{proc_cpu_ticks, raise_fd_limit};
 use crate::cli::common::{CliError, Transport};
+use crate::cli::procfs::{proc_cpu_ticks, raise_fd_limit};
 use echoloop::net::{Endpoint, UnixName, resolve_all};
 use echoloop::tls_config::{client_config, server_name};
 

@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use serde::{Deserialize, Serialize};
 
-use super::units::{format_bytes_per_sec, format_count};
+use crate::cli::units::{format_bytes_per_sec, format_count};
 
 /// Smallest trackable latency, in nanoseconds.
 const LOWEST_NS: u64 = 1;

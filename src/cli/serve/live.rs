@@ -4,8 +4,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::bench::{clock_ticks_per_sec, proc_cpu_ticks};
-use super::units::{format_bytes_per_sec, format_count};
+use crate::cli::procfs::{clock_ticks_per_sec, proc_cpu_ticks};
+use crate::cli::units::{format_bytes_per_sec, format_count};
 use echoloop::stats::Stats;
 
 /// Every worker's latest counters, for whoever reports on the whole server (the stats

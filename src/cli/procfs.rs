@@ -1,5 +1,6 @@
 //! What `/proc` says about a process: CPU time used and peak memory, for the generator's
-//! own cost and a server's (`--server-pid`); and the open-file limit many connections need.
+//! own cost and a server's (`--server-pid`), and serve's statistics; and the open-file
+//! limit many connections need. Tests and benches include this file as their own.
 
 use std::io;
 

@@ -1,4 +1,10 @@
-//! `echoloop serve`: echo on every listener given, all in one poll loop per worker.
+//! `echoloop serve`: echo on every listener given, all in one poll loop per worker. Its
+//! parts: `activation` (descriptors handed over by systemd), `live` (the statistics lines
+//! and the counters shared by the workers), `metrics` (the Prometheus endpoint).
+
+mod activation;
+mod live;
+mod metrics;
 
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
@@ -8,10 +14,11 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::activation::{self, Activated};
+use activation::Activated;
+use live::{Board, Sampler};
+use metrics::{Metrics, RenderCache, StatsSource};
+
 use super::common::{BUSY_POLL_HELP, CliError, idle_strategy, init_logging, parse_level};
-use super::live::{Board, Sampler};
-use super::metrics::{Metrics, RenderCache, StatsSource};
 use super::units::{parse_duration, parse_size};
 use echoloop::event_loop::{HANDLED_SIGNALS, SignalAction, SignalPolicy};
 use echoloop::net::{Endpoint, UnixName, resolve_one};
@@ -137,7 +144,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     check_settings(&args)?;
     // Every connection is a descriptor; the soft limit (often 1024) is raised to the hard
     // one, which is what the administrator allows.
-    if let Some(limit) = super::bench::raise_fd_limit() {
+    if let Some(limit) = super::procfs::raise_fd_limit() {
         log::debug!("open-file limit: {limit}");
         let wanted = (args.max_connections.unwrap_or(0) as u64).saturating_mul(args.workers as u64);
         if wanted.saturating_add(64) > limit {
