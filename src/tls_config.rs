@@ -237,13 +237,22 @@ pub struct ClientTlsOptions<'a> {
     pub client_cert: Option<(&'a Path, &'a Path)>,
 }
 
+/// The cryptography rustls runs on: *ring*, which builds without a C toolchain beyond the
+/// system's (aws-lc-rs needs cmake). rustls 0.23.48 deprecates *ring*'s default provider
+/// because it offers no post-quantum key exchange; until the crate moves to a provider that
+/// does, the warning is silenced here, once, instead of in every embedder's build.
+#[allow(deprecated)]
+fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    ring::default_provider()
+}
+
 /// Builds the server configuration described by `opts`.
 ///
 /// Loads and cross-checks the certificate chain and key, and, if
 /// [`ServerTlsOptions::client_ca`] is set, requires client certificates issued
 /// by that CA. TLS 1.3 session tickets are enabled so clients can resume.
 pub fn server_config(opts: &ServerTlsOptions<'_>) -> Result<Arc<ServerConfig>, TlsConfigError> {
-    let provider = Arc::new(ring::default_provider());
+    let provider = Arc::new(crypto_provider());
     let identity = load_certified_key(&provider, opts.cert_chain, opts.key)?;
 
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -278,7 +287,7 @@ pub fn server_config(opts: &ServerTlsOptions<'_>) -> Result<Arc<ServerConfig>, T
 /// module documentation for why that cannot be turned off. Without
 /// [`ClientTlsOptions::ca`] the system certificate store is used.
 pub fn client_config(opts: &ClientTlsOptions<'_>) -> Result<Arc<ClientConfig>, TlsConfigError> {
-    let provider = Arc::new(ring::default_provider());
+    let provider = Arc::new(crypto_provider());
     let roots = match opts.ca {
         Some(ca) => load_ca_store(ca)?,
         None => native_roots()?,
