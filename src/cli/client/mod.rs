@@ -72,7 +72,7 @@ mod stream;
 
 use dgram::{DgramClient, unspecified_like};
 use exchange::{Common, Messages, Shared};
-use stream::{Phase, StreamClient};
+use stream::StreamClient;
 
 /// Default `--timeout` for tcp, tls and unix: connect, each echo, and the final EOF.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -213,22 +213,7 @@ fn start_stream(
         opts = opts.tls(cfg, server_name(&name)?);
         tls_name = Some(name);
     }
-    let mut client = StreamClient {
-        common,
-        target: args.addr.clone(),
-        remaining: endpoints,
-        failures: Vec::new(),
-        endpoint: Endpoint::Inet(([0, 0, 0, 0], 0).into()),
-        opts,
-        tls_name,
-        peer: String::new(),
-        phase: Phase::Connecting,
-        expected: Vec::new(),
-        got: Vec::new(),
-        timer: None,
-        confirmed: false,
-        held: Vec::new(),
-    };
+    let mut client = StreamClient::new(common, args.addr.clone(), endpoints, opts, tls_name);
     // The first connect is started here; one that fails, at once (say, no IPv6 route) or
     // later, moves on to the next address in `on_close`.
     let Some(ep) = client.remaining.pop_front() else {

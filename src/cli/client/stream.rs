@@ -55,17 +55,40 @@ impl StreamClient {
     /// A fresh handler for a connect to `ep`, carrying on with the same messages and the
     /// record of addresses tried so far.
     pub(super) fn successor(&self, ep: Endpoint) -> StreamClient {
+        let common = Common {
+            timeout: self.common.timeout,
+            index: 0,
+        };
+        let mut next = StreamClient::new(
+            common,
+            self.target.clone(),
+            self.remaining.clone(),
+            self.opts.clone(),
+            self.tls_name.clone(),
+        );
+        next.failures = self.failures.clone();
+        next.endpoint = ep;
+        next
+    }
+
+    /// A client for `target` that has tried no address yet: `remaining` are the addresses
+    /// to try, in order.
+    pub(super) fn new(
+        common: Common,
+        target: String,
+        remaining: VecDeque<Endpoint>,
+        opts: ConnectOptions,
+        tls_name: Option<String>,
+    ) -> StreamClient {
         StreamClient {
-            common: Common {
-                timeout: self.common.timeout,
-                index: 0,
-            },
-            target: self.target.clone(),
-            remaining: self.remaining.clone(),
-            failures: self.failures.clone(),
-            endpoint: ep,
-            opts: self.opts.clone(),
-            tls_name: self.tls_name.clone(),
+            common,
+            target,
+            remaining,
+            failures: Vec::new(),
+            // Set by `successor` for each connect.
+            endpoint: Endpoint::Inet(([0, 0, 0, 0], 0).into()),
+            opts,
+            tls_name,
             peer: String::new(),
             phase: Phase::Connecting,
             expected: Vec::new(),
