@@ -107,9 +107,9 @@
 //! # 5. Partial writes
 //!
 //! `send` on a non-blocking socket takes what fits in the kernel's send buffer and says
-//! how much that was. The rest is ours to keep: each connection has a
-//! [`crate::sendbuf::SendBuf`] holding only unsent bytes, flushed when the socket reports
-//! writable again. The textbook `sendall` hides this loop by blocking; a reactor cannot block.
+//! how much that was. The rest is ours to keep: each connection has a send buffer
+//! (`SendBuf` in `src/sendbuf.rs`) holding only unsent bytes, flushed when the socket
+//! reports writable again. The textbook `sendall` hides this loop by blocking; a reactor cannot block.
 //!
 //! # 6. Backpressure
 //!

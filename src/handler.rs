@@ -32,7 +32,7 @@ use crate::config::ConnectOptions;
 pub use crate::conn::CloseReason;
 pub use crate::error::SendError;
 use crate::error::{ConnError, ListenError};
-pub use crate::id::{ConnId, SourceId, TimerId};
+pub use crate::id::{ConnId, ListenerId, SocketId, SourceId, TimerId};
 use crate::net::{Endpoint, PeerAddr};
 use crate::stats::Stats;
 
@@ -244,7 +244,7 @@ pub(crate) trait LoopOps<S> {
     fn is_stopping(&self) -> bool;
 
     /// Runs the callbacks that actions taken outside any callback have caused.
-    fn settle(&mut self);
+    fn finish_actions(&mut self);
 }
 
 /// The loop-level half of every context: the same in [`Ctx`], [`DgramCtx`] and [`LoopCtx`].
@@ -356,18 +356,18 @@ macro_rules! loop_methods {
         /// Stops accepting on a listener: new connections wait in the kernel's queue
         /// (up to its backlog) while the listener's connections go on — draining a
         /// server behind a load balancer, say.
-        pub fn pause_listener(&mut self, listener: ConnId) -> Result<(), ConnError> {
+        pub fn pause_listener(&mut self, listener: ListenerId) -> Result<(), ConnError> {
             self.ops.listener_op(listener, ListenerOp::Pause)
         }
 
         /// Accepts again on a paused listener, starting with what queued meanwhile.
-        pub fn resume_listener(&mut self, listener: ConnId) -> Result<(), ConnError> {
+        pub fn resume_listener(&mut self, listener: ListenerId) -> Result<(), ConnError> {
             self.ops.listener_op(listener, ListenerOp::Resume)
         }
 
         /// Closes a listener (its socket file too, if the loop bound it); the
         /// connections it accepted go on.
-        pub fn close_listener(&mut self, listener: ConnId) -> Result<(), ConnError> {
+        pub fn close_listener(&mut self, listener: ListenerId) -> Result<(), ConnError> {
             self.ops.listener_op(listener, ListenerOp::Close)
         }
 
@@ -594,7 +594,7 @@ impl<S> DgramCtx<'_, S> {
     loop_methods!();
 
     /// This socket's id.
-    pub fn id(&self) -> ConnId {
+    pub fn id(&self) -> SocketId {
         self.id
     }
 
@@ -818,7 +818,7 @@ impl<S> Drop for ConnGuard<'_, S> {
             return;
         }
         *self.running_callbacks = true;
-        self.conn.ops.settle();
+        self.conn.ops.finish_actions();
         *self.running_callbacks = false;
     }
 }

@@ -11,7 +11,11 @@ use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Identifies a connection, listener or datagram socket within its loop.
+/// Identifies a connection within its loop — and, under the names [`ListenerId`] and
+/// [`SocketId`], a listener or a datagram socket: all three live in the loop's one slab
+/// and share its slot-and-generation scheme. One type lets a message from another thread or
+/// a timer name any of them; acting on a listener's or socket's id as a connection gives
+/// [`crate::ConnError::NotStream`].
 ///
 /// Slab slots are reused, so the id carries a generation as well: a stale id never reaches
 /// a newer connection that took the same slot; acting on it gives [`crate::ConnError::Gone`].
@@ -86,6 +90,15 @@ impl fmt::Debug for ConnId {
         )
     }
 }
+
+/// A [`ConnId`] that names a listener (from [`crate::EventLoop::listen`] and
+/// `adopt_listener`): what `pause_listener`, `close_listener`, `expect_proxy_header` and
+/// `count_in_stats` take.
+pub type ListenerId = ConnId;
+
+/// A [`ConnId`] that names a datagram socket (from [`crate::EventLoop::bind_udp`] and the
+/// other datagram binds, or [`crate::DgramCtx::id`]).
+pub type SocketId = ConnId;
 
 /// Identifies a descriptor watched by a loop (see [`crate::EventLoop::add_fd`]); pass it
 /// to `remove_fd`.

@@ -105,9 +105,9 @@
 //! | module | what it does | socket concept it teaches |
 //! |---|---|---|
 //! | [`guide`] | documentation only | from a blocking echo server to the reactor |
-//! | `id` | [`ConnId`], [`SourceId`], [`TimerId`] | why ids carry a generation (slot reuse) and their loop |
+//! | `id` | [`ConnId`] (also [`ListenerId`], [`SocketId`]), [`SourceId`], [`TimerId`] | why ids carry a generation (slot reuse) and their loop |
 //! | [`error`] | errors per concern | — |
-//! | [`sendbuf`] | unsent bytes of one connection | partial writes |
+//! | `sendbuf` | unsent bytes of one connection | partial writes |
 //! | `timer` | a deadline heap feeding the poll timeout | timers without threads |
 //! | [`net`] | the only code making socket system calls | address families, backlog, `WouldBlock` and `EINTR`, non-blocking connect, stale Unix socket files |
 //! | `tls`, [`tls_config`] | rustls driven by hand; certificates, keys, trust | TLS as a state machine between byte streams; hostname verification |
@@ -145,7 +145,7 @@ pub mod guide;
 pub mod handler;
 mod id;
 pub mod net;
-pub mod sendbuf;
+mod sendbuf;
 pub mod stats;
 #[cfg(test)]
 mod test_support;
@@ -158,7 +158,7 @@ pub use error::{AddrError, ConnError, ListenError, SendError, TrySendError};
 pub use event_loop::{Bound, Config, ConnectOptions, EventLoop, ListenKind, Sender, StopHandle};
 pub use handler::{
     CloseReason, ConnGuard, ConnId, ConnRef, Ctx, DatagramHandler, DgramCtx, FdInterest, FdReady,
-    Handler, LoopContext, LoopCtx, SourceId, TimerId,
+    Handler, ListenerId, LoopContext, LoopCtx, SocketId, SourceId, TimerId,
 };
 pub use net::{Endpoint, PeerAddr, UnixName};
 pub use stats::Stats;

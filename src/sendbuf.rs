@@ -14,7 +14,7 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// Unsent bytes of one connection, in order.
 #[derive(Debug, Default)]
-pub struct SendBuf {
+pub(crate) struct SendBuf {
     buf: Vec<u8>,
     /// Bytes before `pos` were sent already; compacting lazily avoids a memmove per write.
     pos: usize,
@@ -23,7 +23,7 @@ pub struct SendBuf {
 /// What a flush achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Flush {
+pub(crate) enum Flush {
     /// Everything was sent.
     Done,
     /// The kernel stopped taking bytes (`WouldBlock`); wait for writability.
@@ -32,27 +32,27 @@ pub enum Flush {
 
 impl SendBuf {
     /// An empty buffer; allocates nothing until bytes are pushed.
-    pub fn new() -> SendBuf {
+    pub(crate) fn new() -> SendBuf {
         SendBuf::default()
     }
 
     /// Bytes waiting to be sent.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.buf.len() - self.pos
     }
 
     /// True when nothing is owed.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The unsent bytes.
-    pub fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         &self.buf[self.pos..]
     }
 
     /// Appends bytes after those already waiting.
-    pub fn push(&mut self, data: &[u8]) {
+    pub(crate) fn push(&mut self, data: &[u8]) {
         self.vec_for_append().extend_from_slice(data);
     }
 
@@ -67,7 +67,7 @@ impl SendBuf {
     }
 
     /// Marks `n` bytes from the front as sent.
-    pub fn consume(&mut self, n: usize) {
+    pub(crate) fn consume(&mut self, n: usize) {
         self.pos += n.min(self.len());
         if self.pos == self.buf.len() {
             self.buf.clear();
@@ -80,7 +80,10 @@ impl SendBuf {
 
     /// Writes as much as `write` takes, until empty or `WouldBlock`. Returns the bytes sent
     /// and whether everything went. Other errors are returned for the caller to close on.
-    pub fn flush_with(
+    /// (The loop itself offers a connection's bytes with [`write_until_blocked`] and
+    /// consumes what went through the connection's state machine.)
+    #[cfg(test)]
+    pub(crate) fn flush_with(
         &mut self,
         write: impl FnMut(&[u8]) -> io::Result<usize>,
     ) -> io::Result<(usize, Flush)> {
@@ -90,7 +93,7 @@ impl SendBuf {
     }
 
     /// Bytes of memory held (for tests and memory accounting).
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.buf.capacity()
     }
 

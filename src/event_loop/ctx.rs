@@ -4,7 +4,7 @@
 //! a message from another thread — goes through the same few calls on its state machine
 //! (`Connection::close`, `Connection::shutdown_write`...), so each rule lives in one place.
 //! What an action causes (a FIN to send, an `on_close` to run) is not done inside the
-//! caller's callback: the connection is marked "touched" and [`settle`] runs its outputs
+//! caller's callback: the connection is marked "touched" and [`run_touched`] runs its outputs
 //! once the callback has returned.
 
 use std::io;
@@ -27,14 +27,14 @@ use crate::timer::{Target, later};
 /// Runs everything actions have left to do: drives every touched entry (which may touch
 /// more) until none is left. Output sent to connections from elsewhere waits for
 /// [`flush`], at the end of the turn.
-pub(crate) fn settle<S>(inner: &mut Inner<S>) {
+pub(crate) fn run_touched<S>(inner: &mut Inner<S>) {
     while let Some(id) = inner.core.touched.pop() {
         match inner.slab.get(id.key()) {
             Some(Entry::Stream(e)) if e.generation == id.generation => {
                 stream::drive(inner, id.key());
             }
             Some(Entry::Dgram(d)) if d.generation == id.generation => {
-                datagram::settle(inner, id.key());
+                datagram::run_owed(inner, id.key());
             }
             Some(Entry::Failed(f)) if f.generation == id.generation => {
                 stream::report_failed_connect(inner, id.key());
@@ -44,21 +44,21 @@ pub(crate) fn settle<S>(inner: &mut Inner<S>) {
     }
 }
 
-/// Ends a turn's work (or an action taken between turns): everything [`settle`] does,
-/// then writes the output listed for the end of the turn, and settles what that caused.
+/// Ends a turn's work (or an action taken between turns): everything [`run_touched`] does,
+/// then writes the output listed for the end of the turn, and runs what that caused.
 ///
 /// One pass: output that the callbacks run here send in turn (an `on_drained` that sends
 /// to others) waits for the next turn, which then does not sleep. A chain of such
 /// callbacks must not keep the loop from polling: timers, signals and other sockets wait
 /// meanwhile.
 pub(crate) fn flush<S>(inner: &mut Inner<S>) {
-    settle(inner);
+    run_touched(inner);
     if !inner.core.flush.is_empty() {
         // What is sent while the listed connections are written waits for the next turn
         // in the connections' own buffers, not in the shared output, which is reset below.
         inner.core.pool.shared.close();
         stream::flush_listed(inner);
-        settle(inner);
+        run_touched(inner);
     }
     // Only listed connections hold spans of the turn's shared output, and each has been
     // written, with what the kernel did not take copied to its own buffer.
@@ -226,7 +226,7 @@ impl<S> LoopOps<S> for Inner<S> {
         }
     }
 
-    fn settle(&mut self) {
+    fn finish_actions(&mut self) {
         flush(self);
     }
 

@@ -40,7 +40,7 @@ const DGRAM_BUDGET: usize = 256;
 /// A receive batch at least this full says the queue runs deep.
 const DEEP: usize = 4;
 
-/// Adds a bound datagram socket; its `on_ready` runs when the loop next settles (at once
+/// Adds a bound datagram socket; its `on_ready` runs when the loop next runs what actions left (at once
 /// for the loop's own entry points, after the callback for one made from a callback).
 pub(crate) fn add<S>(
     inner: &mut Inner<S>,
@@ -79,7 +79,7 @@ pub(crate) fn add<S>(
 
 /// Runs what is owed to a socket after actions from elsewhere: its `on_ready`, or a close
 /// asked for.
-pub(crate) fn settle<S>(inner: &mut Inner<S>, key: usize) {
+pub(crate) fn run_owed<S>(inner: &mut Inner<S>, key: usize) {
     let Some(Entry::Dgram(d)) = inner.slab.get_mut(key) else {
         return;
     };

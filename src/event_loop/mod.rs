@@ -11,7 +11,7 @@
 //!   for bytes already waiting.
 //! * **Interest registered once** — every connection is registered for both readable and
 //!   writable when it is created and never re-registered (`stream::add_accepted`).
-//! * **Partial writes** — see [`crate::sendbuf`] and `stream::push_output`.
+//! * **Partial writes** — see `src/sendbuf.rs` and `stream::push_output`.
 //! * **Output that coalesces** — a connection's replies to its own input are written
 //!   when its callback returns; what other callbacks send it is written once per turn,
 //!   just before the loop polls again (`stream::send`, `stream::flush_listed`). Bytes
@@ -34,7 +34,7 @@
 //! | `datagram` | the datagram driver: UDP and Unix datagram sockets |
 //! | `accept` | listeners and the accept loop; pausing and closing them by id |
 //! | `source` | descriptors of the application's own (`add_fd`) |
-//! | `ctx` | what the handler contexts do (`handler::LoopOps`), `settle` and `flush` |
+//! | `ctx` | what the handler contexts do (`handler::LoopOps`), `run_touched` and `flush` |
 //! | `wake` | [`StopHandle`] and [`Sender`]: reaching the loop from other threads |
 //!
 //! # Nesting in a host's poller
@@ -92,14 +92,14 @@ pub use crate::config::{Config, ConnectOptions, ListenKind};
 pub use wake::{Sender, StopHandle};
 
 use self::core::{Core, Entry, Inner, ListenerEntry, Phase, entry_at};
-use self::ctx::{flush, settle};
+use self::ctx::{flush, run_touched};
 use self::stream::{ReadBufs, Readiness};
 use self::wake::{Channel, Wake};
 use crate::error::{AddrError, ConnError, ListenError};
 use crate::handler::{
     ConnGuard, ConnRef, DatagramHandler, FdInterest, FdReady, Handler, LoopCtx, OnLoop, SourceId,
 };
-use crate::id::{ConnId, TimerId};
+use crate::id::{ConnId, ListenerId, TimerId};
 use crate::net::{self, Datagram, Endpoint, RecvBatch, UnixName};
 use crate::stats::Stats;
 use crate::timer::{Target, later};
@@ -120,7 +120,8 @@ const LINGER_CHECK: Duration = Duration::from_millis(10);
 /// An address a listener or datagram socket is bound to, as reported by the system.
 #[derive(Debug, Clone)]
 pub struct Bound {
-    /// The id of the listener or socket.
+    /// The id of the listener ([`crate::ListenerId`]) or datagram socket
+    /// ([`crate::SocketId`]).
     pub id: ConnId,
     /// The real address (the chosen port when port 0 was asked for).
     pub addr: Endpoint,
@@ -388,7 +389,7 @@ impl<S: 'static> EventLoop<S> {
     /// TLS handshake on a TLS listener) and which [`crate::Ctx::peer_addr`] then reports.
     /// A missing, malformed, oversized or late header (the handshake timeout) closes that
     /// connection with [`crate::CloseReason::BadProxyHeader`].
-    pub fn expect_proxy_header(&mut self, listener: ConnId, on: bool) -> Result<(), ConnError> {
+    pub fn expect_proxy_header(&mut self, listener: ListenerId, on: bool) -> Result<(), ConnError> {
         self.listener_mut(listener)?.proxy = on;
         Ok(())
     }
@@ -398,14 +399,14 @@ impl<S: 'static> EventLoop<S> {
     /// server's own business — a metrics or admin endpoint next to the service: the
     /// monitoring does not inflate the numbers it reports, and a server full of clients
     /// still answers it.
-    pub fn count_in_stats(&mut self, listener: ConnId, on: bool) -> Result<(), ConnError> {
+    pub fn count_in_stats(&mut self, listener: ListenerId, on: bool) -> Result<(), ConnError> {
         self.listener_mut(listener)?.counted = on;
         Ok(())
     }
 
     /// The listener `id` names: `NotStream` for another kind of entry, `Gone` once its
     /// slot was freed (the generation tells a reused slot from the one asked for).
-    fn listener_mut(&mut self, id: ConnId) -> Result<&mut ListenerEntry<S>, ConnError> {
+    fn listener_mut(&mut self, id: ListenerId) -> Result<&mut ListenerEntry<S>, ConnError> {
         match entry_at(&mut self.inner.slab, &self.inner.core, id)? {
             Entry::Listener(l) => Ok(l),
             _ => Err(ConnError::NotStream),
@@ -747,7 +748,7 @@ impl<S: 'static> EventLoop<S> {
                 }
                 Token(key) => dispatch(inner, bufs, recv_batch.as_deref_mut(), key, event),
             }
-            settle(inner);
+            run_touched(inner);
         }
     }
 
@@ -770,7 +771,7 @@ impl<S: 'static> EventLoop<S> {
                 Some(Entry::Listener(_)) => accept::accept_loop(inner, key),
                 Some(Entry::Failed(_) | Entry::Source(_)) | None => continue,
             }
-            settle(inner);
+            run_touched(inner);
         }
         ready.clear();
         self.ready_spare = ready;
@@ -794,7 +795,7 @@ impl<S: 'static> EventLoop<S> {
                     }
                 }
             }
-            settle(inner);
+            run_touched(inner);
         }
     }
 
@@ -993,7 +994,7 @@ fn begin_stop<S>(inner: &mut Inner<S>, grace: Duration) {
     if let Some(mut callback) = inner.on_stopping.take() {
         callback(&mut LoopCtx { ops: inner });
         inner.on_stopping = Some(callback);
-        settle(inner);
+        run_touched(inner);
     }
     for id in conns {
         let Some(e) = self::core::stream_at(&mut inner.slab, id) else {
@@ -1007,7 +1008,7 @@ fn begin_stop<S>(inner: &mut Inner<S>, grace: Duration) {
             e.conn.stop(inner.core.now, &inner.core.limits);
         }
         inner.core.touched.push(id);
-        settle(inner);
+        run_touched(inner);
     }
     flush(inner);
     if grace.is_zero() {

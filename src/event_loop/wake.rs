@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use mio::Waker;
 
 use super::core::Inner;
-use super::ctx::settle;
+use super::ctx::run_touched;
 use crate::error::TrySendError;
 use crate::handler::LoopCtx;
 
@@ -202,7 +202,7 @@ impl<S, M> Channel<S> for Receiving<S, M> {
             match self.rx.try_recv() {
                 Ok(msg) => {
                     (self.callback)(&mut LoopCtx { ops: inner }, msg);
-                    settle(inner);
+                    run_touched(inner);
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return false,
             }

@@ -10,7 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -58,6 +58,12 @@ pub fn count_allocs(
     setup: impl FnOnce(&mut EventLoop) -> Endpoint + Send + 'static,
     client: impl FnOnce(SocketAddr, &dyn Fn(bool)) + Send + 'static,
 ) -> u64 {
+    // The switch and the tally are process-wide, and the test harness runs tests on
+    // several threads: while one test counted, another's reactor (setting up, shaking
+    // hands) was counted too. One count at a time keeps each figure its own.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    ALLOCS.store(0, Ordering::SeqCst);
     let (tx, rx) = mpsc::channel();
     let reactor = std::thread::spawn(move || {
         let mut el = EventLoop::new(Config::default()).unwrap();

@@ -279,7 +279,7 @@ impl DatagramHandler<ThreadState> for DgramSock {
         let st = ctx.state();
         st.c.connects_ok += 1;
         st.up += 1;
-        st.settled += 1;
+        st.first_attempts_done += 1;
         let id = ctx.id();
         match ctx.state().start_for(id, now) {
             Start::Now(tl) => self.start(ctx, tl, now),

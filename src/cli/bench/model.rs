@@ -195,7 +195,7 @@ pub(super) struct ThreadState {
     /// Connections opened before the timeline was known: woken when it is.
     pub(super) waiting: Vec<ConnId>,
     /// Slots whose first connection attempt has finished, either way.
-    pub(super) settled: usize,
+    pub(super) first_attempts_done: usize,
     /// Connections (or datagram sockets) up right now.
     pub(super) up: u64,
     /// Stream connects in progress.

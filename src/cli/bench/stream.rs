@@ -195,7 +195,7 @@ impl Handler<ThreadState> for StreamConn {
         st.connecting -= 1;
         st.connected(now, took);
         if self.first {
-            st.settled += 1;
+            st.first_attempts_done += 1;
         }
         let id = ctx.id();
         match ctx.state().start_for(id, now) {
@@ -289,7 +289,7 @@ impl Handler<ThreadState> for StreamConn {
         } else {
             st.connecting -= 1;
             if self.first {
-                st.settled += 1;
+                st.first_attempts_done += 1;
             }
         }
         if st.stopping {

@@ -220,7 +220,7 @@ pub(super) fn drive(
                 open_slot(&mut el, &env, slot, first)?;
             }
         }
-        if !announced && el.state().settled >= slots.len() {
+        if !announced && el.state().first_attempts_done >= slots.len() {
             announced = true;
             let msg = Msg::Connected {
                 go: go.clone(),

@@ -98,7 +98,7 @@ impl DgramClient {
     }
 
     pub(super) fn finish(&mut self, ctx: &mut DgramCtx<'_, Shared>, result: Result<(), String>) {
-        ctx.state().settle(result);
+        ctx.state().record_outcome(result);
         self.current = None;
         if let Some(t) = self.timer.take() {
             ctx.cancel_timer(t);
@@ -297,7 +297,7 @@ impl DatagramHandler<Shared> for DgramClient {
             return;
         }
         ctx.state()
-            .settle(Err("the socket closed before the exchange was over".into()));
+            .record_outcome(Err("the socket closed before the exchange was over".into()));
         ctx.stop_loop(Duration::ZERO);
     }
 }

@@ -16,13 +16,13 @@ pub(super) struct Shared {
 impl Shared {
     /// Records the result unless one is already recorded (the first word is the true one:
     /// a failure is often followed by the close it caused).
-    pub(super) fn settle(&mut self, result: Result<(), String>) {
+    pub(super) fn record_outcome(&mut self, result: Result<(), String>) {
         if self.outcome.is_none() {
             self.outcome = Some(result);
         }
     }
 
-    pub(super) fn is_settled(&self) -> bool {
+    pub(super) fn has_outcome(&self) -> bool {
         self.outcome.is_some()
     }
 }

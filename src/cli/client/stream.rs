@@ -144,7 +144,7 @@ impl StreamClient {
         // Not the handshake's failure (that comes to `on_close`): what was held back did
         // happen, so it is printed before the error. A print error changes nothing now.
         let _ = self.confirm();
-        ctx.state().settle(Err(msg));
+        ctx.state().record_outcome(Err(msg));
         self.phase = Phase::Finished;
         self.cancel_timer(ctx);
         ctx.abort();
@@ -293,7 +293,7 @@ impl Handler<Shared> for StreamClient {
                     return self.fail(ctx, e);
                 }
                 self.phase = Phase::Finished;
-                ctx.state().settle(Ok(()));
+                ctx.state().record_outcome(Ok(()));
                 ctx.close();
             }
             Phase::Awaiting => {
@@ -351,8 +351,8 @@ impl Handler<Shared> for StreamClient {
                 ctx.connect(ep, opts, Box::new(next));
                 return;
             }
-            ctx.state().settle(Err(self.connect_failure()));
-        } else if !ctx.state().is_settled() {
+            ctx.state().record_outcome(Err(self.connect_failure()));
+        } else if !ctx.state().has_outcome() {
             if matches!(reason, CloseReason::Tls(_) | CloseReason::HandshakeTimeout) {
                 // The handshake failed: nothing counts as sent on it.
                 self.held.clear();
@@ -360,7 +360,7 @@ impl Handler<Shared> for StreamClient {
                 let _ = self.confirm();
             }
             let msg = self.explain(reason);
-            ctx.state().settle(Err(msg));
+            ctx.state().record_outcome(Err(msg));
         }
         self.phase = Phase::Finished;
         ctx.stop_loop(Duration::ZERO);

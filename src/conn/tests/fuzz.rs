@@ -16,7 +16,7 @@ use std::time::Duration;
 use proptest::prelude::{Just, Strategy, any, prop, prop_assert, prop_assert_eq, prop_oneof};
 use proptest::test_runner::TestCaseError;
 
-use super::pair::{Act, EchoApp, Heard, Pair, Quiet, Who, test_limits};
+use super::pair::{Act, EchoApp, Heard, Pair, Quiet, Setup, Who, Wire};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -113,7 +113,14 @@ fn check_always(p: &Pair, sent: &[u8], clean_data: bool) -> Result<(), TestCaseE
 }
 
 fn run_case(tls: bool, cap: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut p = Pair::new(Box::new(Quiet), Box::new(EchoApp), cap, tls, test_limits());
+    let mut p = Pair::new(
+        Box::new(Quiet),
+        Box::new(EchoApp),
+        Setup {
+            wire: if tls { Wire::Tls } else { Wire::Plain },
+            ..Setup::plain(cap)
+        },
+    );
     let mut sent = Vec::new();
     // Bytes tampered with: then only the "no panic, closes once, bounded" invariants hold.
     let mut tampered = false;

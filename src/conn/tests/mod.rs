@@ -7,7 +7,7 @@ mod pair;
 
 use std::time::{Duration, Instant};
 
-use pair::{Act, App, Deaf, EchoApp, Heard, Pair, Quiet, Who, test_limits};
+use pair::{Act, App, Deaf, EchoApp, Heard, Pair, Quiet, Setup, Who, Wire, test_limits};
 
 use super::{Connection, Event, Limits, Session, State, Teardown};
 
@@ -188,7 +188,8 @@ mod handshaking {
 mod open {
     use super::{
         Act, Connection, Duration, EchoApp, Event, Heard, Instant, Pair, Quiet, SendThenShut,
-        Session, Teardown, Who, assert_bytes, assert_closed_once, closed_as, pattern, test_limits,
+        Session, Setup, Teardown, Who, assert_bytes, assert_closed_once, closed_as, pattern,
+        test_limits,
     };
 
     #[test]
@@ -283,7 +284,11 @@ mod open {
     fn conn_open_idle_timeout_closes_gracefully() {
         let mut limits = test_limits();
         limits.idle_timeout = Some(Duration::from_secs(3));
-        let mut p = Pair::new(Box::new(Quiet), Box::new(Quiet), 1024, false, limits);
+        let mut p = Pair::new(
+            Box::new(Quiet),
+            Box::new(Quiet),
+            Setup::plain(1024).with_limits(limits),
+        );
         p.run();
         p.advance(Duration::from_secs(2));
         assert!(!p.server.is_closed());
@@ -301,7 +306,11 @@ mod open {
         let mut limits = test_limits();
         limits.idle_timeout = Some(Duration::from_secs(3));
         limits.close_timeout = Duration::from_secs(60);
-        let mut p = Pair::new(Box::new(Quiet), Box::new(EchoApp), 1024, false, limits);
+        let mut p = Pair::new(
+            Box::new(Quiet),
+            Box::new(EchoApp),
+            Setup::plain(1024).with_limits(limits),
+        );
         // The client sends more than the pipe and the server's buffer hold, and never reads.
         p.act(Who::Client, vec![Act::Pause, Act::Send(pattern(32 * 1024))]);
         p.run();
@@ -364,8 +373,8 @@ mod open {
 
 mod peer_shut {
     use super::{
-        Act, App, Heard, Pair, Quiet, SendThenShut, Who, assert_bytes, assert_closed_once,
-        closed_as, test_limits,
+        Act, App, Heard, Pair, Quiet, SendThenShut, Setup, Who, Wire, assert_bytes,
+        assert_closed_once, closed_as,
     };
 
     /// Half-close by the peer: we hear `PeerClosed` and may still send.
@@ -382,21 +391,22 @@ mod peer_shut {
 
     #[test]
     fn conn_peer_shut_we_may_still_send() {
-        for tls in [false, true] {
+        for wire in Wire::BOTH {
             let mut p = Pair::new(
                 Box::new(SendThenShut {
                     msg: b"hi".to_vec(),
                 }),
                 Box::new(ReplyAfterEof),
-                64,
-                tls,
-                test_limits(),
+                Setup {
+                    wire,
+                    ..Setup::plain(64)
+                },
             );
             p.run();
             assert_bytes(
                 &p.client.received,
                 b"bye after your EOF",
-                &format!("tls {tls}"),
+                &format!("{wire:?}"),
             );
             assert_bytes(&p.server.received, b"hi", "received");
             assert_eq!(closed_as(&p, Who::Client), Some("done"));
@@ -433,8 +443,8 @@ mod peer_shut {
 
 mod write_shut {
     use super::{
-        Act, App, Connection, Heard, Instant, Pair, Session, Who, assert_bytes, assert_closed_once,
-        closed_as, pattern, test_limits,
+        Act, App, Connection, Heard, Instant, Pair, Session, Setup, Who, Wire, assert_bytes,
+        assert_closed_once, closed_as, pattern, test_limits,
     };
 
     /// Shuts its sending side at once, then keeps reading.
@@ -463,17 +473,18 @@ mod write_shut {
 
     #[test]
     fn conn_write_shut_reading_goes_on() {
-        for tls in [false, true] {
+        for wire in Wire::BOTH {
             let mut p = Pair::new(
                 Box::new(TalkBack),
                 Box::new(ShutFirst),
-                256,
-                tls,
-                test_limits(),
+                Setup {
+                    wire,
+                    ..Setup::plain(256)
+                },
             );
             p.run();
             assert_bytes(&p.client.received, b"hello", "received");
-            assert_bytes(&p.server.received, &pattern(5000), &format!("tls {tls}"));
+            assert_bytes(&p.server.received, &pattern(5000), &format!("{wire:?}"));
             assert_eq!(closed_as(&p, Who::Server), Some("done"));
             assert_eq!(closed_as(&p, Who::Client), Some("done"));
             assert_closed_once(&p);
@@ -493,7 +504,7 @@ mod write_shut {
 
 mod closing {
     use super::{
-        Act, Deaf, Duration, Heard, Limits, Pair, Quiet, State, Teardown, Who, assert_bytes,
+        Act, Deaf, Duration, Heard, Limits, Pair, Quiet, Setup, State, Teardown, Who, assert_bytes,
         assert_closed_once, closed_as, pattern, test_limits,
     };
 
@@ -619,7 +630,11 @@ mod closing {
             close_timeout: Duration::from_secs(60),
             ..test_limits()
         };
-        let mut p = Pair::new(Box::new(Quiet), Box::new(Quiet), 10, false, limits);
+        let mut p = Pair::new(
+            Box::new(Quiet),
+            Box::new(Quiet),
+            Setup::plain(10).with_limits(limits),
+        );
         p.act(Who::Client, vec![Act::Pause]);
         p.act(Who::Server, vec![Act::Send(pattern(10_000))]);
         let now = p.now;
@@ -733,7 +748,7 @@ mod preamble {
 
 /// Cases the fuzzer found, kept by name.
 mod regressions {
-    use super::{Act, EchoApp, Heard, Pair, Quiet, Who, assert_closed_once, closed_as};
+    use super::{Act, EchoApp, Heard, Pair, Quiet, Setup, Who, assert_closed_once, closed_as};
 
     /// issue 18, item 11: an idle timeout keeps its reason when the peer answers our FIN
     /// at once (the clean end of a close *we* began for idleness).
@@ -743,7 +758,11 @@ mod regressions {
             idle_timeout: Some(std::time::Duration::from_secs(1)),
             ..super::test_limits()
         };
-        let mut p = Pair::new(Box::new(Quiet), Box::new(EchoApp), 1024, false, limits);
+        let mut p = Pair::new(
+            Box::new(Quiet),
+            Box::new(EchoApp),
+            Setup::plain(1024).with_limits(limits),
+        );
         p.act(Who::Client, vec![Act::Send(vec![7, 7])]);
         p.run();
         assert_eq!(p.client.received, vec![7, 7]);

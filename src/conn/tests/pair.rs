@@ -201,25 +201,66 @@ pub(crate) fn tls_configs() -> &'static (Arc<rustls::ServerConfig>, Arc<rustls::
     })
 }
 
+/// What runs over the pipe: bytes as the application sent them, or TLS records.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Wire {
+    Plain,
+    Tls,
+}
+
+impl Wire {
+    /// Both, for tests that must hold either way.
+    pub(crate) const BOTH: [Wire; 2] = [Wire::Plain, Wire::Tls];
+}
+
+/// How a [`Pair`] is built: how much each direction of the pipe holds, what runs over
+/// it, and the server's limits.
+#[derive(Clone, Copy)]
+pub(crate) struct Setup {
+    pub(crate) pipe_capacity: usize,
+    pub(crate) wire: Wire,
+    pub(crate) limits: Limits,
+}
+
+impl Setup {
+    /// Plain bytes, the test limits.
+    pub(crate) fn plain(pipe_capacity: usize) -> Setup {
+        Setup {
+            pipe_capacity,
+            wire: Wire::Plain,
+            limits: test_limits(),
+        }
+    }
+
+    /// TLS, the test limits.
+    pub(crate) fn tls(pipe_capacity: usize) -> Setup {
+        Setup {
+            wire: Wire::Tls,
+            ..Setup::plain(pipe_capacity)
+        }
+    }
+
+    /// The same with other limits.
+    pub(crate) fn with_limits(self, limits: Limits) -> Setup {
+        Setup { limits, ..self }
+    }
+}
+
 impl Pair {
     /// A plain pair: the server accepted, the client connected.
     pub(crate) fn plain(client: Box<dyn App>, server: Box<dyn App>, pipe_capacity: usize) -> Pair {
-        Pair::new(client, server, pipe_capacity, false, test_limits())
+        Pair::new(client, server, Setup::plain(pipe_capacity))
     }
 
     /// A TLS pair; the handshake runs through the pipe like everything else.
     pub(crate) fn tls(client: Box<dyn App>, server: Box<dyn App>, pipe_capacity: usize) -> Pair {
-        Pair::new(client, server, pipe_capacity, true, test_limits())
+        Pair::new(client, server, Setup::tls(pipe_capacity))
     }
 
-    pub(crate) fn new(
-        client: Box<dyn App>,
-        server: Box<dyn App>,
-        pipe_capacity: usize,
-        tls: bool,
-        limits: Limits,
-    ) -> Pair {
-        Pair::build(client, server, pipe_capacity, tls, limits, None)
+    /// A pair as `setup` describes it.
+    pub(crate) fn new(client: Box<dyn App>, server: Box<dyn App>, setup: Setup) -> Pair {
+        let tls = setup.wire == Wire::Tls;
+        Pair::build(client, server, setup.pipe_capacity, tls, setup.limits, None)
     }
 
     /// A pair whose server sits behind a load balancer: `header` (a PROXY protocol
@@ -282,8 +323,8 @@ impl Pair {
         };
         // The balancer's header is in the pipe before anything the client sends.
         pair.server.inbox.bytes.extend(header.unwrap_or_default());
-        pair.settle(Who::Client, &[]);
-        pair.settle(Who::Server, &[]);
+        pair.drive(Who::Client, &[]);
+        pair.drive(Who::Server, &[]);
         pair
     }
 
@@ -309,7 +350,7 @@ impl Pair {
     pub(crate) fn act(&mut self, who: Who, acts: Vec<Act>) {
         self.apply(who, acts);
         self.commit(who);
-        self.settle(who, &[]);
+        self.drive(who, &[]);
     }
 
     /// Moves the clock and lets deadlines fire.
@@ -321,7 +362,7 @@ impl Pair {
             let side = self.side(who);
             if side.conn.poll_timeout().is_some_and(|at| at <= now) {
                 side.conn.handle_timeout(now, &limits);
-                self.settle(who, &[]);
+                self.drive(who, &[]);
             }
         }
     }
@@ -333,7 +374,7 @@ impl Pair {
                 return;
             }
         }
-        panic!("the pair never settled");
+        panic!("the pair never came to rest");
     }
 
     /// One read (and what follows) on one side; true if anything moved.
@@ -350,7 +391,7 @@ impl Pair {
         let blocked = self.side(who).conn.is_write_blocked();
         if blocked && (self.peer_room(who) > 0 || peer_gone) {
             self.side(who).conn.handle_writable();
-            self.settle(who, &[]);
+            self.drive(who, &[]);
             moved = true;
         }
         let me = self.side(who);
@@ -360,7 +401,7 @@ impl Pair {
             me.reset_seen = true;
             me.conn
                 .handle_io_error(std::io::ErrorKind::ConnectionReset.into());
-            self.settle(who, &[]);
+            self.drive(who, &[]);
             return true;
         }
         if !me.conn.wants_read() {
@@ -377,13 +418,13 @@ impl Pair {
                 .handle_input(now, &wire, &mut plain, &limits)
                 .to_vec();
             self.plain = plain;
-            self.settle(who, &data);
+            self.drive(who, &data);
             return true;
         }
         if me.inbox.fin && !me.eof_seen {
             me.eof_seen = true;
             me.conn.handle_eof(now);
-            self.settle(who, &[]);
+            self.drive(who, &[]);
             return true;
         }
         moved
@@ -414,7 +455,7 @@ impl Pair {
     }
 
     /// The driver's commit: what the callback sent is queued, by the rule every driver
-    /// shares; `settle` transmits it.
+    /// shares; `drive` transmits it.
     fn commit(&mut self, who: Who) {
         let limits = self.limits_for(who);
         let me = self.side(who);
@@ -423,7 +464,7 @@ impl Pair {
     }
 
     /// The driver's `drive`: events to the application, output to the pipe, the FIN.
-    fn settle(&mut self, who: Who, data: &[u8]) {
+    fn drive(&mut self, who: Who, data: &[u8]) {
         let now = self.now;
         let limits = self.limits_for(who);
         for _ in 0..10_000 {
@@ -477,7 +518,7 @@ impl Pair {
                 return;
             }
         }
-        panic!("a side never settled");
+        panic!("a side never came to rest");
     }
 
     /// The "socket" is closed as the connection says.
