@@ -17,9 +17,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry, LogIteratorError};
 
-use crate::cli::bench::report::{
-    GeneratorRow, Histograms, LatencySummary, Recorder, Report, SegmentInfo, decode_histogram,
-};
+use crate::cli::bench::recorder::{Recorder, decode_histogram};
+use crate::cli::bench::report::{GeneratorRow, Histograms, LatencySummary, Report, SegmentInfo};
 use crate::cli::common::CliError;
 
 /// Arguments of `echoloop bench merge`.

@@ -9,7 +9,8 @@
 //! their payloads are cut from (`pattern`), and count into the thread's loop state.
 //! Each thread hands finished intervals to the main thread, which merges them into the
 //! progress line, `--json-lines` and `--hlog` (`progress`), and at the end into the
-//! report (`report`: the latency recorder, its codec and the report's text and JSON).
+//! report (`report`: its text and JSON). The latency histograms behind all of these, and
+//! their codec, are `recorder`'s.
 //! The command line's `procfs` reads CPU time and memory (the generator's, and
 //! `--server-pid`'s); `merge` joins the reports of several generators. The arguments are
 //! in `args`, the thread's state model in `model`.
@@ -58,6 +59,7 @@ mod merge;
 mod model;
 mod pattern;
 mod progress;
+pub mod recorder;
 pub mod report;
 mod settings;
 mod stream;
@@ -79,7 +81,8 @@ pub use args::BenchArgs;
 use args::BenchCommand;
 use model::{Counters, Timeline};
 use progress::{GO_MARGIN, Hlog, Progress, unix_secs};
-use report::{Histograms, LatencySummary, Recorder, Report, SegmentInfo};
+use recorder::Recorder;
+use report::{Histograms, LatencySummary, Report, SegmentInfo};
 use settings::{Load, Settings};
 use thread::{Msg, ThreadResult};
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::pattern::Pattern;
 use super::settings::{Load, Settings};
-use crate::cli::bench::report::Recorder;
+use crate::cli::bench::recorder::Recorder;
 use echoloop::ConnId;
 
 /// Pause before reopening a connection that failed or broke, so a refusing server does

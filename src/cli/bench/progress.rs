@@ -16,7 +16,8 @@ use hdrhistogram::serialization::interval_log::{
 };
 
 use super::model::{Interval, Timeline};
-use crate::cli::bench::report::{Recorder, status_line};
+use crate::cli::bench::recorder::Recorder;
+use crate::cli::bench::report::status_line;
 
 /// The run's histograms, summed from the merged intervals.
 #[derive(Debug, Default)]

@@ -40,7 +40,7 @@ use super::model::{Counters, Env, Interval, ThreadState, Timeline, after};
 use super::pattern::{SPREAD, connection_key, random_template};
 use super::settings::Settings;
 use super::stream::StreamConn;
-use crate::cli::bench::report::Recorder;
+use crate::cli::bench::recorder::Recorder;
 use crate::cli::common::Transport;
 use echoloop::net::{Endpoint, PeerAddr, UnixName};
 use echoloop::{ConnectOptions, EventLoop, LoopCtx, Sender};

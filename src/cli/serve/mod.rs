@@ -1,29 +1,34 @@
-//! `echoloop serve`: echo on every listener given, all in one poll loop per worker. Its
-//! parts: `activation` (descriptors handed over by systemd), `live` (the statistics lines
-//! and the counters shared by the workers), `metrics` (the Prometheus endpoint).
+//! `echoloop serve`: echo on every listener given, all in one poll loop per worker. This
+//! file holds the arguments, their checks and the plan of listeners, and runs the server.
+//! Its parts: `activation` (descriptors handed over by systemd), `listeners` (binding them
+//! and the `listening` lines), `worker` (a worker's loop state and loop), `workers`
+//! (`--workers N`: the threads, the signals), `live` (the statistics lines and the counters
+//! shared by the workers), `metrics` (the Prometheus endpoint).
 
 mod activation;
+mod listeners;
 mod live;
 mod metrics;
+mod worker;
+mod workers;
 
-use std::io::{self, Write};
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use activation::Activated;
+use listeners::{Spec, announce, bind_all};
 use live::{Board, Sampler};
-use metrics::{Metrics, RenderCache, StatsSource};
+use metrics::RenderCache;
+use worker::{Report, ServeState, serve_loop};
+use workers::run_workers;
 
 use super::common::{BUSY_POLL_HELP, CliError, idle_strategy, init_logging, parse_level};
 use super::units::{parse_duration, parse_size};
-use echoloop::event_loop::{HANDLED_SIGNALS, SignalAction, SignalPolicy};
 use echoloop::net::{Endpoint, UnixName, resolve_one};
 use echoloop::tls_config::{ServerTlsOptions, server_config};
-use echoloop::{Bound, Config, Echo, EchoDatagram, EventLoop, ListenKind, StopHandle};
+use echoloop::{Config, EventLoop};
 
 /// Arguments of `echoloop serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -98,44 +103,6 @@ pub struct ServeArgs {
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", value_parser = parse_level, default_value = "info")]
     log_level: log::LevelFilter,
-}
-
-/// How often each worker publishes its counters for the whole-server views (the stats
-/// line and the metrics of `--workers`).
-const PUBLISH: Duration = Duration::from_millis(200);
-
-/// The loop state of a serving worker: where the whole server's numbers are, and how to
-/// report them.
-#[derive(Debug)]
-struct ServeState {
-    board: Arc<Board>,
-    worker: usize,
-    sampler: Sampler,
-    /// `--proxy-protocol`.
-    proxy: bool,
-    /// The metrics page of this turn, for every scrape in it.
-    metrics_page: RenderCache,
-}
-
-impl StatsSource for ServeState {
-    fn server_stats(&self, own: echoloop::Stats) -> echoloop::Stats {
-        self.board.total(Some((self.worker, own)))
-    }
-    fn started(&self) -> Instant {
-        self.board.started
-    }
-    fn render_cache(&mut self) -> &mut RenderCache {
-        &mut self.metrics_page
-    }
-}
-
-/// One listener to create.
-#[derive(Debug, Clone)]
-struct Spec {
-    kind: &'static str,
-    addr: Endpoint,
-    /// Handed over by systemd rather than bound here (each worker serves a duplicate).
-    fd: Option<Arc<OwnedFd>>,
 }
 
 /// Runs the server until a signal stops it.
@@ -227,49 +194,6 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         board,
         report,
     )
-}
-
-/// What `--stats-interval` and `--stats-json` ask for.
-#[derive(Debug, Clone, Copy)]
-struct Report {
-    interval: Option<Duration>,
-    json: bool,
-    proxy: bool,
-}
-
-/// Runs a worker's loop until it stops, publishing its counters for the whole-server
-/// views and, with one worker and `--stats-interval`, printing the interval lines.
-fn serve_loop(el: &mut EventLoop<ServeState>, print_every: Option<Duration>) -> io::Result<()> {
-    let start = Instant::now();
-    let mut next_publish = start + PUBLISH;
-    let mut next_print = print_every.map(|d| start + d);
-    // One clock read per turn: the time after the last turn stands for the time before
-    // the next (they differ by a few microseconds of bookkeeping).
-    let mut now = start;
-    loop {
-        let until = next_print.map_or(next_publish, |p| p.min(next_publish));
-        if !el.run_once(Some(until.saturating_duration_since(now)))? {
-            break;
-        }
-        now = Instant::now();
-        if now >= next_publish {
-            let (w, s) = (el.state().worker, el.stats());
-            el.state().board.publish(w, s);
-            next_publish = now + PUBLISH;
-        }
-        if let (Some(at), Some(every)) = (next_print, print_every) {
-            if now >= at {
-                let s = el.stats();
-                let line = el.state_mut().sampler.interval(&s);
-                errln!("{line}");
-                // From the planned time, so the lines keep their rhythm.
-                next_print = Some(at + every).filter(|t| *t > now).or(Some(now + every));
-            }
-        }
-    }
-    let (w, s) = (el.state().worker, el.stats());
-    el.state().board.publish(w, s);
-    Ok(())
 }
 
 /// The most reactors `--workers` starts: each is a thread with its own poller, and more of
@@ -440,255 +364,4 @@ fn plan(args: &ServeArgs, activated: Vec<Activated>) -> Result<Vec<Spec>, CliErr
     }
     specs.extend(metrics);
     Ok(specs)
-}
-
-/// Binds `specs` in `el`. Unix sockets cannot be shared between reactors, so only the
-/// first worker (`with_unix`) binds them.
-fn bind_all(
-    el: &mut EventLoop<ServeState>,
-    specs: &[Spec],
-    tls: Option<&Arc<rustls::ServerConfig>>,
-    with_unix: bool,
-) -> Result<Vec<Option<Bound>>, CliError> {
-    let mut bound = Vec::new();
-    for s in specs {
-        if let Some(fd) = &s.fd {
-            bound.push(Some(adopt(el, s.kind, fd, tls)?));
-            continue;
-        }
-        let b = match (s.kind, &s.addr) {
-            ("tcp", a) => Some(el.listen(a, ListenKind::Tcp, || Box::new(Echo))?),
-            ("tls", a) => {
-                // plan() only makes tls specs when a config was loaded.
-                let cfg = tls.ok_or("--tls needs --cert and --key")?;
-                Some(el.listen(a, ListenKind::Tls(Arc::clone(cfg)), || Box::new(Echo))?)
-            }
-            ("udp", Endpoint::Inet(a)) => Some(el.bind_udp(*a, Box::new(EchoDatagram))?),
-            ("unix", a) if with_unix => Some(el.listen(a, ListenKind::Unix, || Box::new(Echo))?),
-            ("unix-dgram", Endpoint::Unix(n)) if with_unix => {
-                Some(el.bind_unix_datagram(n, Box::new(EchoDatagram))?)
-            }
-            // One metrics listener for the whole server, on the first worker. Its scrapes
-            // are not echo connections: not in the statistics, not under the limit.
-            ("metrics", a) if with_unix => {
-                let b = el.listen(a, ListenKind::Tcp, || Box::new(Metrics::default()))?;
-                el.count_in_stats(b.id, false)?;
-                Some(b)
-            }
-            _ => None,
-        };
-        if let (Some(b), true) = (&b, el.state().proxy && takes_proxy_header(s.kind)) {
-            el.expect_proxy_header(b.id, true)?;
-        }
-        if let Some(b) = &b {
-            match s.kind {
-                "metrics" => log::info!("serving metrics on http://{}/metrics", b.addr),
-                kind => log::info!("serving {kind} echo on {}", b.addr),
-            }
-        }
-        bound.push(b);
-    }
-    Ok(bound)
-}
-
-/// With `--proxy-protocol`, the listeners whose connections start with a PROXY header:
-/// the echo stream listeners (a load balancer speaks to them), never datagrams or metrics.
-fn takes_proxy_header(kind: &str) -> bool {
-    matches!(kind, "tcp" | "tls" | "unix")
-}
-
-/// Serves a socket systemd handed over (a duplicate of it: each worker has its own).
-fn adopt(
-    el: &mut EventLoop<ServeState>,
-    kind: &str,
-    fd: &OwnedFd,
-    tls: Option<&Arc<rustls::ServerConfig>>,
-) -> Result<Bound, CliError> {
-    let fd = fd.try_clone()?;
-    let proxy = el.state().proxy && takes_proxy_header(kind);
-    let b = match kind {
-        "tcp" => el.adopt_listener(fd, ListenKind::Tcp, || Box::new(Echo))?,
-        "unix" => el.adopt_listener(fd, ListenKind::Unix, || Box::new(Echo))?,
-        "tls" => {
-            let cfg = tls.ok_or("a socket named tls needs --cert and --key")?;
-            el.adopt_listener(fd, ListenKind::Tls(Arc::clone(cfg)), || Box::new(Echo))?
-        }
-        _ => el.adopt_datagram(fd, Box::new(EchoDatagram))?,
-    };
-    if proxy {
-        el.expect_proxy_header(b.id, true)?;
-    }
-    log::info!("serving {kind} echo on {} (socket activation)", b.addr);
-    Ok(b)
-}
-
-/// Prints one `listening <kind> <address>` line per listener, then flushes: tests and
-/// scripts wait for these lines instead of sleeping.
-fn announce(specs: &[Spec], bound: &[Option<Bound>]) -> Result<(), CliError> {
-    let mut out = std::io::stdout().lock();
-    for (s, b) in specs.iter().zip(bound) {
-        if let Some(b) = b {
-            writeln!(out, "listening {} {}", s.kind, b.addr)?;
-        }
-    }
-    out.flush()?;
-    Ok(())
-}
-
-/// `--workers N`: N reactors on N threads. The first binds (choosing ports where 0 was
-/// asked); the others bind the same addresses through SO_REUSEPORT. The main thread takes
-/// the signals (SIGINT/SIGTERM/SIGHUP stop them all, SIGUSR1 prints the whole server's
-/// statistics) and, with `--stats-interval`, a printer thread reports on the whole server.
-fn run_workers(
-    workers: usize,
-    grace: Duration,
-    config: Config,
-    specs: Vec<Spec>,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    board: Arc<Board>,
-    report: Report,
-) -> Result<ExitCode, CliError> {
-    // Block the signals' default action before any thread starts.
-    let mut signals = signal_hook::iterator::Signals::new(HANDLED_SIGNALS)?;
-    let mut handles = Vec::new();
-    let mut stops: Vec<StopHandle> = Vec::new();
-    let mut specs = specs;
-    let mut first_bound = Vec::new();
-    let proxy = report.proxy;
-    for w in 0..workers {
-        let (tx, rx) = mpsc::channel::<Result<(Vec<Option<Bound>>, StopHandle), String>>();
-        let config = config.clone();
-        let worker_specs = specs.clone();
-        let tls = tls.clone();
-        let state = ServeState {
-            board: Arc::clone(&board),
-            worker: w,
-            sampler: Sampler::new(report.json, board.started),
-            proxy,
-            metrics_page: RenderCache::default(),
-        };
-        let handle = std::thread::Builder::new()
-            .name(format!("echoloop-worker-{w}"))
-            .spawn(move || -> Result<echoloop::Stats, String> {
-                let setup = EventLoop::with_state(config, state)
-                    .map_err(|e| e.to_string())
-                    .and_then(|mut el| {
-                        let b = bind_all(&mut el, &worker_specs, tls.as_ref(), w == 0)
-                            .map_err(|e| e.to_string())?;
-                        Ok((el, b))
-                    });
-                match setup {
-                    Ok((mut el, b)) => {
-                        let _ = tx.send(Ok((b, el.stop_handle())));
-                        serve_loop(&mut el, None).map_err(|e| e.to_string())?;
-                        Ok(el.stats())
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.clone()));
-                        Err(e)
-                    }
-                }
-            })?;
-        handles.push(handle);
-        let (bound, stop) = match rx.recv() {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                stop_all(&stops, Duration::ZERO);
-                return Err(e.into());
-            }
-            Err(_) => {
-                stop_all(&stops, Duration::ZERO);
-                return Err("worker thread failed to start".into());
-            }
-        };
-        stops.push(stop);
-        if w == 0 {
-            // Later workers bind the real addresses (the ports chosen for port 0).
-            for (s, b) in specs.iter_mut().zip(&bound) {
-                if let (Some(b), None) = (b, &s.fd) {
-                    s.addr = b.addr.clone();
-                }
-            }
-            first_bound = bound;
-        }
-    }
-    // Only now is every worker's socket in the kernel's SO_REUSEPORT group: a client
-    // that connects on reading these lines can reach any of them.
-    announce(&specs, &first_bound)?;
-    log::info!("{workers} workers running");
-    let printer = report.interval.map(|every| {
-        let board = Arc::clone(&board);
-        let (quit, quit_rx) = mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let mut sampler = Sampler::new(report.json, board.started);
-            let mut next = Instant::now() + every;
-            // A message or a hang-up on `quit_rx` ends it; a timeout is the next line.
-            while let Err(mpsc::RecvTimeoutError::Timeout) =
-                quit_rx.recv_timeout(next.saturating_duration_since(Instant::now()))
-            {
-                errln!("{}", sampler.interval(&board.total(None)));
-                next += every;
-            }
-        });
-        (quit, thread)
-    });
-    let summary = Sampler::new(report.json, board.started);
-    // The workers are joined on a thread of their own, which then ends the signal loop
-    // below: signals keep their meaning during the grace period (a second one stops at
-    // once, SIGUSR1 still reports), and workers that end on their own end the server.
-    let closer = signals.handle();
-    let joiner = std::thread::spawn(move || {
-        let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
-        closer.close();
-        results
-    });
-    let mut policy = SignalPolicy::new(grace);
-    for sig in signals.forever() {
-        match policy.on_signal(sig) {
-            SignalAction::Report => errln!("{}", summary.summary(&board.total(None))),
-            SignalAction::Stop(grace) => stop_all(&stops, grace),
-            _ => {}
-        }
-    }
-    let results = joiner
-        .join()
-        .map_err(|_| CliError::from("the thread joining the workers failed"))?;
-    let mut failed = false;
-    let mut total = echoloop::Stats::default();
-    for (w, h) in results.into_iter().enumerate() {
-        match h {
-            // One line per worker, so an operator (and the tests) can see the kernel
-            // spread the load across the reactors.
-            Ok(Ok(st)) => {
-                log::info!(
-                    "worker {w}: {} connections accepted, {} datagrams received",
-                    st.accepted,
-                    st.datagrams_in
-                );
-                total = total.merged(&st);
-            }
-            Ok(Err(e)) => {
-                log::error!("worker: {e}");
-                failed = true;
-            }
-            Err(_) => failed = true,
-        }
-    }
-    if let Some((quit, thread)) = printer {
-        drop(quit);
-        let _ = thread.join();
-        errln!("{}", summary.final_summary(&total));
-    }
-    log::info!("stopped");
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-fn stop_all(stops: &[StopHandle], grace: Duration) {
-    for s in stops {
-        s.stop(grace);
-    }
 }
