@@ -177,7 +177,7 @@ pub fn drain() {
 /// unbuffered stderr).
 pub(crate) struct LineWriter {
     pending: Vec<u8>,
-    /// Where finished lines go: [`line`], but for tests.
+    /// Where finished lines go: [`line()`], but for tests.
     submit: Box<dyn FnMut(String) + Send>,
 }
 

@@ -10,9 +10,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use echoloop::{Config, Echo, EchoDatagram, Endpoint, EventLoop, ListenKind};
@@ -62,7 +62,9 @@ pub fn count_allocs(
     // several threads: while one test counted, another's reactor (setting up, shaking
     // hands) was counted too. One count at a time keeps each figure its own.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     ALLOCS.store(0, Ordering::SeqCst);
     let (tx, rx) = mpsc::channel();
     let reactor = std::thread::spawn(move || {

@@ -3,7 +3,7 @@
 //!
 //! The client is two handlers on the library's own reactor, not a blocking program:
 //!
-//! * `StreamClient` (tcp, tls, unix) is a [`Handler`]. The socket is connected without
+//! * `StreamClient` (tcp, tls, unix) is a [`echoloop::Handler`]. The socket is connected without
 //!   blocking (the loop completes the connect on writability and checks `SO_ERROR`), so a
 //!   connect timeout is just a timer. A host name may resolve to several addresses: they
 //!   are tried in turn, each with the connect timeout, the next connect being started from
@@ -20,7 +20,7 @@
 //!   out). So until the server has sent a byte, or closed cleanly, what would be printed
 //!   is held back: a server that then refuses the handshake gets only the error, nothing
 //!   reported as sent. The first message's `SENT` line therefore shows with its echo.
-//! * `DgramClient` (udp, unix-dgram) is a [`DatagramHandler`]. Each message is one
+//! * `DgramClient` (udp, unix-dgram) is a [`echoloop::DatagramHandler`]. Each message is one
 //!   datagram; if no matching reply comes within `--timeout` (default 1 s) it is sent again,
 //!   up to `--retries` (default 3) more times, so a silent server is reported after about
 //!   timeout × (retries + 1). The UDP socket is connected to the server (`connect(2)`
@@ -89,6 +89,8 @@ pub struct ClientArgs {
     /// Transport to use.
     #[arg(value_parser = TransportArg)]
     transport: Transport,
+    // The help text is this comment as written: `[::1]` is an address, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Server address: host:port (IPv6 as [::1]:port) for tcp, tls and udp; a path or
     /// @name (Linux abstract name) for unix and unix-dgram.
     addr: String,

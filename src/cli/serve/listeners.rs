@@ -10,7 +10,7 @@ use echoloop::net::Endpoint;
 use echoloop::{Bound, Echo, EchoDatagram, EventLoop, ListenKind};
 
 use super::metrics::Metrics;
-use super::worker::ServeState;
+use super::server_loop::ServeState;
 use crate::cli::common::CliError;
 
 /// One listener to create.

@@ -1,7 +1,7 @@
 //! `echoloop serve`: echo on every listener given, all in one poll loop per worker. This
 //! file holds the arguments, their checks and the plan of listeners, and runs the server.
 //! Its parts: `activation` (descriptors handed over by systemd), `listeners` (binding them
-//! and the `listening` lines), `worker` (a worker's loop state and loop), `workers`
+//! and the `listening` lines), `server_loop` (one loop's state and the loop itself), `workers`
 //! (`--workers N`: the threads, the signals), `live` (the statistics lines and the counters
 //! shared by the workers), `metrics` (the Prometheus endpoint).
 
@@ -9,7 +9,7 @@ mod activation;
 mod listeners;
 mod live;
 mod metrics;
-mod worker;
+mod server_loop;
 mod workers;
 
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ use activation::Activated;
 use listeners::{Spec, announce, bind_all};
 use live::{Board, Sampler};
 use metrics::RenderCache;
-use worker::{Report, ServeState, serve_loop};
+use server_loop::{Report, ServeState, serve_loop};
 use workers::run_workers;
 
 use super::common::{BUSY_POLL_HELP, CliError, idle_strategy, init_logging, parse_level};
@@ -33,6 +33,8 @@ use echoloop::{Config, EventLoop};
 /// Arguments of `echoloop serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
+    // The help text is this comment as written: `[::1]` is an address, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Serve TCP echo on ADDR (host:port, IPv6 as [::1]:port; port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     tcp: Vec<String>,

@@ -13,7 +13,7 @@ use echoloop::{Bound, Config, EventLoop, StopHandle};
 use super::listeners::{Spec, announce, bind_all};
 use super::live::{Board, Sampler};
 use super::metrics::RenderCache;
-use super::worker::{Report, ServeState, serve_loop};
+use super::server_loop::{Report, ServeState, serve_loop};
 use crate::cli::common::CliError;
 
 /// `--workers N`: N reactors on N threads. The first binds (choosing ports where 0 was
