@@ -102,11 +102,42 @@ fn assert_report_sane(r: &Json, transport: &str, connections: u64, size: u64) {
     assert!(quantiles[0] >= 1.0, "{lat:?}");
     assert!(quantiles.windows(2).all(|w| w[0] <= w[1]), "{lat:?}");
     assert!(lat.num("mean") > 0.0 && lat.num("mean") <= quantiles[4]);
+    assert_intervals_sane(lat);
     let cpu = r.num("generator_cpu_percent");
     assert!(cpu > 0.0 && cpu < 100.0 * 64.0, "{cpu}");
     // Present even when null.
     r.at("connect_latency_us");
     r.at("reconnects_per_sec");
+}
+
+/// Each percentile's 95% confidence interval (issue 21) holds the percentile, and is
+/// `null` exactly when too few samples stand behind it: ranks `n q ± 1.96 sqrt(n q (1-q))`
+/// (the upper one plus one) must both fall inside the `n` samples.
+fn assert_intervals_sane(lat: &Json) {
+    let n = lat.num("count");
+    for (key, q) in [
+        ("p50", 0.5),
+        ("p90", 0.9),
+        ("p99", 0.99),
+        ("p99_9", 0.999),
+        ("p99_99", 0.9999),
+    ] {
+        let ci = lat.at(&format!("{key}_ci95"));
+        let spread = 1.96 * (n * q * (1.0 - q)).sqrt();
+        let bounded = (n * q - spread).floor() >= 1.0 && (n * q + spread).ceil() + 1.0 <= n;
+        if !bounded {
+            assert!(ci.is_null(), "{key} of {n} samples cannot be bounded: {lat:?}");
+            continue;
+        }
+        let pair = ci.as_array().unwrap_or_else(|| panic!("{key}_ci95: {lat:?}"));
+        let (low, high) = (pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap());
+        // Histogram values carry 0.1% precision.
+        let value = lat.num(key);
+        assert!(
+            low <= value * 1.001 && value <= high * 1.001,
+            "{key} {value} outside [{low}, {high}]"
+        );
+    }
 }
 
 /// Runs `bench <transport> <addr> -c <connections> <rest..>`, which must succeed.
@@ -378,6 +409,54 @@ fn bench_hgrm_and_human_report() {
         "{hgrm}"
     );
     assert!(hgrm.contains("#[Max     ="), "{hgrm}");
+}
+
+/// The word after `name` on the report's line that starts with `label`, up to the
+/// next two spaces: `p50 80.1 [79.5-80.9]` gives `80.1 [79.5-80.9]`.
+fn figure<'a>(report: &'a str, label: &str, name: &str) -> &'a str {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no {label} line in {report}"));
+    let at = line
+        .find(&format!("  {name} "))
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    let rest = &line[at + name.len() + 3..];
+    rest.split("  ").next().unwrap_or(rest)
+}
+
+/// Issue 21: a percentile comes with its 95% confidence interval, or with the words
+/// that too few samples stand behind it (here about 40: enough for the median, not p99).
+#[test]
+fn bench_percentiles_say_how_sure_they_are() {
+    let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    let (status, out, err) = common::run(
+        &[
+            "bench",
+            "tcp",
+            &server.addr("tcp"),
+            "-c",
+            "1",
+            "--rate",
+            "40",
+            "--duration",
+            "1",
+        ],
+        None,
+    );
+    assert!(status.success(), "{err}");
+    let p50 = figure(&out, "latency (µs)", "p50");
+    let (value, interval) = p50.split_once(' ').expect("a value and an interval");
+    let interval = interval.trim_start_matches('[').trim_end_matches(']');
+    let (low, high) = interval.split_once('-').expect("low-high");
+    let num = |t: &str| t.parse::<f64>().unwrap_or_else(|_| panic!("{t} in {out}"));
+    assert!(num(low) <= num(value) && num(value) <= num(high), "{p50}");
+    for name in ["p99", "p99.9", "p99.99"] {
+        assert!(
+            figure(&out, "latency (µs)", name).ends_with("[too few samples]"),
+            "{name}: {out}"
+        );
+    }
 }
 
 /// Removes a socket file when the test ends (the server is killed, so it cannot).

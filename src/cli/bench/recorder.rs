@@ -97,6 +97,40 @@ impl Recorder {
         us(self.hist.value_at_quantile(q))
     }
 
+    /// The 95% confidence interval of the latency at quantile `q`, in µs: the values of
+    /// two order statistics chosen so that the true quantile lies between them with 95%
+    /// confidence, whatever the distribution. For `n` samples their ranks are
+    /// `floor(nq - 1.96 s)` and `ceil(nq + 1.96 s) + 1`, where `s = sqrt(n q (1 - q))`
+    /// (the normal approximation of the binomial count of samples below the quantile,
+    /// as in Le Boudec, *Performance Evaluation of Computer and Communication Systems*,
+    /// §2.2.2). `None` when a rank falls outside the samples: too few stand behind
+    /// that percentile to bound it (p99.99 of 10,000 samples rests on about one).
+    pub fn percentile_ci95_us(&self, q: f64) -> Option<(f64, f64)> {
+        let n = self.len() as f64;
+        if n == 0.0 || q.is_nan() || q <= 0.0 || q >= 1.0 {
+            return None;
+        }
+        let spread = 1.96 * (n * q * (1.0 - q)).sqrt();
+        let low = (n * q - spread).floor();
+        let high = (n * q + spread).ceil() + 1.0;
+        if low < 1.0 || high > n {
+            return None;
+        }
+        Some((self.value_at_rank(low as u64), self.value_at_rank(high as u64)))
+    }
+
+    /// The `rank`-th smallest sample (from 1) in µs, up to histogram precision.
+    fn value_at_rank(&self, rank: u64) -> f64 {
+        let mut seen = 0;
+        for v in self.hist.iter_recorded() {
+            seen += v.count_at_value();
+            if seen >= rank {
+                return us(v.value_iterated_to());
+            }
+        }
+        self.max_us()
+    }
+
     /// The largest recorded latency in µs (up to histogram precision), 0 when empty.
     pub fn max_us(&self) -> f64 {
         us(self.hist.max())
@@ -325,6 +359,31 @@ mod tests {
             (got - want).abs() <= want.abs() * 0.001 + 1e-9,
             "{got} is not within 0.1% of {want}"
         );
+    }
+
+    #[test]
+    fn percentile_intervals_come_from_order_statistics_or_not_at_all() {
+        let r = uniform_1_to_1000();
+        // n = 1000, q = 0.5: 1.96 s = 1.96 sqrt(250) = 31.0, ranks floor(469.0) and
+        // ceil(531.0) + 1.
+        let (low, high) = r.percentile_ci95_us(0.5).expect("the median is bounded");
+        near(low, 469.0);
+        near(high, 532.0);
+        assert!(low <= r.percentile_us(0.5) && r.percentile_us(0.5) <= high);
+        // q = 0.99: s = 3.15, ranks floor(983.8) and ceil(996.2) + 1.
+        let (low, high) = r.percentile_ci95_us(0.99).expect("p99 of 1000 is bounded");
+        near(low, 983.0);
+        assert!((998.0..999.0).contains(&high), "{high}");
+        // p99.9 of 1000 samples rests on one sample: no interval.
+        assert_eq!(r.percentile_ci95_us(0.999), None);
+        assert_eq!(Recorder::new().percentile_ci95_us(0.5), None);
+        // More samples narrow it: a million of the same distribution.
+        let mut big = Recorder::new();
+        for _ in 0..1000 {
+            big.merge(&r);
+        }
+        let (low, high) = big.percentile_ci95_us(0.999).expect("p99.9 of a million");
+        assert!(high - low <= 2.0, "{low}..{high}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::cli::units::{format_bytes_per_sec, format_count};
 /// The latency figures of one [`Recorder`], in microseconds (with their fractions).
 ///
 /// In JSON: `count`, `min`, `p50`, `p90`, `p99`, `p99_9`, `p99_99`, `max`, `mean`,
-/// `stddev`.
+/// `stddev`, and `p50_ci95` … `p99_99_ci95` (`[low, high]` or `null`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// Number of samples.
@@ -50,12 +50,35 @@ pub struct LatencySummary {
     /// Standard deviation (0 when there are no samples).
     #[serde(rename = "stddev", default)]
     pub stddev_us: f64,
+    /// 95% confidence intervals of the percentiles above, `[low, high]`; `None` (JSON
+    /// `null`) when too few samples stand behind a percentile to bound it. Absent from
+    /// reports written before they existed.
+    #[serde(rename = "p50_ci95", default)]
+    pub p50_ci95: Option<[f64; 2]>,
+    /// The interval of p90.
+    #[serde(rename = "p90_ci95", default)]
+    pub p90_ci95: Option<[f64; 2]>,
+    /// The interval of p99.
+    #[serde(rename = "p99_ci95", default)]
+    pub p99_ci95: Option<[f64; 2]>,
+    /// The interval of p99.9.
+    #[serde(rename = "p99_9_ci95", default)]
+    pub p999_ci95: Option<[f64; 2]>,
+    /// The interval of p99.99.
+    #[serde(rename = "p99_99_ci95", default)]
+    pub p9999_ci95: Option<[f64; 2]>,
 }
 
 impl LatencySummary {
     /// Summarises the samples in `r`.
     pub fn from_recorder(r: &Recorder) -> Self {
+        let ci = |q: f64| r.percentile_ci95_us(q).map(|(low, high)| [low, high]);
         Self {
+            p50_ci95: ci(0.5),
+            p90_ci95: ci(0.9),
+            p99_ci95: ci(0.99),
+            p999_ci95: ci(0.999),
+            p9999_ci95: ci(0.9999),
             count: r.len(),
             min_us: r.min_us(),
             p50_us: r.percentile_us(0.5),
@@ -71,8 +94,9 @@ impl LatencySummary {
 }
 
 impl fmt::Display for LatencySummary {
-    /// `min 61  p50 80  p90 120  p99 300  p99.9 900  p99.99 1200  max 4000  mean 90.1 ± 12.0`
-    /// (µs, with one decimal below 100 µs; ± is the standard deviation), or `no samples`.
+    /// `min 61  p50 80 [79.6-80.4]  …  p99.99 1200 [too few samples]  max 4000  mean 90.1 ± 12.0`
+    /// (µs, with one decimal below 100 µs; each percentile's 95% confidence interval in
+    /// brackets; ± is the standard deviation), or `no samples`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.count == 0 {
             return f.write_str("no samples");
@@ -84,15 +108,20 @@ impl fmt::Display for LatencySummary {
                 format!("{x:.0}")
             }
         };
+        // Each percentile with its interval, or a word that it has none.
+        let p = |x: f64, ci: Option<[f64; 2]>| match ci {
+            Some([low, high]) => format!("{} [{}-{}]", v(x), v(low), v(high)),
+            None => format!("{} [too few samples]", v(x)),
+        };
         write!(
             f,
             "min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}  mean {:.1} ± {:.1}",
             v(self.min_us),
-            v(self.p50_us),
-            v(self.p90_us),
-            v(self.p99_us),
-            v(self.p999_us),
-            v(self.p9999_us),
+            p(self.p50_us, self.p50_ci95),
+            p(self.p90_us, self.p90_ci95),
+            p(self.p99_us, self.p99_ci95),
+            p(self.p999_us, self.p999_ci95),
+            p(self.p9999_us, self.p9999_ci95),
             v(self.max_us),
             self.mean_us,
             self.stddev_us
@@ -583,8 +612,8 @@ connections    100 up, 0 failed (100 requested)
 duration       10.00 s
 messages       1234567 (123.5k msgs/s)
 throughput     7.90 MB/s sent, 7.90 MB/s received
-latency (µs)   min 1.0  p50 500  p90 900  p99 990  p99.9 999  p99.99 1000  max 1000  mean 500.5 ± 288.7
-connect (µs)   min 150  p50 150  p90 150  p99 150  p99.9 150  p99.99 150  max 150  mean 150.0 ± 0.0
+latency (µs)   min 1.0  p50 500 [469-532]  p90 900 [881-920]  p99 990 [983-998]  p99.9 999 [too few samples]  p99.99 1000 [too few samples]  max 1000  mean 500.5 ± 288.7
+connect (µs)   min 150  p50 150 [too few samples]  p90 150 [too few samples]  p99 150 [too few samples]  p99.9 150 [too few samples]  p99.99 150 [too few samples]  max 150  mean 150.0 ± 0.0
 generator cpu  87.2% of one core, 7.07 µs/msg
 errors         0 verify, 2 timeouts, 0 lost";
         assert_eq!(text, expected);
