@@ -126,10 +126,15 @@ fn assert_intervals_sane(lat: &Json) {
         let spread = 1.96 * (n * q * (1.0 - q)).sqrt();
         let bounded = (n * q - spread).floor() >= 1.0 && (n * q + spread).ceil() + 1.0 <= n;
         if !bounded {
-            assert!(ci.is_null(), "{key} of {n} samples cannot be bounded: {lat:?}");
+            assert!(
+                ci.is_null(),
+                "{key} of {n} samples cannot be bounded: {lat:?}"
+            );
             continue;
         }
-        let pair = ci.as_array().unwrap_or_else(|| panic!("{key}_ci95: {lat:?}"));
+        let pair = ci
+            .as_array()
+            .unwrap_or_else(|| panic!("{key}_ci95: {lat:?}"));
         let (low, high) = (pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap());
         // Histogram values carry 0.1% precision.
         let value = lat.num(key);
@@ -457,6 +462,85 @@ fn bench_percentiles_say_how_sure_they_are() {
             "{name}: {out}"
         );
     }
+}
+
+/// Issue 21, part 3: Ctrl-C after about a second of a 30 s run ends the window at once;
+/// the report comes, marked interrupted, for the second or so that was measured; every
+/// output file is complete (the interval log merges, the .hgrm has its footer); the exit
+/// status is 130.
+#[test]
+fn bench_ctrl_c_keeps_the_report_and_its_files() {
+    use std::io::BufRead;
+    let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    let dir = std::env::temp_dir().join(format!("echoloop-ctrl-c-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (hlog, hgrm) = (dir.join("run.hlog"), dir.join("run.hgrm"));
+    let addr = server.addr("tcp");
+    let mut child = std::process::Command::new(common::bin())
+        .args([
+            "bench",
+            "tcp",
+            &addr,
+            "-c",
+            "2",
+            "--warmup",
+            "0",
+            "--duration",
+            "30",
+        ])
+        .args(["--json-lines", "-", "--hlog", hlog.to_str().unwrap()])
+        .args(["--hgrm", hgrm.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // The first interval of the window (1 s): then Ctrl-C.
+    loop {
+        let line = lines.next().expect("an interval line").unwrap();
+        let v = parse(&line);
+        if v.get("warmup") == Some(&Json::Bool(false)) {
+            break;
+        }
+        assert!(started.elapsed() < common::DEADLINE, "no interval came");
+    }
+    let interrupted_at = started.elapsed();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        started.elapsed() < interrupted_at + Duration::from_secs(10),
+        "the run went on after Ctrl-C: {err}"
+    );
+    let report = parse(rest.last().expect("the report line"));
+    assert_eq!(report.at("interrupted"), &Json::Bool(true), "{report:?}");
+    let secs = report.num("duration_secs");
+    assert!((0.9..10.0).contains(&secs), "a window of {secs} s");
+    assert!(report.num("messages") > 0.0, "{report:?}");
+    assert_eq!(report.num("verify_errors"), 0.0);
+    let hgrm_text = std::fs::read_to_string(&hgrm).unwrap();
+    assert!(hgrm_text.contains("#[Max     ="), "{hgrm_text}");
+    // The log is complete: merge takes it, and finds the same window.
+    let (st, out, merge_err) =
+        common::run(&["bench", "merge", "--json", hlog.to_str().unwrap()], None);
+    assert!(st.success(), "{merge_err}");
+    let merged = parse(out.lines().find(|l| l.starts_with('{')).unwrap());
+    assert_eq!(merged.num("messages"), report.num("messages"));
+    assert_eq!(merged.at("interrupted"), &Json::Bool(true));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Removes a socket file when the test ends (the server is killed, so it cannot).

@@ -100,6 +100,15 @@ impl DgramSock {
         self.first + self.inflight.len() as u64
     }
 
+    /// The run's timeline once traffic started here: the thread's, which a Ctrl-C cuts
+    /// short (`bench` then ends the window at once), not the copy taken at the start.
+    fn timeline(&mut self, st: &ThreadState) -> Option<Timeline> {
+        if self.tl.is_some() {
+            self.tl = st.tl;
+        }
+        self.tl
+    }
+
     /// Traffic starts on this socket.
     fn start(&mut self, ctx: &mut DgramCtx<'_, ThreadState>, tl: Timeline, now: Instant) {
         self.tl = Some(tl);
@@ -299,7 +308,7 @@ impl DatagramHandler<ThreadState> for DgramSock {
             st.note_error(|| format!("a reply came from {from}, not from {target}"));
             return;
         }
-        let Some(tl) = self.tl else {
+        let Some(tl) = self.timeline(ctx.state()) else {
             ctx.state().c.verify_errors += 1;
             return;
         };
@@ -314,7 +323,7 @@ impl DatagramHandler<ThreadState> for DgramSock {
 
     fn on_timer(&mut self, ctx: &mut DgramCtx<'_, ThreadState>, timer: TimerId) {
         let now = Instant::now();
-        let Some(tl) = self.tl else {
+        let Some(tl) = self.timeline(ctx.state()) else {
             // The start timer.
             if let Some(tl) = ctx.state().tl {
                 self.start(ctx, tl, now);

@@ -386,6 +386,8 @@ fn merge(parts: &[Part], window: (f64, f64)) -> Result<Report, CliError> {
         duration_secs: duration,
         window_start_unix: window.0,
         window_end_unix: window.1,
+        // One generator stopped early shortens the window they all measured.
+        interrupted: parts.iter().any(|p| p.report.interrupted),
         ..Report::default()
     };
     let mut targets: Vec<&str> = parts.iter().map(|p| p.report.target.as_str()).collect();

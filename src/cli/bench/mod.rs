@@ -45,9 +45,16 @@
 //! N generators (on N machines, clocks kept by NTP) measure the same window, and
 //! `echoloop bench merge` adds their histograms.
 //!
+//! # Ctrl-C
+//!
+//! The first SIGINT ends the measured window at once; the last echoes get their grace, and
+//! the report (marked `interrupted`, with the window's real length) and every output file
+//! are completed as after a normal end. The second exits at once. Before the window
+//! (while connecting) there is nothing to report, and the first one exits.
+//!
 //! # Exit status
 //!
-//! 0 after a run; 1 when an echo failed verification, a reply came from the wrong
+//! 130 after Ctrl-C; else 0 after a run; 1 when an echo failed verification, a reply came from the wrong
 //! address, or no echo completed in the window (the report is printed all the same), or
 //! for bad input (nothing is sent then).
 
@@ -119,11 +126,7 @@ fn open_json_lines(spec: &str) -> Result<Box<dyn Write>, CliError> {
 
 /// Waits until every thread is connected, then fixes the timeline and sends it to them.
 /// Returns it with the connect phase's latencies.
-fn go(
-    s: &Settings,
-    rx: &mpsc::Receiver<Msg>,
-    run_start: Instant,
-) -> Result<(Timeline, SystemTime, Recorder), CliError> {
+fn go(s: &Settings, rx: &mpsc::Receiver<Msg>, run_start: Instant) -> Result<Started, CliError> {
     let mut senders = Vec::new();
     let mut connect_phase = Recorder::new();
     // A thread announces itself after every first attempt ended. The ramp and the
@@ -149,6 +152,16 @@ fn go(
                 return Err("a load thread ended while connecting".into());
             }
             Ok(Msg::Interval { .. }) => {}
+            Ok(Msg::Interrupted) => {
+                // Nothing is measured yet, so there is no report to keep.
+                errln!(
+                    "echoloop: interrupted while connecting ({} of {} load threads ready); \
+                     nothing was measured",
+                    senders.len(),
+                    s.threads
+                );
+                std::process::exit(INTERRUPTED);
+            }
             Err(_) => return Err("the load threads did not finish connecting".into()),
         }
     }
@@ -178,12 +191,60 @@ fn go(
     };
     let tl = Timeline::new(measure_start - s.warmup, s);
     let window_start = wall + measure_start.saturating_duration_since(now);
-    for tx in senders {
-        // Capacity one, sent once; the thread only closes it by ending, which it
-        // reports with Done.
+    for tx in &senders {
+        // Capacity one, sent once (and once more if Ctrl-C cuts the window); the thread
+        // only closes it by ending, which it reports with Done.
         let _ = tx.try_send(tl);
     }
-    Ok((tl, window_start, connect_phase))
+    Ok(Started {
+        tl,
+        window_start,
+        connect_phase,
+        senders,
+    })
+}
+
+/// What [`go`] started: the timeline, the wall-clock instant the window starts, the
+/// connect phase's latencies, and where to send a changed timeline.
+struct Started {
+    tl: Timeline,
+    window_start: SystemTime,
+    connect_phase: Recorder,
+    senders: Vec<echoloop::Sender<Timeline>>,
+}
+
+/// The exit status after Ctrl-C, as shells give a process killed by SIGINT (128 + 2).
+const INTERRUPTED: i32 = 130;
+
+/// Ctrl-C: the first ends the measured window at once, and the report of what was
+/// measured still comes (`Msg::Interrupted` to the main thread); the second exits at
+/// once. Signals are taken by a thread of their own, so no handler runs inside a load
+/// thread's loop.
+fn catch_ctrl_c(tx: mpsc::Sender<Msg>) -> io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT])?;
+    std::thread::Builder::new()
+        .name("echoloop-bench-sigint".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for _ in signals.forever() {
+                seen += 1;
+                if seen > 1 || tx.send(Msg::Interrupted).is_err() {
+                    std::process::exit(INTERRUPTED);
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// The window cut short at `now` (or, in the warm-up, where it was to start: then it is
+/// empty); the grace for the last echoes stays as long as it was.
+fn cut_short(tl: Timeline, now: Instant) -> Timeline {
+    let end = now.clamp(tl.measure_start, tl.end);
+    Timeline {
+        end,
+        grace_end: end + tl.grace_end.saturating_duration_since(tl.end),
+        ..tl
+    }
 }
 
 /// Runs the load generator: prints progress on stderr, then the report on stdout. See the
@@ -215,6 +276,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     let run_start = Instant::now();
     let run_start_wall = SystemTime::now();
     let (tx, rx) = mpsc::channel();
+    catch_ctrl_c(tx.clone())?;
     let mut handles = Vec::new();
     for t in 0..s.threads {
         let slots: Vec<usize> = (t..s.connections).step_by(s.threads).collect();
@@ -230,7 +292,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     }
     drop(tx);
 
-    let (tl, window_start, mut connect_phase) = go(&s, &rx, run_start)?;
+    let Started {
+        mut tl,
+        window_start,
+        mut connect_phase,
+        senders,
+    } = go(&s, &rx, run_start)?;
+    let mut interrupted = false;
     let mut serializer = V2DeflateSerializer::new();
     let meta = serde_json::json!({
         "transport": s.transport.name(),
@@ -273,7 +341,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     let mut remaining = s.threads;
     // Threads stop by themselves at grace_end plus a bounded close; this only guards
     // against a bug hanging the run.
-    let give_up = tl.grace_end + Duration::from_secs(10);
+    let mut give_up = tl.grace_end + Duration::from_secs(10);
     while remaining > 0 {
         let now = Instant::now();
         if cpu_start.is_none() && now >= tl.measure_start {
@@ -314,6 +382,25 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
                 remaining -= 1;
             }
             Ok(Msg::Connected { .. }) => {}
+            Ok(Msg::Interrupted) => {
+                let cut = cut_short(tl, Instant::now());
+                // After the window (in the grace for the last echoes) there is nothing to
+                // cut: the run ends as it would have.
+                if cut.end < tl.end {
+                    interrupted = true;
+                    tl = cut;
+                    give_up = tl.grace_end + Duration::from_secs(10);
+                    progress.cut_short(tl);
+                    for tx in &senders {
+                        // Each thread took the first timeline long ago: room for this one.
+                        let _ = tx.try_send(tl);
+                    }
+                    errln!(
+                        "echoloop: interrupted: the window ends now; the report follows \
+                         (Ctrl-C again to quit at once)"
+                    );
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if Instant::now() >= give_up {
                     return Err("the load threads did not finish".into());
@@ -378,7 +465,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     let per_msg = |secs: f64| (c.messages > 0).then(|| secs * 1e6 / c.messages as f64);
     let own_cpu = cpu_between(cpu_start, cpu_end);
     let server_cpu = cpu_between(server_start, server_end);
-    let duration_secs = s.duration.as_secs_f64();
+    // The window measured: shorter than asked when Ctrl-C cut it.
+    let window = tl.end.saturating_duration_since(tl.measure_start);
+    let duration_secs = window.as_secs_f64();
     let encode = |r: &Recorder| match r.encode() {
         Ok(t) => Some(t),
         Err(e) => {
@@ -414,7 +503,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         connect_failures: c.connect_failures,
         duration_secs,
         window_start_unix: unix_secs(window_start),
-        window_end_unix: unix_secs(window_start + s.duration),
+        window_end_unix: unix_secs(window_start + window),
+        interrupted,
         messages: c.messages,
         bytes_sent: c.bytes_sent,
         bytes_received: c.bytes_received,
@@ -505,6 +595,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     if c.messages == 0 {
         errln!("echoloop: no echo completed in the measured window");
         code = ExitCode::FAILURE;
+    }
+    if interrupted {
+        // As a shell reports a command stopped by Ctrl-C, report or not.
+        code = ExitCode::from(INTERRUPTED as u8);
     }
     Ok(code)
 }

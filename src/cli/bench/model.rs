@@ -237,7 +237,9 @@ impl ThreadState {
             self.done.push(std::mem::replace(cur, next));
         }
         if now >= tl.end && cur.end >= tl.end {
-            if let Some(last) = self.cur.take() {
+            if let Some(mut last) = self.cur.take() {
+                // Ctrl-C moved the end into this interval: it ends there too.
+                last.end = last.end.min(tl.end).max(last.start);
                 self.done.push(last);
             }
             self.intervals_over = true;

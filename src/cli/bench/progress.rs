@@ -70,6 +70,11 @@ impl Progress {
         }
     }
 
+    /// Ctrl-C cut the window short: this is the timeline now.
+    pub(super) fn cut_short(&mut self, tl: Timeline) {
+        self.tl = tl;
+    }
+
     /// One thread's part of one interval. Returns the merged interval when it was the
     /// last part, after showing it.
     pub(super) fn add(

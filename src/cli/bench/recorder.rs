@@ -116,7 +116,10 @@ impl Recorder {
         if low < 1.0 || high > n {
             return None;
         }
-        Some((self.value_at_rank(low as u64), self.value_at_rank(high as u64)))
+        Some((
+            self.value_at_rank(low as u64),
+            self.value_at_rank(high as u64),
+        ))
     }
 
     /// The `rank`-th smallest sample (from 1) in µs, up to histogram precision.

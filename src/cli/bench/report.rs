@@ -207,6 +207,10 @@ pub struct Report {
     /// End of the measured window, Unix time in seconds.
     #[serde(default)]
     pub window_end_unix: f64,
+    /// Ctrl-C ended the window before `--duration` was over: the figures cover the
+    /// shorter window that was measured.
+    #[serde(default)]
+    pub interrupted: bool,
     /// Echo round trips completed in the window.
     pub messages: u64,
     /// Payload bytes written in the window.
@@ -353,7 +357,11 @@ impl fmt::Display for Report {
             "{:<W$}{} up, {} failed ({} requested)",
             "connections", self.connections_up, self.connect_failures, self.connections_requested
         )?;
-        writeln!(f, "{:<W$}{:.2} s", "duration", self.duration_secs)?;
+        write!(f, "{:<W$}{:.2} s", "duration", self.duration_secs)?;
+        if self.interrupted {
+            write!(f, " (interrupted: Ctrl-C ended the window early)")?;
+        }
+        writeln!(f)?;
         writeln!(
             f,
             "{:<W$}{} ({} msgs/s)",
@@ -478,6 +486,7 @@ mod tests {
             duration_secs: 10.0,
             window_start_unix: 1_767_225_600.5,
             window_end_unix: 1_767_225_610.5,
+            interrupted: false,
             messages: 1_234_567,
             bytes_sent: 79_000_000,
             bytes_received: 79_000_000,

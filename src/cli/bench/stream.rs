@@ -90,6 +90,15 @@ impl StreamConn {
         }
     }
 
+    /// The run's timeline once traffic started here: the thread's, which a Ctrl-C cuts
+    /// short (`bench` then ends the window at once), not the copy taken at the start.
+    fn timeline(&mut self, st: &ThreadState) -> Option<Timeline> {
+        if self.tl.is_some() {
+            self.tl = st.tl;
+        }
+        self.tl
+    }
+
     /// Traffic starts on this connection.
     fn start(&mut self, ctx: &mut Ctx<'_, ThreadState>, tl: Timeline, now: Instant) {
         self.tl = Some(tl);
@@ -211,7 +220,7 @@ impl Handler<ThreadState> for StreamConn {
         if self.broken {
             return;
         }
-        let Some(tl) = self.tl else {
+        let Some(tl) = self.timeline(ctx.state()) else {
             // Bytes before we sent anything.
             self.verify_failed(ctx);
             return;
@@ -261,7 +270,7 @@ impl Handler<ThreadState> for StreamConn {
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_, ThreadState>, _timer: TimerId) {
         let now = Instant::now();
-        match self.tl {
+        match self.timeline(ctx.state()) {
             None => {
                 // The start timer (set from the main thread's go, or by on_open).
                 if let Some(tl) = ctx.state().tl {

@@ -69,6 +69,8 @@ pub(super) enum Msg {
     },
     /// The thread is done.
     Done(usize, Box<Result<ThreadResult, String>>),
+    /// Not from a load thread: the user pressed Ctrl-C (SIGINT) once.
+    Interrupted,
 }
 
 /// A thread's totals.
