@@ -4,6 +4,28 @@
 
 use std::io;
 
+/// A process's (or a thread's) CPU time in clock ticks, with the instant it was read.
+pub type CpuReading = (std::time::Instant, u64);
+
+/// Reads `id`'s CPU time now: a process id, or a thread id (`/proc/TID/stat` exists for
+/// every thread, though `ls /proc` lists only processes).
+pub fn cpu_reading(id: u32) -> Option<CpuReading> {
+    proc_cpu_ticks(id)
+        .ok()
+        .map(|t| (std::time::Instant::now(), t))
+}
+
+/// CPU used between two readings: (percent of one core, seconds).
+pub fn cpu_between(a: Option<CpuReading>, b: Option<CpuReading>) -> Option<(f64, f64)> {
+    match (a, b) {
+        (Some((t0, a)), Some((t1, b))) if t1 > t0 => {
+            let secs = b.saturating_sub(a) as f64 / clock_ticks_per_sec() as f64;
+            Some((100.0 * secs / (t1 - t0).as_secs_f64(), secs))
+        }
+        _ => None,
+    }
+}
+
 /// The clock ticks per second that `/proc/PID/stat` counts CPU time in (`USER_HZ`), as
 /// the system says (`sysconf(_SC_CLK_TCK)`); 100 if it will not say.
 pub fn clock_ticks_per_sec() -> u64 {

@@ -117,7 +117,7 @@ impl DgramSock {
             self.finishing = true;
         } else if let Load::Open { .. } = self.env.s.load {
             self.anchor = self.env.anchor(&tl, self.slot);
-            self.pump(ctx, tl, now);
+            self.pump(ctx, tl, now, false);
         } else {
             self.top_up(ctx, tl, now);
         }
@@ -171,13 +171,25 @@ impl DgramSock {
     }
 
     /// Open loop: sends what is due and arms the timer for the next message.
-    fn pump(&mut self, ctx: &mut DgramCtx<'_, ThreadState>, tl: Timeline, now: Instant) {
+    fn pump(
+        &mut self,
+        ctx: &mut DgramCtx<'_, ThreadState>,
+        tl: Timeline,
+        now: Instant,
+        woken: bool,
+    ) {
         loop {
             match self
                 .env
                 .open_loop_step(&tl, self.anchor, self.next_due, self.pending, now)
             {
                 Step::Send(due) => {
+                    if woken {
+                        // How late the timer let us send: the generator's own delay,
+                        // not the server's (a send held back by a full window is not
+                        // woken by the timer).
+                        ctx.state().send_lag(due, now);
+                    }
                     self.send_one(ctx, due, now);
                     self.next_due += 1;
                 }
@@ -314,7 +326,7 @@ impl DatagramHandler<ThreadState> for DgramSock {
         };
         self.classify(ctx.state(), data, now);
         match self.env.s.load {
-            Load::Open { .. } if !self.finishing => self.pump(ctx, tl, now),
+            Load::Open { .. } if !self.finishing => self.pump(ctx, tl, now, false),
             Load::Open { .. } => {}
             _ => self.top_up(ctx, tl, now),
         }
@@ -333,7 +345,7 @@ impl DatagramHandler<ThreadState> for DgramSock {
         if Some(timer) == self.schedule_timer {
             self.schedule_timer = None;
             if !self.finishing {
-                self.pump(ctx, tl, now);
+                self.pump(ctx, tl, now, true);
             }
         } else if Some(timer) == self.sweep_timer {
             self.sweep(ctx.state(), now);
@@ -342,7 +354,7 @@ impl DatagramHandler<ThreadState> for DgramSock {
                     if now >= tl.end {
                         self.finishing = true;
                     } else if !self.finishing {
-                        self.pump(ctx, tl, now);
+                        self.pump(ctx, tl, now, false);
                     }
                 }
                 _ => self.top_up(ctx, tl, now),

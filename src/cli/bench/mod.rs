@@ -81,7 +81,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::serialization::V2DeflateSerializer;
 
-use super::procfs::{clock_ticks_per_sec, peak_rss_kib, proc_cpu_ticks};
+use super::procfs::{cpu_between, peak_rss_kib};
 
 use super::common::{CliError, idle_strategy, init_logging};
 pub use args::BenchArgs;
@@ -89,25 +89,11 @@ use args::BenchCommand;
 use model::{Counters, Timeline};
 use progress::{GO_MARGIN, Hlog, Progress, unix_secs};
 use recorder::Recorder;
-use report::{Histograms, LatencySummary, Report, SegmentInfo};
+use report::{Histograms, LatencySummary, Report, SegmentInfo, SendLag};
 use settings::{Load, Settings};
 use thread::{Msg, ThreadResult};
 
-/// This process's CPU ticks now, with the instant they were read.
-fn cpu_sample(pid: u32) -> Option<(Instant, u64)> {
-    proc_cpu_ticks(pid).ok().map(|t| (Instant::now(), t))
-}
-
-/// CPU used between two samples: (percent of one core, seconds).
-fn cpu_between(a: Option<(Instant, u64)>, b: Option<(Instant, u64)>) -> Option<(f64, f64)> {
-    match (a, b) {
-        (Some((t0, a)), Some((t1, b))) if t1 > t0 => {
-            let secs = b.saturating_sub(a) as f64 / clock_ticks_per_sec() as f64;
-            Some((100.0 * secs / (t1 - t0).as_secs_f64(), secs))
-        }
-        _ => None,
-    }
-}
+use super::procfs::cpu_reading as cpu_sample;
 
 /// An output file failed mid-run: said once; the run and its report go on without it.
 fn log_lost(option: &str, path: Option<&std::path::Path>, e: &io::Error) {
@@ -143,7 +129,7 @@ fn go(s: &Settings, rx: &mpsc::Receiver<Msg>, run_start: Instant) -> Result<Star
     while senders.len() < s.threads {
         let wait = give_up.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
-            Ok(Msg::Connected { go, phase, .. }) => {
+            Ok(Msg::Connected { go, phase }) => {
                 connect_phase.merge(&phase);
                 senders.push(go);
             }
@@ -211,6 +197,42 @@ struct Started {
     window_start: SystemTime,
     connect_phase: Recorder,
     senders: Vec<echoloop::Sender<Timeline>>,
+}
+
+/// Whether the generator itself, not the server, may have set the figures, and in what
+/// words to say so. Either a load thread was busy (`thread_busy`: running or waiting for
+/// a core) for nearly the whole window (with `--busy-poll` the threads spin by design,
+/// so that says nothing), or in open loop
+/// the timer let sends leave later than a connection's interval between them: a backlog
+/// of due messages built up on our side.
+fn saturation(s: &Settings, thread_busy: &[f64], lag_p99_us: Option<f64>) -> Option<String> {
+    const BUSY: f64 = 90.0;
+    let busiest = thread_busy
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1));
+    if let (None, Some((i, &cpu))) = (s.busy_poll, busiest) {
+        if cpu >= BUSY {
+            return Some(format!(
+                "load thread {i} was busy (on a core or waiting for one) {cpu:.0}% of the \
+                 window: the generator was the likely limit, not the server; use more \
+                 --threads, a generator on another machine, or several generators \
+                 (--segment)"
+            ));
+        }
+    }
+    if let (Load::Open { interval, .. }, Some(p99)) = (s.load, lag_p99_us) {
+        let interval_us = interval * 1e6;
+        if p99 > interval_us {
+            return Some(format!(
+                "1% of the sends left more than {p99:.0} µs late, longer than a connection's \
+                 {interval_us:.0} µs between sends: the generator fell behind its schedule, \
+                 so the latency includes its own backlog; use more --threads, fewer \
+                 connections per thread, or several generators (--segment)"
+            ));
+        }
+    }
+    None
 }
 
 /// The exit status after Ctrl-C, as shells give a process killed by SIGINT (128 + 2).
@@ -446,8 +468,25 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
 
     let mut c = Counters::default();
     let mut first_error = None;
+    let mut send_lag = Recorder::new();
+    // Each thread read its own CPU time at the window's edges (one that could not is
+    // left out, not guessed).
+    let thread_cpu: Vec<f64> = results
+        .iter()
+        .flatten()
+        .filter_map(|r| r.cpu_percent)
+        .collect();
+    // Busy: on a core or waiting for one. A generator that never idles is the limit
+    // even when another process keeps it off its core part of the time; where the
+    // kernel does not say, the CPU share stands in.
+    let thread_busy: Vec<f64> = results
+        .iter()
+        .flatten()
+        .filter_map(|r| r.busy_percent.or(r.cpu_percent))
+        .collect();
     for r in results.into_iter().flatten() {
         c.add(&r.c);
+        send_lag.merge(&r.send_lag);
         connect_phase.merge(&r.connect_phase);
         if first_error.is_none() {
             first_error = r.first_error;
@@ -463,6 +502,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         all
     };
     let per_msg = |secs: f64| (c.messages > 0).then(|| secs * 1e6 / c.messages as f64);
+    let lag_p99 = (!send_lag.is_empty()).then(|| send_lag.percentile_us(0.99));
+    let saturation_note = saturation(&s, &thread_busy, lag_p99);
     let own_cpu = cpu_between(cpu_start, cpu_end);
     let server_cpu = cpu_between(server_start, server_end);
     // The window measured: shorter than asked when Ctrl-C cut it.
@@ -531,6 +572,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         },
         generator_cpu_percent: own_cpu.map(|(pct, _)| pct),
         generator_cpu_us_per_msg: own_cpu.and_then(|(_, secs)| per_msg(secs)),
+        generator_thread_cpu_percent: thread_cpu,
+        generator_thread_busy_percent: thread_busy,
+        send_lag_us: (s.is_open_loop() && !send_lag.is_empty()).then(|| SendLag {
+            p99: send_lag.percentile_us(0.99),
+            max: send_lag.max_us(),
+        }),
+        generator_saturated: saturation_note.is_some(),
+        generator_note: saturation_note,
         server_cpu_percent: server_cpu.map(|(pct, _)| pct),
         server_cpu_us_per_msg: server_cpu.and_then(|(_, secs)| per_msg(secs)),
         server_peak_rss_kib: server_rss,

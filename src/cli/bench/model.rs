@@ -207,6 +207,8 @@ pub(super) struct ThreadState {
     /// when it was due) instead of skipping it.
     pub(super) schedule: std::collections::HashMap<usize, u64>,
     pub(super) first_error: Option<String>,
+    /// Open loop: how late timer-driven sends left against their schedule, in the window.
+    pub(super) send_lag: Recorder,
     /// The run is over and the loop is being stopped: closes are ours, not failures.
     pub(super) stopping: bool,
 }
@@ -280,6 +282,13 @@ impl ThreadState {
         }
         if let Some(iv) = self.interval_at(now) {
             iv.bytes_sent += n as u64;
+        }
+    }
+
+    /// A timer let an open-loop message due at `due` go out at `now`.
+    pub(super) fn send_lag(&mut self, due: Instant, now: Instant) {
+        if self.tl.is_some_and(|tl| tl.in_window(now)) {
+            self.send_lag.record(now.saturating_duration_since(due));
         }
     }
 

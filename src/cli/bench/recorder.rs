@@ -77,7 +77,6 @@ impl Recorder {
     }
 
     /// Whether no samples have been recorded.
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.hist.is_empty()
     }

@@ -129,6 +129,15 @@ impl fmt::Display for LatencySummary {
     }
 }
 
+/// How late open-loop sends left against their schedule, in µs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SendLag {
+    /// 99th percentile.
+    pub p99: f64,
+    /// The latest one.
+    pub max: f64,
+}
+
 /// Which part of a run one generator measured (`--segment I/N`); `0/1` alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentInfo {
@@ -259,6 +268,24 @@ pub struct Report {
     /// Generator CPU time per message, in µs.
     #[serde(default)]
     pub generator_cpu_us_per_msg: Option<f64>,
+    /// Each load thread's CPU over the window, in percent of one core (threads that
+    /// could not be read are left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generator_thread_cpu_percent: Vec<f64>,
+    /// Each load thread's share of the window on a core or waiting for one (not idle),
+    /// in percent: near 100, the thread was the limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generator_thread_busy_percent: Vec<f64>,
+    /// Open loop: how late the generator's timer let sends go out, against their schedule.
+    #[serde(default)]
+    pub send_lag_us: Option<SendLag>,
+    /// The generator, not the server, may have set the figures (a load thread near a
+    /// whole core, or open-loop sends falling behind their schedule).
+    #[serde(default)]
+    pub generator_saturated: bool,
+    /// Why it is thought saturated, and what to do, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator_note: Option<String>,
     /// CPU used by the `--server-pid` process over the window, percent of one core.
     #[serde(default)]
     pub server_cpu_percent: Option<f64>,
@@ -391,7 +418,25 @@ impl fmt::Display for Report {
             if let Some(per) = self.generator_cpu_us_per_msg {
                 write!(f, ", {per:.2} µs/msg")?;
             }
+            if !self.generator_thread_cpu_percent.is_empty() {
+                let each: Vec<String> = self
+                    .generator_thread_cpu_percent
+                    .iter()
+                    .map(|c| format!("{c:.0}%"))
+                    .collect();
+                write!(f, " (threads {})", each.join(" "))?;
+            }
             writeln!(f)?;
+        }
+        if let Some(lag) = &self.send_lag_us {
+            writeln!(
+                f,
+                "{:<W$}p99 {:.0}  max {:.0}  (how late sends left against their schedule)",
+                "send lag (µs)", lag.p99, lag.max
+            )?;
+        }
+        if let Some(note) = &self.generator_note {
+            writeln!(f, "{:<W$}{note}", "warning")?;
         }
         if let Some(cpu) = self.server_cpu_percent {
             write!(f, "{:<W$}{:.1}% of one core", "server cpu", cpu)?;

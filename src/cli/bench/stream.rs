@@ -118,7 +118,7 @@ impl StreamConn {
                 self.anchor = self.env.anchor(&tl, self.slot);
                 // A slot reopened mid-run goes on where its schedule stood.
                 self.next_due = ctx.state().schedule.remove(&self.slot).unwrap_or(0);
-                self.pump(ctx, tl, now);
+                self.pump(ctx, tl, now, false);
                 self.maybe_finish(ctx);
             }
         }
@@ -139,13 +139,19 @@ impl StreamConn {
     }
 
     /// Open loop: sends every message that is due, then arms the timer for the next one.
-    fn pump(&mut self, ctx: &mut Ctx<'_, ThreadState>, tl: Timeline, now: Instant) {
+    fn pump(&mut self, ctx: &mut Ctx<'_, ThreadState>, tl: Timeline, now: Instant, woken: bool) {
         loop {
             match self
                 .env
                 .open_loop_step(&tl, self.anchor, self.next_due, self.inflight.len(), now)
             {
                 Step::Send(due) => {
+                    if woken {
+                        // How late the timer let us send: the generator's own delay,
+                        // not the server's (a send held back by a full window is not
+                        // woken by the timer).
+                        ctx.state().send_lag(due, now);
+                    }
                     self.send_one(ctx, due, now);
                     self.next_due += 1;
                 }
@@ -254,7 +260,7 @@ impl Handler<ThreadState> for StreamConn {
             ctx.state().complete(now, m.due, m.sent, open);
             match env.s.load {
                 Load::Closed { .. } if now < tl.end => self.send_one(ctx, now, now),
-                Load::Open { .. } if !self.finishing => self.pump(ctx, tl, now),
+                Load::Open { .. } if !self.finishing => self.pump(ctx, tl, now, false),
                 _ => self.finishing = true,
             }
         }
@@ -280,7 +286,7 @@ impl Handler<ThreadState> for StreamConn {
             Some(tl) => {
                 self.timer_armed = false;
                 if !self.finishing {
-                    self.pump(ctx, tl, now);
+                    self.pump(ctx, tl, now, true);
                 }
                 self.maybe_finish(ctx);
             }

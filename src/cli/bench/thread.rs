@@ -42,6 +42,7 @@ use super::settings::Settings;
 use super::stream::StreamConn;
 use crate::cli::bench::recorder::Recorder;
 use crate::cli::common::Transport;
+use crate::cli::procfs::{CpuReading, cpu_between, cpu_reading};
 use echoloop::net::{Endpoint, PeerAddr, UnixName};
 use echoloop::{ConnectOptions, EventLoop, LoopCtx, Sender};
 
@@ -79,6 +80,39 @@ pub(super) struct ThreadResult {
     pub(super) c: Counters,
     pub(super) connect_phase: Recorder,
     pub(super) first_error: Option<String>,
+    /// Open loop: how late the timer let sends go out.
+    pub(super) send_lag: Recorder,
+    /// The thread's CPU over the window, in percent of one core, if it could be read.
+    pub(super) cpu_percent: Option<f64>,
+    /// How much of the window the thread was running or waiting for a core (runnable,
+    /// not idle), in percent, if the kernel says (`/proc/thread-self/schedstat`).
+    pub(super) busy_percent: Option<f64>,
+}
+
+/// The calling thread's scheduler times so far (`/proc/thread-self/schedstat`: ns on a
+/// core, ns runnable but waiting for one), with the instant they were read.
+fn own_sched() -> Option<(Instant, u64, u64)> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut fields = text.split_ascii_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(run)), Some(Ok(wait))) = (fields.next(), fields.next()) else {
+        return None;
+    };
+    Some((Instant::now(), run, wait))
+}
+
+/// Percent of the time between two [`own_sched`] readings that the thread was not idle.
+fn busy_between(a: Option<(Instant, u64, u64)>, b: Option<(Instant, u64, u64)>) -> Option<f64> {
+    let ((t0, run0, wait0), (t1, run1, wait1)) = (a?, b?);
+    let span = t1.checked_duration_since(t0)?.as_nanos() as f64;
+    let busy = (run1.saturating_sub(run0) + wait1.saturating_sub(wait0)) as f64;
+    (span > 0.0).then(|| 100.0 * busy / span)
+}
+
+/// The calling thread's CPU time so far (its id from `/proc/thread-self`, which links
+/// to `PID/task/TID`).
+fn own_cpu() -> Option<CpuReading> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    cpu_reading(link.file_name()?.to_str()?.parse().ok()?)
 }
 
 /// The target as a datagram destination.
@@ -202,6 +236,8 @@ pub(super) fn drive(
         .collect();
     let mut tried = vec![false; s.connections];
     let mut announced = false;
+    let (mut cpu_at_start, mut cpu_at_end) = (None, None);
+    let (mut sched_at_start, mut sched_at_end) = (None, None);
     loop {
         let now = Instant::now();
         queue.extend(
@@ -233,6 +269,17 @@ pub(super) fn drive(
         }
         let mut wake = now + Duration::from_secs(1);
         if let Some(tl) = tl {
+            // This thread's own CPU at the window's edges, read by itself (the main
+            // thread may run only after it ended, when it can no longer be read). The
+            // loop wakes at both edges: they are interval boundaries.
+            if cpu_at_start.is_none() && now >= tl.measure_start {
+                cpu_at_start = own_cpu();
+                sched_at_start = own_sched();
+            }
+            if cpu_at_end.is_none() && now >= tl.end {
+                cpu_at_end = own_cpu();
+                sched_at_end = own_sched();
+            }
             let st = el.state_mut();
             st.roll(now);
             let (errors, up) = (st.c.errors(), st.up);
@@ -283,5 +330,8 @@ pub(super) fn drive(
         c: st.c,
         connect_phase: st.connect_phase,
         first_error: st.first_error,
+        send_lag: st.send_lag,
+        cpu_percent: cpu_between(cpu_at_start, cpu_at_end).map(|(pct, _)| pct),
+        busy_percent: busy_between(sched_at_start, sched_at_end),
     })
 }
