@@ -132,6 +132,9 @@ impl fmt::Display for LatencySummary {
 /// How late open-loop sends left against their schedule, in µs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct SendLag {
+    /// Median.
+    #[serde(default)]
+    pub p50: f64,
     /// 99th percentile.
     pub p99: f64,
     /// The latest one.
@@ -431,8 +434,8 @@ impl fmt::Display for Report {
         if let Some(lag) = &self.send_lag_us {
             writeln!(
                 f,
-                "{:<W$}p99 {:.0}  max {:.0}  (how late sends left against their schedule)",
-                "send lag (µs)", lag.p99, lag.max
+                "{:<W$}p50 {:.0}  p99 {:.0}  max {:.0}  (how late sends left against their schedule)",
+                "send lag (µs)", lag.p50, lag.p99, lag.max
             )?;
         }
         if let Some(note) = &self.generator_note {

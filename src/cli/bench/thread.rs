@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use super::dgram::DgramSock;
 use super::model::{Counters, Env, Interval, ThreadState, Timeline, after};
 use super::pattern::{SPREAD, connection_key, random_template};
+use super::precise::PreciseWake;
 use super::settings::Settings;
 use super::stream::StreamConn;
 use crate::cli::bench::recorder::Recorder;
@@ -237,6 +238,18 @@ pub(super) fn drive(
     let mut tried = vec![false; s.connections];
     let mut announced = false;
     let (mut cpu_at_start, mut cpu_at_end) = (None, None);
+    // Open loop: sends leave within microseconds of when they are due (see `precise`).
+    let mut precise = if s.is_open_loop() && s.busy_poll.is_none() {
+        match PreciseWake::new(&mut el) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log::warn!("no timerfd ({e}): open-loop sends may leave up to 1 ms late");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let (mut sched_at_start, mut sched_at_end) = (None, None);
     loop {
         let now = Instant::now();
@@ -291,6 +304,12 @@ pub(super) fn drive(
                     up,
                 });
             }
+            if now >= tl.end {
+                // No more sends are due: the loop may now run empty.
+                if let Some(p) = precise.take() {
+                    p.remove(&mut el);
+                }
+            }
             if (now >= tl.end && el.is_empty()) || now >= tl.grace_end {
                 break;
             }
@@ -308,7 +327,23 @@ pub(super) fn drive(
                 wake = wake.min(at);
             }
         }
-        el.run_once(Some(wake.saturating_duration_since(now)))
+        let mut timeout = wake.saturating_duration_since(now);
+        if let Some(p) = precise.as_mut() {
+            // The loop's own next timer (a connection's next send) or ours, whichever
+            // comes first; the poll's millisecond timeout stays as a backstop. Waking
+            // from sleep takes this machine tens of microseconds, so the timer fires
+            // SPIN early and the last stretch is polled without sleeping.
+            let next = el.timeout().map_or(wake, |d| wake.min(now + d));
+            if next <= now + PreciseWake::SPIN {
+                timeout = Duration::ZERO;
+            } else if let Err(e) = p.arm(next - PreciseWake::SPIN) {
+                log::warn!("timerfd: {e}; open-loop sends may leave up to 1 ms late");
+                if let Some(p) = precise.take() {
+                    p.remove(&mut el);
+                }
+            }
+        }
+        el.run_once(Some(timeout))
             .map_err(|e| format!("event loop: {e}"))?;
     }
     // Whatever is still open has had its grace: a short graceful close, then a forced one.
