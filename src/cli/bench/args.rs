@@ -120,6 +120,43 @@ pub(super) fn parse_count(s: &str) -> Result<usize, String> {
     Ok(value as usize)
 }
 
+/// A service level objective: percentile `q` (a fraction: 0.99 for p99) at most `bound`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Slo {
+    pub(super) q: f64,
+    pub(super) bound: Duration,
+}
+
+impl Slo {
+    /// `p99`, `p99.9`, `p50`.
+    pub(super) fn name(&self) -> String {
+        let pct = format!("{:.4}", self.q * 100.0);
+        format!("p{}", pct.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+/// `p99=2ms`, `p99.9=500us`, `p50=1ms`.
+pub(super) fn parse_slo(s: &str) -> Result<Slo, String> {
+    let bad = |why: &str| format!("invalid SLO {s:?}: {why} (expected pQ=BOUND, e.g. p99=2ms)");
+    let (p, bound) = s.split_once('=').ok_or_else(|| bad("no '='"))?;
+    let pct: f64 = p
+        .strip_prefix('p')
+        .ok_or_else(|| bad("the percentile starts with p"))?
+        .parse()
+        .map_err(|_| bad("the percentile is not a number"))?;
+    if !(pct > 0.0 && pct < 100.0) {
+        return Err(bad("the percentile lies between 0 and 100, both excluded"));
+    }
+    let bound = crate::cli::units::parse_duration(bound)?;
+    if bound.is_zero() {
+        return Err(bad("a bound of zero cannot be met"));
+    }
+    Ok(Slo {
+        q: pct / 100.0,
+        bound,
+    })
+}
+
 /// Arguments of `echoloop bench`.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -208,6 +245,18 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0", help = BUSY_POLL_HELP)]
     pub(super) busy_poll: Duration,
     /// Log level on stderr: off, error, warn, info, debug, trace.
+    /// Find the highest rate at which a latency percentile stays within a bound, e.g.
+    /// p99=2ms: open-loop steps, doubling from --rate (default 1k/s) until the bound
+    /// breaks, then halving the gap to 2%.
+    #[arg(long, value_name = "pQ=BOUND", value_parser = parse_slo)]
+    pub(super) slo: Option<Slo>,
+    /// Measured length of each step of an --slo search (after a warm-up of --warmup,
+    /// at least 1 s).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "5s")]
+    pub(super) step_duration: Duration,
+    /// Steps an --slo search takes at most.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub(super) max_steps: usize,
     #[arg(long, value_name = "LEVEL", value_parser = parse_level, default_value = "warn")]
     pub(super) log_level: log::LevelFilter,
 }

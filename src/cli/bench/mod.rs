@@ -61,6 +61,7 @@
 #[cfg(test)]
 mod alloc_test;
 mod args;
+mod ctrl_c;
 mod dgram;
 mod merge;
 mod model;
@@ -69,7 +70,9 @@ mod precise;
 mod progress;
 pub mod recorder;
 pub mod report;
+mod run;
 mod settings;
+mod slo;
 mod stream;
 mod thread;
 
@@ -77,30 +80,13 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
 
-use hdrhistogram::serialization::V2DeflateSerializer;
-
-use super::procfs::{cpu_between, peak_rss_kib};
-
-use super::common::{CliError, idle_strategy, init_logging};
+use super::common::{CliError, init_logging};
 pub use args::BenchArgs;
 use args::BenchCommand;
-use model::{Counters, Timeline};
-use progress::{GO_MARGIN, Hlog, Progress, unix_secs};
-use recorder::Recorder;
-use report::{Histograms, LatencySummary, Report, SegmentInfo, SendLag};
-use settings::{Load, Settings};
-use thread::{Msg, ThreadResult};
-
-use super::procfs::cpu_reading as cpu_sample;
-
-/// An output file failed mid-run: said once; the run and its report go on without it.
-fn log_lost(option: &str, path: Option<&std::path::Path>, e: &io::Error) {
-    let name = path.map_or_else(|| "-".to_owned(), |p| p.display().to_string());
-    errln!("echoloop: {option} {name}: {e}; nothing more is written there");
-}
+use ctrl_c::{CtrlC, INTERRUPTED};
+use run::{Measured, Outputs, measure};
+use settings::Settings;
 
 /// Opens where the JSON lines go: `-` is standard output.
 fn open_json_lines(spec: &str) -> Result<Box<dyn Write>, CliError> {
@@ -111,170 +97,101 @@ fn open_json_lines(spec: &str) -> Result<Box<dyn Write>, CliError> {
     Ok(Box::new(io::BufWriter::new(f)))
 }
 
-/// Waits until every thread is connected, then fixes the timeline and sends it to them.
-/// Returns it with the connect phase's latencies.
-fn go(s: &Settings, rx: &mpsc::Receiver<Msg>, run_start: Instant) -> Result<Started, CliError> {
-    let mut senders = Vec::new();
-    let mut connect_phase = Recorder::new();
-    // A thread announces itself after every first attempt ended. The ramp and the
-    // connect timeout bound that: at worst (every SYN dropped) each batch of
-    // MAX_CONNECTING connects takes the whole timeout. This only guards against a bug.
-    let ramp = s
-        .connect_rate
-        .map_or(0.0, |r| s.connections as f64 / r.max(1e-9));
-    let per_thread = s.connections.div_ceil(s.threads.max(1));
-    let batches = per_thread.div_ceil(thread::MAX_CONNECTING) as f64;
-    // At most a year: an Instant that far ahead is always representable.
-    let bound = (ramp + batches * s.connect_timeout.as_secs_f64() + 30.0).min(3.2e7);
-    let give_up = run_start + Duration::from_secs_f64(bound);
-    while senders.len() < s.threads {
-        let wait = give_up.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Connected { go, phase }) => {
-                connect_phase.merge(&phase);
-                senders.push(go);
-            }
-            Ok(Msg::Done(_, r)) => {
-                (*r)?;
-                return Err("a load thread ended while connecting".into());
-            }
-            Ok(Msg::Interval { .. }) => {}
-            Ok(Msg::Interrupted) => {
-                // Nothing is measured yet, so there is no report to keep.
-                errln!(
-                    "echoloop: interrupted while connecting ({} of {} load threads ready); \
-                     nothing was measured",
-                    senders.len(),
-                    s.threads
-                );
-                std::process::exit(INTERRUPTED);
-            }
-            Err(_) => return Err("the load threads did not finish connecting".into()),
-        }
-    }
-    let now = Instant::now();
-    let wall = SystemTime::now();
-    let earliest = now + GO_MARGIN + s.warmup;
-    let measure_start = match s.start_at {
-        None => earliest,
-        Some(at) => {
-            // How far after the asked-for instant the window can start at the earliest
-            // (negative: it is still ahead).
-            let ahead = match at.duration_since(wall) {
-                Ok(d) => d.as_secs_f64(),
-                Err(e) => -e.duration().as_secs_f64(),
-            };
-            let late = (earliest - now).as_secs_f64() - ahead;
-            if late <= 0.0 {
-                now + Duration::from_secs_f64(ahead)
-            } else {
-                log::warn!(
-                    "connecting (and the warm-up) took until after --start-at: the window \
-                     starts {late:.3} s late, so it is not the one other generators measure"
-                );
-                earliest
-            }
-        }
-    };
-    let tl = Timeline::new(measure_start - s.warmup, s);
-    let window_start = wall + measure_start.saturating_duration_since(now);
-    for tx in &senders {
-        // Capacity one, sent once (and once more if Ctrl-C cuts the window); the thread
-        // only closes it by ending, which it reports with Done.
-        let _ = tx.try_send(tl);
-    }
-    Ok(Started {
-        tl,
-        window_start,
-        connect_phase,
-        senders,
+/// Opens the run's output files, before any load, so a bad path costs nothing.
+fn open_outputs(args: &BenchArgs) -> Result<Outputs, CliError> {
+    Ok(Outputs {
+        json_lines: args
+            .json_lines
+            .as_deref()
+            .map(open_json_lines)
+            .transpose()?,
+        json_lines_name: args.json_lines.clone(),
+        hgrm: match &args.hgrm {
+            Some(p) => Some((
+                File::create(p).map_err(|e| format!("--hgrm {}: {e}", p.display()))?,
+                p.clone(),
+            )),
+            None => None,
+        },
+        hlog: match &args.hlog {
+            Some(p) => Some((
+                io::LineWriter::new(
+                    File::create(p).map_err(|e| format!("--hlog {}: {e}", p.display()))?,
+                ),
+                p.clone(),
+            )),
+            None => None,
+        },
     })
 }
 
-/// What [`go`] started: the timeline, the wall-clock instant the window starts, the
-/// connect phase's latencies, and where to send a changed timeline.
-struct Started {
-    tl: Timeline,
-    window_start: SystemTime,
-    connect_phase: Recorder,
-    senders: Vec<echoloop::Sender<Timeline>>,
-}
-
-/// Whether the generator itself, not the server, may have set the figures, and in what
-/// words to say so.
-///
-/// * Closed loop: a load thread was busy (`thread_busy`: on a core or waiting for one)
-///   for nearly the whole window. Not with `--busy-poll`, whose threads spin by design.
-/// * Open loop: the median send left later than a connection's interval between sends,
-///   so due messages queued up on our side. Busy time says nothing here: the loop polls
-///   without sleeping for the last stretch before each due send (`precise`), which at
-///   high rates is all the time, by choice.
-fn saturation(s: &Settings, thread_busy: &[f64], lag_p50_us: Option<f64>) -> Option<String> {
-    const BUSY: f64 = 90.0;
-    match s.load {
-        Load::Open { interval, .. } => {
-            let interval_us = interval * 1e6;
-            let p50 = lag_p50_us?;
-            (p50 > interval_us).then(|| {
-                format!(
-                    "half the sends left more than {p50:.0} µs late, longer than a \
-                     connection's {interval_us:.0} µs between sends: the generator fell \
-                     behind its schedule, so the latency includes its own backlog; use more \
-                     --threads, a generator on another machine, or several generators \
-                     (--segment)"
-                )
-            })
-        }
-        _ if s.busy_poll.is_some() => None,
-        _ => {
-            let (i, &busy) = thread_busy
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))?;
-            (busy >= BUSY).then(|| {
-                format!(
-                    "load thread {i} was busy (on a core or waiting for one) {busy:.0}% of \
-                     the window: the generator was the likely limit, not the server; use \
-                     more --threads, a generator on another machine, or several generators \
-                     (--segment)"
-                )
-            })
-        }
+/// `--slo`: the search (see `slo`), with the options it cannot take refused by name.
+fn run_search(args: &BenchArgs) -> Result<ExitCode, CliError> {
+    let Some(objective) = args.slo else {
+        return Err("no --slo given".into());
+    };
+    let refused = [
+        (args.pipeline != 1, "--pipeline (a search runs open loop)"),
+        (args.reconnect, "--reconnect (a search runs open loop)"),
+        (
+            args.segment.is_some(),
+            "--segment (one generator searches alone)",
+        ),
+        (
+            args.start_at.is_some(),
+            "--start-at (each step starts when the last ends)",
+        ),
+        (
+            args.json_lines.is_some(),
+            "--json-lines (a search is many runs)",
+        ),
+        (args.hlog.is_some(), "--hlog (a search is many runs)"),
+        (args.hgrm.is_some(), "--hgrm (a search is many runs)"),
+    ];
+    if let Some((_, what)) = refused.iter().find(|(given, _)| *given) {
+        return Err(format!("--slo does not go with {what}").into());
     }
-}
-
-/// The exit status after Ctrl-C, as shells give a process killed by SIGINT (128 + 2).
-const INTERRUPTED: i32 = 130;
-
-/// Ctrl-C: the first ends the measured window at once, and the report of what was
-/// measured still comes (`Msg::Interrupted` to the main thread); the second exits at
-/// once. Signals are taken by a thread of their own, so no handler runs inside a load
-/// thread's loop.
-fn catch_ctrl_c(tx: mpsc::Sender<Msg>) -> io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT])?;
-    std::thread::Builder::new()
-        .name("echoloop-bench-sigint".into())
-        .spawn(move || {
-            let mut seen = 0;
-            for _ in signals.forever() {
-                seen += 1;
-                if seen > 1 || tx.send(Msg::Interrupted).is_err() {
-                    std::process::exit(INTERRUPTED);
-                }
-            }
-        })?;
-    Ok(())
-}
-
-/// The window cut short at `now` (or, in the warm-up, where it was to start: then it is
-/// empty); the grace for the last echoes stays as long as it was.
-fn cut_short(tl: Timeline, now: Instant) -> Timeline {
-    let end = now.clamp(tl.measure_start, tl.end);
-    Timeline {
-        end,
-        grace_end: end + tl.grace_end.saturating_duration_since(tl.end),
-        ..tl
+    if args.max_steps == 0 {
+        return Err("--max-steps must be at least 1".into());
     }
+    if args.step_duration < std::time::Duration::from_millis(100) {
+        return Err("--step-duration must be at least 100ms".into());
+    }
+    let base = Settings::from_args(args)?;
+    let ctrl_c = CtrlC::install()?;
+    let start = args.rate.unwrap_or(slo::DEFAULT_START);
+    let (result, clean) = slo::search(
+        &base,
+        objective,
+        start,
+        args.step_duration,
+        args.max_steps,
+        args.json,
+        &ctrl_c,
+    )?;
+    let line = slo::summary(objective, &result);
+    let mut out = io::stdout().lock();
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "slo": result, "summary": line })
+        )?;
+    } else {
+        if result.interrupted {
+            writeln!(out, "interrupted: the best rate proven so far")?;
+        }
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(if result.interrupted {
+        ExitCode::from(INTERRUPTED)
+    } else if !clean {
+        errln!("echoloop: some echoes were wrong during the search (see the steps)");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Runs the load generator: prints progress on stderr, then the report on stdout. See the
@@ -284,344 +201,24 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         return merge::run(&m);
     }
     init_logging(args.log_level);
+    if args.slo.is_some() {
+        return run_search(&args);
+    }
     let s = Arc::new(Settings::from_args(&args)?);
-    // Outputs are opened before any load, so a bad path costs nothing.
-    let json_lines = args
-        .json_lines
-        .as_deref()
-        .map(open_json_lines)
-        .transpose()?;
-    let json_lines_to_stdout = args.json_lines.as_deref() == Some("-");
-    let hgrm_file = match &args.hgrm {
-        Some(p) => Some(File::create(p).map_err(|e| format!("--hgrm {}: {e}", p.display()))?),
-        None => None,
-    };
-    let mut hlog_file = match &args.hlog {
-        Some(p) => Some(io::LineWriter::new(
-            File::create(p).map_err(|e| format!("--hlog {}: {e}", p.display()))?,
-        )),
-        None => None,
-    };
-
-    let run_start = Instant::now();
-    let run_start_wall = SystemTime::now();
-    let (tx, rx) = mpsc::channel();
-    catch_ctrl_c(tx.clone())?;
-    let mut handles = Vec::new();
-    for t in 0..s.threads {
-        let slots: Vec<usize> = (t..s.connections).step_by(s.threads).collect();
-        let s = Arc::clone(&s);
-        let tx = tx.clone();
-        let h = std::thread::Builder::new()
-            .name(format!("echoloop-bench-{t}"))
-            .spawn(move || {
-                let r = thread::drive(t, s, run_start, slots, &tx);
-                let _ = tx.send(Msg::Done(t, Box::new(r)));
-            })?;
-        handles.push(h);
-    }
-    drop(tx);
-
-    let Started {
-        mut tl,
-        window_start,
-        mut connect_phase,
-        senders,
-    } = go(&s, &rx, run_start)?;
-    let mut interrupted = false;
-    let mut serializer = V2DeflateSerializer::new();
-    let meta = serde_json::json!({
-        "transport": s.transport.name(),
-        "target": s.target_text,
-        "mode": s.mode(),
-        "size": s.size,
-        "segment": {"index": s.segment.index, "count": s.segment.count},
-        "window_start_unix": unix_secs(window_start),
-        "window_end_unix": unix_secs(window_start + s.duration),
-    })
-    .to_string();
-    let mut hlog = match hlog_file.as_mut() {
-        Some(f) => {
-            // A write that fails here (a full disk) is said with the option's name, and
-            // the run goes on without the log, as for any later failure.
-            let begun = Hlog::begin(
-                f,
-                &mut serializer,
-                (run_start, run_start_wall),
-                &meta,
-                s.is_open_loop(),
-            )
-            .and_then(|mut h| h.connect_phase(&connect_phase, tl.start).map(|()| h));
-            match begun {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    log_lost("--hlog", args.hlog.as_deref(), &e);
-                    None
-                }
-            }
-        }
-        None => None,
-    };
-    let mut progress = Progress::new(s.threads, tl, json_lines, args.json_lines.clone());
-
-    let own = std::process::id();
-    let (mut cpu_start, mut cpu_end) = (None, None);
-    let (mut server_start, mut server_end) = (None, None);
-    let mut results: Vec<Option<ThreadResult>> = (0..s.threads).map(|_| None).collect();
-    let mut remaining = s.threads;
-    // Threads stop by themselves at grace_end plus a bounded close; this only guards
-    // against a bug hanging the run.
-    let mut give_up = tl.grace_end + Duration::from_secs(10);
-    while remaining > 0 {
-        let now = Instant::now();
-        if cpu_start.is_none() && now >= tl.measure_start {
-            cpu_start = cpu_sample(own);
-            server_start = s.server_pid.and_then(cpu_sample);
-        }
-        if cpu_end.is_none() && now >= tl.end {
-            cpu_end = cpu_sample(own);
-            server_end = s.server_pid.and_then(cpu_sample);
-        }
-        let wake = if cpu_start.is_none() {
-            tl.measure_start
-        } else if cpu_end.is_none() {
-            tl.end
-        } else {
-            give_up
-        };
-        match rx.recv_timeout(wake.saturating_duration_since(now)) {
-            Ok(Msg::Interval {
-                thread,
-                iv,
-                errors,
-                up,
-            }) => {
-                if let Some(iv) = progress.add(thread, *iv, errors, up) {
-                    if let Some(Err(e)) = hlog.as_mut().map(|h| h.interval(&iv)) {
-                        // The run goes on, and its report still comes: only the log stops.
-                        log_lost("--hlog", args.hlog.as_deref(), &e);
-                        hlog = None;
-                    }
-                }
-            }
-            Ok(Msg::Done(t, r)) => {
-                let r = r.inspect_err(|_| {
-                    progress.finish("");
-                })?;
-                results[t] = Some(r);
-                remaining -= 1;
-            }
-            Ok(Msg::Connected { .. }) => {}
-            Ok(Msg::Interrupted) => {
-                let cut = cut_short(tl, Instant::now());
-                // After the window (in the grace for the last echoes) there is nothing to
-                // cut: the run ends as it would have.
-                if cut.end < tl.end {
-                    interrupted = true;
-                    tl = cut;
-                    give_up = tl.grace_end + Duration::from_secs(10);
-                    progress.cut_short(tl);
-                    for tx in &senders {
-                        // Each thread took the first timeline long ago: room for this one.
-                        let _ = tx.try_send(tl);
-                    }
-                    errln!(
-                        "echoloop: interrupted: the window ends now; the report follows \
-                         (Ctrl-C again to quit at once)"
-                    );
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if Instant::now() >= give_up {
-                    return Err("the load threads did not finish".into());
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    // On a loaded machine this thread may first run again only when the load threads are
-    // done, past the window's end: take the missing reading now rather than report none.
-    if cpu_start.is_none() {
-        cpu_start = cpu_sample(own);
-        server_start = s.server_pid.and_then(cpu_sample);
-    }
-    if cpu_end.is_none() {
-        cpu_end = cpu_sample(own);
-        server_end = s.server_pid.and_then(cpu_sample);
-    }
-    let server_rss = s.server_pid.and_then(|p| peak_rss_kib(p).ok());
-    if let Some(pid) = s.server_pid {
-        if server_start.is_none() || server_end.is_none() || server_rss.is_none() {
-            // Checked at the start, gone by the end: the report's server figures are empty,
-            // and a benchmarker must not mistake that for "not asked".
-            errln!(
-                "echoloop: --server-pid {pid}: the process could not be read at the window's {} \
-                 (did it exit?); the server's CPU and memory are left out of the report",
-                if server_start.is_none() {
-                    "start"
-                } else {
-                    "end"
-                }
-            );
-        }
-    }
-    for h in handles {
-        if h.join().is_err() {
-            return Err("a load thread panicked".into());
-        }
-    }
-    if results.iter().any(Option::is_none) {
-        return Err("a load thread ended without a result".into());
-    }
-
-    let mut c = Counters::default();
-    let mut first_error = None;
-    let mut send_lag = Recorder::new();
-    // Each thread read its own CPU time at the window's edges (one that could not is
-    // left out, not guessed).
-    let thread_cpu: Vec<f64> = results
-        .iter()
-        .flatten()
-        .filter_map(|r| r.cpu_percent)
-        .collect();
-    // Busy: on a core or waiting for one. A generator that never idles is the limit
-    // even when another process keeps it off its core part of the time; where the
-    // kernel does not say, the CPU share stands in.
-    let thread_busy: Vec<f64> = results
-        .iter()
-        .flatten()
-        .filter_map(|r| r.busy_percent.or(r.cpu_percent))
-        .collect();
-    for r in results.into_iter().flatten() {
-        c.add(&r.c);
-        send_lag.merge(&r.send_lag);
-        connect_phase.merge(&r.connect_phase);
-        if first_error.is_none() {
-            first_error = r.first_error;
-        }
-    }
-    let totals = &progress.totals;
-    let connect = if matches!(s.load, Load::Reconnect) {
-        totals.connect_window.clone()
-    } else {
-        let mut all = connect_phase;
-        all.merge(&totals.connect_warmup);
-        all.merge(&totals.connect_window);
-        all
-    };
-    let per_msg = |secs: f64| (c.messages > 0).then(|| secs * 1e6 / c.messages as f64);
-    let lag_p50 = (!send_lag.is_empty()).then(|| send_lag.percentile_us(0.5));
-    let saturation_note = saturation(&s, &thread_busy, lag_p50);
-    let own_cpu = cpu_between(cpu_start, cpu_end);
-    let server_cpu = cpu_between(server_start, server_end);
-    // The window measured: shorter than asked when Ctrl-C cut it.
-    let window = tl.end.saturating_duration_since(tl.measure_start);
-    let duration_secs = window.as_secs_f64();
-    let encode = |r: &Recorder| match r.encode() {
-        Ok(t) => Some(t),
-        Err(e) => {
-            log::warn!("{e}");
-            None
-        }
-    };
-    let histograms = encode(&totals.rtt).map(|rtt| Histograms {
-        rtt,
-        rtt_uncorrected: if s.is_open_loop() {
-            encode(&totals.rtt_uncorrected)
-        } else {
-            None
-        },
-        connect: if s.transport.is_stream() {
-            encode(&connect)
-        } else {
-            None
-        },
-    });
-    let report = Report {
-        mode: s.mode(),
-        transport: s.transport.name().to_owned(),
-        target: s.target_text.clone(),
-        idle_strategy: idle_strategy(s.busy_poll),
-        size: s.size as u64,
-        segment: SegmentInfo {
-            index: s.segment.index,
-            count: s.segment.count,
-        },
-        connections_requested: s.connections as u64,
-        connections_up: c.connects_ok,
-        connect_failures: c.connect_failures,
-        duration_secs,
-        window_start_unix: unix_secs(window_start),
-        window_end_unix: unix_secs(window_start + window),
+    let out = open_outputs(&args)?;
+    let ctrl_c = CtrlC::install()?;
+    let Some(Measured {
+        report,
+        json,
+        c,
+        first_error,
         interrupted,
-        messages: c.messages,
-        bytes_sent: c.bytes_sent,
-        bytes_received: c.bytes_received,
-        verify_errors: c.verify_errors,
-        timeouts: c.timeouts,
-        lost: c.lost,
-        late: c.late,
-        duplicates: c.duplicates,
-        wrong_source: c.wrong_source,
-        closed_by_server: c.closed_by_server,
-        broken: c.broken,
-        unanswered: c.unanswered,
-        latency: LatencySummary::from_recorder(&totals.rtt),
-        latency_uncorrected: s
-            .is_open_loop()
-            .then(|| LatencySummary::from_recorder(&totals.rtt_uncorrected)),
-        connect_latency: s
-            .transport
-            .is_stream()
-            .then(|| LatencySummary::from_recorder(&connect)),
-        reconnects_per_sec: match s.load {
-            Load::Reconnect => Some(c.opened_in_window as f64 / duration_secs),
-            _ => None,
-        },
-        generator_cpu_percent: own_cpu.map(|(pct, _)| pct),
-        generator_cpu_us_per_msg: own_cpu.and_then(|(_, secs)| per_msg(secs)),
-        generator_thread_cpu_percent: thread_cpu,
-        generator_thread_busy_percent: thread_busy,
-        send_lag_us: (s.is_open_loop() && !send_lag.is_empty()).then(|| SendLag {
-            p50: send_lag.percentile_us(0.5),
-            p99: send_lag.percentile_us(0.99),
-            max: send_lag.max_us(),
-        }),
-        generator_saturated: saturation_note.is_some(),
-        generator_note: saturation_note,
-        server_cpu_percent: server_cpu.map(|(pct, _)| pct),
-        server_cpu_us_per_msg: server_cpu.and_then(|(_, secs)| per_msg(secs)),
-        server_peak_rss_kib: server_rss,
-        generators: Vec::new(),
-        histograms,
+        ..
+    }) = measure(&s, out, &ctrl_c)?
+    else {
+        return Ok(ExitCode::from(INTERRUPTED));
     };
-    if c.messages != report.latency.count {
-        // Both count the window's echoes by their completion time; a difference is a bug.
-        log::warn!(
-            "{} messages but {} latency samples",
-            c.messages,
-            report.latency.count
-        );
-    }
-    if let (Some(f), Some(path)) = (hgrm_file, &args.hgrm) {
-        let write = || -> io::Result<()> {
-            let mut f = io::BufWriter::new(f);
-            totals.rtt.write_hgrm(&mut f)?;
-            f.flush()
-        };
-        // The report still goes out: the run is not lost with the file.
-        if let Err(e) = write() {
-            errln!("echoloop: cannot write {}: {e}", path.display());
-        }
-    }
-    let json = report.to_json();
-    if let Some(h) = &mut hlog {
-        if let Err(e) = h.finish(&json) {
-            log_lost("--hlog", args.hlog.as_deref(), &e);
-        }
-    }
-    drop(hlog);
-    progress.finish(&json);
+    let json_lines_to_stdout = args.json_lines.as_deref() == Some("-");
     if !json_lines_to_stdout {
         let mut out = io::stdout().lock();
         if args.json {
@@ -656,7 +253,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     }
     if interrupted {
         // As a shell reports a command stopped by Ctrl-C, report or not.
-        code = ExitCode::from(INTERRUPTED as u8);
+        code = ExitCode::from(INTERRUPTED);
     }
     Ok(code)
 }

@@ -40,7 +40,10 @@ impl PreciseWake {
     pub(super) fn new<S: 'static>(el: &mut EventLoop<S>) -> io::Result<PreciseWake> {
         // SAFETY: plain integer arguments; the result is checked before use.
         let fd = unsafe {
-            libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
         };
         if fd < 0 {
             return Err(io::Error::last_os_error());

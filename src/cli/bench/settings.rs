@@ -51,7 +51,7 @@ pub(super) enum Load {
 }
 
 /// Everything a run needs, checked and resolved; shared read-only by the threads.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Settings {
     pub(super) transport: Transport,
     pub(super) target: Endpoint,
