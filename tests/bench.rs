@@ -543,6 +543,94 @@ fn bench_ctrl_c_keeps_the_report_and_its_files() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A small check that `svg` is well-formed XML: every element that opens closes, in
+/// order. Returns the names of the elements seen.
+fn well_formed(svg: &str) -> Vec<String> {
+    let mut open: Vec<String> = Vec::new();
+    let mut seen = Vec::new();
+    let mut rest = svg;
+    while let Some(at) = rest.find('<') {
+        rest = &rest[at + 1..];
+        let end = rest.find('>').expect("a tag that ends");
+        let tag = &rest[..end];
+        rest = &rest[end + 1..];
+        if tag.starts_with('?') || tag.starts_with('!') {
+            continue;
+        }
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(
+                open.pop().as_deref(),
+                Some(name.trim()),
+                "unbalanced </{name}>"
+            );
+        } else {
+            let name: String = tag
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '/')
+                .collect();
+            seen.push(name.clone());
+            if !tag.ends_with('/') {
+                open.push(name);
+            }
+        }
+    }
+    assert!(open.is_empty(), "unclosed: {open:?}");
+    seen
+}
+
+/// Issue 21, part 4: `--plot` draws a run's latency distribution (open loop: corrected
+/// and uncorrected), and `bench plot` overlays several reports, one line each, with
+/// labelled axes.
+#[test]
+fn bench_plots_are_svg_with_a_line_per_series_and_labelled_axes() {
+    let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    let addr = server.addr("tcp");
+    let dir = std::env::temp_dir().join(format!("echoloop-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let series = |svg: &str| svg.matches("stroke-width=\"2\" points=").count();
+    let run = |args: &[&str], report: &str| {
+        let mut full = vec!["bench", "tcp", &addr, "-c", "2", "-d", "0.5", "--json"];
+        full.extend_from_slice(args);
+        let (status, out, err) = common::run(&full, None);
+        assert!(status.success(), "{err}");
+        std::fs::write(report, out).unwrap();
+    };
+    let (open, closed, one) = (path("open.json"), path("closed.json"), path("one.svg"));
+    run(&["--rate", "2000", "--plot", &one], &open);
+    run(&[], &closed);
+    let svg = std::fs::read_to_string(&one).unwrap();
+    assert!(well_formed(&svg).contains(&"svg".to_owned()));
+    assert_eq!(series(&svg), 2, "corrected and uncorrected: {svg}");
+    for text in ["percentile", "latency (µs)", "99%"] {
+        assert!(svg.contains(text), "no {text:?} in {svg}");
+    }
+    let both = path("both.svg");
+    let (status, _, err) = common::run(
+        &[
+            "bench",
+            "plot",
+            &open,
+            &closed,
+            "-o",
+            &both,
+            "--label",
+            "open loop",
+        ],
+        None,
+    );
+    assert!(status.success(), "{err}");
+    let svg = std::fs::read_to_string(&both).unwrap();
+    well_formed(&svg);
+    assert_eq!(series(&svg), 2, "one line per report: {svg}");
+    // The first is named by its label, the second by its file.
+    assert!(svg.contains("open loop") && svg.contains("closed"), "{svg}");
+    // A file that is not a report is named, and nothing is drawn.
+    let (status, _, err) = common::run(&["bench", "plot", &one, "-o", &path("x.svg")], None);
+    assert!(!status.success() && err.contains("one.svg"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Removes a socket file when the test ends (the server is killed, so it cannot).
 struct RemoveOnDrop(std::path::PathBuf);
 

@@ -61,6 +61,9 @@ fn bench_slo_search_finds_the_knee_of_a_server_of_known_capacity() {
     let stop = Arc::new(AtomicBool::new(false));
     let addr = fixed_cost_server(Arc::clone(&stop));
     let capacity = 1.0 / SERVICE.as_secs_f64();
+    let dir = std::env::temp_dir().join(format!("echoloop-slo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plot = dir.join("knee.svg");
     let (status, out, err) = common::run(
         &[
             "bench",
@@ -77,6 +80,8 @@ fn bench_slo_search_finds_the_knee_of_a_server_of_known_capacity() {
             "--max-steps",
             "10",
             "--json",
+            "--plot",
+            plot.to_str().unwrap(),
         ],
         None,
     );
@@ -107,6 +112,15 @@ fn bench_slo_search_finds_the_knee_of_a_server_of_known_capacity() {
     let summary = v["summary"].as_str().unwrap();
     assert!(summary.starts_with("max rate "), "{summary}");
     assert!(summary.contains("with p99 <= 20.00 ms"), "{summary}");
+    // The plots: the distribution at the best rate with the bound, and p99 by rate
+    // with the knee marked.
+    let latency = std::fs::read_to_string(&plot).unwrap();
+    assert!(latency.contains("bound 20000 µs") && latency.ends_with("</svg>\n"), "{latency}");
+    let rates = std::fs::read_to_string(dir.join("knee-rates.svg")).unwrap();
+    for text in ["offered rate (msgs/s)", "p99 latency (µs)", "max rate "] {
+        assert!(rates.contains(text), "no {text:?} in {rates}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The options a search cannot take are refused by name, before any load.
@@ -143,7 +157,14 @@ fn bench_slo_ctrl_c_reports_the_best_rate_so_far() {
     let addr = fixed_cost_server(Arc::clone(&stop));
     let mut child = std::process::Command::new(common::bin())
         .args(["bench", "tcp", &addr, "-c", "1", "--slo", "p99=20ms"])
-        .args(["--rate", "1000", "--step-duration", "1", "--max-steps", "10"])
+        .args([
+            "--rate",
+            "1000",
+            "--step-duration",
+            "1",
+            "--max-steps",
+            "10",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

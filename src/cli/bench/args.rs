@@ -244,7 +244,6 @@ pub struct BenchArgs {
     pub(super) connect_timeout: Duration,
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0", help = BUSY_POLL_HELP)]
     pub(super) busy_poll: Duration,
-    /// Log level on stderr: off, error, warn, info, debug, trace.
     /// Find the highest rate at which a latency percentile stays within a bound, e.g.
     /// p99=2ms: open-loop steps, doubling from --rate (default 1k/s) until the bound
     /// breaks, then halving the gap to 2%.
@@ -257,6 +256,11 @@ pub struct BenchArgs {
     /// Steps an --slo search takes at most.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub(super) max_steps: usize,
+    /// Draw the latency distribution to this SVG file (percentiles on a "nines" axis);
+    /// with --slo, also the percentile against offered rate to FILE-rates.svg.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(super) plot: Option<PathBuf>,
+    /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", value_parser = parse_level, default_value = "warn")]
     pub(super) log_level: log::LevelFilter,
 }
@@ -267,4 +271,20 @@ pub(super) enum BenchCommand {
     /// Merge the final JSON reports (--json) or the --hlog logs of several generators of
     /// one run into one report.
     Merge(merge::MergeArgs),
+    /// Overlay the latency distributions of several reports (--json) on one SVG plot.
+    Plot(PlotArgs),
+}
+
+/// Arguments of `echoloop bench plot`.
+#[derive(Debug, clap::Args)]
+pub(super) struct PlotArgs {
+    /// Final reports written with `bench --json` (or `bench merge --json`).
+    #[arg(value_name = "FILE", required = true, num_args = 1..)]
+    pub(super) files: Vec<PathBuf>,
+    /// The SVG file to write.
+    #[arg(short = 'o', long, value_name = "FILE.svg", required = true)]
+    pub(super) output: PathBuf,
+    /// A name for each report's line, in order (default: the file's name).
+    #[arg(long, value_name = "NAME")]
+    pub(super) label: Vec<String>,
 }

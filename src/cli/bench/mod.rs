@@ -66,6 +66,7 @@ mod dgram;
 mod merge;
 mod model;
 mod pattern;
+mod plot;
 mod precise;
 mod progress;
 pub mod recorder;
@@ -82,6 +83,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use super::common::{CliError, init_logging};
+use super::units;
 pub use args::BenchArgs;
 use args::BenchCommand;
 use ctrl_c::{CtrlC, INTERRUPTED};
@@ -123,6 +125,38 @@ fn open_outputs(args: &BenchArgs) -> Result<Outputs, CliError> {
             None => None,
         },
     })
+}
+
+/// `--plot` after a search: the distribution at the best rate with the bound to `path`,
+/// and the percentile by offered rate to `path` with `-rates` before its extension. A
+/// plot that cannot be written is said; the result stands.
+fn draw_search(path: &std::path::Path, objective: args::Slo, r: &slo::Search) {
+    let name = objective.name();
+    if let Some(rtt) = &r.best_rtt {
+        let title = format!(
+            "latency at {}/s, the best rate with {name} within the bound",
+            units::format_count(r.max_rate.unwrap_or(0.0))
+        );
+        let series = [plot::Series {
+            label: "corrected (from when due)".to_owned(),
+            rtt,
+        }];
+        if let Err(e) = plot::distribution(path, &title, &series, Some(r.bound_us)) {
+            errln!("echoloop: {e}");
+        }
+    }
+    let stem = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into());
+    let rates = path.with_file_name(format!("{stem}-rates.svg"));
+    let points: Vec<plot::RatePoint> = r
+        .steps
+        .iter()
+        .map(|s| (s.offered_rate, s.value_us, s.passed))
+        .collect();
+    if let Err(e) = plot::search(&rates, &name, &points, r.bound_us, r.max_rate) {
+        errln!("echoloop: {e}");
+    }
 }
 
 /// `--slo`: the search (see `slo`), with the options it cannot take refused by name.
@@ -170,6 +204,9 @@ fn run_search(args: &BenchArgs) -> Result<ExitCode, CliError> {
         &ctrl_c,
     )?;
     let line = slo::summary(objective, &result);
+    if let Some(path) = &args.plot {
+        draw_search(path, objective, &result);
+    }
     let mut out = io::stdout().lock();
     if args.json {
         writeln!(
@@ -197,8 +234,10 @@ fn run_search(args: &BenchArgs) -> Result<ExitCode, CliError> {
 /// Runs the load generator: prints progress on stderr, then the report on stdout. See the
 /// module docs for the exit status.
 pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
-    if let Some(BenchCommand::Merge(m)) = args.command {
-        return merge::run(&m);
+    match &args.command {
+        Some(BenchCommand::Merge(m)) => return merge::run(m),
+        Some(BenchCommand::Plot(p)) => return plot::run(p),
+        None => {}
     }
     init_logging(args.log_level);
     if args.slo.is_some() {
@@ -213,11 +252,34 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         c,
         first_error,
         interrupted,
+        rtt,
+        rtt_uncorrected,
         ..
     }) = measure(&s, out, &ctrl_c)?
     else {
         return Ok(ExitCode::from(INTERRUPTED));
     };
+    if let Some(path) = &args.plot {
+        let mut series = vec![plot::Series {
+            label: if rtt_uncorrected.is_some() {
+                "corrected (from when due)".to_owned()
+            } else {
+                "round trip".to_owned()
+            },
+            rtt: &rtt,
+        }];
+        if let Some(u) = &rtt_uncorrected {
+            series.push(plot::Series {
+                label: "uncorrected (from when sent)".to_owned(),
+                rtt: u,
+            });
+        }
+        let title = format!("{} {}, {}", report.transport, report.target, report.mode);
+        // The report still comes: the run is not lost with the picture.
+        if let Err(e) = plot::distribution(path, &title, &series, None) {
+            errln!("echoloop: {e}");
+        }
+    }
     let json_lines_to_stdout = args.json_lines.as_deref() == Some("-");
     if !json_lines_to_stdout {
         let mut out = io::stdout().lock();

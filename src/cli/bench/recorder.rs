@@ -133,6 +133,25 @@ impl Recorder {
         self.max_us()
     }
 
+    /// The distribution as (nines, µs) points, as the `.hgrm` lists it: 5 points per
+    /// halving of the distance to 100%. Nines are `-log10(1 - q)`; the last sample
+    /// (q = 1, infinitely many nines) sits one sample's worth past the one before.
+    pub fn quantile_points(&self) -> Vec<(f64, f64)> {
+        let n = self.len() as f64;
+        if n == 0.0 {
+            return Vec::new();
+        }
+        let top = -(1.0 / n).log10();
+        self.hist
+            .iter_quantiles(5)
+            .map(|v| {
+                let q = v.quantile_iterated_to();
+                let x = if q < 1.0 { -(1.0 - q).log10() } else { top };
+                (x.min(top), us(v.value_iterated_to()))
+            })
+            .collect()
+    }
+
     /// The largest recorded latency in µs (up to histogram precision), 0 when empty.
     pub fn max_us(&self) -> f64 {
         us(self.hist.max())

@@ -46,6 +46,8 @@ pub(super) struct Measured {
     /// The window's round trips, whole and in its two halves.
     pub(super) rtt: Recorder,
     pub(super) halves: [Recorder; 2],
+    /// Open loop: round trips from when messages went out.
+    pub(super) rtt_uncorrected: Option<Recorder>,
 }
 
 /// An output file failed mid-run: said once; the run and its report go on without it.
@@ -400,6 +402,7 @@ pub(super) fn measure(
     }
     drop(hlog);
     let rtt = totals.rtt.clone();
+    let rtt_uncorrected = s.is_open_loop().then(|| totals.rtt_uncorrected.clone());
     progress.finish(&json);
     Ok(Some(Measured {
         rtt,
@@ -409,6 +412,7 @@ pub(super) fn measure(
         first_error,
         interrupted,
         halves,
+        rtt_uncorrected,
     }))
 }
 

@@ -85,6 +85,9 @@ pub(super) struct Search {
     pub(super) steps: Vec<Step>,
     /// Ctrl-C ended the search early.
     pub(super) interrupted: bool,
+    /// The round trips of the step at `max_rate`, for a plot.
+    #[serde(skip)]
+    pub(super) best_rtt: Option<Recorder>,
 }
 
 /// Judges a measured step against the objective (see the module docs).
@@ -96,9 +99,8 @@ fn judge(slo: Slo, offered: f64, m: &Measured) -> Step {
     let ci = m.rtt.percentile_ci95_us(slo.q);
     let achieved = m.report.msgs_per_sec();
     let fail = |why: String| (false, why);
-    let inconclusive = ci.is_none()
-        && m.report.generator_note.is_none()
-        && achieved >= KEPT_UP * offered;
+    let inconclusive =
+        ci.is_none() && m.report.generator_note.is_none() && achieved >= KEPT_UP * offered;
     let (passed, why) = if let Some(note) = &m.report.generator_note {
         fail(format!("the generator could not keep up: {note}"))
     } else if achieved < KEPT_UP * offered {
@@ -180,6 +182,7 @@ pub(super) fn search(
         max_rate: None,
         steps: Vec::new(),
         interrupted: false,
+        best_rtt: None,
     };
     let name = slo.name();
     if !json {
@@ -242,6 +245,9 @@ pub(super) fn search(
             let _ = std::io::stdout().flush();
         }
         if st.passed {
+            if passed.is_none_or(|p| rate > p) {
+                result.best_rtt = Some(m.rtt.clone());
+            }
             passed = Some(passed.map_or(rate, |p| p.max(rate)));
         } else if !st.inconclusive {
             failed = Some(failed.map_or(rate, |f| f.min(rate)));
