@@ -631,6 +631,52 @@ fn bench_plots_are_svg_with_a_line_per_series_and_labelled_axes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue 21, part 2: `--runs N` repeats the run on new connections and gives each
+/// figure's median and range; every run's report is kept.
+#[test]
+fn bench_runs_give_median_and_range_over_whole_runs() {
+    let server = Proc::serve(&["--tcp", "127.0.0.1:0"]);
+    let addr = server.addr("tcp");
+    let (status, r, err) = bench(&["tcp", &addr, "-c", "2", "-d", "0.3", "--runs", "3"]);
+    assert!(status.success(), "{err}");
+    let runs = r.at("runs").as_array().expect("runs");
+    assert_eq!(runs.len(), 3, "{r}");
+    for run in runs {
+        assert_report_sane(run, "tcp", 2, 64);
+        assert_eq!(
+            run.num("connections_up"),
+            2.0,
+            "new connections each run: {run}"
+        );
+    }
+    let rates: Vec<f64> = runs.iter().map(|run| run.num("msgs_per_sec")).collect();
+    let s = r.at("summary").at("msgs_per_sec");
+    let (lo, mid, hi) = (s.num("min"), s.num("median"), s.num("max"));
+    let mut sorted = rates.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(
+        (lo, mid, hi),
+        (sorted[0], sorted[1], sorted[2]),
+        "{rates:?}"
+    );
+    let p99 = r.at("summary").at("latency_p99_us");
+    assert!(p99.num("min") <= p99.num("median") && p99.num("median") <= p99.num("max"));
+    // Files written per run cannot take N runs.
+    let (status, _, err) = common::run(
+        &[
+            "bench",
+            "tcp",
+            &addr,
+            "--runs",
+            "2",
+            "--hgrm",
+            "/tmp/x.hgrm",
+        ],
+        None,
+    );
+    assert!(!status.success() && err.contains("--hgrm"), "{err}");
+}
+
 /// Removes a socket file when the test ends (the server is killed, so it cannot).
 struct RemoveOnDrop(std::path::PathBuf);
 

@@ -115,7 +115,10 @@ fn bench_slo_search_finds_the_knee_of_a_server_of_known_capacity() {
     // The plots: the distribution at the best rate with the bound, and p99 by rate
     // with the knee marked.
     let latency = std::fs::read_to_string(&plot).unwrap();
-    assert!(latency.contains("bound 20000 µs") && latency.ends_with("</svg>\n"), "{latency}");
+    assert!(
+        latency.contains("bound 20000 µs") && latency.ends_with("</svg>\n"),
+        "{latency}"
+    );
     let rates = std::fs::read_to_string(dir.join("knee-rates.svg")).unwrap();
     for text in ["offered rate (msgs/s)", "p99 latency (µs)", "max rate "] {
         assert!(rates.contains(text), "no {text:?} in {rates}");

@@ -256,6 +256,10 @@ pub struct BenchArgs {
     /// Steps an --slo search takes at most.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub(super) max_steps: usize,
+    /// Repeat the whole run N times, on new connections each time, and report each
+    /// figure's median and range over the runs (JSON: every run's report under `runs`).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(super) runs: usize,
     /// Draw the latency distribution to this SVG file (percentiles on a "nines" axis);
     /// with --slo, also the percentile against offered rate to FILE-rates.svg.
     #[arg(long, value_name = "FILE.svg")]

@@ -72,6 +72,7 @@ mod progress;
 pub mod recorder;
 pub mod report;
 mod run;
+mod runs;
 mod settings;
 mod slo;
 mod stream;
@@ -124,6 +125,78 @@ fn open_outputs(args: &BenchArgs) -> Result<Outputs, CliError> {
             )),
             None => None,
         },
+    })
+}
+
+/// `--runs N`: the run N times, then the median and range of each figure. Per-run files
+/// are refused (N runs would overwrite them); a verify error in any run fails the whole.
+fn run_several(args: &BenchArgs) -> Result<ExitCode, CliError> {
+    let refused = [
+        (args.json_lines.is_some(), "--json-lines"),
+        (args.hlog.is_some(), "--hlog"),
+        (args.hgrm.is_some(), "--hgrm"),
+        (args.plot.is_some(), "--plot"),
+        (args.segment.is_some(), "--segment"),
+        (args.start_at.is_some(), "--start-at"),
+    ];
+    if let Some((_, what)) = refused.iter().find(|(given, _)| *given) {
+        return Err(format!("--runs does not go with {what} (one file or window per run)").into());
+    }
+    if args.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    let s = Arc::new(Settings::from_args(args)?);
+    let ctrl_c = CtrlC::install()?;
+    let mut reports = Vec::new();
+    let (mut wrong, mut interrupted) = (false, false);
+    for i in 0..args.runs {
+        if ctrl_c.pressed() {
+            interrupted = true;
+            break;
+        }
+        errln!("echoloop: run {} of {}", i + 1, args.runs);
+        let Some(m) = measure(&s, Outputs::default(), &ctrl_c)? else {
+            interrupted = true;
+            break;
+        };
+        wrong |= m.c.verify_errors > 0 || m.c.wrong_source > 0 || m.c.messages == 0;
+        interrupted |= m.interrupted;
+        reports.push(m.report);
+        if interrupted {
+            break;
+        }
+    }
+    let summary = runs::summarise(&reports);
+    let mut out = io::stdout().lock();
+    if args.json {
+        let runs: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|r| serde_json::from_str(&r.to_json()).unwrap_or(serde_json::Value::Null))
+            .collect();
+        let figures: serde_json::Map<String, serde_json::Value> = summary
+            .figures
+            .iter()
+            .map(|(name, s)| (name.clone(), serde_json::json!(s)))
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "runs": runs, "summary": figures, "interrupted": interrupted })
+        )?;
+    } else {
+        for (i, r) in reports.iter().enumerate() {
+            writeln!(out, "run {}\n{r}\n", i + 1)?;
+        }
+        write!(out, "{summary}")?;
+    }
+    out.flush()?;
+    Ok(if interrupted {
+        ExitCode::from(INTERRUPTED)
+    } else if wrong {
+        errln!("echoloop: a run had wrong echoes or none (see its report)");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
@@ -242,6 +315,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     init_logging(args.log_level);
     if args.slo.is_some() {
         return run_search(&args);
+    }
+    if args.runs != 1 {
+        return run_several(&args);
     }
     let s = Arc::new(Settings::from_args(&args)?);
     let out = open_outputs(&args)?;
