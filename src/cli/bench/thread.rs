@@ -336,6 +336,9 @@ pub(super) fn drive(
             let next = el.timeout().map_or(wake, |d| wake.min(now + d));
             if next <= now + PreciseWake::SPIN {
                 timeout = Duration::ZERO;
+                // Polling, not sleeping: let a thread waiting for this core (a server
+                // on the same machine) run first, rather than take its time.
+                std::thread::yield_now();
             } else if let Err(e) = p.arm(next - PreciseWake::SPIN) {
                 log::warn!("timerfd: {e}; open-loop sends may leave up to 1 ms late");
                 if let Some(p) = precise.take() {
