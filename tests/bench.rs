@@ -677,6 +677,49 @@ fn bench_runs_give_median_and_range_over_whole_runs() {
     assert!(!status.success() && err.contains("--hgrm"), "{err}");
 }
 
+/// Issue 21, part 5: sizes from a range or a weighted mix, every byte still checked,
+/// over a stream and over datagrams; the report states the mix and the mean.
+#[test]
+fn bench_message_sizes_from_a_range_or_a_mix_are_all_verified() {
+    let server = Proc::serve(&["--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    for (transport, sizes, stated, mean) in [
+        ("tcp", "64..16k", "64..16384", (64.0 + 16384.0) / 2.0),
+        (
+            "tcp",
+            "64:90,1k:9,64k:1",
+            "64:90,1024:9,65536:1",
+            (64.0 * 90.0 + 1024.0 * 9.0 + 65536.0) / 100.0,
+        ),
+        (
+            "udp",
+            "8:1,1k:1,9000:2",
+            "8:1,1024:1,9000:2",
+            (8.0 + 1024.0 + 2.0 * 9000.0) / 4.0,
+        ),
+    ] {
+        let addr = server.addr(transport);
+        let r = bench_ok(
+            transport,
+            &addr,
+            2,
+            &["--size", sizes, "-d", "0.5", "--pipeline", "4"],
+        );
+        assert_clean(&r, 2);
+        assert!(r.num("messages") > 50.0, "{r}");
+        assert_eq!(r.num("verify_errors"), 0.0, "{r}");
+        assert_eq!(r.str("size_mix"), stated, "{r}");
+        assert!((r.num("mean_size") - mean).abs() < 1e-6, "{r}");
+        // The bytes sent follow the mean (loosely: a few hundred messages are a sample).
+        let per_msg = r.num("bytes_sent") / r.num("messages");
+        assert!(
+            per_msg > mean * 0.5 && per_msg < mean * 1.6,
+            "{per_msg} vs {mean}: {r}"
+        );
+    }
+    let (status, _, err) = common::run(&["bench", "udp", "127.0.0.1:9", "--size", "4..64"], None);
+    assert!(!status.success() && err.contains("--size"), "{err}");
+}
+
 /// Removes a socket file when the test ends (the server is killed, so it cannot).
 struct RemoveOnDrop(std::path::PathBuf);
 

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::merge;
+use super::sizes::{Sizes, parse_sizes};
 use crate::cli::common::{
     BUSY_POLL_HELP, CliError, TlsClientArgs, Transport, TransportArg, parse_level,
 };
-use crate::cli::units::{parse_duration, parse_rate, parse_size};
+use crate::cli::units::{parse_duration, parse_rate};
 
 /// Most segments a run may be cut into (the index is a 12-bit field of connection keys).
 const MAX_SEGMENTS: u32 = 4096;
@@ -173,10 +174,11 @@ pub struct BenchArgs {
     /// With --segment, the whole run's: this generator opens its share.
     #[arg(long, short = 'c', value_name = "N", value_parser = parse_count, default_value = "1")]
     pub(super) connections: usize,
-    /// Message size (64, 16k, 1M). Datagrams need at least 8 bytes and at most 65507;
-    /// stream messages at most 64M.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64")]
-    pub(super) size: u64,
+    /// Message size (64, 16k, 1M), uniform in a range (64..16k), or a weighted mix
+    /// (64:90,1k:9,64k:1). Datagrams need at least 8 bytes and at most 65507; stream
+    /// messages at most 64M.
+    #[arg(long, value_name = "BYTES", value_parser = parse_sizes, default_value = "64")]
+    pub(super) size: Sizes,
     /// Length of the measured window (10s, 2m).
     #[arg(long, short = 'd', value_name = "SECS", value_parser = parse_duration, default_value = "10s")]
     pub(super) duration: Duration,

@@ -127,14 +127,17 @@ impl DgramSock {
     fn send_one(&mut self, ctx: &mut DgramCtx<'_, ThreadState>, due: Instant, now: Instant) {
         let seq = self.next_seq();
         let env = Rc::clone(&self.env);
-        env.pattern().fill(self.key, seq, &mut self.buf);
+        let p = env.pattern(self.key, seq);
+        // The buffer holds the largest size; this message is its first `p.size` bytes.
+        let msg = &mut self.buf[..p.size];
+        p.fill(self.key, seq, msg);
         let counted = self.tl.is_some_and(|tl| tl.in_window(now));
-        let result = ctx.send_to(&self.buf, &self.target);
+        let result = ctx.send_to(msg, &self.target);
         let st = ctx.state();
         let fate = match result {
             Ok(()) => {
                 self.pending += 1;
-                st.sent(now, self.buf.len());
+                st.sent(now, p.size);
                 Fate::Pending
             }
             Err(e) => {
@@ -240,8 +243,10 @@ impl DgramSock {
     /// Reacts to a datagram that claims to echo message `seq`.
     fn classify(&mut self, st: &mut ThreadState, data: &[u8], now: Instant) {
         let env = Rc::clone(&self.env);
-        let p = env.pattern();
-        let valid = |seq: u64| data.len() == p.size && p.matches(self.key, seq, 0, data);
+        let valid = |seq: u64| {
+            let p = env.pattern(self.key, seq);
+            data.len() == p.size && p.matches(self.key, seq, 0, data)
+        };
         let seq = Pattern::seq_of(self.key, data).filter(|&s| s < self.next_seq());
         let Some(seq) = seq else {
             // Too short, or a sequence number never sent: corrupted.

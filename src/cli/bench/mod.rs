@@ -74,6 +74,7 @@ pub mod report;
 mod run;
 mod runs;
 mod settings;
+mod sizes;
 mod slo;
 mod stream;
 mod thread;

@@ -363,10 +363,12 @@ pub(super) struct Env {
 }
 
 impl Env {
-    pub(super) fn pattern(&self) -> Pattern<'_> {
+    /// The payload of message `seq` of the connection with key `key` (its size drawn
+    /// from `--size`).
+    pub(super) fn pattern(&self, key: u64, seq: u64) -> Pattern<'_> {
         Pattern {
             template: &self.template,
-            size: self.s.size,
+            size: self.s.sizes.of(key, seq),
         }
     }
 

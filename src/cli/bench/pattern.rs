@@ -2,7 +2,9 @@
 //!
 //! Message `seq` of the connection with key `k` is 8 header bytes, `k ^ seq` little-endian,
 //! then a slice of the thread's random template at an offset mixed from `k` and `seq`
-//! (messages shorter than 8 bytes carry a prefix of the header). Keys are unique across
+//! (messages shorter than 8 bytes carry a prefix of the header). How long message `seq` is
+//! comes from `--size` (`sizes`), drawn from the key and `seq` too, so the checker knows
+//! the length of the echo it waits for without any length on the wire. Keys are unique across
 //! the run — thread, serial and `--segment` index are mixed into them — so no two
 //! connections, and no two generators of one run, send the same bytes. Sending is two
 //! `Ctx::send` calls from the template, with no per-message allocation; checking is a slice

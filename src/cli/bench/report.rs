@@ -199,9 +199,15 @@ pub struct Report {
     pub target: String,
     /// How the generator's loops wait for events: `block`, or `busy-poll 50µs`...
     pub idle_strategy: String,
-    /// Message size in bytes.
+    /// Message size in bytes: the largest, when sizes vary.
     #[serde(default)]
     pub size: u64,
+    /// Sizes that vary: the `--size` range or mix (`64..16384`, `64:90,1024:9`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_mix: Option<String>,
+    /// Sizes that vary: the mean size they are drawn with, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_size: Option<f64>,
     /// Which generator of the run this is.
     #[serde(default)]
     pub segment: SegmentInfo,
@@ -406,6 +412,9 @@ impl fmt::Display for Report {
             format_bytes_per_sec(self.per_sec(self.bytes_sent as f64)),
             format_bytes_per_sec(self.per_sec(self.bytes_received as f64))
         )?;
+        if let (Some(mix), Some(mean)) = (&self.size_mix, self.mean_size) {
+            writeln!(f, "{:<W$}{mix} bytes, mean {mean:.0}", "sizes")?;
+        }
         writeln!(f, "{:<W$}{}", "latency (µs)", self.latency)?;
         if let Some(u) = &self.latency_uncorrected {
             writeln!(f, "{:<W$}{}", "uncorrected", u)?;

@@ -323,6 +323,8 @@ pub(super) fn measure(
         target: s.target_text.clone(),
         idle_strategy: idle_strategy(s.busy_poll),
         size: s.size as u64,
+        size_mix: (!s.sizes.is_fixed()).then(|| s.sizes.to_string()),
+        mean_size: (!s.sizes.is_fixed()).then(|| s.sizes.mean()),
         segment: SegmentInfo {
             index: s.segment.index,
             count: s.segment.count,

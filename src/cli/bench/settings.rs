@@ -11,6 +11,7 @@ use rustls::pki_types::ServerName;
 
 use super::args::{BenchArgs, Segment};
 use super::pattern::HEADER;
+use super::sizes::Sizes;
 use crate::cli::common::{CliError, Transport};
 use crate::cli::procfs::{proc_cpu_ticks, raise_fd_limit};
 use echoloop::net::{Endpoint, UnixName, resolve_all};
@@ -58,7 +59,10 @@ pub(super) struct Settings {
     pub(super) target_text: String,
     /// This generator's share of `--connections`.
     pub(super) connections: usize,
+    /// The largest message (buffers and memory bounds are sized for it).
     pub(super) size: usize,
+    /// How big each message is.
+    pub(super) sizes: Sizes,
     pub(super) load: Load,
     /// This generator's connections opened per second, when ramped.
     pub(super) connect_rate: Option<f64>,
@@ -119,8 +123,10 @@ impl Settings {
                 return Err(format!("{name} must be at most 30 days").into());
             }
         }
-        check_size(t, a.size)?;
-        let size = usize::try_from(a.size).map_err(|_| "--size is too large")?;
+        // Every size the mix can draw must fit: its smallest and its largest.
+        check_size(t, a.size.min() as u64)?;
+        check_size(t, a.size.max() as u64)?;
+        let size = a.size.max();
         let segment = a.segment.unwrap_or(Segment { index: 0, count: 1 });
         if a.connections < segment.count as usize {
             return Err(format!(
@@ -133,7 +139,7 @@ impl Settings {
         let total = a.connections;
         let (i, n) = (segment.index as usize, segment.count as usize);
         let connections = total / n + usize::from(i < total % n);
-        let queued = connections as u128 * a.pipeline as u128 * u128::from(a.size);
+        let queued = connections as u128 * a.pipeline as u128 * size as u128;
         if t.is_stream() && queued > MAX_QUEUED {
             return Err(format!(
                 "--connections × --pipeline × --size is {} MiB for this generator: it would \
@@ -147,7 +153,7 @@ impl Settings {
         // Open loop sends on schedule whether or not the server keeps up: what may wait
         // unanswered is bounded too, per connection.
         let open_loop_cap = if t.is_stream() {
-            let per_conn = OPEN_LOOP_QUEUED / (connections as u128 * u128::from(a.size)).max(1);
+            let per_conn = OPEN_LOOP_QUEUED / (connections as u128 * size as u128).max(1);
             per_conn.clamp(1, OPEN_LOOP_CAP as u128) as usize
         } else {
             OPEN_LOOP_CAP
@@ -236,6 +242,7 @@ impl Settings {
             target_text: addr.to_owned(),
             connections,
             size,
+            sizes: a.size.clone(),
             load,
             connect_rate: a.connect_rate.map(|r| r / f64::from(segment.count)),
             threads: a.threads.min(connections),

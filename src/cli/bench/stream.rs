@@ -126,8 +126,8 @@ impl StreamConn {
 
     /// Sends the next message; `due` is when its latency starts counting.
     fn send_one(&mut self, ctx: &mut Ctx<'_, ThreadState>, due: Instant, now: Instant) {
-        let p = self.env.pattern();
         let seq = self.sent;
+        let p = self.env.pattern(self.key, seq);
         ctx.send(&Pattern::header(self.key, seq)[..p.header_len()]);
         let body = p.body(self.key, seq);
         if !body.is_empty() {
@@ -233,7 +233,6 @@ impl Handler<ThreadState> for StreamConn {
         };
         let now = Instant::now();
         let env = Rc::clone(&self.env);
-        let p = env.pattern();
         let open = env.s.is_open_loop();
         let mut data = data;
         let mut received = 0;
@@ -244,6 +243,7 @@ impl Handler<ThreadState> for StreamConn {
                 return;
             };
             let seq = self.sent - self.inflight.len() as u64;
+            let p = env.pattern(self.key, seq);
             let n = (p.size - self.recv_off).min(data.len());
             if !p.matches(self.key, seq, self.recv_off, &data[..n]) {
                 self.verify_failed(ctx);
