@@ -198,3 +198,63 @@ fn bench_slo_ctrl_c_reports_the_best_rate_so_far() {
     assert!(last.starts_with("max rate "), "{first}\n{rest:?}");
     assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
 }
+
+/// The search runs on every transport, with several load threads: one short step each
+/// (an echoloop server is far from its knee at 2k/s), and the JSON says how it went.
+#[test]
+fn bench_slo_searches_every_transport_with_threads() {
+    let _turn = my_turn();
+    let pki = common::certs::TestPki::generate();
+    let dir = std::env::temp_dir().join(format!("echoloop-slo-any-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (unix, dgram) = (dir.join("s.sock"), dir.join("d.sock"));
+    let tls = common::serve_tls(&pki, &[], &[]);
+    let plain = common::Proc::serve(&[
+        "--tcp",
+        "127.0.0.1:0",
+        "--udp",
+        "127.0.0.1:0",
+        "--unix",
+        unix.to_str().unwrap(),
+        "--unix-dgram",
+        dgram.to_str().unwrap(),
+    ]);
+    let ca = pki.ca_pem.to_str().unwrap().to_owned();
+    for transport in ["tcp", "tls", "unix", "udp", "unix-dgram"] {
+        let addr = if transport == "tls" {
+            tls.addr("tls")
+        } else {
+            plain.addr(transport)
+        };
+        let mut args = vec!["bench", transport, &addr, "-c", "4", "--threads", "2"];
+        args.extend([
+            "--slo",
+            "p50=500ms",
+            "--rate",
+            "2k",
+            "--step-duration",
+            "0.5",
+        ]);
+        args.extend(["--max-steps", "1", "--json"]);
+        if transport == "tls" {
+            args.extend(["--ca", &ca, "--server-name", "localhost"]);
+        }
+        let (status, out, err) = common::run(&args, None);
+        assert!(status.success(), "{transport}: {err}");
+        let line = out.lines().find(|l| l.starts_with('{')).expect(&out);
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let steps = v["slo"]["steps"].as_array().expect("steps");
+        assert_eq!(steps.len(), 1, "{transport}: {v}");
+        assert_eq!(
+            steps[0]["passed"],
+            serde_json::Value::Bool(true),
+            "{transport}: {v}"
+        );
+        assert_eq!(
+            v["slo"]["max_rate"].as_f64(),
+            Some(2000.0),
+            "{transport}: {v}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
