@@ -53,6 +53,13 @@ pub struct Config {
     /// service would bounce it between the two forever (CVE-1999-0103); inetd drops
     /// those. Empty by default; [`Config::LOOP_PRONE_PORTS`] is the classic list.
     pub udp_drop_ports: Vec<u16>,
+    /// Receives every decision the loop makes about its sockets (reads, partial writes,
+    /// pauses, half-closes, resets…), as [`crate::trace::TraceEvent`]s: what
+    /// `echoloop serve --trace` prints. `None` (the default) costs nothing; the same
+    /// events also go to the `log` crate at trace level, with one target per area
+    /// (`echoloop::stream`, `echoloop::accept`, `echoloop::tls`), when that level is
+    /// enabled as the loop is made.
+    pub trace: Option<crate::trace::Tracer>,
 }
 
 impl Config {
@@ -78,6 +85,7 @@ impl Default for Config {
             reuse_port: false,
             busy_poll: None,
             udp_drop_ports: Vec::new(),
+            trace: None,
         }
     }
 }

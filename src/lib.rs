@@ -152,6 +152,7 @@ mod test_support;
 mod timer;
 mod tls;
 pub mod tls_config;
+pub mod trace;
 
 pub use echo::{Echo, EchoDatagram};
 pub use error::{AddrError, ConnError, ListenError, SendError, TrySendError};

@@ -1109,6 +1109,12 @@ impl Connection {
     }
 
     /// Whether a write is waiting for writability.
+    /// Whether reading is paused because too much is owed to the peer (the high-water
+    /// mark), not by the handler.
+    pub(crate) fn is_backpressured(&self) -> bool {
+        self.flags.has(Flags::BP_PAUSED)
+    }
+
     pub(crate) fn is_write_blocked(&self) -> bool {
         self.flags.has(Flags::WRITE_BLOCKED)
     }

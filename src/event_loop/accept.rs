@@ -22,6 +22,7 @@ use crate::net::{self, Endpoint, Listener};
 use crate::stats::Transport;
 use crate::timer::{Target, later};
 use crate::tls::TlsSession;
+use crate::trace::{TraceEvent, trace_event};
 
 /// Connections accepted per listener per turn before other sockets get a go.
 const ACCEPT_BUDGET: usize = 256;
@@ -84,6 +85,13 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
                     );
                 }
                 let id = ConnId::new(key, l.generation);
+                trace_event!(
+                    core.trace,
+                    TraceEvent::EmfileBackoff {
+                        listener: id,
+                        ms: pause.as_millis() as u64,
+                    }
+                );
                 l.backoff = Some(
                     core.timers
                         .add(later(core.now, pause), Target::AcceptBackoff(id)),
@@ -149,6 +157,12 @@ pub(crate) fn accept_loop<S>(inner: &mut Inner<S>, key: usize) {
         };
         if l.counted {
             core.stats.accepted += 1;
+        }
+        if core.trace.on {
+            // The slot the connection takes, with the generation it will get.
+            let listener = ConnId::new(key, l.generation);
+            let id = core.peek_id(inner.slab.vacant_key());
+            core.trace.emit(&TraceEvent::Accepted { listener, id });
         }
         stream::add_accepted(inner, sock, session, transport, from, handler, &peer);
     }

@@ -42,6 +42,8 @@ pub(crate) struct Inner<S> {
 #[derive(Debug)]
 pub(crate) struct Core {
     pub(crate) config: Config,
+    /// Where trace events go, if anywhere (see `crate::trace`).
+    pub(crate) trace: crate::trace::Sink,
     pub(crate) limits: Limits,
     /// The clock, read once per turn (and at entry points called between turns).
     pub(crate) now: Instant,
@@ -105,6 +107,7 @@ pub(crate) enum Phase {
 impl Core {
     pub(crate) fn new(config: Config) -> Core {
         Core {
+            trace: crate::trace::Sink::new(config.trace.clone()),
             limits: Limits::new(&config),
             config,
             now: Instant::now(),
@@ -155,6 +158,15 @@ impl Core {
     pub(crate) fn next_id(&mut self, key: usize) -> ConnId {
         self.next_generation = crate::id::next_generation(self.loop_no, self.next_generation);
         ConnId::new(key, self.next_generation)
+    }
+
+    /// The id [`Core::next_id`] will hand out for slot `key` (for a trace line written
+    /// before the entry is made).
+    pub(crate) fn peek_id(&self, key: usize) -> ConnId {
+        ConnId::new(
+            key,
+            crate::id::next_generation(self.loop_no, self.next_generation),
+        )
     }
 
     /// Refuses an id made by another loop, before it is looked up: its slot here belongs

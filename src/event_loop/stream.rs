@@ -25,6 +25,7 @@ use crate::sendbuf::{Flush, write_until_blocked};
 use crate::stats::Transport;
 use crate::timer::Target;
 use crate::tls::TlsSession;
+use crate::trace::{TraceEvent, trace_event};
 
 /// Output sent to a connection from outside its own callbacks waits for the end of the
 /// turn only up to this much: past it, little is saved by waiting (one write already
@@ -200,6 +201,16 @@ pub(crate) fn ready<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, key: usize, r:
     if e.conn.is_closed() {
         return;
     }
+    trace_event!(
+        inner.core.trace,
+        TraceEvent::Ready {
+            id: ConnId::new(key, e.generation),
+            readable: r.readable,
+            writable: r.writable,
+            hang_up: r.read_closed,
+            error: r.error,
+        }
+    );
     if e.conn.state() == State::Connecting {
         if !(r.writable || r.error || r.read_closed) {
             return;
@@ -286,6 +297,15 @@ pub(crate) fn read_loop<S>(
         if !e.conn.wants_read() {
             // Paused (backpressure, the handler) or not reading in this state. Readiness
             // is edge-triggered: whoever resumes must come back for waiting data.
+            if e.conn.is_backpressured() {
+                trace_event!(
+                    inner.core.trace,
+                    TraceEvent::PausedReading {
+                        id: ConnId::new(key, e.generation),
+                        owed: e.conn.pending_output(),
+                    }
+                );
+            }
             e.conn.handle_read_stopped();
             return;
         }
@@ -301,6 +321,12 @@ pub(crate) fn read_loop<S>(
         let core = &mut inner.core;
         match e.stream.try_read(&mut bufs.wire) {
             Ok(0) => {
+                trace_event!(
+                    core.trace,
+                    TraceEvent::Eof {
+                        id: ConnId::new(key, e.generation)
+                    }
+                );
                 e.conn.handle_eof(core.now);
                 drive(inner, key);
                 return;
@@ -314,6 +340,14 @@ pub(crate) fn read_loop<S>(
                     e.conn
                         .handle_input(core.now, &bufs.wire[..n], &mut bufs.plain, &core.limits);
                 let drained = trust_short_read && n < bufs.wire.len();
+                if core.trace.on {
+                    let id = ConnId::new(key, e.generation);
+                    core.trace.emit(&TraceEvent::Read { id, n });
+                    if drained {
+                        let asked = bufs.wire.len();
+                        core.trace.emit(&TraceEvent::ShortRead { id, n, asked });
+                    }
+                }
                 if drained {
                     e.conn.handle_read_drained();
                 }
@@ -323,6 +357,12 @@ pub(crate) fn read_loop<S>(
                 }
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                trace_event!(
+                    core.trace,
+                    TraceEvent::WouldBlock {
+                        id: ConnId::new(key, e.generation)
+                    }
+                );
                 e.conn.handle_read_drained();
                 return;
             }
@@ -373,6 +413,13 @@ pub(crate) fn drive_input<S>(inner: &mut Inner<S>, key: usize, input: &[u8]) {
                         "#{key} TLS handshake done ({})",
                         e.conn.tls_protocol().unwrap_or("?")
                     );
+                    trace_event!(
+                        inner.core.trace,
+                        TraceEvent::HandshakeDone {
+                            id: ConnId::new(key, e.generation),
+                            version: e.conn.tls_protocol(),
+                        }
+                    );
                 }
                 callback(inner, key, |h, ctx| h.on_open(ctx));
             }
@@ -382,13 +429,14 @@ pub(crate) fn drive_input<S>(inner: &mut Inner<S>, key: usize, input: &[u8]) {
             Some(Event::Closed(reason)) => return closed(inner, key, reason),
             None => {
                 let core = &mut inner.core;
-                push_output(core, e);
+                push_output(core, e, ConnId::new(key, e.generation));
                 if e.conn.has_events() {
                     continue;
                 }
                 let id = ConnId::new(key, e.generation);
                 arm_deadline(core, e, id);
                 if e.conn.poll_read_again() {
+                    trace_event!(core.trace, TraceEvent::ResumedReading { id });
                     core.schedule_read(id);
                 }
                 return;
@@ -459,7 +507,7 @@ pub(crate) fn send<S>(inner: &mut Inner<S>, id: ConnId, data: &[u8]) -> Result<(
         // `pending_output` think the peer is slow. Write it now: a partial write keeps
         // the rest queued as usual, and the events it raises run when the end of the
         // turn drives the connection (no callback may run inside this send).
-        transmit(core, e);
+        transmit(core, e, id);
     }
     Ok(())
 }
@@ -474,7 +522,7 @@ fn write_spans<S>(inner: &mut Inner<S>) {
     for &id in &list {
         if let Some(e) = stream_at(&mut inner.slab, id) {
             if e.conn.holds_span() {
-                transmit(&mut inner.core, e);
+                transmit(&mut inner.core, e, id);
             }
         }
     }
@@ -501,17 +549,17 @@ pub(crate) fn flush_listed<S>(inner: &mut Inner<S>) {
 }
 
 /// Writes what the connection has queued, and the FIN when it is due.
-fn push_output<S>(core: &mut Core, e: &mut StreamEntry<S>) {
+fn push_output<S>(core: &mut Core, e: &mut StreamEntry<S>, id: ConnId) {
     if e.listed {
         // Written (and its FIN sent) by `flush_listed` at the end of the turn, together
         // with whatever else is sent to it until then.
         return;
     }
-    transmit(core, e);
+    transmit(core, e, id);
 }
 
 /// [`push_output`] whether or not the connection waits for the end of the turn.
-fn transmit<S>(core: &mut Core, e: &mut StreamEntry<S>) {
+fn transmit<S>(core: &mut Core, e: &mut StreamEntry<S>, id: ConnId) {
     let bytes = e.conn.poll_transmit(&core.pool);
     if !bytes.is_empty() {
         let stream = &mut e.stream;
@@ -524,6 +572,7 @@ fn transmit<S>(core: &mut Core, e: &mut StreamEntry<S>) {
             core.stats.stream_out(e.transport, n);
             core.stats.write_calls += calls;
         }
+        let offered = bytes.len();
         match result {
             Ok(flush) => e.conn.handle_sent(
                 core.now,
@@ -538,11 +587,21 @@ fn transmit<S>(core: &mut Core, e: &mut StreamEntry<S>) {
                 e.conn.handle_io_error(err);
             }
         }
+        trace_event!(
+            core.trace,
+            TraceEvent::Wrote {
+                id,
+                n,
+                of: offered,
+                buffered: e.conn.pending_output(),
+            }
+        );
     }
     // A span of the turn's shared output that could not be written now (the socket is
     // full) must not outlive the turn: it becomes the connection's own bytes.
     e.conn.unshare(&mut core.pool);
     if e.conn.poll_shutdown(core.now, &core.limits) {
+        trace_event!(core.trace, TraceEvent::ShutdownWrite { id });
         // Half-close: FIN after everything already queued; we can still read.
         if let Err(err) = e.stream.shutdown_write() {
             e.conn.handle_io_error(err);
@@ -590,6 +649,13 @@ fn closed<S>(inner: &mut Inner<S>, key: usize, reason: CloseReason) {
             _ => {}
         }
     }
+    trace_event!(
+        core.trace,
+        TraceEvent::Closed {
+            id,
+            reason: &reason,
+        }
+    );
     match e.conn.discarded_input() {
         0 => log::debug!("{id} closed: {reason}"),
         n => log::debug!("{id} closed: {reason} ({n} bytes of input discarded unechoed)"),
@@ -630,6 +696,7 @@ fn closed<S>(inner: &mut Inner<S>, key: usize, reason: CloseReason) {
             }
         }
         Teardown::Reset => {
+            trace_event!(inner.core.trace, TraceEvent::Reset { id });
             if let Err(err) = e.stream.reset_on_close() {
                 log::debug!("{id}: cannot set a reset on close: {err}");
             }

@@ -105,6 +105,12 @@ pub struct ServeArgs {
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", value_parser = parse_level, default_value = "info")]
     log_level: log::LevelFilter,
+    /// Print every decision the loop makes on stderr (readable, short read, partial
+    /// write, paused reading, eof, shutdown(write), reset…), each naming the guide's
+    /// section that explains it. Lines that stderr cannot take at once are dropped and
+    /// counted, never waited for.
+    #[arg(long)]
+    trace: bool,
 }
 
 /// Runs the server until a signal stops it.
@@ -152,6 +158,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     // With --workers every loop spins on its own.
     config.busy_poll = Some(args.busy_poll).filter(|d| !d.is_zero());
     config.udp_drop_ports = args.udp_drop_ports.0.clone();
+    if args.trace {
+        // Through the outlet: a slow terminal costs dropped lines, not a stalled loop.
+        config.trace = Some(echoloop::trace::Tracer::new(|ev| {
+            crate::cli::outlet::line(format!("trace: {ev}"));
+        }));
+    }
 
     if config.busy_poll.is_some() {
         log::info!("idle strategy: {}", idle_strategy(config.busy_poll));

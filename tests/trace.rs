@@ -1,0 +1,258 @@
+//! The loop narrates its decisions (issue 22): a [`Tracer`] on `Config` receives one
+//! event per decision, with the words a learner can search for. Each test provokes one
+//! concept on loopback and checks the lines it must produce.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use echoloop::tls_config::{ClientTlsOptions, ServerTlsOptions, client_config, server_config};
+use echoloop::trace::{TraceEvent, Tracer};
+use echoloop::{Config, Ctx, Echo, Endpoint, EventLoop, Handler, ListenKind};
+
+/// A loop serving `handler` on a loopback port, with every trace line kept.
+struct Traced {
+    el: EventLoop,
+    addr: std::net::SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+fn traced(config: Config, handler: fn() -> Box<dyn Handler>) -> Traced {
+    traced_on(config, ListenKind::Tcp, handler)
+}
+
+fn traced_on(mut config: Config, kind: ListenKind, handler: fn() -> Box<dyn Handler>) -> Traced {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&lines);
+    config.trace = Some(Tracer::new(move |ev: &TraceEvent<'_>| {
+        keep.lock().unwrap().push(ev.to_string());
+    }));
+    let mut el = EventLoop::new(config).unwrap();
+    let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+    let bound = el.listen(&any, kind, handler).unwrap();
+    let Endpoint::Inet(addr) = bound.addr else {
+        panic!("not an IP listener")
+    };
+    Traced { el, addr, lines }
+}
+
+impl Traced {
+    /// Runs the loop until a line containing each of `words`, in order, was traced.
+    fn until(&mut self, words: &[&str]) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let lines = self.lines.lock().unwrap().clone();
+            let mut want = words.iter().peekable();
+            for l in &lines {
+                if want.peek().is_some_and(|w| l.contains(*w)) {
+                    want.next();
+                }
+            }
+            if want.peek().is_none() {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never traced {words:?} in order; got:\n{}",
+                lines.join("\n")
+            );
+            self.el.run_once(Some(Duration::from_millis(10))).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_64_byte_echo_is_read_short_read_and_written_whole() {
+    let mut t = traced(Config::default(), || Box::new(Echo));
+    let mut c = TcpStream::connect(t.addr).unwrap();
+    c.write_all(&[7; 64]).unwrap();
+    let lines = t.until(&[
+        "accepted",
+        "readable",
+        "read 64 bytes",
+        "short read (64 of",
+        "wrote 64 of 64",
+    ]);
+    let mut back = [0u8; 64];
+    c.read_exact(&mut back).unwrap();
+    // Every line names the guide's section.
+    assert!(lines.iter().all(|l| l.contains("[guide: ")), "{lines:?}");
+}
+
+#[test]
+fn a_half_close_is_eof_then_our_own_shutdown() {
+    let mut t = traced(Config::default(), || Box::new(Echo));
+    let mut c = TcpStream::connect(t.addr).unwrap();
+    c.write_all(b"bye").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    t.until(&["read 3 bytes", "eof", "shutdown(write)"]);
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"bye");
+    t.until(&["close: closed cleanly"]);
+}
+
+#[test]
+fn a_slow_reader_brings_partial_writes_and_backpressure_both_ways() {
+    let mut config = Config::default();
+    config.high_water = 64 * 1024;
+    config.low_water = 16 * 1024;
+    let mut t = traced(config, || Box::new(Echo));
+    // Small kernel buffers on the client's side: the echo fills them soon.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&t.addr.into()).unwrap();
+    let mut c: TcpStream = sock.into();
+    c.set_nonblocking(true).unwrap();
+    // Send 8 MiB without reading: the server's writes turn partial, it buffers, and
+    // past the high-water mark it stops reading.
+    let data = vec![1u8; 8 << 20];
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        match c.write(&data[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+        t.el.run_once(Some(Duration::from_millis(1))).unwrap();
+        let lines = t.lines.lock().unwrap().clone();
+        if lines
+            .iter()
+            .any(|l| l.contains("paused reading (high water"))
+        {
+            break lines;
+        }
+        assert!(Instant::now() < deadline && sent < data.len(), "{lines:?}");
+    };
+    assert!(
+        lines.iter().any(|l| l.contains("partial write:")),
+        "{lines:?}"
+    );
+    // Now read everything: the owed bytes drain below the low-water mark.
+    let mut buf = vec![0u8; 1 << 20];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = c.read(&mut buf);
+        t.el.run_once(Some(Duration::from_millis(1))).unwrap();
+        if t.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("resumed reading (low water)"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never resumed");
+    }
+}
+
+/// Aborts the connection on its first bytes.
+struct AbortOnData;
+
+impl Handler for AbortOnData {
+    fn on_data(&mut self, ctx: &mut Ctx<'_>, _data: &[u8]) {
+        ctx.send(b"this will never be seen");
+        ctx.abort();
+    }
+}
+
+#[test]
+fn an_abort_is_a_reset() {
+    let mut t = traced(Config::default(), || Box::new(AbortOnData));
+    let mut c = TcpStream::connect(t.addr).unwrap();
+    c.write_all(b"hello").unwrap();
+    t.until(&["read 5 bytes", "close: ", "reset (SO_LINGER 0"]);
+    let mut buf = [0u8; 64];
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let got = c.read(&mut buf);
+    assert!(
+        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_tls_connection_traces_its_handshake() {
+    let pki = common::certs::TestPki::generate();
+    let server = server_config(&ServerTlsOptions {
+        cert_chain: &pki.server_chain,
+        key: &pki.server_key,
+        client_ca: None,
+    })
+    .unwrap();
+    let client = client_config(&ClientTlsOptions {
+        ca: Some(&pki.ca_pem),
+        client_cert: None,
+    })
+    .unwrap();
+    let mut t = traced_on(Config::default(), ListenKind::Tls(server), || {
+        Box::new(Echo)
+    });
+    let addr = t.addr;
+    let talk = std::thread::spawn(move || {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(client, name).unwrap();
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut s = rustls::StreamOwned::new(conn, sock);
+        s.write_all(b"hi").unwrap();
+        let mut back = [0u8; 2];
+        s.read_exact(&mut back).unwrap();
+        back
+    });
+    t.until(&["accepted", "handshake done (TLSv1_3)", "read ", "wrote "]);
+    // The loop keeps serving until the client has its echo.
+    while !talk.is_finished() {
+        t.el.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    assert_eq!(&talk.join().unwrap(), b"hi");
+}
+
+/// `echoloop serve --trace` prints the same lines on stderr, one per decision.
+#[test]
+fn serve_trace_prints_every_decision() {
+    let server = common::Proc::serve(&["--tcp", "127.0.0.1:0", "--trace"]);
+    let mut c = TcpStream::connect(server.sockaddr("tcp")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(&[5; 64]).unwrap();
+    let mut back = [0u8; 64];
+    c.read_exact(&mut back).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    let want = [
+        "accepted",
+        "read 64 bytes",
+        "short read (64 of",
+        "wrote 64 of 64",
+        "eof",
+        "shutdown(write)",
+        "close: closed cleanly",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = server.stderr_text();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("trace: ")).collect();
+        let mut next = want.iter().peekable();
+        for l in &lines {
+            if next.peek().is_some_and(|w| l.contains(*w)) {
+                next.next();
+            }
+        }
+        if next.peek().is_none() {
+            assert!(lines.iter().all(|l| l.ends_with(']')), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing {:?} in:\n{text}",
+            next.peek()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
