@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::conn::CloseReason;
 use crate::id::ConnId;
+use crate::net::PeerAddr;
 
 /// One decision of the loop. Events borrow what they describe; copy out what you keep.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +126,34 @@ pub enum TraceEvent<'a> {
         /// The connection.
         id: ConnId,
     },
+    /// A datagram socket received one datagram.
+    Received {
+        /// The socket.
+        id: ConnId,
+        /// Its size.
+        n: usize,
+        /// Its sender.
+        from: &'a PeerAddr,
+    },
+    /// One `recvmmsg` brought several datagrams (the queue ran deep).
+    Batch {
+        /// The socket.
+        id: ConnId,
+        /// How many.
+        k: usize,
+    },
+    /// A datagram went out at once (`sendto`), or was queued because the socket's send
+    /// buffer was full (datagram sends block too).
+    Sent {
+        /// The socket.
+        id: ConnId,
+        /// Its size.
+        n: usize,
+        /// Where to.
+        to: &'a PeerAddr,
+        /// Queued, not sent yet.
+        queued: bool,
+    },
 }
 
 impl TraceEvent<'_> {
@@ -133,6 +162,9 @@ impl TraceEvent<'_> {
         match self {
             TraceEvent::Accepted { .. } | TraceEvent::EmfileBackoff { .. } => "echoloop::accept",
             TraceEvent::HandshakeDone { .. } => "echoloop::tls",
+            TraceEvent::Received { .. } | TraceEvent::Batch { .. } | TraceEvent::Sent { .. } => {
+                "echoloop::dgram"
+            }
             _ => "echoloop::stream",
         }
     }
@@ -152,6 +184,9 @@ impl TraceEvent<'_> {
             TraceEvent::HandshakeDone { .. } => "TLS",
             TraceEvent::Closed { .. } | TraceEvent::Reset { .. } => {
                 "a connection as a state machine"
+            }
+            TraceEvent::Received { .. } | TraceEvent::Batch { .. } | TraceEvent::Sent { .. } => {
+                "datagrams"
             }
         }
     }
@@ -225,6 +260,17 @@ impl fmt::Display for TraceEvent<'_> {
                     "{id} reset (SO_LINGER 0: owed output dropped, RST not FIN)"
                 )?;
             }
+            TraceEvent::Received { id, n, from } => {
+                write!(f, "{id} received {n} bytes from {from}")?;
+            }
+            TraceEvent::Batch { id, k } => write!(f, "{id} batch of {k} (recvmmsg)")?,
+            TraceEvent::Sent { id, n, to, queued } => {
+                if queued {
+                    write!(f, "{id} would block: {n} bytes to {to} queued")?;
+                } else {
+                    write!(f, "{id} sent {n} bytes to {to}")?;
+                }
+            }
         }
         write!(f, " [guide: {}]", self.guide())
     }
@@ -262,6 +308,7 @@ impl Sink {
     pub(crate) fn new(tracer: Option<Tracer>) -> Sink {
         let log = log::log_enabled!(target: "echoloop::stream", log::Level::Trace)
             || log::log_enabled!(target: "echoloop::accept", log::Level::Trace)
+            || log::log_enabled!(target: "echoloop::dgram", log::Level::Trace)
             || log::log_enabled!(target: "echoloop::tls", log::Level::Trace);
         Sink {
             on: tracer.is_some() || log,

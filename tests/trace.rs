@@ -256,3 +256,27 @@ fn serve_trace_prints_every_decision() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_datagram_is_received_from_and_sent_to_its_peer() {
+    let mut t = traced(Config::default(), || Box::new(Echo));
+    let bound =
+        t.el.bind_udp(
+            "127.0.0.1:0".parse().unwrap(),
+            Box::new(echoloop::EchoDatagram),
+        )
+        .unwrap();
+    let Endpoint::Inet(server) = bound.addr else {
+        panic!("not an IP socket")
+    };
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.send_to(b"0123456789", server).unwrap();
+    let me = c.local_addr().unwrap();
+    t.until(&[
+        &format!("received 10 bytes from {me}"),
+        &format!("sent 10 bytes to {me}"),
+    ]);
+    let mut buf = [0u8; 16];
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(c.recv(&mut buf).unwrap(), 10);
+}

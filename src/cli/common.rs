@@ -71,6 +71,12 @@ pub(crate) fn host_of(addr: &str) -> &str {
 /// A boxed error for the command line: its Display is the one line the user sees.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
 
+/// `--trace`: every decision of the loop as a line on stderr (`trace: …`), through the
+/// outlet, so a slow terminal costs dropped lines (counted), never a stalled loop.
+pub fn tracer() -> echoloop::trace::Tracer {
+    echoloop::trace::Tracer::new(|ev| super::outlet::line(format!("trace: {ev}")))
+}
+
 /// Sets up logging to standard error at `level`, through the outlet that never blocks
 /// the loop ([`super::outlet`]): each line queued whole, written by another thread.
 pub fn init_logging(level: log::LevelFilter) {

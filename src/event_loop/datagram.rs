@@ -7,6 +7,7 @@
 //! (`recvmmsg`/`sendmmsg`), while a shallow queue is better served one `recvfrom` at a
 //! time.
 
+use crate::trace::{TraceEvent, trace_event};
 use std::io;
 use std::time::Duration;
 
@@ -227,6 +228,8 @@ pub(crate) fn send<S>(
         match d.sock.try_send_to(data, to) {
             Ok(_) => {
                 core.stats.dgram_out(transport_of(&d.sock), 1, data.len());
+                let (n, queued) = (data.len(), false);
+                trace_event!(core.trace, TraceEvent::Sent { id, n, to, queued });
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -245,6 +248,8 @@ pub(crate) fn send<S>(
         core.stats.datagrams_dropped += 1;
         return Err(SendError::QueueFull);
     }
+    let (n, queued) = (data.len(), true);
+    trace_event!(core.trace, TraceEvent::Sent { id, n, to, queued });
     arm_retry(core, d, id);
     Ok(())
 }
@@ -314,6 +319,11 @@ fn recv_one<S>(inner: &mut Inner<S>, buf: &mut [u8], key: usize) -> One {
     match d.sock.try_recv_from(buf) {
         Ok((n, from)) => {
             inner.core.stats.dgram_in(transport_of(&d.sock), 1, n);
+            let id = ConnId::new(key, d.generation);
+            trace_event!(
+                inner.core.trace,
+                TraceEvent::Received { id, n, from: &from }
+            );
             if refused(&mut inner.core, &from) {
                 return One::Handled;
             }
@@ -427,6 +437,7 @@ fn read_udp<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, batch: &mut RecvBatch,
             }
         };
         budget = budget.saturating_sub(n.max(1));
+        trace_event!(inner.core.trace, TraceEvent::Batch { id, k: n });
         let bytes = (0..n).map(|i| batch.get(i).0.len()).sum();
         inner.core.stats.dgram_in(Transport::Udp, n as u64, bytes);
         let mut closed = false;

@@ -266,6 +266,10 @@ pub struct BenchArgs {
     /// with --slo, also the percentile against offered rate to FILE-rates.svg.
     #[arg(long, value_name = "FILE.svg")]
     pub(super) plot: Option<PathBuf>,
+    /// Print every decision the loop makes for the one connection of the run (-c 1) on
+    /// stderr: reads, partial writes, half-close, TLS handshake…
+    #[arg(long)]
+    pub(super) trace: bool,
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", value_parser = parse_level, default_value = "warn")]
     pub(super) log_level: log::LevelFilter,

@@ -63,6 +63,8 @@ pub(super) struct Settings {
     pub(super) size: usize,
     /// How big each message is.
     pub(super) sizes: Sizes,
+    /// `--trace`: narrate the loop's decisions.
+    pub(super) trace: bool,
     pub(super) load: Load,
     /// This generator's connections opened per second, when ramped.
     pub(super) connect_rate: Option<f64>,
@@ -158,6 +160,13 @@ impl Settings {
         } else {
             OPEN_LOOP_CAP
         };
+        if a.trace && total != 1 {
+            return Err(format!(
+                "--trace follows one connection: use -c 1 (with {total}, their lines would \
+                 interleave past reading)"
+            )
+            .into());
+        }
         if a.reconnect && t.is_datagram() {
             return Err("--reconnect needs a stream transport (tcp, tls or unix)".into());
         }
@@ -243,6 +252,7 @@ impl Settings {
             connections,
             size,
             sizes: a.size.clone(),
+            trace: a.trace,
             load,
             connect_rate: a.connect_rate.map(|r| r / f64::from(segment.count)),
             threads: a.threads.min(connections),

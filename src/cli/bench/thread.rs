@@ -203,6 +203,9 @@ pub(super) fn drive(
     config.close_timeout = s.timeout;
     // Every thread's loop spins on its own.
     config.busy_poll = s.busy_poll;
+    if s.trace {
+        config.trace = Some(crate::cli::common::tracer());
+    }
     let mut el = EventLoop::with_state(config, ThreadState::default())
         .map_err(|e| format!("cannot create a poller: {e}"))?;
     // The segment is in the seed too: generators of one run send different bodies.

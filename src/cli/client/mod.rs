@@ -108,6 +108,10 @@ pub struct ClientArgs {
     retries: Option<u32>,
     #[command(flatten)]
     tls: TlsClientArgs,
+    /// Print every decision the loop makes on stderr (connected, read, partial write,
+    /// eof, shutdown(write)…), each naming the guide's section that explains it.
+    #[arg(long)]
+    trace: bool,
 }
 
 /// Runs the client: exits 0 only if every message's echo arrived and matched.
@@ -146,6 +150,9 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, CliError> {
     config.high_water = usize::MAX;
     config.low_water = usize::MAX;
     config.close_timeout = timeout;
+    if args.trace {
+        config.trace = Some(crate::cli::common::tracer());
+    }
     let mut el = EventLoop::with_state(
         config,
         Shared {

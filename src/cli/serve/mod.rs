@@ -160,9 +160,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     config.udp_drop_ports = args.udp_drop_ports.0.clone();
     if args.trace {
         // Through the outlet: a slow terminal costs dropped lines, not a stalled loop.
-        config.trace = Some(echoloop::trace::Tracer::new(|ev| {
-            crate::cli::outlet::line(format!("trace: {ev}"));
-        }));
+        config.trace = Some(crate::cli::common::tracer());
     }
 
     if config.busy_poll.is_some() {
