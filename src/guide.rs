@@ -218,3 +218,79 @@
 //! the server stops accepting and reading, sends everything owed, half-closes each
 //! connection and waits — bounded — for the peers to finish. Another thread can do the
 //! same through a [`crate::StopHandle`].
+//!
+//! # 15. Watch it happen
+//!
+//! Every point above is a decision the loop makes, and `echoloop serve --trace` prints
+//! each one as it is made, naming the section that explains it (embedders get the same
+//! events from [`crate::Config::trace`], or from the `log` crate at trace level). Start a
+//! server, then provoke each concept from another terminal. The transcripts below are
+//! real; a test (`tests/trace.rs`, `guide_transcripts_are_what_the_loop_prints`) runs each
+//! scenario and checks that these lines, numbers aside, are printed in this order.
+//!
+//! ```text
+//! $ echoloop serve --tcp 127.0.0.1:8881 --udp 127.0.0.1:8883 --trace --high-water 64k --low-water 16k
+//! ```
+//!
+//! ### Watch it: an echo
+//!
+//! `python3 -c "import socket; s=socket.create_connection(('127.0.0.1',8881)); s.sendall(b'x'*64); s.recv(64)"`
+//! sends 64 bytes and reads them back. One read takes all 64 and comes back short of the
+//! 64 KiB buffer, so the queue is empty and no second read is made; the kernel takes the
+//! whole echo at once.
+//!
+//! ```text
+//! trace: #2.3 accepted on #0.1 [guide: readiness]
+//! trace: #2.3 readable writable [guide: readiness]
+//! trace: #2.3 read 64 bytes [guide: readiness]
+//! trace: #2.3 short read (64 of 65536): queue drained, no trailing read [guide: readiness (short reads)]
+//! trace: #2.3 wrote 64 of 64 [guide: partial writes]
+//! ```
+//!
+//! ### Watch it: a half-close
+//!
+//! `python3 -c "import socket; s=socket.create_connection(('127.0.0.1',8881)); s.sendall(b'bye'); s.shutdown(socket.SHUT_WR); print(s.recv(10))"`:
+//! the client's FIN is not "close now". The server echoes what came before it, then sends
+//! its own FIN; the connection ends clean when both sides are done.
+//!
+//! ```text
+//! trace: #2.3 read 3 bytes [guide: readiness]
+//! trace: #2.3 wrote 3 of 3 [guide: partial writes]
+//! trace: #2.3 eof (the peer's FIN) [guide: half-close]
+//! trace: #2.3 shutdown(write): our FIN after all output [guide: half-close]
+//! trace: #2.3 close: closed cleanly [guide: a connection as a state machine]
+//! ```
+//!
+//! ### Watch it: a slow reader
+//!
+//! A client with a small receive buffer sends megabytes and reads nothing for a second.
+//! The kernel takes only part of an echo, the rest waits in the send buffer; once 64 KiB
+//! are owed the server stops reading (the client's sends then block in its own kernel),
+//! and when the client reads again and the backlog falls to 16 KiB, reading resumes.
+//!
+//! ```text
+//! trace: #1.2 wrote 63487 of 65536 (partial write: 2049 buffered, waiting for writable) [guide: partial writes]
+//! trace: #1.2 paused reading (high water: 67585 bytes owed) [guide: backpressure]
+//! trace: #1.2 resumed reading (low water) [guide: backpressure]
+//! ```
+//!
+//! ### Watch it: a reset
+//!
+//! With `--idle-timeout 1s`, a client that sends a lot and then stops reading is cut off
+//! while the server still owes it bytes: the close is a reset, so the client cannot take
+//! the truncated echo for a whole one.
+//!
+//! ```text
+//! trace: #1.2 close: idle timeout [guide: a connection as a state machine]
+//! trace: #1.2 reset (SO_LINGER 0: owed output dropped, RST not FIN) [guide: a connection as a state machine]
+//! ```
+//!
+//! ### Watch it: a datagram
+//!
+//! `python3 -c "import socket; u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b'hello', ('127.0.0.1', 8883)); print(u.recv(100))"`:
+//! no connection, no accept; one datagram in, one out, to whoever sent it.
+//!
+//! ```text
+//! trace: #1.2 received 5 bytes from 127.0.0.1:33015 [guide: datagrams]
+//! trace: #1.2 sent 5 bytes to 127.0.0.1:33015 [guide: datagrams]
+//! ```

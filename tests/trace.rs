@@ -280,3 +280,153 @@ fn a_datagram_is_received_from_and_sent_to_its_peer() {
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     assert_eq!(c.recv(&mut buf).unwrap(), 10);
 }
+
+/// The guide's "Watch it" transcripts (`src/guide.rs`, section 15), by scenario: the trace
+/// lines each shows, without their `trace: ` prefix.
+fn guide_transcripts() -> Vec<(String, Vec<String>)> {
+    let guide = include_str!("../src/guide.rs");
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for line in guide.lines() {
+        let text = line.trim_start_matches("//!").trim();
+        if let Some(name) = text.strip_prefix("### Watch it: ") {
+            out.push((name.to_owned(), Vec::new()));
+        } else if let (Some(t), Some((_, lines))) = (text.strip_prefix("trace: "), out.last_mut()) {
+            lines.push(t.to_owned());
+        }
+    }
+    out
+}
+
+/// A line with its numbers (ids, ports, sizes) masked: what must match.
+fn shape(line: &str) -> String {
+    let mut out = String::new();
+    let mut in_number = false;
+    for c in line.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push('N');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Runs one of the guide's scenarios on loopback; returns the lines the loop traced.
+fn run_scenario(name: &str) -> Vec<String> {
+    let mut config = Config::default();
+    config.high_water = 64 * 1024;
+    config.low_water = 16 * 1024;
+    match name {
+        "an echo" => {
+            let mut t = traced(config, || Box::new(Echo));
+            let mut c = TcpStream::connect(t.addr).unwrap();
+            c.write_all(&[1; 64]).unwrap();
+            t.until(&["wrote 64 of 64"])
+        }
+        "a half-close" => {
+            let mut t = traced(config, || Box::new(Echo));
+            let mut c = TcpStream::connect(t.addr).unwrap();
+            c.write_all(b"bye").unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            t.until(&["close: "])
+        }
+        "a slow reader" => {
+            let mut t = traced(config, || Box::new(Echo));
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.set_recv_buffer_size(4096).unwrap();
+            sock.connect(&t.addr.into()).unwrap();
+            let mut c: TcpStream = sock.into();
+            c.set_nonblocking(true).unwrap();
+            let data = vec![1u8; 8 << 20];
+            let (mut sent, mut buf) = (0, vec![0u8; 1 << 20]);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let lines = t.lines.lock().unwrap().clone();
+                let paused = lines.iter().any(|l| l.contains("paused reading"));
+                if lines.iter().any(|l| l.contains("resumed reading")) {
+                    return lines;
+                }
+                if paused {
+                    // Read again: the backlog drains to the low-water mark.
+                    let _ = c.read(&mut buf);
+                } else if let Ok(n) = c.write(&data[sent..]) {
+                    sent += n;
+                }
+                t.el.run_once(Some(Duration::from_millis(1))).unwrap();
+                assert!(Instant::now() < deadline && sent < data.len(), "{lines:?}");
+            }
+        }
+        "a reset" => {
+            config.idle_timeout = Some(Duration::from_millis(300));
+            let mut t = traced(config, || Box::new(Echo));
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.set_recv_buffer_size(4096).unwrap();
+            sock.connect(&t.addr.into()).unwrap();
+            let mut c: TcpStream = sock.into();
+            c.set_nonblocking(true).unwrap();
+            let data = vec![1u8; 8 << 20];
+            let mut sent = 0;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let lines = t.lines.lock().unwrap().clone();
+                if lines.iter().any(|l| l.contains("reset (")) {
+                    return lines;
+                }
+                // Send until the server stops reading, then go quiet: neither side moves,
+                // and the idle timeout ends it while echo bytes are still owed.
+                if !lines.iter().any(|l| l.contains("paused reading")) {
+                    if let Ok(n) = c.write(&data[sent..]) {
+                        sent += n;
+                    }
+                }
+                t.el.run_once(Some(Duration::from_millis(5))).unwrap();
+                assert!(Instant::now() < deadline && sent < data.len(), "{lines:?}");
+            }
+        }
+        "a datagram" => {
+            let mut t = traced(config, || Box::new(Echo));
+            let bound =
+                t.el.bind_udp(
+                    "127.0.0.1:0".parse().unwrap(),
+                    Box::new(echoloop::EchoDatagram),
+                )
+                .unwrap();
+            let Endpoint::Inet(server) = bound.addr else {
+                panic!("not an IP socket")
+            };
+            let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.send_to(b"hello", server).unwrap();
+            t.until(&["sent 5 bytes"])
+        }
+        other => panic!("the guide has a scenario this test does not know: {other:?}"),
+    }
+}
+
+/// The guide cannot drift from the code: each "Watch it" transcript's lines are printed,
+/// in that order, by the scenario it describes.
+#[test]
+fn guide_transcripts_are_what_the_loop_prints() {
+    let transcripts = guide_transcripts();
+    assert!(transcripts.len() >= 5, "{transcripts:?}");
+    for (name, want) in transcripts {
+        assert!(!want.is_empty(), "{name}: no trace lines in the guide");
+        let got: Vec<String> = run_scenario(&name).iter().map(|l| shape(l)).collect();
+        let mut at = 0;
+        for w in &want {
+            let w = shape(w);
+            match got[at..].iter().position(|g| *g == w) {
+                Some(i) => at += i + 1,
+                None => panic!(
+                    "{name}: the guide shows\n  {w}\nbut the loop printed:\n{}",
+                    got.join("\n")
+                ),
+            }
+        }
+    }
+}

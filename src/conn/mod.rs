@@ -1115,6 +1115,12 @@ impl Connection {
         self.flags.has(Flags::BP_PAUSED)
     }
 
+    /// Whether reading stopped with data perhaps still queued (see
+    /// [`Connection::handle_read_stopped`]): a pause already seen by the driver.
+    pub(crate) fn is_read_stopped(&self) -> bool {
+        self.flags.has(Flags::MAYBE_READABLE)
+    }
+
     pub(crate) fn is_write_blocked(&self) -> bool {
         self.flags.has(Flags::WRITE_BLOCKED)
     }

@@ -297,7 +297,8 @@ pub(crate) fn read_loop<S>(
         if !e.conn.wants_read() {
             // Paused (backpressure, the handler) or not reading in this state. Readiness
             // is edge-triggered: whoever resumes must come back for waiting data.
-            if e.conn.is_backpressured() {
+            // Said once per pause: later wake-ups while paused find it stopped already.
+            if e.conn.is_backpressured() && !e.conn.is_read_stopped() {
                 trace_event!(
                     inner.core.trace,
                     TraceEvent::PausedReading {
