@@ -1,6 +1,6 @@
-//! cargo run --release --example chat -- 127.0.0.1:7001
+//! cargo run --release --example chat -- 127.0.0.1:9001
 //!
-//! A chat room over plain TCP (try it with `nc 127.0.0.1 7001` in a few terminals): every
+//! A chat room over plain TCP (try it with `nc 127.0.0.1 9001` in a few terminals): every
 //! line a member sends goes, unchanged, to every other member. It shows what a server
 //! whose connections work together must get right:
 //!
