@@ -294,3 +294,20 @@
 //! trace: #1.2 received 5 bytes from 127.0.0.1:33015 [guide: datagrams]
 //! trace: #1.2 sent 5 bytes to 127.0.0.1:33015 [guide: datagrams]
 //! ```
+//!
+//! # 16. From the blocking API to the reactor
+//!
+//! For readers coming from a chapter on Python's `socket` and `ssl` modules (or C's
+//! blocking calls), where each familiar call went:
+//!
+//! | blocking API | here | why it changes |
+//! |---|---|---|
+//! | `settimeout(t)`, a timeout on each call | deadlines on the connection ([`crate::Config::idle_timeout`], `handshake_timeout`, `close_timeout`) and timers ([`crate::Ctx::set_timer`]); the loop sleeps in `epoll_wait` until the nearest one | no call blocks, so there is nothing to time out: a deadline is a timer that fires in the loop (section 3) |
+//! | `sendall(data)` | [`crate::Ctx::send`]: the kernel takes what fits, the rest waits in the connection's send buffer; [`crate::Handler::on_drained`] says when all of it is gone | `sendall` loops, blocking, until the kernel took everything; a reactor cannot block (section 5) |
+//! | `with socket:` / `close()` | dropping the loop or the connection; [`crate::Ctx::close`] (FIN after everything owed) or [`crate::Ctx::abort`] (a reset, owed bytes dropped) | a close must say whether what is owed still goes out: FIN when it does, RST when it does not, so the peer cannot take a cut stream for a whole one (section 7) |
+//! | `shutdown(SHUT_WR)` | [`crate::Ctx::shutdown_write`]: FIN after everything queued; reading goes on | `SHUT_RD` is never used: it sends the peer nothing, so the peer keeps sending, and what the kernel does with those bytes differs between systems; to stop reading, pause ([`crate::Ctx::pause_reading`]) or close |
+//! | `ssl.create_default_context()` / `wrap_socket(sock, server_side=True)` | [`crate::tls_config::server_config`] and [`crate::tls_config::client_config`]; a listener of kind [`crate::ListenKind::Tls`], a connect with [`crate::ConnectOptions::tls`] | the handshake is not a call but a series of reads and writes the loop drives like any other bytes (section 9) |
+//! | `getaddrinfo(host, port)` | [`crate::net::resolve_all`] (every address, for a connect) and `resolve_one` (one, to bind) | a name may have several addresses, IPv6 and IPv4; a client tries them in order |
+//! | the IPv6 address tuple `(host, port, flowinfo, scope_id)` | a `std::net::SocketAddrV6` (`flowinfo()`, `scope_id()`) inside [`crate::Endpoint::Inet`] | a link-local peer (`fe80::…`) is reachable only through one interface, which the scope id names |
+//! | `accept()` in a loop, one thread per client | a listener in the loop: accepted connections each get a [`crate::Handler`] | one thread serves all of them; `accept` runs until `WouldBlock` on each readiness event (section 4) |
+//! | `recvfrom` / `sendto` with `settimeout` and retries | [`crate::DatagramHandler`], [`crate::DgramCtx::send_to`], a timer per message for the retry | datagrams can be lost: the client decides when to give up (section 8) |
