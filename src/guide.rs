@@ -104,6 +104,18 @@
 //! why sockperf's busy mode still beats ours on one connection (README, "Latency at the
 //! machine's limit").
 //!
+//! **The step between.** `examples/mio_echo.rs` is that loop and nothing more, on mio
+//! alone: register, poll, accept until `WouldBlock`, read until `WouldBlock`, keep what
+//! the kernel did not take in a per-connection buffer, and ask for writability only while
+//! that buffer holds bytes (the counterpart of Python's `selectors` echo server). Read it
+//! after section 2's blocking server: the blocking server gave each client a thread, or
+//! served one at a time; this loop serves all of them on one thread. What it still gets
+//! wrong is what `EventLoop` adds, one problem each: a client that sends and never reads
+//! grows that buffer without bound (*backpressure*, section 6); a client's FIN closes the
+//! connection at once, dropping what it is still owed (*half-close*, section 7); a client
+//! that goes silent stays forever (*deadlines and timers*, section 3); and there is no
+//! TLS (section 9). `--trace` on both shows the difference line by line.
+//!
 //! # 5. Partial writes
 //!
 //! `send` on a non-blocking socket takes what fits in the kernel's send buffer and says

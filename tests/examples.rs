@@ -987,3 +987,24 @@ fn example_tail_on_sigterm_kills_the_command_and_ends_its_clients() {
         "{stderr}"
     );
 }
+
+/// The bare mio loop (issue 22): echoes a message larger than the kernel's buffers
+/// exactly, however its writes are cut, to a client that reads as it sends.
+#[test]
+fn example_mio_echo_echoes_what_it_reads_through_partial_writes() {
+    let (child, addr) = start("mio_echo", &["127.0.0.1:0"]);
+    let mut c = std::net::TcpStream::connect(&addr).expect("connect");
+    c.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut reader = c.try_clone().unwrap();
+    let expect = data.clone();
+    let got = std::thread::spawn(move || {
+        let mut back = vec![0u8; expect.len()];
+        reader.read_exact(&mut back).expect("the whole echo");
+        back == expect
+    });
+    c.write_all(&data).unwrap();
+    assert!(got.join().unwrap(), "the echo differs from what was sent");
+    drop(c);
+    let _ = stop(child);
+}
