@@ -220,4 +220,14 @@ impl TlsSession {
     pub(crate) fn protocol(&self) -> Option<&'static str> {
         self.conn.protocol_version().and_then(|v| v.as_str())
     }
+
+    /// The negotiated cipher suite, for traces.
+    pub(crate) fn cipher(&self) -> Option<&'static str> {
+        self.conn.negotiated_cipher_suite().and_then(|s| s.suite().as_str())
+    }
+
+    /// The application protocol agreed by ALPN, if any.
+    pub(crate) fn alpn(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
 }

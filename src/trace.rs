@@ -106,12 +106,54 @@ pub enum TraceEvent<'a> {
         /// The connection.
         id: ConnId,
     },
+    /// A TLS handshake begins: the connection reads and writes handshake records until
+    /// it is done, before any application byte.
+    HandshakeStarted {
+        /// The connection.
+        id: ConnId,
+    },
     /// The TLS handshake finished.
     HandshakeDone {
         /// The connection.
         id: ConnId,
         /// The TLS version negotiated.
         version: Option<&'static str>,
+        /// The cipher suite negotiated.
+        cipher: Option<&'static str>,
+        /// The application protocol agreed by ALPN, if any.
+        alpn: Option<&'a [u8]>,
+    },
+    /// Our TLS `close_notify` is queued, before the TCP FIN: the peer can tell the end of
+    /// the stream from a cut.
+    CloseNotifySent {
+        /// The connection.
+        id: ConnId,
+    },
+    /// The peer's TLS `close_notify` arrived: its stream ended cleanly.
+    CloseNotifyReceived {
+        /// The connection.
+        id: ConnId,
+    },
+    /// The application closed a connection that had already sent its FIN: it waits,
+    /// reading and dropping, for the peer's FIN, so that its data cannot be met by a reset.
+    Lingering {
+        /// The connection.
+        id: ConnId,
+    },
+    /// A timer was set for a connection or socket.
+    TimerSet {
+        /// Its owner.
+        owner: ConnId,
+        /// After how long, in milliseconds.
+        ms: u64,
+    },
+    /// A timer fired.
+    TimerFired {
+        /// Its owner (`None` for a timer of the loop's own).
+        owner: Option<ConnId>,
+        /// What kind: `deadline` (connect, handshake, idle, close), `timer` (the
+        /// application's), `retry` (a queued datagram), `accept back-off`, `loop timer`.
+        kind: &'static str,
     },
     /// The connection closed, and why.
     Closed {
@@ -161,7 +203,10 @@ impl TraceEvent<'_> {
     pub fn target(&self) -> &'static str {
         match self {
             TraceEvent::Accepted { .. } | TraceEvent::EmfileBackoff { .. } => "echoloop::accept",
-            TraceEvent::HandshakeDone { .. } => "echoloop::tls",
+            TraceEvent::HandshakeStarted { .. }
+            | TraceEvent::HandshakeDone { .. }
+            | TraceEvent::CloseNotifySent { .. }
+            | TraceEvent::CloseNotifyReceived { .. } => "echoloop::tls",
             TraceEvent::Received { .. } | TraceEvent::Batch { .. } | TraceEvent::Sent { .. } => {
                 "echoloop::dgram"
             }
@@ -181,10 +226,15 @@ impl TraceEvent<'_> {
             TraceEvent::Wrote { .. } => "partial writes",
             TraceEvent::PausedReading { .. } | TraceEvent::ResumedReading { .. } => "backpressure",
             TraceEvent::Eof { .. } | TraceEvent::ShutdownWrite { .. } => "half-close",
-            TraceEvent::HandshakeDone { .. } => "TLS",
+            TraceEvent::HandshakeStarted { .. }
+            | TraceEvent::HandshakeDone { .. }
+            | TraceEvent::CloseNotifySent { .. }
+            | TraceEvent::CloseNotifyReceived { .. } => "TLS",
             TraceEvent::Closed { .. } | TraceEvent::Reset { .. } => {
                 "a connection as a state machine"
             }
+            TraceEvent::Lingering { .. } => "half-close",
+            TraceEvent::TimerSet { .. } | TraceEvent::TimerFired { .. } => "blocking, non-blocking and timeouts",
             TraceEvent::Received { .. } | TraceEvent::Batch { .. } | TraceEvent::Sent { .. } => {
                 "datagrams"
             }
@@ -248,11 +298,35 @@ impl fmt::Display for TraceEvent<'_> {
             TraceEvent::ShutdownWrite { id } => {
                 write!(f, "{id} shutdown(write): our FIN after all output")?;
             }
-            TraceEvent::HandshakeDone { id, version } => write!(
+            TraceEvent::HandshakeStarted { id } => write!(f, "{id} handshake started")?,
+            TraceEvent::HandshakeDone {
+                id,
+                version,
+                cipher,
+                alpn,
+            } => {
+                write!(
+                    f,
+                    "{id} handshake done ({}, {}",
+                    version.unwrap_or("version unknown"),
+                    cipher.unwrap_or("cipher unknown")
+                )?;
+                match alpn {
+                    Some(p) => write!(f, ", ALPN {})", String::from_utf8_lossy(p))?,
+                    None => write!(f, ", no ALPN)")?,
+                }
+            }
+            TraceEvent::CloseNotifySent { id } => write!(f, "{id} close_notify sent")?,
+            TraceEvent::CloseNotifyReceived { id } => write!(f, "{id} close_notify received")?,
+            TraceEvent::Lingering { id } => write!(
                 f,
-                "{id} handshake done ({})",
-                version.unwrap_or("version unknown")
+                "{id} lingering: our FIN is out, reading until the peer's"
             )?,
+            TraceEvent::TimerSet { owner, ms } => write!(f, "{owner} timer set ({ms} ms)")?,
+            TraceEvent::TimerFired { owner, kind } => match owner {
+                Some(o) => write!(f, "{o} timer fired ({kind})")?,
+                None => write!(f, "timer fired ({kind})")?,
+            },
             TraceEvent::Closed { id, reason } => write!(f, "{id} close: {reason}")?,
             TraceEvent::Reset { id } => {
                 write!(

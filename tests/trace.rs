@@ -203,10 +203,22 @@ fn a_tls_connection_traces_its_handshake() {
         s.write_all(b"hi").unwrap();
         let mut back = [0u8; 2];
         s.read_exact(&mut back).unwrap();
+        // The clean end of a TLS stream: our close_notify, then the server's.
+        s.conn.send_close_notify();
+        s.flush().unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
         back
     });
-    t.until(&["accepted", "handshake done (TLSv1_3)", "read ", "wrote "]);
-    // The loop keeps serving until the client has its echo.
+    t.until(&[
+        "accepted",
+        "handshake started",
+        "handshake done (TLSv1_3, TLS13_",
+        "read ",
+        "wrote ",
+    ]);
+    t.until(&["close_notify received", "close_notify sent", "shutdown(write)"]);
+    // The loop keeps serving until the client has its echo and the end.
     while !talk.is_finished() {
         t.el.run_once(Some(Duration::from_millis(10))).unwrap();
     }
@@ -429,4 +441,36 @@ fn guide_transcripts_are_what_the_loop_prints() {
             }
         }
     }
+}
+
+/// Half-closes on the first bytes, then closes from a timer while the peer still sends.
+struct CloseLater;
+
+impl Handler for CloseLater {
+    fn on_data(&mut self, ctx: &mut Ctx<'_>, _data: &[u8]) {
+        if ctx.pending_output() == 0 {
+            ctx.shutdown_write();
+            ctx.set_timer(Duration::from_millis(10));
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, _timer: echoloop::TimerId) {
+        ctx.close();
+    }
+}
+
+#[test]
+fn timers_and_a_close_after_our_fin_linger() {
+    let mut t = traced(Config::default(), || Box::new(CloseLater));
+    let mut c = TcpStream::connect(t.addr).unwrap();
+    c.write_all(b"x").unwrap();
+    t.until(&[
+        "timer set (10 ms)",
+        "shutdown(write)",
+        "timer fired (timer)",
+        "lingering: our FIN is out",
+    ]);
+    // The client's FIN ends the lingering close cleanly.
+    c.shutdown(Shutdown::Write).unwrap();
+    t.until(&["eof", "close: "]);
 }

@@ -1133,6 +1133,14 @@ impl Connection {
         }
     }
 
+    /// The negotiated TLS cipher suite and ALPN protocol, for traces.
+    pub(crate) fn tls_details(&self) -> (Option<&'static str>, Option<&[u8]>) {
+        match &self.session {
+            Session::Tls(t) => (t.cipher(), t.alpn()),
+            Session::Plain => (None, None),
+        }
+    }
+
     // ----- rules used by several inputs -----
 
     /// Application data may flow now (connected, handshake done, or PROXY header read):

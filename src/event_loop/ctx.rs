@@ -7,6 +7,7 @@
 //! caller's callback: the connection is marked "touched" and [`run_touched`] runs its outputs
 //! once the callback has returned.
 
+use crate::trace::{TraceEvent, trace_event};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -118,6 +119,8 @@ impl<S> LoopOps<S> for Inner<S> {
 
     fn set_timer(&mut self, owner: ConnId, after: Duration) -> TimerId {
         let at = later(self.core.now, after);
+        let ms = after.as_millis() as u64;
+        trace_event!(self.core.trace, TraceEvent::TimerSet { owner, ms });
         let timers = &mut self.core.timers;
         match self.slab.get_mut(owner.key()) {
             Some(Entry::Stream(e)) if e.generation == owner.generation => {
@@ -169,6 +172,9 @@ impl<S> LoopOps<S> for Inner<S> {
             ConnOp::ResumeReading => conn.resume_reading(),
             ConnOp::Backpressure(on) => conn.set_backpressure(on, &limits),
         }?;
+        if matches!(op, ConnOp::Close) && conn.state() == crate::conn::State::Lingering {
+            trace_event!(self.core.trace, TraceEvent::Lingering { id });
+        }
         // Its outputs (a FIN, `on_close`, a read to come back for) run after the caller.
         self.core.touched.push(id);
         Ok(())

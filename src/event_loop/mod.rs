@@ -100,6 +100,7 @@ use crate::handler::{
     ConnGuard, ConnRef, DatagramHandler, FdInterest, FdReady, Handler, LoopCtx, OnLoop, SourceId,
 };
 use crate::id::{ConnId, ListenerId, TimerId};
+use crate::trace::TraceEvent;
 use crate::net::{self, Datagram, Endpoint, RecvBatch, UnixName};
 use crate::stats::Stats;
 use crate::timer::{Target, later};
@@ -783,6 +784,16 @@ impl<S: 'static> EventLoop<S> {
         // poll), so a handler re-arming a zero delay cannot starve every socket.
         let mark = inner.core.timers.mark();
         while let Some((timer, target)) = inner.core.timers.pop_due(inner.core.now, mark) {
+            if inner.core.trace.on {
+                let (owner, kind) = match target {
+                    Target::Deadline(id) => (Some(id), "deadline"),
+                    Target::Conn(id) | Target::Dgram(id) => (Some(id), "timer"),
+                    Target::DgramRetry(id) => (Some(id), "retry"),
+                    Target::AcceptBackoff(id) => (Some(id), "accept back-off"),
+                    Target::Loop => (None, "loop timer"),
+                };
+                inner.core.trace.emit(&TraceEvent::TimerFired { owner, kind });
+            }
             match target {
                 Target::Deadline(id) => stream::deadline_fired(inner, id),
                 Target::Conn(id) => stream::user_timer_fired(inner, id, timer),

@@ -87,6 +87,9 @@ pub(crate) fn add_accepted<S>(
     }
     let id = inner.core.next_id(key);
     log::debug!("{id} open from {peer}");
+    if matches!(session, Session::Tls(_)) {
+        trace_event!(inner.core.trace, TraceEvent::HandshakeStarted { id });
+    }
     let conn = Connection::accepted(session, inner.core.now, &inner.core.limits, proxy);
     inner.slab.insert(Entry::Stream(StreamEntry {
         conn,
@@ -414,19 +417,28 @@ pub(crate) fn drive_input<S>(inner: &mut Inner<S>, key: usize, input: &[u8]) {
                         "#{key} TLS handshake done ({})",
                         e.conn.tls_protocol().unwrap_or("?")
                     );
-                    trace_event!(
-                        inner.core.trace,
-                        TraceEvent::HandshakeDone {
+                    if inner.core.trace.on {
+                        let (cipher, alpn) = e.conn.tls_details();
+                        inner.core.trace.emit(&TraceEvent::HandshakeDone {
                             id: ConnId::new(key, e.generation),
                             version: e.conn.tls_protocol(),
-                        }
-                    );
+                            cipher,
+                            alpn,
+                        });
+                    }
                 }
                 callback(inner, key, |h, ctx| h.on_open(ctx));
             }
             Some(Event::Data(data)) => callback(inner, key, |h, ctx| h.on_data(ctx, data)),
             Some(Event::Drained) => callback(inner, key, |h, ctx| h.on_drained(ctx)),
-            Some(Event::PeerClosed) => callback(inner, key, |h, ctx| h.on_peer_closed(ctx)),
+            Some(Event::PeerClosed) => {
+                if e.conn.is_tls() {
+                    // A TLS stream ends with the peer's close_notify, not with its FIN.
+                    let id = ConnId::new(key, e.generation);
+                    trace_event!(inner.core.trace, TraceEvent::CloseNotifyReceived { id });
+                }
+                callback(inner, key, |h, ctx| h.on_peer_closed(ctx));
+            }
             Some(Event::Closed(reason)) => return closed(inner, key, reason),
             None => {
                 let core = &mut inner.core;
@@ -602,6 +614,10 @@ fn transmit<S>(core: &mut Core, e: &mut StreamEntry<S>, id: ConnId) {
     // full) must not outlive the turn: it becomes the connection's own bytes.
     e.conn.unshare(&mut core.pool);
     if e.conn.poll_shutdown(core.now, &core.limits) {
+        if e.conn.is_tls() {
+            // Queued with the last records, just written: before the FIN.
+            trace_event!(core.trace, TraceEvent::CloseNotifySent { id });
+        }
         trace_event!(core.trace, TraceEvent::ShutdownWrite { id });
         // Half-close: FIN after everything already queued; we can still read.
         if let Err(err) = e.stream.shutdown_write() {
