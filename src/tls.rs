@@ -223,7 +223,9 @@ impl TlsSession {
 
     /// The negotiated cipher suite, for traces.
     pub(crate) fn cipher(&self) -> Option<&'static str> {
-        self.conn.negotiated_cipher_suite().and_then(|s| s.suite().as_str())
+        self.conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
     }
 
     /// The application protocol agreed by ALPN, if any.

@@ -234,7 +234,9 @@ impl TraceEvent<'_> {
                 "a connection as a state machine"
             }
             TraceEvent::Lingering { .. } => "half-close",
-            TraceEvent::TimerSet { .. } | TraceEvent::TimerFired { .. } => "blocking, non-blocking and timeouts",
+            TraceEvent::TimerSet { .. } | TraceEvent::TimerFired { .. } => {
+                "blocking, non-blocking and timeouts"
+            }
             TraceEvent::Received { .. } | TraceEvent::Batch { .. } | TraceEvent::Sent { .. } => {
                 "datagrams"
             }

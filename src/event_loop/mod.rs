@@ -100,10 +100,10 @@ use crate::handler::{
     ConnGuard, ConnRef, DatagramHandler, FdInterest, FdReady, Handler, LoopCtx, OnLoop, SourceId,
 };
 use crate::id::{ConnId, ListenerId, TimerId};
-use crate::trace::TraceEvent;
 use crate::net::{self, Datagram, Endpoint, RecvBatch, UnixName};
 use crate::stats::Stats;
 use crate::timer::{Target, later};
+use crate::trace::TraceEvent;
 
 const WAKER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -792,7 +792,10 @@ impl<S: 'static> EventLoop<S> {
                     Target::AcceptBackoff(id) => (Some(id), "accept back-off"),
                     Target::Loop => (None, "loop timer"),
                 };
-                inner.core.trace.emit(&TraceEvent::TimerFired { owner, kind });
+                inner
+                    .core
+                    .trace
+                    .emit(&TraceEvent::TimerFired { owner, kind });
             }
             match target {
                 Target::Deadline(id) => stream::deadline_fired(inner, id),
