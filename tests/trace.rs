@@ -459,3 +459,45 @@ fn timers_and_a_close_after_our_fin_linger() {
     c.shutdown(Shutdown::Write).unwrap();
     t.until(&["eof", "close: "]);
 }
+
+/// A stderr nobody reads cannot stall the loop: `--trace` lines that do not fit are
+/// dropped and counted, and echo goes on.
+#[test]
+fn serve_trace_to_a_stderr_nobody_reads_keeps_echoing() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(common::bin())
+        .args(["serve", "--tcp", "127.0.0.1:0", "--trace"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening tcp ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Held, never read: some 6 lines per echo fill the 64 KiB pipe within a few hundred.
+    let _stderr = child.stderr.take().unwrap();
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    for i in 0..5_000u32 {
+        let msg = i.to_le_bytes();
+        c.write_all(&msg).unwrap();
+        let mut back = [0u8; 4];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    }
+    // A loop blocked on stderr would never answer; the bound only keeps a broken build
+    // from hanging the suite.
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+}
