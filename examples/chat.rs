@@ -1,4 +1,4 @@
-//! cargo run --release --example chat -- 127.0.0.1:9001
+//! cargo run --release --example chat -- 127.0.0.1:9001 [--trace]
 //!
 //! A chat room over plain TCP (try it with `nc 127.0.0.1 9001` in a few terminals): every
 //! line a member sends goes, unchanged, to every other member. It shows what a server
@@ -32,12 +32,15 @@
 //!
 //! Ctrl-C (or SIGTERM) stops it.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use echoloop::net::resolve_one;
+use echoloop::trace::Tracer;
 use echoloop::{CloseReason, Config, ConnId, Ctx, Endpoint, EventLoop, Handler, ListenKind};
 
 /// The longest unfinished line we keep for a member.
@@ -195,12 +198,12 @@ fn cut_off(ctx: &mut Ctx<'_, Room>, id: ConnId) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (args, trace) = common::setup();
     let [listen] = args.as_slice() else {
-        eprintln!("chat: usage: chat LISTEN_ADDR");
+        eprintln!("chat: usage: chat LISTEN_ADDR [--trace]");
         return ExitCode::FAILURE;
     };
-    match serve(listen) {
+    match serve(listen, trace) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chat: {e}");
@@ -209,8 +212,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let mut el = EventLoop::with_state(Config::default(), Room::default())?;
+fn serve(addr: &str, trace: Option<Tracer>) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = Config::default();
+    config.trace = trace;
+    let mut el = EventLoop::with_state(config, Room::default())?;
     let bound = el.listen(&Endpoint::Inet(resolve_one(addr)?), ListenKind::Tcp, || {
         Box::<Member>::default()
     })?;

@@ -1,15 +1,18 @@
-//! cargo run --example echo_client -- 127.0.0.1:8881 hello "second message"
+//! cargo run --example echo_client -- 127.0.0.1:8881 hello "second message" [--trace]
 //!
 //! The textbook TCP echo client, non-blocking. Two points the textbook glosses over:
 //! `connect` on a non-blocking socket returns at once and completes later (the loop checks
 //! the outcome when the socket becomes writable), and a reply may arrive in pieces, so
 //! the client collects bytes until the whole echo is in rather than trusting one `recv`.
 
+mod common;
+
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use echoloop::net::resolve_one;
+use echoloop::trace::Tracer;
 use echoloop::{CloseReason, Config, ConnectOptions, Ctx, Endpoint, EventLoop, Handler};
 
 /// Sends each message in turn and waits for its full echo before the next.
@@ -74,13 +77,14 @@ impl Handler for Client {
 }
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
+    let (args, trace) = common::setup();
+    let mut args = args.into_iter();
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:8881".into());
     let mut messages: Vec<String> = args.collect();
     if messages.is_empty() {
         messages.push("hello".into());
     }
-    match run(&addr, messages) {
+    match run(&addr, messages, trace) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("echo_client: {e}");
@@ -89,10 +93,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(addr: &str, messages: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
+fn run(
+    addr: &str,
+    messages: Vec<String>,
+    trace: Option<Tracer>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let count = messages.len();
     let (tx, rx) = mpsc::channel();
-    let mut el = EventLoop::new(Config::default())?;
+    let mut config = Config::default();
+    config.trace = trace;
+    let mut el = EventLoop::new(config)?;
     let client = Client {
         messages,
         next: 0,

@@ -1,22 +1,24 @@
-//! cargo run --example echo_server -- 127.0.0.1:8881
+//! cargo run --example echo_server -- 127.0.0.1:8881 [--trace]
 //!
 //! The textbook TCP echo server, non-blocking: one thread, one poll loop, any number of
 //! clients. Compare with the blocking version in `echoloop::guide` (section 2): the accept
 //! loop, the per-client read/write loop and the thread pool are all replaced by one
 //! `listen` call and the `Echo` handler. Stop it with Ctrl-C: it finishes what it owes.
 
+mod common;
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use echoloop::net::resolve_one;
+use echoloop::trace::Tracer;
 use echoloop::{Config, Echo, Endpoint, EventLoop, ListenKind};
 
 fn main() -> ExitCode {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8881".into());
-    match serve(&addr) {
+    let (args, trace) = common::setup();
+    let addr = args.first().map_or("127.0.0.1:8881", String::as_str);
+    match serve(addr, trace) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("echo_server: {e}");
@@ -25,8 +27,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let mut el = EventLoop::new(Config::default())?;
+fn serve(addr: &str, trace: Option<Tracer>) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = Config::default();
+    config.trace = trace;
+    let mut el = EventLoop::new(config)?;
     // One factory call per accepted connection; Echo holds no state, so this is free.
     let bound = el.listen(&Endpoint::Inet(resolve_one(addr)?), ListenKind::Tcp, || {
         Box::new(Echo)

@@ -1,4 +1,4 @@
-//! cargo run --release --example embed
+//! cargo run --release --example embed -- [--trace]
 //!
 //! Running the event loop inside a larger program: the loop lives on its own thread and
 //! serves clients, and the rest of the program hands it work. Nothing outside may touch a
@@ -17,6 +17,8 @@
 //! The example plays both parts: the loop thread, and a main thread with plain blocking
 //! clients that check what they receive.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -24,6 +26,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use echoloop::trace::Tracer;
 use echoloop::{
     CloseReason, Config, ConnId, Ctx, Endpoint, EventLoop, Handler, ListenKind, LoopCtx, Sender,
     TrySendError,
@@ -103,7 +106,8 @@ fn on_command(lctx: &mut LoopCtx<'_, Clients>, cmd: Command) {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    let (_, trace) = common::setup();
+    match run(trace) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("embed: {e}");
@@ -131,13 +135,15 @@ fn send_retrying(tx: &Sender<Command>, mut cmd: Command) -> Result<u32, String> 
     Err("the loop's channel stayed full".into())
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
+fn run(trace: Option<Tracer>) -> Result<(), Box<dyn std::error::Error>> {
     // The loop is built on its thread (handlers and the channel callback need not be
     // Send); the thread hands back where it listens, how to stop it, and the Sender.
     let (tx, rx) = mpsc::channel();
     let reactor = std::thread::spawn(move || -> Result<echoloop::Stats, String> {
-        let mut el = EventLoop::with_state(Config::default(), Clients::default())
-            .map_err(|e| e.to_string())?;
+        let mut config = Config::default();
+        config.trace = trace;
+        let mut el =
+            EventLoop::with_state(config, Clients::default()).map_err(|e| e.to_string())?;
         let bound = el
             .listen(
                 &Endpoint::Inet(([127, 0, 0, 1], 0).into()),

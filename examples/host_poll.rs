@@ -1,4 +1,4 @@
-//! cargo run --release --example host_poll -- 127.0.0.1:7002
+//! cargo run --release --example host_poll -- 127.0.0.1:7002 [--trace]
 //!
 //! Nesting the event loop in a program that already has its own poller: an echo server
 //! whose loop is driven from the host's `mio::Poll`, next to the host's own work (a timer
@@ -24,12 +24,15 @@
 //! Ctrl-C (or SIGTERM) stops the loop gracefully; the host exits when `run_once` says the
 //! loop has stopped.
 
+mod common;
+
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use echoloop::net::resolve_one;
+use echoloop::trace::Tracer;
 use echoloop::{Config, Echo, Endpoint, EventLoop, ListenKind};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -44,12 +47,12 @@ const TICK: Duration = Duration::from_millis(200);
 const MAX_TURNS: usize = 64;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (args, trace) = common::setup();
     let [listen] = args.as_slice() else {
-        eprintln!("host_poll: usage: host_poll LISTEN_ADDR");
+        eprintln!("host_poll: usage: host_poll LISTEN_ADDR [--trace]");
         return ExitCode::FAILURE;
     };
-    match host(listen) {
+    match host(listen, trace) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("host_poll: {e}");
@@ -58,8 +61,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn host(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let mut el = EventLoop::new(Config::default())?;
+fn host(addr: &str, trace: Option<Tracer>) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = Config::default();
+    config.trace = trace;
+    let mut el = EventLoop::new(config)?;
     let bound = el.listen(&Endpoint::Inet(resolve_one(addr)?), ListenKind::Tcp, || {
         Box::new(Echo)
     })?;

@@ -1,15 +1,18 @@
-//! cargo run --example line_upper -- 127.0.0.1:7000
+//! cargo run --example line_upper -- 127.0.0.1:7000 [--trace]
 //!
 //! Embedding echoloop with a protocol of your own: each line a client sends comes back in
 //! upper case. It shows what a real protocol must do on a stream: bytes arrive in arbitrary
 //! pieces, so a line may be split across reads (keep the partial line) and one read may
 //! carry several lines (answer each). It also bounds what a client can make it hold.
 
+mod common;
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use echoloop::net::resolve_one;
+use echoloop::trace::Tracer;
 use echoloop::{Config, Ctx, Endpoint, EventLoop, Handler, ListenKind};
 
 /// The longest line we accept; a client sending more without a newline is cut off rather
@@ -51,10 +54,9 @@ impl Handler for LineUpper {
 }
 
 fn main() -> ExitCode {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7000".into());
-    match serve(&addr) {
+    let (args, trace) = common::setup();
+    let addr = args.first().map_or("127.0.0.1:7000", String::as_str);
+    match serve(addr, trace) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("line_upper: {e}");
@@ -63,8 +65,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let mut el = EventLoop::new(Config::default())?;
+fn serve(addr: &str, trace: Option<Tracer>) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = Config::default();
+    config.trace = trace;
+    let mut el = EventLoop::new(config)?;
     let bound = el.listen(&Endpoint::Inet(resolve_one(addr)?), ListenKind::Tcp, || {
         Box::<LineUpper>::default()
     })?;

@@ -1,4 +1,4 @@
-//! cargo run --release --example proxy -- 127.0.0.1:7000 127.0.0.1:8881
+//! cargo run --release --example proxy -- 127.0.0.1:7000 127.0.0.1:8881 [--trace]
 //!
 //! A TCP relay (a port forwarder): every client accepted on the first address gets its own
 //! connection to the second, and bytes flow both ways unchanged. Two connections per
@@ -29,11 +29,14 @@
 //! Ctrl-C (or SIGTERM) stops it gracefully: no new clients and no new input; what each
 //! connection is owed is still delivered before it closes (within 5 seconds).
 
+mod common;
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use echoloop::net::resolve_one;
+use echoloop::trace::Tracer;
 use echoloop::{
     CloseReason, Config, ConnId, ConnectOptions, Ctx, Endpoint, EventLoop, Handler, ListenKind,
 };
@@ -183,12 +186,12 @@ impl Handler<Proxy> for Relay {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (args, trace) = common::setup();
     let [listen, upstream] = args.as_slice() else {
-        eprintln!("proxy: usage: proxy LISTEN_ADDR UPSTREAM_ADDR");
+        eprintln!("proxy: usage: proxy LISTEN_ADDR UPSTREAM_ADDR [--trace]");
         return ExitCode::FAILURE;
     };
-    match serve(listen, upstream) {
+    match serve(listen, upstream, trace) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("proxy: {e}");
@@ -197,10 +200,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(listen: &str, upstream: &str) -> Result<(), Box<dyn std::error::Error>> {
+fn serve(
+    listen: &str,
+    upstream: &str,
+    trace: Option<Tracer>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let listen = Endpoint::Inet(resolve_one(listen)?);
     let upstream = Endpoint::Inet(resolve_one(upstream)?);
-    let config = Config::default();
+    let mut config = Config::default();
+    config.trace = trace;
     let state = Proxy {
         upstream: upstream.clone(),
         clients: 0,

@@ -1,4 +1,4 @@
-//! cargo run --release --example tail -- 127.0.0.1:7003 -- sh -c 'for i in 1 2 3 4 5; do date; sleep 1; done'
+//! cargo run --release --example tail -- 127.0.0.1:7003 [--trace] -- sh -c 'for i in 1 2 3 4 5; do date; sleep 1; done'
 //!
 //! Runs a command and sends every line it prints to every TCP client connected at the time
 //! (try it with `nc 127.0.0.1 7003` in a few terminals). When the command exits, each
@@ -45,6 +45,8 @@
 //! the command (its whole process group). Bad arguments: one line on stderr, exit code 2;
 //! a command that cannot be started: one line, exit code 1.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::File;
@@ -56,6 +58,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use echoloop::net::resolve_one;
+use echoloop::trace::Tracer;
 use echoloop::{
     CloseReason, Config, ConnId, Ctx, Endpoint, EventLoop, FdInterest, Handler, ListenKind,
     LoopContext, LoopCtx, SourceId,
@@ -408,7 +411,10 @@ fn kill_command(child: &Child) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    common::init_logger();
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // Only before the `--`: what follows is the command's, `--trace` included.
+    let trace = common::take_trace(&mut args);
     let [listen, sep, program, cmd_args @ ..] = args.as_slice() else {
         return usage();
     };
@@ -425,7 +431,7 @@ fn main() -> ExitCode {
     };
     let mut cmd = Command::new(program);
     cmd.args(cmd_args);
-    match serve(listen, cmd) {
+    match serve(listen, cmd, trace) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tail: {e}");
@@ -435,12 +441,18 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("tail: usage: tail LISTEN_ADDR -- COMMAND [ARG...]");
+    eprintln!("tail: usage: tail LISTEN_ADDR [--trace] -- COMMAND [ARG...]");
     ExitCode::from(2)
 }
 
-fn serve(listen: std::net::SocketAddr, cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
-    let mut el = EventLoop::with_state(Config::default(), Tail::default())?;
+fn serve(
+    listen: std::net::SocketAddr,
+    cmd: Command,
+    trace: Option<Tracer>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = Config::default();
+    config.trace = trace;
+    let mut el = EventLoop::with_state(config, Tail::default())?;
     let bound = el.listen(&Endpoint::Inet(listen), ListenKind::Tcp, || {
         Box::new(Watcher)
     })?;

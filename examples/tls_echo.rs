@@ -1,4 +1,5 @@
-//! cargo run --example tls_echo
+//! cargo run --example tls_echo -- [--trace]
+//! cargo run --example tls_echo -- --wrong-name [--trace]
 //!
 //! TLS done right, server and client in one loop. The example makes its own tiny PKI (a
 //! CA and a certificate for `localhost`), then:
@@ -6,6 +7,13 @@
 //!   (TLS 1.2/1.3 only) and wraps only the sockets it accepts, never the listener;
 //! - the client trusts that CA and checks that the certificate names `localhost`, the
 //!   name it meant to reach. There is no switch to skip that check.
+//!
+//! `--wrong-name` shows the check at work: the client asks for `wrong.example`, a name
+//! the certificate does not carry, though it is signed by the CA the client trusts. The
+//! handshake fails, `on_open` never runs, and `on_close` receives rustls's error, which
+//! says why; the example prints it and exits 1.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,6 +23,7 @@ use std::time::Duration;
 use echoloop::tls_config::{
     ClientTlsOptions, ServerTlsOptions, client_config, server_config, server_name,
 };
+use echoloop::trace::Tracer;
 use echoloop::{
     CloseReason, Config, ConnectOptions, Ctx, Echo, Endpoint, EventLoop, Handler, ListenKind,
 };
@@ -22,6 +31,8 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 
 /// Sends one message over TLS and reports what came back.
 struct Client {
+    /// The name the client expects the server's certificate to carry.
+    name: &'static str,
     message: Vec<u8>,
     received: Vec<u8>,
     report: mpsc::Sender<Result<Vec<u8>, String>>,
@@ -30,7 +41,10 @@ struct Client {
 impl Handler for Client {
     fn on_open(&mut self, ctx: &mut Ctx<'_>) {
         // on_open comes after the handshake: the server is verified by now.
-        println!("handshake done: server certificate verified for localhost");
+        println!(
+            "handshake done: server certificate verified for {}",
+            self.name
+        );
         ctx.send(&self.message);
         // Half-close: close_notify, then FIN. The server echoes and closes its side.
         ctx.shutdown_write();
@@ -41,10 +55,14 @@ impl Handler for Client {
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_>, reason: &CloseReason) {
-        let result = if reason.is_clean() {
-            Ok(std::mem::take(&mut self.received))
-        } else {
-            Err(reason.to_string())
+        let result = match reason {
+            CloseReason::Done => Ok(std::mem::take(&mut self.received)),
+            // The handshake stopped at the check: rustls's error says what failed.
+            CloseReason::Tls(e @ rustls::Error::InvalidCertificate(_)) => Err(format!(
+                "certificate verification failed (the client asked for {}): {e}",
+                self.name
+            )),
+            other => Err(other.to_string()),
         };
         let _ = self.report.send(result);
         ctx.stop_loop(Duration::from_secs(1));
@@ -52,7 +70,16 @@ impl Handler for Client {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    let (args, trace) = common::setup();
+    let name = match args.as_slice() {
+        [] => "localhost",
+        [flag] if flag == "--wrong-name" => "wrong.example",
+        _ => {
+            eprintln!("tls_echo: usage: tls_echo [--wrong-name] [--trace]");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(name, trace) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tls_echo: {e}");
@@ -61,15 +88,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
+fn run(name: &'static str, trace: Option<Tracer>) -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("echoloop-tls-example-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = run_in(&dir);
+    let result = run_in(&dir, name, trace);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn run_in(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+fn run_in(
+    dir: &Path,
+    name: &'static str,
+    trace: Option<Tracer>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let (ca, chain, key) = make_pki(dir)?;
     let server_cfg = server_config(&ServerTlsOptions {
         cert_chain: &chain,
@@ -81,7 +112,9 @@ fn run_in(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         client_cert: None,
     })?;
 
-    let mut el = EventLoop::new(Config::default())?;
+    let mut config = Config::default();
+    config.trace = trace;
+    let mut el = EventLoop::new(config)?;
     let bound = el.listen(
         &Endpoint::Inet("127.0.0.1:0".parse()?),
         ListenKind::Tls(server_cfg),
@@ -91,13 +124,14 @@ fn run_in(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let (tx, rx) = mpsc::channel();
     let message = b"hello over TLS".to_vec();
     let client = Client {
+        name,
         message: message.clone(),
         received: Vec::new(),
         report: tx,
     };
     let opts = ConnectOptions::new()
         .timeout(Duration::from_secs(5))
-        .tls(client_cfg, server_name("localhost")?);
+        .tls(client_cfg, server_name(name)?);
     el.connect(&bound.addr, opts, Box::new(client));
     el.run()?;
     let echoed = rx.try_recv().map_err(|_| "client reported nothing")??;

@@ -1008,3 +1008,83 @@ fn example_mio_echo_echoes_what_it_reads_through_partial_writes() {
     drop(c);
     let _ = stop(child);
 }
+
+// ----- issue 22: --trace on every example, and the failure cases -----
+
+/// `--trace` (anywhere in the arguments) prints the loop's decisions as `trace: ` lines
+/// on stderr: the read of the message and the write of its echo among them.
+#[test]
+fn example_echo_server_traces_its_reads_and_writes() {
+    let mut server = start_collected("echo_server", &["--trace", "127.0.0.1:0"]);
+    let mut s = TcpStream::connect(server.sockaddr("tcp")).unwrap();
+    s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    s.write_all(b"traced").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"traced");
+    // The echo is back, so its write has been traced; the line may still be in the pipe.
+    wait_stderr(&server, "wrote 6 of 6");
+    term_ok(&mut server);
+    let stderr = server.stderr_text();
+    let traced = |what: &str| {
+        stderr
+            .lines()
+            .any(|l| l.starts_with("trace: ") && l.contains(what))
+    };
+    assert!(traced(" read 6 bytes"), "{stderr}");
+    assert!(traced(" wrote 6 of 6"), "{stderr}");
+    assert!(traced(" accepted on "), "{stderr}");
+}
+
+/// The client asks for a name the server's certificate does not carry: the handshake
+/// fails on the certificate check, and the example says so and exits non-zero.
+#[test]
+fn example_tls_echo_fails_on_a_certificate_name_mismatch() {
+    let out = run("tls_echo", &["--wrong-name"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("certificate verification failed")
+            && stderr.contains("not valid for name \"wrong.example\""),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains("verified") && !stdout.contains("RCVD"),
+        "{stdout}"
+    );
+}
+
+/// A closed port: the connected client hears ECONNREFUSED after its first datagram; the
+/// unconnected one is told nothing, retries, and gives up (4 tries of 500 ms).
+#[test]
+fn example_udp_echo_closed_port_refused_when_connected_silent_otherwise() {
+    let gone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let closed = gone.local_addr().unwrap().to_string();
+    drop(gone);
+
+    let out = run("udp_echo", &["client", &closed, "anyone?", "--connected"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("(try 1)") && !stdout.contains("(try 2)"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("refused: nothing listens on"), "{stderr}");
+
+    let started = Instant::now();
+    let out = run("udp_echo", &["client", &closed, "anyone?"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("(try 4)"), "{stdout}");
+    assert!(stderr.contains("no answer after 4 tries"), "{stderr}");
+    assert!(!stderr.contains("refused"), "{stderr}");
+    assert!(
+        started.elapsed() < common::DEADLINE,
+        "took {:?}",
+        started.elapsed()
+    );
+}
