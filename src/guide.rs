@@ -307,6 +307,25 @@
 //! trace: #1.2 sent 5 bytes to 127.0.0.1:33015 [guide: datagrams]
 //! ```
 //!
+//! ### Watch it: a TLS handshake
+//!
+//! `echoloop serve --tls 127.0.0.1:8443 --cert cert.pem --key key.pem --trace`, then
+//! `echo hi | openssl s_client -connect 127.0.0.1:8443 -servername localhost -quiet`:
+//! handshake records go back and forth through the same reads and writes as any bytes,
+//! then the echo; at the end each side sends `close_notify` before its FIN, so neither can
+//! mistake a cut connection for the end of the stream.
+//!
+//! ```text
+//! trace: #1.2 accepted on #0.1 [guide: readiness]
+//! trace: #1.2 handshake started [guide: TLS]
+//! trace: #1.2 read 315 bytes [guide: readiness]
+//! trace: #1.2 wrote 715 of 715 [guide: partial writes]
+//! trace: #1.2 handshake done (TLSv1_3, TLS13_AES_256_GCM_SHA384, no ALPN) [guide: TLS]
+//! trace: #1.2 close_notify received [guide: TLS]
+//! trace: #1.2 close_notify sent [guide: TLS]
+//! trace: #1.2 shutdown(write): our FIN after all output [guide: half-close]
+//! ```
+//!
 //! # 16. From the blocking API to the reactor
 //!
 //! For readers coming from a chapter on Python's `socket` and `ssl` modules (or C's
