@@ -22,6 +22,21 @@ fn my_turn() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The search both tests run against the fixed-cost server: one connection, p99 within
+/// 20 ms, 1 s steps from 1k/s, at most 10 of them.
+const SEARCH: [&str; 10] = [
+    "-c",
+    "1",
+    "--slo",
+    "p99=20ms",
+    "--rate",
+    "1000",
+    "--step-duration",
+    "1",
+    "--max-steps",
+    "10",
+];
+
 /// What the server spends on each message: a capacity of 3,333 messages a second.
 const SERVICE: Duration = Duration::from_micros(300);
 
@@ -64,27 +79,10 @@ fn bench_slo_search_finds_the_knee_of_a_server_of_known_capacity() {
     let dir = std::env::temp_dir().join(format!("echoloop-slo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let plot = dir.join("knee.svg");
-    let (status, out, err) = common::run(
-        &[
-            "bench",
-            "tcp",
-            &addr,
-            "-c",
-            "1",
-            "--slo",
-            "p99=20ms",
-            "--rate",
-            "1000",
-            "--step-duration",
-            "1",
-            "--max-steps",
-            "10",
-            "--json",
-            "--plot",
-            plot.to_str().unwrap(),
-        ],
-        None,
-    );
+    let mut args = vec!["bench", "tcp", &addr];
+    args.extend(SEARCH);
+    args.extend(["--json", "--plot", plot.to_str().unwrap()]);
+    let (status, out, err) = common::run(&args, None);
     stop.store(true, Ordering::SeqCst);
     assert!(status.success(), "{err}");
     let line = out.lines().find(|l| l.starts_with('{')).expect(&out);
@@ -159,15 +157,8 @@ fn bench_slo_ctrl_c_reports_the_best_rate_so_far() {
     let stop = Arc::new(AtomicBool::new(false));
     let addr = fixed_cost_server(Arc::clone(&stop));
     let mut child = std::process::Command::new(common::bin())
-        .args(["bench", "tcp", &addr, "-c", "1", "--slo", "p99=20ms"])
-        .args([
-            "--rate",
-            "1000",
-            "--step-duration",
-            "1",
-            "--max-steps",
-            "10",
-        ])
+        .args(["bench", "tcp", &addr])
+        .args(SEARCH)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

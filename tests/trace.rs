@@ -64,6 +64,17 @@ impl Traced {
     }
 }
 
+/// A non-blocking client with a small receive buffer, set before connecting (the window
+/// is agreed in the handshake): an echo it does not read fills the kernel's buffers soon.
+fn small_window_client(addr: std::net::SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let c: TcpStream = sock.into();
+    c.set_nonblocking(true).unwrap();
+    c
+}
+
 #[test]
 fn a_64_byte_echo_is_read_short_read_and_written_whole() {
     let mut t = traced(Config::default(), || Box::new(Echo));
@@ -101,12 +112,7 @@ fn a_slow_reader_brings_partial_writes_and_backpressure_both_ways() {
     config.high_water = 64 * 1024;
     config.low_water = 16 * 1024;
     let mut t = traced(config, || Box::new(Echo));
-    // Small kernel buffers on the client's side: the echo fills them soon.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&t.addr.into()).unwrap();
-    let mut c: TcpStream = sock.into();
-    c.set_nonblocking(true).unwrap();
+    let mut c = small_window_client(t.addr);
     // Send 8 MiB without reading: the server's writes turn partial, it buffers, and
     // past the high-water mark it stops reading.
     let data = vec![1u8; 8 << 20];
@@ -349,12 +355,7 @@ fn run_scenario(name: &str) -> Vec<String> {
         }
         "a slow reader" => {
             let mut t = traced(config, || Box::new(Echo));
-            let sock =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            sock.set_recv_buffer_size(4096).unwrap();
-            sock.connect(&t.addr.into()).unwrap();
-            let mut c: TcpStream = sock.into();
-            c.set_nonblocking(true).unwrap();
+            let mut c = small_window_client(t.addr);
             let data = vec![1u8; 8 << 20];
             let (mut sent, mut buf) = (0, vec![0u8; 1 << 20]);
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -377,12 +378,7 @@ fn run_scenario(name: &str) -> Vec<String> {
         "a reset" => {
             config.idle_timeout = Some(Duration::from_millis(300));
             let mut t = traced(config, || Box::new(Echo));
-            let sock =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            sock.set_recv_buffer_size(4096).unwrap();
-            sock.connect(&t.addr.into()).unwrap();
-            let mut c: TcpStream = sock.into();
-            c.set_nonblocking(true).unwrap();
+            let mut c = small_window_client(t.addr);
             let data = vec![1u8; 8 << 20];
             let mut sent = 0;
             let deadline = Instant::now() + Duration::from_secs(20);

@@ -41,8 +41,9 @@ const DGRAM_BUDGET: usize = 256;
 /// A receive batch at least this full says the queue runs deep.
 const DEEP: usize = 4;
 
-/// Adds a bound datagram socket; its `on_ready` runs when the loop next runs what actions left (at once
-/// for the loop's own entry points, after the callback for one made from a callback).
+/// Adds a bound datagram socket; its `on_ready` runs once the action that added it is
+/// done (at once for the loop's own entry points, after the callback for one made from a
+/// callback).
 pub(crate) fn add<S>(
     inner: &mut Inner<S>,
     mut sock: Datagram,

@@ -301,14 +301,12 @@ pub(crate) fn read_loop<S>(
             // Paused (backpressure, the handler) or not reading in this state. Readiness
             // is edge-triggered: whoever resumes must come back for waiting data.
             // Said once per pause: later wake-ups while paused find it stopped already.
-            if e.conn.is_backpressured() && !e.conn.is_read_stopped() {
-                trace_event!(
-                    inner.core.trace,
-                    TraceEvent::PausedReading {
-                        id: ConnId::new(key, e.generation),
-                        owed: e.conn.pending_output(),
-                    }
-                );
+            let core = &inner.core;
+            if core.trace.on && e.conn.is_backpressured() && !e.conn.is_read_stopped() {
+                core.trace.emit(&TraceEvent::PausedReading {
+                    id: ConnId::new(key, e.generation),
+                    owed: e.conn.pending_output(),
+                });
             }
             e.conn.handle_read_stopped();
             return;
@@ -442,11 +440,11 @@ pub(crate) fn drive_input<S>(inner: &mut Inner<S>, key: usize, input: &[u8]) {
             Some(Event::Closed(reason)) => return closed(inner, key, reason),
             None => {
                 let core = &mut inner.core;
-                push_output(core, e, ConnId::new(key, e.generation));
+                let id = ConnId::new(key, e.generation);
+                push_output(core, e, id);
                 if e.conn.has_events() {
                     continue;
                 }
-                let id = ConnId::new(key, e.generation);
                 arm_deadline(core, e, id);
                 if e.conn.poll_read_again() {
                     trace_event!(core.trace, TraceEvent::ResumedReading { id });

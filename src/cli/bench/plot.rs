@@ -11,6 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::args::PlotArgs;
@@ -73,6 +75,23 @@ pub(super) fn run(args: &PlotArgs) -> Result<ExitCode, CliError> {
         .collect();
     distribution(&args.output, "latency by percentile", &series, None)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Both plots' axes: a linear x, latency on a log scale.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, LogCoord<f64>>>;
+
+/// Draws the legend (upper left, over a pale box) and writes the file.
+fn finish<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    root: &DrawingArea<SVGBackend<'b>, Shift>,
+) -> Result<(), DrawingAreaErrorKind<<SVGBackend<'static> as DrawingBackend>::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()
 }
 
 /// One line on a distribution plot.
@@ -145,14 +164,7 @@ pub(super) fn distribution(
             .label(format!("bound {b:.0} µs"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| fail(&e))?;
-    root.present().map_err(|e| fail(&e))
+    finish(&mut chart, &root).map_err(|e| fail(&e))
 }
 
 /// One step of a search for the rate plot: offered rate, the percentile, passed.
@@ -231,14 +243,7 @@ pub(super) fn search(
             .label(format!("max rate {knee:.0}/s"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], green));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| fail(&e))?;
-    root.present().map_err(|e| fail(&e))
+    finish(&mut chart, &root).map_err(|e| fail(&e))
 }
 
 #[cfg(test)]

@@ -360,18 +360,21 @@ fn check_histogram_header(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// 1 to 1000 µs, one sample each: a distribution whose percentiles are known, for the
+/// tests here and the report's.
+#[cfg(test)]
+pub(super) fn uniform_1_to_1000() -> Recorder {
+    let mut r = Recorder::new();
+    for us in 1..=1000 {
+        r.record(Duration::from_micros(us));
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Duration, HIGHEST_NS, Recorder};
+    use super::{Duration, HIGHEST_NS, Recorder, uniform_1_to_1000};
     use crate::cli::bench::report::LatencySummary;
-
-    fn uniform_1_to_1000() -> Recorder {
-        let mut r = Recorder::new();
-        for us in 1..=1000 {
-            r.record(Duration::from_micros(us));
-        }
-        r
-    }
 
     /// Within the histogram's precision (three significant figures: 0.1%).
     #[track_caller]

@@ -517,15 +517,7 @@ pub fn status_line(
 #[cfg(test)]
 mod tests {
     use super::{Duration, Histograms, LatencySummary, Recorder, Report, status_line};
-
-    /// 1 to 1000 µs, one sample each (the same samples as the recorder's tests).
-    fn uniform_1_to_1000() -> Recorder {
-        let mut r = Recorder::new();
-        for us in 1..=1000 {
-            r.record(Duration::from_micros(us));
-        }
-        r
-    }
+    use crate::cli::bench::recorder::uniform_1_to_1000;
 
     fn sample_report() -> Report {
         let mut connect = Recorder::new();
