@@ -27,6 +27,10 @@
 //! `perf stat` over the same window). Under it, the targets as same-round ratios:
 //! deliveries/s (i) ÷ (ii) ≥ 0.9, CPU (i) ÷ tokio ≤ 1.0, write calls (i) ≤ 0.05.
 //!
+//! Row i is fairness (`mod fair`, in benches/fair/): plain TCP echoes on a loop that 500
+//! clients keep busy with TLS handshakes, with an ECDSA and an RSA certificate: the
+//! echoes' p50 and p99, and handshakes per second.
+//!
 //! Environment: `ECHOLOOP_BENCH_SECS` (default 5) seconds per run, `ECHOLOOP_BENCH_ROUNDS`
 //! (default 3) runs per server, `ECHOLOOP_BENCH_ONLY=a,c` to pick scenarios, and
 //! `ECHOLOOP_BENCH_PREVIOUS=/path/to/echoloop` to add a fourth server: another build of
@@ -45,6 +49,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 mod common;
+mod fair;
 mod fanout;
 
 use crate::common::procfs::proc_cpu_split;
@@ -183,6 +188,10 @@ fn main() {
     // figures per delivery): see `mod fanout`.
     if only.is_empty() || only.split(',').any(|o| o == "h") {
         fanout::bench(secs, rounds, pin);
+    }
+    // Plain echoes on a loop busy with TLS handshakes: see `mod fair`.
+    if only.is_empty() || only.split(',').any(|o| o == "i") {
+        fair::bench(secs, rounds, pin, previous.as_deref());
     }
 }
 

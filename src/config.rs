@@ -31,6 +31,12 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// A TLS handshake must finish within this.
     pub handshake_timeout: Duration,
+    /// Fairness for CPU-heavy work: each turn spends at most about this much on TLS
+    /// handshake steps (at least one); steps beyond it wait for the next turns, so plain
+    /// connections on the same loop are served in between (a signature with an RSA-2048
+    /// key costs close to a millisecond). `Duration::ZERO` allows one step per turn;
+    /// `Duration::MAX` runs every ready step at once.
+    pub handshake_budget: Duration,
     /// How long a closing connection may go without traffic: while it sends what it owes,
     /// and then while it waits for the peer to finish. Past it the connection is closed,
     /// with a reset if output was still owed.
@@ -78,6 +84,7 @@ impl Default for Config {
             max_side_connections: 64,
             idle_timeout: None,
             handshake_timeout: Duration::from_secs(10),
+            handshake_budget: Duration::from_micros(500),
             close_timeout: Duration::from_secs(5),
             backlog: 4096,
             accept_backoff: Duration::from_millis(100),

@@ -112,6 +112,12 @@ pub enum TraceEvent<'a> {
         /// The connection.
         id: ConnId,
     },
+    /// A TLS handshake step waits for a later turn: this turn's budget for handshakes
+    /// is spent (`Config::handshake_budget`), and plain connections go first.
+    HandshakeWaits {
+        /// The connection.
+        id: ConnId,
+    },
     /// The TLS handshake finished.
     HandshakeDone {
         /// The connection.
@@ -204,6 +210,7 @@ impl TraceEvent<'_> {
         match self {
             TraceEvent::Accepted { .. } | TraceEvent::EmfileBackoff { .. } => "echoloop::accept",
             TraceEvent::HandshakeStarted { .. }
+            | TraceEvent::HandshakeWaits { .. }
             | TraceEvent::HandshakeDone { .. }
             | TraceEvent::CloseNotifySent { .. }
             | TraceEvent::CloseNotifyReceived { .. } => "echoloop::tls",
@@ -227,6 +234,7 @@ impl TraceEvent<'_> {
             TraceEvent::PausedReading { .. } | TraceEvent::ResumedReading { .. } => "backpressure",
             TraceEvent::Eof { .. } | TraceEvent::ShutdownWrite { .. } => "half-close",
             TraceEvent::HandshakeStarted { .. }
+            | TraceEvent::HandshakeWaits { .. }
             | TraceEvent::HandshakeDone { .. }
             | TraceEvent::CloseNotifySent { .. }
             | TraceEvent::CloseNotifyReceived { .. } => "TLS",
@@ -301,6 +309,12 @@ impl fmt::Display for TraceEvent<'_> {
                 write!(f, "{id} shutdown(write): our FIN after all output")?;
             }
             TraceEvent::HandshakeStarted { id } => write!(f, "{id} handshake started")?,
+            TraceEvent::HandshakeWaits { id } => {
+                write!(
+                    f,
+                    "{id} handshake step waits (this turn's handshake budget is spent)"
+                )?;
+            }
             TraceEvent::HandshakeDone {
                 id,
                 version,

@@ -1266,3 +1266,145 @@ impl Pump {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Fair handshakes (issue 23): a per-turn budget for handshake steps
+// ---------------------------------------------------------------------------------------
+
+/// What one loop did with `HELLOS` clients' hellos and one plain ping, all waiting before
+/// its first turn.
+struct FairRun {
+    /// How many clients had the server's first flight when the ping's echo came back.
+    answered_at_echo: usize,
+    /// Clients in the order their first flight arrived (one turn at a time).
+    order: Vec<usize>,
+    stats: echoloop::Stats,
+}
+
+const HELLOS: usize = 40;
+
+/// A loop with a TLS and a plain TCP echo listener and `budget` per turn for handshake
+/// steps. `HELLOS` raw TCP clients send a rustls ClientHello each, then one plain client
+/// sends a ping; the loop is run one turn at a time. Then every handshake is completed.
+fn fair_run(pki: &TestPki, budget: Duration) -> FairRun {
+    let server = server_config(&ServerTlsOptions {
+        cert_chain: &pki.server_chain,
+        key: &pki.server_key,
+        client_ca: None,
+    })
+    .unwrap();
+    let mut config = Config::default();
+    config.handshake_budget = budget;
+    let mut el = EventLoop::new(config).unwrap();
+    let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+    let tls = el
+        .listen(&any, ListenKind::Tls(server), || Box::new(Echo))
+        .unwrap();
+    let tcp = el.listen(&any, ListenKind::Tcp, || Box::new(Echo)).unwrap();
+    let (Endpoint::Inet(tls_addr), Endpoint::Inet(tcp_addr)) = (tls.addr, tcp.addr) else {
+        panic!("inet listeners");
+    };
+    let cfg = trusting(pki);
+    let mut clients: Vec<(TcpStream, ClientConnection)> = (0..HELLOS)
+        .map(|_| {
+            let mut sock = TcpStream::connect(tls_addr).unwrap();
+            let mut conn =
+                ClientConnection::new(Arc::clone(&cfg), server_name("localhost").unwrap()).unwrap();
+            while conn.wants_write() {
+                conn.write_tls(&mut sock).unwrap();
+            }
+            sock.set_nonblocking(true).unwrap();
+            (sock, conn)
+        })
+        .collect();
+    let mut plain = TcpStream::connect(tcp_addr).unwrap();
+    plain.write_all(b"ping").unwrap();
+    plain.set_nonblocking(true).unwrap();
+
+    // Loopback delivers as the write returns: every hello and the ping wait for the loop.
+    let has_bytes = |s: &TcpStream| s.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0);
+    let mut answered = [false; HELLOS];
+    let mut order = Vec::new();
+    let mut answered_at_echo = None;
+    let deadline = Instant::now() + DEADLINE;
+    while order.len() < HELLOS || answered_at_echo.is_none() {
+        assert!(Instant::now() < deadline, "stuck: {} answered", order.len());
+        el.run_once(Some(Duration::from_millis(20))).unwrap();
+        for (i, (sock, _)) in clients.iter().enumerate() {
+            if !answered[i] && has_bytes(sock) {
+                answered[i] = true;
+                order.push(i);
+            }
+        }
+        if answered_at_echo.is_none() && has_bytes(&plain) {
+            let mut buf = [0u8; 4];
+            plain.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"ping");
+            answered_at_echo = Some(order.len());
+        }
+    }
+    // Every client finishes its handshake: nobody waits in line for ever.
+    while clients.iter().any(|(_, c)| c.is_handshaking()) {
+        assert!(Instant::now() < deadline, "handshakes did not finish");
+        el.run_once(Some(Duration::from_millis(1))).unwrap();
+        for (sock, conn) in clients.iter_mut() {
+            match conn.read_tls(sock) {
+                Ok(_) => {
+                    conn.process_new_packets().unwrap();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("client: {e}"),
+            }
+            while conn.wants_write() {
+                conn.write_tls(sock).unwrap();
+            }
+        }
+    }
+    // The server counts a handshake when the client's Finished arrives.
+    while el.stats().tls_handshakes_ok < HELLOS as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "server did not count: {:?}",
+            el.stats()
+        );
+        el.run_once(Some(Duration::from_millis(1))).unwrap();
+    }
+    FairRun {
+        answered_at_echo: answered_at_echo.unwrap_or(HELLOS),
+        order,
+        stats: el.stats(),
+    }
+}
+
+#[test]
+fn tls_handshake_steps_past_the_turn_budget_wait_behind_plain_echo() {
+    let pki = TestPki::generate();
+    // A budget smaller than any step: one handshake step per turn.
+    let fair = fair_run(&pki, Duration::from_micros(1));
+    assert!(
+        fair.answered_at_echo <= 2,
+        "the ping waited behind {} handshakes",
+        fair.answered_at_echo
+    );
+    // First come, first served: the line is served in the order the hellos came.
+    assert_eq!(
+        fair.order,
+        (0..HELLOS).collect::<Vec<_>>(),
+        "order of service"
+    );
+    assert_eq!(
+        fair.stats.tls_handshakes_ok, HELLOS as u64,
+        "{:?}",
+        fair.stats
+    );
+    assert_eq!(fair.stats.tls_handshakes_failed, 0, "{:?}", fair.stats);
+
+    // Without a budget the same ping waits behind (nearly) every handshake: what the
+    // budget is for, and proof that this test can tell.
+    let unfair = fair_run(&pki, Duration::MAX);
+    assert!(
+        unfair.answered_at_echo >= HELLOS / 2,
+        "without a budget only {} handshakes went first",
+        unfair.answered_at_echo
+    );
+}

@@ -50,6 +50,31 @@ pub struct Pki {
 impl Pki {
     /// Makes the CA and the server certificate; `tag` keeps benches' temp dirs apart.
     pub fn generate(tag: &str) -> Pki {
+        Pki::generate_with(tag, rcgen::KeyPair::generate().expect("key"))
+    }
+
+    /// The same with an RSA-2048 server key (made by `openssl genpkey`, as ring cannot make
+    /// RSA keys); `None` without openssl.
+    pub fn generate_rsa(tag: &str) -> Option<Pki> {
+        let out = Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        let pem = String::from_utf8(out.stdout).ok()?;
+        let key = rcgen::KeyPair::from_pem(&pem).ok()?;
+        Some(Pki::generate_with(tag, key))
+    }
+
+    /// A CA (ECDSA P-256) and a certificate for `localhost` with the server key `key`.
+    pub fn generate_with(tag: &str, key: rcgen::KeyPair) -> Pki {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
         let dir = std::env::temp_dir().join(format!("echoloop-{tag}-pki-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -57,7 +82,6 @@ impl Pki {
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca =
             CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-        let key = KeyPair::generate().expect("key");
         let cert = CertificateParams::new(vec!["localhost".to_string()])
             .expect("params")
             .signed_by(&key, &ca)

@@ -319,6 +319,7 @@ fn recv_one<S>(inner: &mut Inner<S>, buf: &mut [u8], key: usize) -> One {
     }
     match d.sock.try_recv_from(buf) {
         Ok((n, from)) => {
+            inner.core.input_seen += 1;
             inner.core.stats.dgram_in(transport_of(&d.sock), 1, n);
             let id = ConnId::new(key, d.generation);
             trace_event!(
@@ -438,6 +439,7 @@ fn read_udp<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, batch: &mut RecvBatch,
             }
         };
         budget = budget.saturating_sub(n.max(1));
+        inner.core.input_seen += 1;
         trace_event!(inner.core.trace, TraceEvent::Batch { id, k: n });
         let bytes = (0..n).map(|i| batch.get(i).0.len()).sum();
         inner.core.stats.dgram_in(Transport::Udp, n as u64, bytes);

@@ -84,6 +84,7 @@ mod accept;
 mod core;
 mod ctx;
 mod datagram;
+mod hot;
 mod source;
 mod stream;
 mod wake;
@@ -229,6 +230,8 @@ pub struct EventLoop<S: 'static = ()> {
     running_callbacks: bool,
     /// When the last event arrived (for the busy-poll window).
     last_event: Instant,
+    /// Busy polling: the connections read without polling (see `hot`).
+    hot: hot::HotSet,
     /// Stopping, with connections lingering after their FIN: look at them again soon.
     lingering: bool,
 }
@@ -257,11 +260,13 @@ impl<S: 'static> EventLoop<S> {
     pub fn with_state(config: Config, state: S) -> io::Result<EventLoop<S>> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
+        let config = config.sanitized();
+        let busy_poll = config.busy_poll;
         Ok(EventLoop {
             inner: Inner {
                 poll,
                 slab: Slab::new(),
-                core: Core::new(config.sanitized()),
+                core: Core::new(config),
                 state,
                 loop_timers: std::collections::HashMap::new(),
                 on_stopping: None,
@@ -282,6 +287,7 @@ impl<S: 'static> EventLoop<S> {
             info_signal: None,
             running_callbacks: false,
             last_event: Instant::now(),
+            hot: hot::HotSet::new(busy_poll),
             lingering: false,
         })
     }
@@ -602,6 +608,13 @@ impl<S: 'static> EventLoop<S> {
         self.wait_for(None)
     }
 
+    /// The time the loop last read the clock: after its last poll, or at the start of its
+    /// last turn. A host that runs the loop turn by turn can use it instead of reading the
+    /// clock again (the handlers' `ctx.now()` is the same instant).
+    pub fn now(&self) -> Instant {
+        self.inner.core.now
+    }
+
     /// Number of live entries (listeners, sockets, connections).
     pub fn len(&self) -> usize {
         self.inner.slab.len()
@@ -651,19 +664,36 @@ impl<S: 'static> EventLoop<S> {
             return Ok(false);
         }
         let wait = self.wait_for(timeout);
-        match self.inner.poll.poll(&mut self.events, wait) {
-            Ok(()) => {}
-            // A signal interrupted the wait: not an error, just look again.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        // Busy polling: within the window, read the connections talking right now
+        // instead of asking epoll about them (`hot`).
+        let hot_turn = self.hot.on()
+            && self.hot.spin_now(
+                wait == Some(Duration::ZERO),
+                self.inner.core.now,
+                self.last_event,
+            );
+        if hot_turn {
+            self.events.clear();
+        } else {
+            match self.inner.poll.poll(&mut self.events, wait) {
+                Ok(()) => {}
+                // A signal interrupted the wait: not an error, just look again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            self.inner.core.now = Instant::now();
         }
         let events = self.events.iter().count();
         self.events_left = events >= EVENTS;
-        self.inner.core.now = Instant::now();
         if events > 0 {
             self.last_event = self.inner.core.now;
         }
+        self.inner.core.handshakes.new_turn();
         self.dispatch_events();
+        if hot_turn {
+            self.run_hot();
+        }
+        self.run_handshakes();
         if self.messages_left {
             self.messages_left = drain(&mut self.inner, &mut self.channels);
             self.wake.room_made();
@@ -710,6 +740,7 @@ impl<S: 'static> EventLoop<S> {
             || core.stop_request.is_some()
             || self.messages_left
             || self.events_left
+            || core.handshakes.any_waiting()
         {
             cap(Duration::ZERO);
         }
@@ -728,9 +759,19 @@ impl<S: 'static> EventLoop<S> {
             signals,
             signal_policy,
             info_signal,
+            hot,
             ..
         } = self;
         for event in events.iter() {
+            if hot.on() {
+                let id = match (event.token(), inner.slab.get(event.token().0)) {
+                    (Token(key), Some(e @ (Entry::Stream(_) | Entry::Dgram(_)))) => {
+                        Some(ConnId::new(key, e.generation()))
+                    }
+                    _ => None,
+                };
+                hot.saw(id, event.is_readable(), inner.core.now);
+            }
             match event.token() {
                 WAKER => {
                     if let Some(grace) = wake.woken() {
@@ -749,6 +790,47 @@ impl<S: 'static> EventLoop<S> {
                 }
                 Token(key) => dispatch(inner, bufs, recv_batch.as_deref_mut(), key, event),
             }
+            run_touched(inner);
+        }
+    }
+
+    /// A hot turn: reads every member of the hot set once, as a readiness event would
+    /// (`hot`). A read that finds nothing costs one system call.
+    fn run_hot(&mut self) {
+        let now = self.inner.core.now;
+        for id in self.hot.members().into_iter().flatten() {
+            let inner = &mut self.inner;
+            let before = inner.core.input_seen;
+            match inner.slab.get(id.key()) {
+                Some(e) if e.generation() != id.generation => self.hot.leave(id),
+                Some(Entry::Stream(_)) => stream::read_hot(inner, &mut self.bufs, id.key()),
+                Some(Entry::Dgram(_)) => {
+                    let batch = self.recv_batch.as_deref_mut();
+                    datagram::ready(inner, &mut self.bufs, batch, id.key(), true, false);
+                }
+                _ => self.hot.leave(id),
+            }
+            run_touched(&mut self.inner);
+            if self.inner.core.input_seen != before {
+                self.hot.had_input(id, now);
+                self.last_event = now;
+            }
+        }
+        self.hot.expire(now);
+    }
+
+    /// Serves the TLS handshake steps in line, oldest first, while this turn's budget
+    /// lasts (`core::Handshakes`): after this turn's events, so that plain connections
+    /// ready now go first.
+    fn run_handshakes(&mut self) {
+        while let Some(id) = self.inner.core.handshakes.next() {
+            let inner = &mut self.inner;
+            if let Some(Entry::Stream(e)) = inner.slab.get_mut(id.key()) {
+                if e.generation == id.generation && e.conn.poll_read_again() {
+                    stream::read_loop(inner, &mut self.bufs, id.key(), false);
+                }
+            }
+            inner.core.handshakes.done();
             run_touched(inner);
         }
     }
@@ -841,6 +923,7 @@ impl<S: 'static> EventLoop<S> {
                 }
                 self.inner.slab.clear();
                 self.inner.loop_timers.clear();
+                self.inner.core.handshakes.clear();
                 self.inner.core.phase = Phase::Stopped;
                 // Senders learn that nobody will read their messages.
                 self.channels.clear();

@@ -9,6 +9,7 @@
 //! the connection's; this file only carries them out.
 
 use std::io;
+use std::time::Instant;
 
 use mio::{Interest, Token};
 
@@ -256,6 +257,21 @@ pub(crate) fn ready<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, key: usize, r:
     }
 }
 
+/// A hot turn's read of a connection (busy polling, `super::hot`): as if a readiness
+/// event said readable, for a connection that reads now.
+pub(crate) fn read_hot<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, key: usize) {
+    match inner.slab.get(key) {
+        Some(Entry::Stream(e))
+            if !e.conn.is_closed()
+                && e.conn.state() != State::Connecting
+                && e.conn.wants_read() =>
+        {
+            read_loop(inner, bufs, key, true);
+        }
+        _ => {}
+    }
+}
+
 /// Completes a non-blocking connect. Writable does not mean connected (mio#1523): the
 /// result is in `SO_ERROR` (`take_error`), and `getpeername` succeeds only once really
 /// connected.
@@ -320,6 +336,17 @@ pub(crate) fn read_loop<S>(
             }
             return;
         }
+        // Fair handshakes (`core::Handshakes`): a step past this turn's budget waits in
+        // line, remembered as readable like a read past the read budget.
+        let handshaking = e.conn.state() == State::Handshaking;
+        if handshaking && inner.core.handshakes.must_wait() {
+            let id = ConnId::new(key, e.generation);
+            e.conn.handle_read_stopped();
+            trace_event!(inner.core.trace, TraceEvent::HandshakeWaits { id });
+            inner.core.handshakes.wait(id);
+            return;
+        }
+        let started = handshaking.then(Instant::now);
         let core = &mut inner.core;
         match e.stream.try_read(&mut bufs.wire) {
             Ok(0) => {
@@ -334,6 +361,7 @@ pub(crate) fn read_loop<S>(
                 return;
             }
             Ok(n) => {
+                core.input_seen += 1;
                 budget = budget.saturating_sub(n);
                 if e.counted {
                     core.stats.stream_in(e.transport, n);
@@ -354,6 +382,9 @@ pub(crate) fn read_loop<S>(
                     e.conn.handle_read_drained();
                 }
                 drive_input(inner, key, data);
+                if let Some(t) = started {
+                    inner.core.handshakes.charge(t.elapsed());
+                }
                 if drained {
                     return;
                 }

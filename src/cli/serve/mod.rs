@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// Close TLS connections whose handshake is not done within this.
     #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "10")]
     handshake_timeout: Duration,
+    /// Fair TLS handshakes: per turn of the loop, spend at most this long on handshake steps (at least one), so that other connections are served between them (0: one step per turn).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "500us")]
+    handshake_budget: Duration,
     /// On SIGINT/SIGTERM, give connections this long to finish before closing them.
     #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "5")]
     shutdown_timeout: Duration,
@@ -151,6 +154,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     config.max_connections = args.max_connections;
     config.idle_timeout = args.idle_timeout;
     config.handshake_timeout = args.handshake_timeout;
+    config.handshake_budget = args.handshake_budget;
     config.close_timeout = args.shutdown_timeout;
     config.high_water = usize::try_from(args.high_water).unwrap_or(usize::MAX);
     config.low_water = usize::try_from(args.low_water).unwrap_or(usize::MAX);
@@ -249,6 +253,7 @@ fn check_settings(args: &ServeArgs) -> Result<(), CliError> {
     for (flag, d) in [
         ("--idle-timeout", args.idle_timeout),
         ("--handshake-timeout", Some(args.handshake_timeout)),
+        ("--handshake-budget", Some(args.handshake_budget)),
         ("--shutdown-timeout", Some(args.shutdown_timeout)),
         ("--busy-poll", Some(args.busy_poll)),
         ("--stats-interval", args.stats_interval),
