@@ -288,3 +288,130 @@ fn busy_poll_serves_channels_and_other_sockets_while_spinning() {
     stop.stop(Duration::from_secs(1));
     thread.join().unwrap();
 }
+
+/// The loop's own client: pings its server without pause while `on` (issue 23's busy
+/// neighbour), counting round trips.
+#[derive(Default)]
+struct Neighbour {
+    on: bool,
+    trips: u64,
+}
+
+struct Pinger {
+    got: usize,
+}
+
+const PING: [u8; 32] = [7; 32];
+
+impl Handler<Neighbour> for Pinger {
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Neighbour>) {
+        ctx.send(&PING);
+    }
+    fn on_data(&mut self, ctx: &mut Ctx<'_, Neighbour>, data: &[u8]) {
+        self.got += data.len();
+        if self.got < PING.len() {
+            return;
+        }
+        self.got = 0;
+        ctx.state().trips += 1;
+        if ctx.state().on {
+            ctx.send(&PING);
+        } else {
+            ctx.close();
+        }
+    }
+}
+
+/// One round trip of 32 bytes from a blocking client, in microseconds.
+fn round_trip_us(s: &mut TcpStream) -> f64 {
+    let mut buf = [0u8; 32];
+    let t = Instant::now();
+    s.write_all(&PING).unwrap();
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, PING);
+    t.elapsed().as_secs_f64() * 1e6
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+fn busy_poll_a_quiet_connection_is_not_slowed_by_a_busy_one() {
+    // The loop pings itself without pause on one connection (both ends in the loop, so
+    // no other thread competes for the cores), while a client pings every 10 ms on
+    // another: the quiet client's round trip must not grow with its busy neighbour.
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let mut el =
+            EventLoop::with_state(busy_config(Duration::from_secs(5)), Neighbour::default())
+                .unwrap();
+        let any = Endpoint::Inet("127.0.0.1:0".parse().unwrap());
+        let bound = el
+            .listen(&any, ListenKind::Tcp, || {
+                Box::new(Echo) as Box<dyn Handler<Neighbour>>
+            })
+            .unwrap();
+        let addr = bound.addr.clone();
+        let switch = el.channel(4, move |ctx, on: bool| {
+            ctx.state().on = on;
+            if on {
+                let pinger = Box::new(Pinger { got: 0 });
+                ctx.connect(addr.clone(), echoloop::ConnectOptions::new(), pinger);
+            }
+        });
+        let (trips_tx, trips_rx) = mpsc::channel::<u64>();
+        let ask = el.channel(4, move |ctx, (): ()| {
+            let _ = trips_tx.send(ctx.state().trips);
+        });
+        tx.send((bound.addr, el.stop_handle(), switch, ask, trips_rx))
+            .unwrap();
+        while el.run_once(Some(Duration::from_millis(100))).unwrap() {}
+    });
+    let (addr, stop, switch, ask, trips) = rx.recv_timeout(common::DEADLINE).unwrap();
+    let Endpoint::Inet(addr) = addr else {
+        panic!("not an IP address")
+    };
+    let mut quiet = TcpStream::connect(addr).unwrap();
+    quiet.set_nodelay(true).unwrap();
+    quiet.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    round_trip_us(&mut quiet);
+    let (mut alone, mut beside) = (Vec::new(), Vec::new());
+    let mut busy_trips = 0;
+    // Alternating phases, so that the machine's slow and fast moments fall on both.
+    for _ in 0..3 {
+        for with_neighbour in [false, true] {
+            switch.try_send(with_neighbour).unwrap();
+            ask.try_send(()).unwrap();
+            let before = trips.recv_timeout(common::DEADLINE).unwrap();
+            for _ in 0..25 {
+                std::thread::sleep(Duration::from_millis(10));
+                let rtt = round_trip_us(&mut quiet);
+                if with_neighbour {
+                    beside.push(rtt);
+                } else {
+                    alone.push(rtt);
+                }
+            }
+            ask.try_send(()).unwrap();
+            let after = trips.recv_timeout(common::DEADLINE).unwrap();
+            if with_neighbour {
+                busy_trips += after - before;
+            }
+        }
+    }
+    switch.try_send(false).unwrap();
+    stop.stop(Duration::from_secs(1));
+    thread.join().unwrap();
+    let (alone, beside) = (median(alone), median(beside));
+    assert!(
+        busy_trips > 3_000,
+        "the neighbour was not busy: {busy_trips} round trips in 0.75 s"
+    );
+    assert!(
+        beside <= alone * 1.2,
+        "the quiet connection's round trip went from {alone:.1} µs alone to {beside:.1} µs \
+         beside a busy one ({busy_trips} round trips)"
+    );
+}
