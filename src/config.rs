@@ -49,6 +49,11 @@ pub struct Config {
     pub datagram_queue: usize,
     /// Bind IP sockets with `SO_REUSEPORT` (several loops sharing one address).
     pub reuse_port: bool,
+    /// Echo large reads of plain TCP and Unix connections whose handler is a plain echo
+    /// ([`crate::Handler::is_plain_echo`], as [`crate::Echo`]) without copying them
+    /// through user space: socket → pipe → socket with `splice(2)`. On by default; it
+    /// changes nothing else (backpressure, half-close, statistics).
+    pub zero_copy_echo: bool,
     /// Idle strategy: after the last event, keep polling without sleeping for up to this
     /// long before blocking in `epoll_wait` (see [`crate::event_loop`], "Busy polling").
     /// `None`, the default, blocks at once.
@@ -90,6 +95,7 @@ impl Default for Config {
             accept_backoff: Duration::from_millis(100),
             datagram_queue: 1024,
             reuse_port: false,
+            zero_copy_echo: true,
             busy_poll: None,
             udp_drop_ports: Vec::new(),
             trace: None,

@@ -15,6 +15,10 @@ impl<S> Handler<S> for Echo {
     fn on_data(&mut self, ctx: &mut Ctx<'_, S>, data: &[u8]) {
         ctx.send(data);
     }
+
+    fn is_plain_echo(&self) -> bool {
+        true
+    }
 }
 
 /// Datagram echo: every datagram goes back to its sender unchanged, empty ones included.

@@ -56,6 +56,17 @@ pub trait Handler<S = ()> {
     /// in one: a stream has no message boundaries.
     fn on_data(&mut self, ctx: &mut Ctx<'_, S>, data: &[u8]);
 
+    /// Whether this handler is a plain echo: it sends back every byte it is given,
+    /// unchanged and in order, and does nothing else with them. Asked once, when a
+    /// connection is accepted. If so, and the connection is plain TCP or Unix (not TLS),
+    /// the loop may echo its large reads without copying them through user space
+    /// (`splice(2)` through a pipe; see [`crate::Config::zero_copy_echo`]) and without
+    /// calling [`Handler::on_data`] for those bytes. [`crate::Echo`] says yes; the
+    /// default is no.
+    fn is_plain_echo(&self) -> bool {
+        false
+    }
+
     /// Everything sent so far has been handed to the kernel after it had to wait: the
     /// socket had been full, output sent from outside this connection's own callbacks
     /// waited for the end of the turn, or `pending_output` was asked and said more than

@@ -118,6 +118,14 @@ pub enum TraceEvent<'a> {
         /// The connection.
         id: ConnId,
     },
+    /// Bytes moved from the receive queue to the send queue without a copy (zero-copy
+    /// echo through a pipe, `splice(2)`).
+    Spliced {
+        /// The connection.
+        id: ConnId,
+        /// Bytes moved.
+        n: usize,
+    },
     /// The TLS handshake finished.
     HandshakeDone {
         /// The connection.
@@ -231,6 +239,7 @@ impl TraceEvent<'_> {
             TraceEvent::Accepted { .. } => "readiness",
             TraceEvent::EmfileBackoff { .. } => "running out of descriptors",
             TraceEvent::Wrote { .. } => "partial writes",
+            TraceEvent::Spliced { .. } => "partial writes (zero-copy echo)",
             TraceEvent::PausedReading { .. } | TraceEvent::ResumedReading { .. } => "backpressure",
             TraceEvent::Eof { .. } | TraceEvent::ShutdownWrite { .. } => "half-close",
             TraceEvent::HandshakeStarted { .. }
@@ -309,6 +318,12 @@ impl fmt::Display for TraceEvent<'_> {
                 write!(f, "{id} shutdown(write): our FIN after all output")?;
             }
             TraceEvent::HandshakeStarted { id } => write!(f, "{id} handshake started")?,
+            TraceEvent::Spliced { id, n } => {
+                write!(
+                    f,
+                    "{id} spliced {n} bytes: socket -> pipe -> socket, no copy"
+                )?;
+            }
             TraceEvent::HandshakeWaits { id } => {
                 write!(
                     f,

@@ -598,6 +598,15 @@ impl Connection {
         self.update_backpressure(limits);
     }
 
+    /// The driver moved `n` bytes from the socket's receive queue to its send queue
+    /// without them passing through here (zero-copy echo, `net::splice`): traffic both
+    /// ways, for the idle clock, and nothing owed.
+    pub(crate) fn handle_spliced(&mut self, now: Instant, n: usize) {
+        if n > 0 {
+            self.last_active = now;
+        }
+    }
+
     fn note_sent(&mut self, now: Instant, n: usize, blocked: bool) {
         if n > 0 {
             self.last_active = now;

@@ -52,6 +52,8 @@ pub(crate) struct Core {
     pub(crate) phase: Phase,
     /// Entries to read (or accept on) again without waiting for an event.
     pub(crate) ready: Vec<ConnId>,
+    /// The zero-copy echo's pipe, made when first needed (`net::splice`).
+    pub(crate) pipe: Option<crate::net::Pipe>,
     /// Reads that found input, ever: how a hot turn tells a read that found something
     /// (`hot`).
     pub(crate) input_seen: u64,
@@ -211,6 +213,7 @@ impl Core {
             limits: Limits::new(&config),
             handshakes: Handshakes::new(config.handshake_budget),
             input_seen: 0,
+            pipe: None,
             config,
             now: Instant::now(),
             timers: Timers::default(),
@@ -422,10 +425,42 @@ pub(crate) struct StreamEntry<S> {
     pub(crate) counted: bool,
     /// On the loop's list to write at the end of the turn (`Core::flush`).
     pub(crate) listed: bool,
+    /// Whether its reads may be echoed without a copy (`net::splice`), and whether they
+    /// are large enough now for that to pay.
+    pub(crate) splice: SpliceMode,
     /// The timer standing for `conn.poll_timeout()`.
     pub(crate) deadline: Option<TimerId>,
     /// The handler's timers, cancelled when the connection closes.
     pub(crate) user_timers: TimerList,
+}
+
+/// Zero-copy echo for one connection (`stream::splice_echo`), in one byte (the entry has
+/// exactly one to spare): off (TLS, a handler that is not a plain echo, or switched off);
+/// small (could splice, but its reads are small, and copying is cheaper); or bulk (its
+/// reads are large: spliced while nothing else is owed to it), counting the turns in a
+/// row that brought little — the tail of a large message arriving apart from the rest is
+/// one, and only a run of them means the traffic has become small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpliceMode(u8);
+
+impl SpliceMode {
+    pub(crate) const OFF: SpliceMode = SpliceMode(0);
+    pub(crate) const SMALL: SpliceMode = SpliceMode(1);
+    /// Bulk, with no small turn yet.
+    pub(crate) const BULK: SpliceMode = SpliceMode(2);
+
+    pub(crate) fn is_bulk(self) -> bool {
+        self.0 >= 2
+    }
+
+    /// Small turns in a row, while bulk.
+    pub(crate) fn small_turns(self) -> u8 {
+        self.0.saturating_sub(2)
+    }
+
+    pub(crate) fn one_more_small_turn(self) -> SpliceMode {
+        SpliceMode(self.0.saturating_add(1))
+    }
 }
 
 /// The timers a handler has set on its connection or socket. Most connections never set

@@ -167,7 +167,7 @@ impl HotSet {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{ConnId, Duration, HOT_CAP, HotSet, Instant, TURNS_PER_POLL};
 
     fn id(key: usize) -> ConnId {
         ConnId::new(key, 1)

@@ -14,7 +14,8 @@ use std::time::Instant;
 use mio::{Interest, Token};
 
 use super::core::{
-    Core, Entry, FailedEntry, Inner, StreamEntry, TimerList, as_stream, entry_at, stream_at,
+    Core, Entry, FailedEntry, Inner, SpliceMode, StreamEntry, TimerList, as_stream, entry_at,
+    stream_at,
 };
 use crate::config::ConnectOptions;
 use crate::conn::{CloseReason, Connection, Event, Session, State, Teardown};
@@ -88,6 +89,14 @@ pub(crate) fn add_accepted<S>(
     }
     let id = inner.core.next_id(key);
     log::debug!("{id} open from {peer}");
+    let splice = if inner.core.config.zero_copy_echo
+        && matches!(session, Session::Plain)
+        && handler.is_plain_echo()
+    {
+        SpliceMode::SMALL
+    } else {
+        SpliceMode::OFF
+    };
     if matches!(session, Session::Tls(_)) {
         trace_event!(inner.core.trace, TraceEvent::HandshakeStarted { id });
     }
@@ -100,6 +109,7 @@ pub(crate) fn add_accepted<S>(
         transport,
         counted,
         listed: false,
+        splice,
         deadline: None,
         user_timers: TimerList::default(),
     }));
@@ -142,6 +152,7 @@ pub(crate) fn connect<S>(
                 transport,
                 counted: true,
                 listed: false,
+                splice: SpliceMode::OFF,
                 deadline: None,
                 user_timers: TimerList::default(),
             })
@@ -347,6 +358,11 @@ pub(crate) fn read_loop<S>(
             return;
         }
         let started = handshaking.then(Instant::now);
+        // Zero-copy echo: large reads of a plain echo, with nothing else owed (which
+        // would have to go first), move socket → pipe → socket.
+        if e.splice.is_bulk() && e.conn.state() == State::Open && e.conn.pending_output() == 0 {
+            return splice_echo(inner, bufs, key, budget);
+        }
         let core = &mut inner.core;
         match e.stream.try_read(&mut bufs.wire) {
             Ok(0) => {
@@ -362,6 +378,9 @@ pub(crate) fn read_loop<S>(
             }
             Ok(n) => {
                 core.input_seen += 1;
+                if n >= SPLICE_MIN && e.splice == SpliceMode::SMALL {
+                    e.splice = SpliceMode::BULK;
+                }
                 budget = budget.saturating_sub(n);
                 if e.counted {
                     core.stats.stream_in(e.transport, n);
@@ -407,6 +426,137 @@ pub(crate) fn read_loop<S>(
             }
         }
     }
+}
+
+/// A connection is spliced while one turn's reads bring at least this much: below it,
+/// the two `splice` calls cost more than the copies they save (README, "Zero-copy echo").
+const SPLICE_MIN: usize = 32 * 1024;
+
+/// A spliced connection goes back to copying after this many turns in a row that brought
+/// less than [`SPLICE_MIN`].
+const SMALL_TURNS: u8 = 8;
+
+/// At most this much is spliced in per call: what one read takes in the copying path.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Zero-copy echo (`net::splice`): moves what the socket has received into the loop's
+/// pipe and from the pipe into the socket's send queue, until the receive queue is
+/// empty, the turn's read budget is spent, or the send queue is full. In the last case
+/// what the pipe still holds is read into the connection's send buffer, so it is owed
+/// output like any other (backpressure, the FIN after it, the graceful stop) and the pipe
+/// is empty for the next connection. The handler is not called for these bytes
+/// ([`crate::Handler::is_plain_echo`]).
+fn splice_echo<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, key: usize, mut budget: usize) {
+    let Inner { slab, core, .. } = inner;
+    let Some(Entry::Stream(e)) = slab.get_mut(key) else {
+        return;
+    };
+    let id = ConnId::new(key, e.generation);
+    if core.pipe.is_none() {
+        match crate::net::Pipe::new() {
+            Ok(p) => core.pipe = Some(p),
+            Err(err) => {
+                // Out of descriptors, say: copying works as well, only dearer.
+                log::debug!("no pipe for zero-copy echo ({err}): copying instead");
+                e.splice = SpliceMode::OFF;
+                core.schedule_read(id);
+                return;
+            }
+        }
+    }
+    let Some(pipe) = core.pipe.as_mut() else {
+        return;
+    };
+    let mut moved = 0;
+    loop {
+        if budget == 0 {
+            // Fairness, as in `read_loop`.
+            e.conn.handle_read_stopped();
+            if e.conn.poll_read_again() {
+                core.schedule_read(id);
+            }
+            break;
+        }
+        // Every fill is drained before the next, so the pipe is empty here.
+        match pipe.fill(&e.stream, budget.min(READ_CHUNK)) {
+            Ok(0) => {
+                trace_event!(core.trace, TraceEvent::Eof { id });
+                e.conn.handle_eof(core.now);
+                break;
+            }
+            Ok(n) => {
+                core.input_seen += 1;
+                budget = budget.saturating_sub(n);
+                moved += n;
+                if e.counted {
+                    core.stats.stream_in(e.transport, n);
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                trace_event!(core.trace, TraceEvent::WouldBlock { id });
+                e.conn.handle_read_drained();
+                break;
+            }
+            Err(err) => {
+                e.conn.handle_io_error(err);
+                break;
+            }
+        }
+        let mut failed = None;
+        while pipe.held() > 0 {
+            match pipe.drain(&e.stream) {
+                Ok(n) => {
+                    if e.counted {
+                        core.stats.stream_out(e.transport, n);
+                        core.stats.write_calls += 1;
+                    }
+                    e.conn.handle_spliced(core.now, n);
+                    trace_event!(core.trace, TraceEvent::Spliced { id, n });
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) => {
+                    failed = Some(err);
+                    break;
+                }
+            }
+        }
+        if let Some(err) = failed {
+            // The connection is done for; what the pipe holds goes with the pipe.
+            core.pipe = None;
+            e.conn.handle_io_error(err);
+            break;
+        }
+        if pipe.held() > 0 {
+            // The peer's window is full: the rest is owed the ordinary way, and the
+            // socket may hold more for the reads that follow (now through user space).
+            while pipe.held() > 0 {
+                match pipe.take_rest(&mut bufs.wire) {
+                    Ok(n) if n > 0 => e.conn.queue(&bufs.wire[..n], &core.limits, &mut core.pool),
+                    _ => {
+                        // A pipe that cannot be read back (never expected): drop it
+                        // and the connection, rather than echo out of order.
+                        core.pipe = None;
+                        e.conn
+                            .handle_io_error(io::Error::other("zero-copy echo pipe failed"));
+                        break;
+                    }
+                }
+            }
+            e.conn.handle_read_stopped();
+            if e.conn.poll_read_again() {
+                core.schedule_read(id);
+            }
+            break;
+        }
+    }
+    e.splice = if moved >= SPLICE_MIN {
+        SpliceMode::BULK
+    } else if e.splice.small_turns() >= SMALL_TURNS {
+        SpliceMode::SMALL
+    } else {
+        e.splice.one_more_small_turn()
+    };
+    drive(inner, key);
 }
 
 /// Runs the connection's outputs until it has nothing more to say: events to its handler,

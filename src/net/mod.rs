@@ -12,6 +12,7 @@ mod addr;
 mod datagram;
 mod listener;
 mod mmsg;
+mod splice;
 mod stream;
 mod sys;
 
@@ -19,6 +20,7 @@ pub use addr::{Endpoint, PeerAddr, UnixName, resolve_all, resolve_one, wildcard_
 pub(crate) use datagram::Datagram;
 pub(crate) use listener::{BindOptions, Listener, bind_tcp, bind_udp, bind_unix};
 pub(crate) use mmsg::{BATCH, RecvBatch, SendBatch};
+pub(crate) use splice::Pipe;
 pub(crate) use stream::Stream;
 pub(crate) use sys::is_per_connection;
 pub use sys::{Adopted, check_adopted};

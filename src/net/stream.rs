@@ -41,6 +41,15 @@ impl Stream {
         })
     }
 
+    /// The socket's descriptor, for calls std and mio do not offer (`splice`).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
     /// Half-close: sends FIN after everything already queued; we can still read.
     pub(crate) fn shutdown_write(&self) -> io::Result<()> {
         let r = match self {
