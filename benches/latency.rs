@@ -1,14 +1,16 @@
 //! cargo bench --bench latency
 //!
 //! Round-trip latency at this machine's limit: one connection, 64-byte ping-pong on
-//! loopback, server pinned to core 0 and client to core 1, for four pairs on the same
+//! loopback, server pinned to core 0 and client to core 1, for five pairs on the same
 //! work — (1) `echoloop bench` ↔ `echoloop serve`, blocking; (2) the same pair, both with
 //! `--busy-poll`; (3) `sockperf ping-pong` ↔ `sockperf server` with defaults; (4) sockperf
-//! with both sides `--nonblocked --timeout 0` — over TCP and UDP, alternating the pairs
-//! round by round (A B C D A B C D). sockperf's client talks only to its own server (its
-//! server flips a header flag in each reply), so the comparison is pair against pair; it
-//! reports round trips with `--full-rtt`. Then the CPU a `--busy-poll` server uses in
-//! the second after the last message, and 10 and 100 connections with and without
+//! with both sides `--nonblocked --timeout 0`; (5) `echoloop bench --busy-poll --sockperf`
+//! ↔ the busy `sockperf server` of (4) — over TCP and UDP, alternating the pairs round by
+//! round (A B C D E A B C D E). sockperf's client talks only to its own server (its server
+//! flips a header flag in each reply), so (1)-(4) compare pair against pair; (5) speaks
+//! sockperf's format, so (5) against (4) compares the two clients on the same server.
+//! sockperf reports round trips with `--full-rtt`. Then the CPU a `--busy-poll` server
+//! uses in the second after the last message, and 10 and 100 connections with and without
 //! busy polling (messages per second, server CPU per message).
 //!
 //! Without sockperf (Debian package `sockperf`) it says how to install it and runs the
@@ -68,6 +70,7 @@ fn main() {
             },
             Pair::Sockperf { spin: false },
             Pair::Sockperf { spin: true },
+            Pair::EcholoopOnSockperf { busy: busy.clone() },
         ]
         .into_iter()
         .filter(|p| sockperf || matches!(p, Pair::Echoloop { .. }))
@@ -94,7 +97,7 @@ fn main() {
                 m(|s| s.msgs_per_sec)
             );
         }
-        if results.len() == 4 {
+        if results.len() == 5 {
             // Round by round, each pair against the one measured next to it in time.
             let paired = |a: usize, b: usize| {
                 median(
@@ -110,6 +113,11 @@ fn main() {
                 "",
                 paired(1, 3),
                 paired(0, 2)
+            );
+            println!(
+                "{:<5}   ratio p50: echoloop bench --busy-poll / sockperf client, both against sockperf's busy server {:.2}x",
+                "",
+                paired(4, 3)
             );
         }
     }
@@ -127,9 +135,14 @@ struct Sample {
     msgs_per_sec: f64,
 }
 
+/// One client and one server, measured together.
 enum Pair {
+    /// `echoloop bench` ↔ `echoloop serve`, both with `--busy-poll` when `busy` is set.
     Echoloop { busy: Option<String> },
+    /// `sockperf ping-pong` ↔ `sockperf server`, both `--nonblocked --timeout 0` with `spin`.
     Sockperf { spin: bool },
+    /// `echoloop bench --busy-poll --sockperf` against sockperf's busy server.
+    EcholoopOnSockperf { busy: String },
 }
 
 impl Pair {
@@ -139,6 +152,9 @@ impl Pair {
             Pair::Echoloop { busy: Some(b) } => format!("(2) echoloop, both --busy-poll {b}"),
             Pair::Sockperf { spin: false } => "(3) sockperf pp/sr, defaults".into(),
             Pair::Sockperf { spin: true } => "(4) sockperf, --nonblocked --timeout 0".into(),
+            Pair::EcholoopOnSockperf { busy } => {
+                format!("(5) echoloop --busy-poll {busy} -> sr of (4)")
+            }
         }
     }
 
@@ -148,6 +164,13 @@ impl Pair {
                 echoloop_pair(transport, busy.as_deref(), 1, secs, pin).map(|(s, _)| s)
             }
             Pair::Sockperf { spin } => sockperf_pair(transport, *spin, secs, pin),
+            Pair::EcholoopOnSockperf { busy } => {
+                let (server, port) = sockperf_server(transport, true, pin)?;
+                let addr = format!("127.0.0.1:{port}");
+                let r = echoloop_bench(transport, &addr, Some(busy), 1, secs, pin, &["--sockperf"]);
+                drop(server);
+                r.map(|(s, _)| s)
+            }
         }
     }
 }
@@ -188,11 +211,28 @@ fn echoloop_pair(
     let (server, addr) = echoloop_server(transport, busy, pin)?;
     let pid = server.0.id();
     let before = proc_cpu_ticks(pid).map_err(|e| e.to_string())?;
+    let (sample, messages) = echoloop_bench(transport, &addr, busy, connections, secs, pin, &[])?;
+    let after = proc_cpu_ticks(pid).map_err(|e| e.to_string())?;
+    let cpu_us = (after - before) as f64 / clock_ticks_per_sec() as f64 * 1e6;
+    Ok((sample, cpu_us / messages.max(1.0)))
+}
+
+/// `echoloop bench` (on core 1) against the server at `addr`, with `extra` options;
+/// returns its sample and the messages it completed.
+fn echoloop_bench(
+    transport: &str,
+    addr: &str,
+    busy: Option<&str>,
+    connections: usize,
+    secs: f64,
+    pin: bool,
+    extra: &[&str],
+) -> Result<(Sample, f64), String> {
     let mut c = pinned(pin, "1", ECHOLOOP);
     c.args([
         "bench",
         transport,
-        &addr,
+        addr,
         "--connections",
         &connections.to_string(),
         "--size",
@@ -206,11 +246,11 @@ fn echoloop_pair(
     if let Some(b) = busy {
         c.args(["--busy-poll", b]);
     }
+    c.args(extra);
     let out = c
         .stderr(Stdio::null())
         .output()
         .map_err(|e| e.to_string())?;
-    let after = proc_cpu_ticks(pid).map_err(|e| e.to_string())?;
     let json = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         return Err(format!("bench failed: {json}"));
@@ -220,8 +260,6 @@ fn echoloop_pair(
         .map(|i| &json[i..])
         .ok_or("no latency in report")?;
     let num = |text: &str, key: &str| json_num(text, key).ok_or(format!("no {key} in {json}"));
-    let messages = num(&json, "messages")?;
-    let cpu_us = (after - before) as f64 / clock_ticks_per_sec() as f64 * 1e6;
     Ok((
         Sample {
             min: num(lat, "min")?,
@@ -230,7 +268,7 @@ fn echoloop_pair(
             p999: num(lat, "p99_9")?,
             msgs_per_sec: num(&json, "msgs_per_sec")?,
         },
-        cpu_us / messages.max(1.0),
+        num(&json, "messages")?,
     ))
 }
 
@@ -255,9 +293,7 @@ fn free_port(transport: &str) -> Result<u16, String> {
 
 /// `sockperf ping-pong` against `sockperf server`, round trips (`--full-rtt`).
 fn sockperf_pair(transport: &str, spin: bool, secs: f64, pin: bool) -> Result<Sample, String> {
-    let port = free_port(transport)?.to_string();
-    let mut sr = pinned(pin, "0", "sockperf");
-    sr.args(["server", "-i", "127.0.0.1", "-p", &port]);
+    let (server, port) = sockperf_server(transport, spin, pin)?;
     let mut pp = pinned(pin, "1", "sockperf");
     pp.args([
         "ping-pong",
@@ -271,13 +307,32 @@ fn sockperf_pair(transport: &str, spin: bool, secs: f64, pin: bool) -> Result<Sa
         &format!("{}", secs.ceil() as u64),
         "--full-rtt",
     ]);
-    for c in [&mut sr, &mut pp] {
-        if transport == "tcp" {
-            c.arg("--tcp");
-        }
-        if spin {
-            c.args(["--nonblocked", "--timeout", "0"]);
-        }
+    if transport == "tcp" {
+        pp.arg("--tcp");
+    }
+    if spin {
+        pp.args(["--nonblocked", "--timeout", "0"]);
+    }
+    let out = pp
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    drop(server);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    parse_sockperf(&text).ok_or_else(|| format!("cannot read sockperf's output:\n{text}"))
+}
+
+/// Starts `sockperf server` on core 0 (busy with `spin`: `--nonblocked --timeout 0`);
+/// returns it, ready, with its port.
+fn sockperf_server(transport: &str, spin: bool, pin: bool) -> Result<(Server, String), String> {
+    let port = free_port(transport)?.to_string();
+    let mut sr = pinned(pin, "0", "sockperf");
+    sr.args(["server", "-i", "127.0.0.1", "-p", &port]);
+    if transport == "tcp" {
+        sr.arg("--tcp");
+    }
+    if spin {
+        sr.args(["--nonblocked", "--timeout", "0"]);
     }
     let mut child = sr
         .stdout(Stdio::piped())
@@ -296,13 +351,7 @@ fn sockperf_pair(transport: &str, spin: bool, secs: f64, pin: bool) -> Result<Sa
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    let out = pp
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
-    drop(server);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    parse_sockperf(&text).ok_or_else(|| format!("cannot read sockperf's output:\n{text}"))
+    Ok((server, port))
 }
 
 /// Reads sockperf's percentile lines and its valid-duration message count.

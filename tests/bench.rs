@@ -1,9 +1,10 @@
 //! `echoloop bench` against real servers on loopback: `echoloop serve` for every transport,
-//! and small misbehaving servers written here (one corrupts a byte, one drops datagrams,
-//! one answers late or twice) to prove the generator notices.
+//! a real `sockperf server` for `--sockperf` (Debian package `sockperf`), and small
+//! misbehaving servers written here (one corrupts a byte, one drops datagrams, one answers
+//! late or twice) to prove the generator notices.
 //!
-//! Every run is short (well under a second of load) and every helper server stops with the
-//! test or at `common::DEADLINE`.
+//! Every run is short (well under a second of load; the sockperf runs a second) and every
+//! helper server stops with the test or at `common::DEADLINE`.
 
 mod common;
 
@@ -242,6 +243,100 @@ fn bench_unix_dgram_clean_run() {
     let server = Proc::serve(&["--unix-dgram", p]);
     let rest = ["--size", "2k", "--duration", "0.5"];
     clean_run("unix-dgram", &server.addr("unix-dgram"), 3, 2048, &rest);
+}
+
+/// A `sockperf server` on loopback for `transport` with `extra` options, and its address.
+/// sockperf takes its port on the command line, so a port free a moment ago is named; if
+/// another process took it meanwhile, the server exits, and another port is tried. Ready
+/// when it says how it waits for messages (its `[tid N]` line, after binding).
+fn sockperf_server(transport: &str, extra: &[&str]) -> (Proc, String) {
+    if let Err(e) = std::process::Command::new("sockperf")
+        .arg("--version")
+        .output()
+    {
+        panic!(
+            "cannot run sockperf ({e}): the --sockperf tests need it; install it with \
+             `apt-get install -y sockperf`"
+        );
+    }
+    for _ in 0..3 {
+        let port = if transport == "tcp" {
+            TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr())
+        } else {
+            UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+        }
+        .unwrap()
+        .port()
+        .to_string();
+        let mut cmd = std::process::Command::new("sockperf");
+        cmd.args(["server", "-i", "127.0.0.1", "-p", &port]);
+        if transport == "tcp" {
+            cmd.arg("--tcp");
+        }
+        cmd.args(extra);
+        let server = Proc::spawn_command(cmd);
+        let deadline = Instant::now() + common::DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match server.stdout.recv_timeout(left) {
+                Ok(line) if line.contains("[tid") => return (server, format!("127.0.0.1:{port}")),
+                Ok(_) => {}
+                // Its stdout closed: it exited (the port was taken, most likely).
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("sockperf server did not start: {}", server.stderr_text())
+                }
+            }
+        }
+    }
+    panic!("sockperf server exited at once on three free ports");
+}
+
+/// `echoloop bench <transport> --sockperf` for a second against `addr`, which must be a
+/// clean run: echoes completed, every one as expected, nothing else gone wrong.
+fn sockperf_clean_run(transport: &str, addr: &str, connections: u64, rest: &[&str]) -> Json {
+    let args = [&["--sockperf", "--duration", "1s"], rest].concat();
+    let r = bench_ok(transport, addr, connections, &args);
+    assert_eq!(r.str("payload"), "sockperf", "{r}");
+    assert!(r.num("messages") > 0.0, "{r}");
+    assert_clean(&r, connections);
+    for key in [
+        "late",
+        "duplicates",
+        "wrong_source",
+        "closed_by_server",
+        "broken",
+        "unanswered",
+    ] {
+        assert_eq!(r.num(key), 0.0, "{key}: {r}");
+    }
+    r
+}
+
+#[test]
+fn bench_sockperf_udp_against_a_sockperf_server() {
+    let (_server, addr) = sockperf_server("udp", &[]);
+    // Sizes that vary: sockperf frames datagrams by the length in their header too, so
+    // each must carry its own.
+    let rest = ["--size", "14..2k", "--pipeline", "2"];
+    sockperf_clean_run("udp", &addr, 2, &rest);
+}
+
+#[test]
+fn bench_sockperf_tcp_against_a_sockperf_server() {
+    let (_server, addr) = sockperf_server("tcp", &[]);
+    let rest = ["--size", "100", "--pipeline", "4"];
+    let r = sockperf_clean_run("tcp", &addr, 2, &rest);
+    assert_report_sane(&r, "tcp", 2, 100);
+    // A stream of varying sizes: framed by each header's length.
+    sockperf_clean_run("tcp", &addr, 1, &["--size", "14:5,1k:3,60k:1"]);
+}
+
+#[test]
+fn bench_sockperf_busy_poll_against_a_sockperf_server() {
+    let (_server, addr) = sockperf_server("tcp", &[]);
+    let r = sockperf_clean_run("tcp", &addr, 1, &["--busy-poll", "1ms"]);
+    assert_eq!(r.str("idle_strategy"), "busy-poll 1ms", "{r}");
 }
 
 /// `args` followed by the options to trust `ca` for the name `localhost`.
@@ -1078,6 +1173,37 @@ fn bench_bad_arguments_fail_with_a_message() {
         (
             &["bench", "merge", "/nonexistent.json"],
             "/nonexistent.json",
+        ),
+        (
+            &["bench", "tls", "127.0.0.1:1", "--sockperf"],
+            "--sockperf applies to tcp and udp only",
+        ),
+        (
+            &["bench", "unix", "/tmp/x.sock", "--sockperf"],
+            "--sockperf applies to tcp and udp only",
+        ),
+        (
+            &["bench", "unix-dgram", "/tmp/x.sock", "--sockperf"],
+            "--sockperf applies to tcp and udp only",
+        ),
+        (
+            &["bench", "udp", "127.0.0.1:1", "--sockperf", "--size", "13"],
+            "14-byte header",
+        ),
+        (
+            &[
+                "bench",
+                "tcp",
+                "127.0.0.1:1",
+                "--sockperf",
+                "--size",
+                "8:1,1k:1",
+            ],
+            "14-byte header",
+        ),
+        (
+            &["bench", "tcp", "127.0.0.1:1", "--sockperf", "--size", "1M"],
+            "at most 1048575",
         ),
     ];
     for (args, needle) in cases {

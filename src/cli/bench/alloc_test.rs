@@ -1,5 +1,6 @@
 //! `bench` allocates nothing per message in steady state: its allocations are counted
-//! while it runs in this process against an echo server of the library's on a thread.
+//! while it runs in this process against an echo server of the library's on a thread,
+//! with its own payload and with `--sockperf`'s (against a stand-in for sockperf's server).
 //!
 //! The count is process-wide (a counting global allocator), so the measuring test runs
 //! alone: it starts this test binary again with only itself selected, one test thread, and
@@ -10,6 +11,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use clap::Parser;
+
+use super::pattern::SOCKPERF_HEADER;
 
 /// Counts allocations while `COUNT_NOW` is on.
 struct Counting;
@@ -79,6 +82,65 @@ fn counted_run(addr: &str, duration: &str, extra: &[&str]) -> (u64, u64) {
     (ALLOCS.load(Ordering::SeqCst), total)
 }
 
+/// A `sockperf server` in miniature, for the `--sockperf` runs: frames the stream by the
+/// length in each message's header and echoes the message with the CLIENT flag cleared,
+/// allocating nothing per message itself.
+#[derive(Default)]
+struct SockperfLike {
+    /// Bytes of the current message seen so far.
+    at: usize,
+    /// Its length, once its header is in.
+    len: usize,
+    header: [u8; SOCKPERF_HEADER],
+}
+
+impl<S> echoloop::Handler<S> for SockperfLike {
+    fn on_data(&mut self, ctx: &mut echoloop::Ctx<'_, S>, data: &[u8]) {
+        let mut data = data;
+        while !data.is_empty() {
+            if self.at < SOCKPERF_HEADER {
+                let n = (SOCKPERF_HEADER - self.at).min(data.len());
+                self.header[self.at..self.at + n].copy_from_slice(&data[..n]);
+                self.at += n;
+                data = &data[n..];
+                if self.at == SOCKPERF_HEADER {
+                    // Flags are a big-endian u16 at 8: CLIENT is the low bit of byte 9.
+                    self.header[9] &= !1;
+                    let len: [u8; 4] = self.header[10..].try_into().expect("4 bytes");
+                    self.len = u32::from_be_bytes(len) as usize;
+                    ctx.send(&self.header);
+                }
+            } else {
+                let n = (self.len - self.at).min(data.len());
+                ctx.send(&data[..n]);
+                self.at += n;
+                data = &data[n..];
+            }
+            if self.at >= SOCKPERF_HEADER && self.at == self.len {
+                self.at = 0;
+            }
+        }
+    }
+}
+
+/// Allocations that a second of messages adds, short run against long, with `extra`
+/// arguments (setup and per-connection costs are the same in both runs).
+fn extra_allocations(addr: &str, extra: &[&str]) -> u64 {
+    let (short_allocs, short_msgs) = counted_run(addr, "0.3", extra);
+    let (long_allocs, long_msgs) = counted_run(addr, "1.3", extra);
+    assert!(
+        long_msgs > short_msgs + 10_000,
+        "{extra:?}: {short_msgs} vs {long_msgs}"
+    );
+    let extra_allocs = long_allocs.saturating_sub(short_allocs);
+    println!(
+        "{extra:?}: {extra_allocs} more allocations for {} more messages ({short_allocs} -> \
+         {long_allocs})",
+        long_msgs - short_msgs
+    );
+    extra_allocs
+}
+
 #[test]
 fn bench_steady_state_allocates_nothing_per_message() {
     if std::env::var_os(MEASURE).is_none() {
@@ -106,34 +168,44 @@ fn bench_steady_state_allocates_nothing_per_message() {
         );
         return;
     }
-    // The child: an echo server of the library's on a thread, then two runs.
+    // The child: echo servers of the library's on a thread, then two runs against each.
     let (tx, rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
         let mut el = echoloop::EventLoop::new(echoloop::Config::default()).expect("loop");
         let any = echoloop::Endpoint::Inet(([127, 0, 0, 1], 0).into());
-        let bound = el
+        let echo = el
             .listen(&any, echoloop::ListenKind::Tcp, || Box::new(echoloop::Echo))
             .expect("listen");
-        let _ = tx.send((bound.addr.to_string(), el.stop_handle()));
+        let sockperf = el
+            .listen(&any, echoloop::ListenKind::Tcp, || {
+                Box::new(SockperfLike::default())
+            })
+            .expect("listen");
+        let addrs = (echo.addr.to_string(), sockperf.addr.to_string());
+        let _ = tx.send((addrs, el.stop_handle()));
         el.run()
     });
-    let (addr, stop) = rx.recv().expect("the server started");
-    let extra = ["-c", "4", "--pipeline", "2"];
-    let (short_allocs, short_msgs) = counted_run(&addr, "0.3", &extra);
-    let (long_allocs, long_msgs) = counted_run(&addr, "1.3", &extra);
+    let ((echo, sockperf), stop) = rx.recv().expect("the server started");
+    let plain = extra_allocations(&echo, &["-c", "4", "--pipeline", "2"]);
+    // Sizes that vary: each header carries its own message's length.
+    let sockperf_args = [
+        "-c",
+        "4",
+        "--pipeline",
+        "2",
+        "--sockperf",
+        "--size",
+        "14..200",
+    ];
+    let with_sockperf = extra_allocations(&sockperf, &sockperf_args);
     stop.stop(std::time::Duration::ZERO);
     let _ = server.join();
-    assert!(
-        long_msgs > short_msgs + 10_000,
-        "{short_msgs} vs {long_msgs}"
-    );
-    // Setup and per-connection costs are the same in both runs; what differs is a second
-    // of messages and one progress line. One allocation per message would be tens of
-    // thousands.
-    let extra_allocs = long_allocs.saturating_sub(short_allocs);
-    assert!(
-        extra_allocs < 200,
-        "{extra_allocs} more allocations for {} more messages ({short_allocs} -> {long_allocs})",
-        long_msgs - short_msgs
-    );
+    // What differs between the runs is a second of messages and one progress line. One
+    // allocation per message would be tens of thousands.
+    for (what, extra_allocs) in [("plain", plain), ("--sockperf", with_sockperf)] {
+        assert!(
+            extra_allocs < 200,
+            "{what}: {extra_allocs} more allocations"
+        );
+    }
 }

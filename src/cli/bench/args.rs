@@ -179,6 +179,12 @@ pub struct BenchArgs {
     /// messages at most 64M.
     #[arg(long, value_name = "BYTES", value_parser = parse_sizes, default_value = "64")]
     pub(super) size: Sizes,
+    /// Speak sockperf's message format, to measure a `sockperf server` (each message
+    /// starts with its 14-byte header; the echo is expected with the client flag
+    /// cleared). tcp and udp; --size from 14 to 1048575 bytes, though a sockperf server takes
+    /// messages above 65507 bytes only when started with `-m SIZE`.
+    #[arg(long)]
+    pub(super) sockperf: bool,
     /// Length of the measured window (10s, 2m).
     #[arg(long, short = 'd', value_name = "SECS", value_parser = parse_duration, default_value = "10s")]
     pub(super) duration: Duration,

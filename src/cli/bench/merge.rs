@@ -233,6 +233,9 @@ fn check_together(parts: &[Part]) -> Result<(f64, f64), CliError> {
         if a.transport != b.transport {
             return Err(differ("transports", &a.transport, &b.transport).into());
         }
+        if a.payload != b.payload {
+            return Err(differ("payloads", &a.payload, &b.payload).into());
+        }
         if a.size != b.size {
             return Err(differ("message sizes", &a.size, &b.size).into());
         }
@@ -378,6 +381,7 @@ fn merge(parts: &[Part], window: (f64, f64)) -> Result<Report, CliError> {
         mode: first.mode.clone(),
         transport: first.transport.clone(),
         idle_strategy: first.idle_strategy.clone(),
+        payload: first.payload.clone(),
         size: first.size,
         segment: SegmentInfo {
             index: 0,

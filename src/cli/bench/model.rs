@@ -369,6 +369,7 @@ impl Env {
         Pattern {
             template: &self.template,
             size: self.s.sizes.of(key, seq),
+            payload: self.s.payload,
         }
     }
 

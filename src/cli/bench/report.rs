@@ -199,6 +199,11 @@ pub struct Report {
     pub target: String,
     /// How the generator's loops wait for events: `block`, or `busy-poll 50µs`...
     pub idle_strategy: String,
+    /// What each message starts with: `echoloop` (its own 8-byte header) or `sockperf`
+    /// (sockperf's 14-byte header, `--sockperf`, for a `sockperf server`). Reports
+    /// written before this field read as `echoloop`.
+    #[serde(default = "echoloop_payload")]
+    pub payload: String,
     /// Message size in bytes: the largest, when sizes vary.
     #[serde(default)]
     pub size: u64,
@@ -312,6 +317,11 @@ pub struct Report {
     pub histograms: Option<Histograms>,
 }
 
+/// [`Report::payload`] of a run without `--sockperf`, and of reports older than the field.
+fn echoloop_payload() -> String {
+    "echoloop".into()
+}
+
 /// The JSON form: the report's own fields, then the derived rates.
 #[derive(Serialize)]
 struct Wire<'a> {
@@ -387,6 +397,10 @@ impl fmt::Display for Report {
         }
         if !self.idle_strategy.is_empty() {
             writeln!(f, "{:<W$}{}", "idle", self.idle_strategy)?;
+        }
+        // Only the unusual one is worth a line.
+        if !self.payload.is_empty() && self.payload != echoloop_payload() {
+            writeln!(f, "{:<W$}{}", "payload", self.payload)?;
         }
         writeln!(
             f,
@@ -577,6 +591,7 @@ mod tests {
             "transport",
             "target",
             "idle_strategy",
+            "payload",
             "size",
             "segment",
             "connections_requested",
@@ -653,6 +668,21 @@ mod tests {
         assert!(v["duration_secs"].is_null());
         assert!(Report::from_json("{\"mode\":1}").is_err());
         assert!(Report::from_json("not json").is_err());
+    }
+
+    #[test]
+    fn payload_is_written_and_older_reports_read_as_ours() {
+        let report = Report {
+            payload: "sockperf".into(),
+            ..sample_report()
+        };
+        let mut v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(v["payload"], "sockperf");
+        assert!(report.to_string().contains("\npayload        sockperf\n"));
+        v.as_object_mut().unwrap().remove("payload");
+        let old = Report::from_json(&v.to_string()).unwrap();
+        assert_eq!(old.payload, "echoloop");
+        assert!(!old.to_string().contains("payload"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
 use super::args::{BenchArgs, Segment};
-use super::pattern::HEADER;
+use super::pattern::{HEADER, Payload, SOCKPERF_HEADER};
 use super::sizes::Sizes;
 use crate::cli::common::{CliError, Transport};
 use crate::cli::procfs::{proc_cpu_ticks, raise_fd_limit};
@@ -23,6 +23,9 @@ pub(super) const MAX_DATAGRAM: u64 = 65_507;
 /// sits whole in the connection's write buffer until the kernel takes it; past this size
 /// a message measures the same thing (the stream's bandwidth) as a 64 MiB one does.
 pub(super) const MAX_STREAM_MESSAGE: u64 = 64 << 20;
+/// Largest message a `sockperf server` accepts, whatever its `-m` (its `MAX_TCP_SIZE`);
+/// without `-m`, 65507.
+const MAX_SOCKPERF_MESSAGE: u64 = (1 << 20) - 1;
 /// Most bytes a closed-loop generator may have queued at once (its connections × pipeline
 /// × size): what it must be able to hold in write buffers when the server stops reading.
 const MAX_QUEUED: u128 = 4 << 30;
@@ -63,6 +66,8 @@ pub(super) struct Settings {
     pub(super) size: usize,
     /// How big each message is.
     pub(super) sizes: Sizes,
+    /// What each message starts with (`--sockperf`).
+    pub(super) payload: Payload,
     /// `--trace`: narrate the loop's decisions.
     pub(super) trace: bool,
     pub(super) load: Load,
@@ -128,6 +133,12 @@ impl Settings {
         // Every size the mix can draw must fit: its smallest and its largest.
         check_size(t, a.size.min() as u64)?;
         check_size(t, a.size.max() as u64)?;
+        let payload = if a.sockperf {
+            check_sockperf(t, &a.size)?;
+            Payload::Sockperf
+        } else {
+            Payload::Echoloop
+        };
         let size = a.size.max();
         let segment = a.segment.unwrap_or(Segment { index: 0, count: 1 });
         if a.connections < segment.count as usize {
@@ -252,6 +263,7 @@ impl Settings {
             connections,
             size,
             sizes: a.size.clone(),
+            payload,
             trace: a.trace,
             load,
             connect_rate: a.connect_rate.map(|r| r / f64::from(segment.count)),
@@ -336,6 +348,33 @@ fn check_size(t: Transport, size: u64) -> Result<(), CliError> {
             "--size must be at most {} MiB: each message is built and checked whole in memory, \
              and a larger one measures nothing a 64 MiB one does not (the stream's bandwidth)",
             MAX_STREAM_MESSAGE >> 20
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// `--sockperf` needs a transport a `sockperf server` listens on, and sizes its header
+/// and its server fit: every message carries the whole header and its length.
+fn check_sockperf(t: Transport, sizes: &Sizes) -> Result<(), CliError> {
+    if !matches!(t, Transport::Tcp | Transport::Udp) {
+        return Err(format!(
+            "--sockperf applies to tcp and udp only (a sockperf server listens on those), not {}",
+            t.name()
+        )
+        .into());
+    }
+    if sizes.min() < SOCKPERF_HEADER {
+        return Err(format!(
+            "--sockperf needs --size of at least {SOCKPERF_HEADER} bytes: each message starts \
+             with sockperf's {SOCKPERF_HEADER}-byte header"
+        )
+        .into());
+    }
+    if sizes.max() as u64 > MAX_SOCKPERF_MESSAGE {
+        return Err(format!(
+            "--sockperf needs --size of at most {MAX_SOCKPERF_MESSAGE} bytes: no sockperf \
+             server accepts more (and without its -m, not more than 65507)"
         )
         .into());
     }

@@ -14,7 +14,6 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::model::{Env, RETRY_BACKOFF, Start, Step, ThreadState, Timeline};
-use super::pattern::Pattern;
 use super::settings::Load;
 use echoloop::{CloseReason, Ctx, Handler, TimerId};
 
@@ -128,7 +127,7 @@ impl StreamConn {
     fn send_one(&mut self, ctx: &mut Ctx<'_, ThreadState>, due: Instant, now: Instant) {
         let seq = self.sent;
         let p = self.env.pattern(self.key, seq);
-        ctx.send(&Pattern::header(self.key, seq)[..p.header_len()]);
+        ctx.send(&p.header(self.key, seq)[..p.header_len()]);
         let body = p.body(self.key, seq);
         if !body.is_empty() {
             ctx.send(body);
