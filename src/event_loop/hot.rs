@@ -14,10 +14,11 @@
 //! * Within the busy window, a turn whose poll would have a zero timeout reads the
 //!   members directly instead of polling (a *hot turn*). Every [`TURNS_PER_POLL`] hot turns,
 //!   and whenever the set is empty, the loop polls again as before (`epoll_wait(0)`).
-//! * When that poll reports anything outside the set — another connection, a listener,
-//!   a message from a thread, a signal — the loop stops spinning on the set and polls on
-//!   every turn until a poll reports only members again. A loop with hundreds of busy
-//!   connections therefore never spins on the set at all: its polls always report others.
+//! * When a poll reports anything outside the set — another connection, a listener, a
+//!   message from a thread, a signal — the loop stops spinning on the set and polls on
+//!   every turn, until [`QUIET`] has passed without such news. A loop with dozens of busy
+//!   connections therefore never spins on the set at all: its polls always report others,
+//!   and the few it could spin on would keep the rest waiting.
 //!
 //! **Bounded delay.** Timers are looked at on every turn, hot or not (the clock is read
 //! each turn). Everything else that arrives through the poller — other sockets, channel
@@ -42,6 +43,9 @@ pub(crate) const HOT_CAP: usize = 4;
 /// Hot turns between two polls.
 pub(crate) const TURNS_PER_POLL: u32 = 32;
 
+/// How long after news from outside the set the loop polls on every turn.
+pub(crate) const QUIET: Duration = Duration::from_millis(1);
+
 /// The connections (or datagram sockets) the loop reads without waiting for readiness.
 #[derive(Debug)]
 pub(crate) struct HotSet {
@@ -51,8 +55,8 @@ pub(crate) struct HotSet {
     members: [Option<(ConnId, Instant)>; HOT_CAP],
     /// Hot turns since the last poll.
     turns: u32,
-    /// The last poll reported something outside the set: poll on every turn for now.
-    others: bool,
+    /// When a poll last reported something outside the set.
+    others_at: Option<Instant>,
 }
 
 impl HotSet {
@@ -61,7 +65,7 @@ impl HotSet {
             window,
             members: [None; HOT_CAP],
             turns: 0,
-            others: false,
+            others_at: None,
         }
     }
 
@@ -72,22 +76,23 @@ impl HotSet {
 
     /// Whether this turn reads the members instead of polling: the loop would poll with a
     /// zero timeout anyway (`wait_zero`), within the busy window, with members to read,
-    /// and the last poll reported nothing else.
+    /// and nothing else was reported for [`QUIET`].
     pub(crate) fn spin_now(&mut self, wait_zero: bool, now: Instant, last_event: Instant) -> bool {
         let Some(window) = self.window else {
             return false;
         };
         let spin = wait_zero
-            && !self.others
+            && self
+                .others_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= QUIET)
             && self.turns < TURNS_PER_POLL
             && now.saturating_duration_since(last_event) < window
             && self.members.iter().any(Option::is_some);
         if spin {
             self.turns += 1;
         } else {
-            // This turn polls: start counting again, and let the poll say who is about.
+            // This turn polls: start counting again.
             self.turns = 0;
-            self.others = false;
         }
         spin
     }
@@ -97,7 +102,7 @@ impl HotSet {
     /// join; anything not a member means the loop has more to serve than the set.
     pub(crate) fn saw(&mut self, id: Option<ConnId>, readable: bool, now: Instant) {
         let Some(id) = id else {
-            self.others = true;
+            self.others_at = Some(now);
             return;
         };
         if let Some(m) = self.members.iter_mut().flatten().find(|m| m.0 == id) {
@@ -106,7 +111,7 @@ impl HotSet {
             }
             return;
         }
-        self.others = true;
+        self.others_at = Some(now);
         if readable {
             self.join(id, now);
         }
@@ -167,7 +172,7 @@ impl HotSet {
 
 #[cfg(test)]
 mod tests {
-    use super::{ConnId, Duration, HOT_CAP, HotSet, Instant, TURNS_PER_POLL};
+    use super::{ConnId, Duration, HOT_CAP, HotSet, Instant, QUIET, TURNS_PER_POLL};
 
     fn id(key: usize) -> ConnId {
         ConnId::new(key, 1)
@@ -180,23 +185,26 @@ mod tests {
         // Empty: poll.
         assert!(!hot.spin_now(true, t0, t0));
         hot.saw(Some(id(3)), true, t0);
-        // The newcomer was news: this turn polls again to see who else is about.
+        // The newcomer was news: the loop polls on every turn for a while.
         assert!(!hot.spin_now(true, t0, t0));
-        hot.saw(Some(id(3)), true, t0);
+        let t1 = t0 + QUIET;
+        hot.saw(Some(id(3)), true, t1);
         for _ in 0..TURNS_PER_POLL {
-            assert!(hot.spin_now(true, t0, t0));
+            assert!(hot.spin_now(true, t1, t1));
         }
         assert!(
-            !hot.spin_now(true, t0, t0),
+            !hot.spin_now(true, t1, t1),
             "a poll after {TURNS_PER_POLL} hot turns"
         );
         // A poll that reports a listener (None) or another connection: poll every turn.
-        hot.saw(None, true, t0);
-        assert!(!hot.spin_now(true, t0, t0));
+        hot.saw(None, true, t1);
+        assert!(!hot.spin_now(true, t1, t1));
+        let t2 = t1 + QUIET;
+        assert!(hot.spin_now(true, t2, t2), "quiet again");
         // Not when the loop would sleep or wait anyway, nor past the window.
-        assert!(!hot.spin_now(false, t0, t0));
-        let late = t0 + Duration::from_millis(2);
-        assert!(!hot.spin_now(true, late, t0));
+        assert!(!hot.spin_now(false, t2, t2));
+        let late = t2 + Duration::from_millis(2);
+        assert!(!hot.spin_now(true, late, t2));
     }
 
     #[test]

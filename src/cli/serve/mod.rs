@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// Close TLS connections whose handshake is not done within this.
     #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "10")]
     handshake_timeout: Duration,
+    /// Echo large reads with read and write through user space, as small ones are, instead of moving them socket -> pipe -> socket with splice(2) (zero-copy, the default for plain TCP and Unix streams).
+    #[arg(long)]
+    no_zero_copy: bool,
     /// Fair TLS handshakes: per turn of the loop, spend at most this long on handshake steps (at least one), so that other connections are served between them (0: one step per turn).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "500us")]
     handshake_budget: Duration,
@@ -155,6 +158,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     config.idle_timeout = args.idle_timeout;
     config.handshake_timeout = args.handshake_timeout;
     config.handshake_budget = args.handshake_budget;
+    config.zero_copy_echo = !args.no_zero_copy;
     config.close_timeout = args.shutdown_timeout;
     config.high_water = usize::try_from(args.high_water).unwrap_or(usize::MAX);
     config.low_water = usize::try_from(args.low_water).unwrap_or(usize::MAX);
