@@ -27,7 +27,7 @@
 //! `perf stat` over the same window). Under it, the targets as same-round ratios:
 //! deliveries/s (i) ÷ (ii) ≥ 0.9, CPU (i) ÷ tokio ≤ 1.0, write calls (i) ≤ 0.05.
 //!
-//! Row i is fairness (`mod fair`, in benches/fair/): plain TCP echoes on a loop that 500
+//! Row i (not the broker (i) above) is fairness (`mod fair`, in benches/fair/): plain TCP echoes on a loop that 500
 //! clients keep busy with TLS handshakes, with an ECDSA and an RSA certificate: the
 //! echoes' p50 and p99, and handshakes per second.
 //!

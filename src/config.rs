@@ -89,7 +89,7 @@ impl Default for Config {
             max_side_connections: 64,
             idle_timeout: None,
             handshake_timeout: Duration::from_secs(10),
-            handshake_budget: Duration::from_micros(500),
+            handshake_budget: Duration::from_micros(250),
             close_timeout: Duration::from_secs(5),
             backlog: 4096,
             accept_backoff: Duration::from_millis(100),

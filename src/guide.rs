@@ -129,6 +129,18 @@
 //! (`SendBuf` in `src/sendbuf.rs`) holding only unsent bytes, flushed when the socket
 //! reports writable again. The textbook `sendall` hides this loop by blocking; a reactor cannot block.
 //!
+//! **Zero-copy echo.** An echo that never looks at its bytes need not have them at all:
+//! `read` copies them from the kernel into our buffer and `write` copies them back.
+//! `splice(2)` moves data between a descriptor and a pipe by reference (the pipe takes
+//! the received buffers' pages, and the send path attaches them to outgoing packets), so
+//! socket → pipe → socket echoes without a copy. Each call costs more than a `read` or
+//! `write` of the same bytes, so it pays only for large reads: the loop splices a plain
+//! echo's connection while its reads are large and copies otherwise. When the peer's
+//! window is full, what the pipe still holds is read into the connection's send buffer,
+//! so the partial write is the ordinary one above and the pipe never carries one
+//! connection's bytes into another's turn (`splice_echo` in `src/event_loop/stream.rs`,
+//! `src/net/splice.rs`; figures in the README, "Zero-copy echo").
+//!
 //! # 6. Backpressure
 //!
 //! An echo server's output is its input. A client that sends but never reads would make
@@ -184,7 +196,7 @@
 //! handshake as it comes makes every other connection wait behind all of them: with 500
 //! clients handshaking at once, a plain echo on the same loop waited 100 ms and more. So
 //! each turn of the loop spends at most a budget on handshake steps
-//! (`Config::handshake_budget`, `serve --handshake-budget`, 500 µs by default); the rest
+//! (`Config::handshake_budget`, `serve --handshake-budget`, 250 µs by default); the rest
 //! wait in line, first come first served, remembered as readable as with the read budget
 //! of section 4, while other connections are served between (`Handshakes` in
 //! `src/event_loop/core.rs`).

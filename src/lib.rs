@@ -109,7 +109,7 @@
 //! | [`error`] | errors per concern | — |
 //! | `sendbuf` | unsent bytes of one connection | partial writes |
 //! | `timer` | a deadline heap feeding the poll timeout | timers without threads |
-//! | [`net`] | the only code making socket system calls | address families, backlog, `WouldBlock` and `EINTR`, non-blocking connect, stale Unix socket files |
+//! | [`net`] | the only code making socket system calls | address families, backlog, `WouldBlock` and `EINTR`, non-blocking connect, stale Unix socket files, zero-copy echo with `splice` |
 //! | `tls`, [`tls_config`] | rustls driven by hand; certificates, keys, trust | TLS as a state machine between byte streams; hostname verification |
 //! | `config` | [`Config`], [`ConnectOptions`], [`ListenKind`] | — |
 //! | `conn` | one stream connection's state machine, without I/O | connect, handshake, half-close either way, lingering, abort, deadlines, backpressure |
@@ -117,7 +117,7 @@
 //! | `dgram` | a datagram socket's reply queue | datagram sends block too |
 //! | [`handler`] | the protocol interface and its contexts | separating protocol from I/O; acting on other connections |
 //! | [`echo`] | echo as a handler | — |
-//! | [`event_loop`] | the reactor: poll, dispatch, drivers for streams, datagrams, listeners, descriptors of the application's own, other threads | edge-triggered readiness, fairness, output that coalesces, EMFILE, slot reuse, `recvmmsg`, waking a loop, a stop in two phases |
+//! | [`event_loop`] | the reactor: poll, dispatch, drivers for streams, datagrams, listeners, descriptors of the application's own, other threads | edge-triggered readiness, fairness (reads and TLS handshakes), output that coalesces, EMFILE, slot reuse, `recvmmsg`, waking a loop, a stop in two phases, busy polling on the sockets |
 //!
 //! The `echoloop` command (feature `cli`, on by default) is not part of the library: it is
 //! a client of the public API above, and its modules (`src/cli/`) belong to the binary

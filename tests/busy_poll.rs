@@ -22,6 +22,15 @@ fn thread_cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// One spinning test at a time: each keeps a core busy, and two of them measure how idle
+/// a loop is or how fast it answers, which another test's spinning on this 2-core
+/// machine would disturb.
+static SPIN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn spin_alone() -> std::sync::MutexGuard<'static, ()> {
+    SPIN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn busy_config(window: Duration) -> Config {
     let mut c = Config::default();
     c.busy_poll = Some(window);
@@ -116,6 +125,7 @@ fn ping(addr: SocketAddr, n: usize) {
 
 #[test]
 fn busy_poll_echoes_then_sleeps_when_traffic_stops() {
+    let _alone = spin_alone();
     let (probe_tx, probe_rx) = mpsc::channel();
     let (addr, _stop, thread) = spawn_loop(
         busy_config(Duration::from_millis(1)),
@@ -135,6 +145,7 @@ fn busy_poll_echoes_then_sleeps_when_traffic_stops() {
 
 #[test]
 fn busy_poll_keeps_timers_idle_timeouts_and_stops() {
+    let _alone = spin_alone();
     // Timers fire while spinning.
     let (_probe, probe_rx) = mpsc::channel();
     let (addr, stop, thread) = spawn_loop(
@@ -180,6 +191,7 @@ fn busy_poll_keeps_timers_idle_timeouts_and_stops() {
 
 #[test]
 fn busy_poll_serve_and_bench_flags() {
+    let _alone = spin_alone();
     // Two workers: each loop spins on its own, and both go back to sleep.
     let mut p = Proc::serve(&[
         "--tcp",
@@ -246,6 +258,7 @@ fn busy_poll_serve_and_bench_flags() {
 /// loop channel and a second connection are served at once, not after the spin ends.
 #[test]
 fn busy_poll_serves_channels_and_other_sockets_while_spinning() {
+    let _alone = spin_alone();
     let (tx, rx) = mpsc::channel();
     let (back_tx, back_rx) = mpsc::channel::<u32>();
     let thread = std::thread::spawn(move || {
@@ -339,6 +352,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[test]
 fn busy_poll_a_quiet_connection_is_not_slowed_by_a_busy_one() {
+    let _alone = spin_alone();
     // The loop pings itself without pause on one connection (both ends in the loop, so
     // no other thread competes for the cores), while a client pings every 10 ms on
     // another: the quiet client's round trip must not grow with its busy neighbour.

@@ -108,22 +108,47 @@ fn zero_copy_echo_splices_bulk_and_copies_small_messages() {
         back.len(),
         data.len()
     );
-    let spliced = s.count("spliced");
-    assert!(spliced > 0, "8 MiB in 64 KiB writes was not spliced");
+    assert!(
+        s.count("spliced") > 0,
+        "8 MiB in 64 KiB writes was not spliced"
+    );
 
-    // Small messages: after a few turns the connection copies again.
+    // One connection, bulk then small: it goes back to copying after a few messages.
     let mut c = connect(s.addr);
+    let mut w = c.try_clone().unwrap();
+    let bulk = pattern(4 << 20);
+    let send = bulk.clone();
+    let writer = std::thread::spawn(move || {
+        for piece in send.chunks(64 * 1024) {
+            w.write_all(piece).unwrap();
+        }
+    });
+    let mut back = vec![0u8; bulk.len()];
+    c.read_exact(&mut back).unwrap();
+    writer.join().unwrap();
+    assert!(back == bulk, "bulk echo differs");
     let mut buf = [0u8; 64];
-    for i in 0..200u8 {
+    let mut ping = |i: u8| {
         c.write_all(&[i; 64]).unwrap();
         c.read_exact(&mut buf).unwrap();
         assert_eq!(buf, [i; 64]);
+    };
+    for i in 0..20u8 {
+        ping(i);
     }
-    assert_eq!(s.count("spliced"), spliced, "64-byte messages were spliced");
+    let spliced = s.count("spliced");
+    for i in 20..200u8 {
+        ping(i);
+    }
+    assert_eq!(
+        s.count("spliced"),
+        spliced,
+        "64-byte messages still spliced after 20"
+    );
     drop(c);
     let stats = s.finish();
     assert_eq!(stats.bytes_in, stats.bytes_out, "{stats:?}");
-    assert_eq!(stats.bytes_in, (8 << 20) + 200 * 64, "{stats:?}");
+    assert_eq!(stats.bytes_in, (12 << 20) + 200 * 64, "{stats:?}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Row i: fair TLS handshakes. One `echoloop serve` with a TLS and a plain TCP listener
 //! (core 0); 500 clients handshake without pause (`bench tls --reconnect -c 500`) while 10
-//! plain clients ping-pong 64 bytes (`bench tcp -c 10`), both generators on core 1. The
+//! plain clients ping-pong 64 bytes (`bench tcp -c 10`, started 2 s later, once the
+//! handshakers have built their backlog), both generators on core 1. The
 //! echo clients run at real-time priority when the system allows it (`chrt -f`), so that
 //! their wait for core 1 behind the handshake generator is not counted as the server's
 //! delay. Printed: the plain echoes' p50 and p99 and the handshakes per second, for an
@@ -16,6 +17,9 @@ use crate::{ECHOLOOP, json_num};
 
 /// Clients handshaking at once.
 const HANDSHAKERS: &str = "500";
+
+/// How long the handshakers run before the echo clients start.
+const HEAD_START: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One run: the plain echoes' latency (µs) and the handshakes completed per second.
 #[derive(Debug, Clone, Copy)]
@@ -145,15 +149,22 @@ fn run(program: &str, pki: &Pki, secs: f64, pin: bool, chrt: bool) -> Result<Sam
         HANDSHAKERS,
     ])
     .args(["--size", "64", "--warmup", "0", "--json"])
-    .args(["--duration", &format!("{}s", secs + 2.0)])
+    .args([
+        "--duration",
+        &format!("{}s", secs + HEAD_START.as_secs_f64() + 1.0),
+    ])
     .arg("--ca")
     .arg(&pki.ca)
     .args(["--server-name", "localhost"]);
-    let hs = hs
+    let mut hs = hs
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
+    // A head start: the handshakers' backlog builds up before the echoes are measured
+    // (started together, the echo clients' priority on the shared core slows the
+    // handshakers enough that the server never falls behind).
+    std::thread::sleep(HEAD_START);
     let mut echo = if chrt {
         let mut c = Command::new("chrt");
         c.args(["-f", "10"]);
@@ -166,12 +177,17 @@ fn run(program: &str, pki: &Pki, secs: f64, pin: bool, chrt: bool) -> Result<Sam
         pinned(pin, "1", ECHOLOOP)
     };
     echo.args(["bench", "tcp", &tcp, "--connections", "10", "--size", "64"])
-        .args(["--warmup", "1s", "--json"])
+        .args(["--warmup", "200ms", "--json"])
         .args(["--duration", &format!("{secs}s")]);
-    let echo = echo
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
+    let echo = match echo.stderr(Stdio::null()).output() {
+        Ok(out) => out,
+        Err(e) => {
+            // Not left running into the next round.
+            let _ = hs.kill();
+            let _ = hs.wait();
+            return Err(e.to_string());
+        }
+    };
     let hs = hs.wait_with_output().map_err(|e| e.to_string())?;
     let echo_json = String::from_utf8_lossy(&echo.stdout);
     let hs_json = String::from_utf8_lossy(&hs.stdout);

@@ -598,9 +598,9 @@ impl Connection {
         self.update_backpressure(limits);
     }
 
-    /// The driver moved `n` bytes from the socket's receive queue to its send queue
-    /// without them passing through here (zero-copy echo, `net::splice`): traffic both
-    /// ways, for the idle clock, and nothing owed.
+    /// The driver took `n` bytes from the socket to echo them without a copy (zero-copy
+    /// echo, `net::splice`): traffic, for the idle clock. They never pass through here:
+    /// they go out in the same call, or what the socket cannot take is queued as output.
     pub(crate) fn handle_spliced(&mut self, now: Instant, n: usize) {
         if n > 0 {
             self.last_active = now;

@@ -127,7 +127,9 @@ pub(crate) struct Handshakes {
     spent: Duration,
     steps: u32,
     /// In line, oldest first. A connection may be in it twice (a second readiness event
-    /// while it waited); the second finds nothing to read and costs one `WouldBlock`.
+    /// while it waited, or a read scheduled for it meanwhile, which queues it again): the
+    /// later entry finds its "maybe readable" already used and is skipped at no cost.
+    /// The line is first come, first served but for that rare case.
     waiting: VecDeque<ConnId>,
     /// The line's front is being served: it does not queue behind the others.
     serving: bool,
@@ -437,8 +439,8 @@ pub(crate) struct StreamEntry<S> {
 /// Zero-copy echo for one connection (`stream::splice_echo`), in one byte (the entry has
 /// exactly one to spare): off (TLS, a handler that is not a plain echo, or switched off);
 /// small (could splice, but its reads are small, and copying is cheaper); or bulk (its
-/// reads are large: spliced while nothing else is owed to it), counting the turns in a
-/// row that brought little — the tail of a large message arriving apart from the rest is
+/// reads are large: spliced while nothing else is owed to it), counting the calls in a
+/// row that moved little — the tail of a large message arriving apart from the rest is
 /// one, and only a run of them means the traffic has become small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SpliceMode(u8);
@@ -453,12 +455,12 @@ impl SpliceMode {
         self.0 >= 2
     }
 
-    /// Small turns in a row, while bulk.
-    pub(crate) fn small_turns(self) -> u8 {
+    /// Small calls in a row, while bulk.
+    pub(crate) fn small_calls(self) -> u8 {
         self.0.saturating_sub(2)
     }
 
-    pub(crate) fn one_more_small_turn(self) -> SpliceMode {
+    pub(crate) fn one_more_small_call(self) -> SpliceMode {
         SpliceMode(self.0.saturating_add(1))
     }
 }

@@ -32,6 +32,7 @@
 //! | `core` | the slab, its entries and the loop-wide bookkeeping every driver shares |
 //! | `stream` | the stream driver: system calls for each `conn::Connection` |
 //! | `datagram` | the datagram driver: UDP and Unix datagram sockets |
+//! | `hot` | busy polling: the connections read without polling |
 //! | `accept` | listeners and the accept loop; pausing and closing them by id |
 //! | `source` | descriptors of the application's own (`add_fd`) |
 //! | `ctx` | what the handler contexts do (`handler::LoopOps`), `run_touched` and `flush` |
@@ -52,10 +53,13 @@
 //! `epoll_wait` is put to sleep, and the next packet must wake it — on a virtual machine
 //! often several times the cost of the echo itself (figures in the guide, section 4).
 //! [`Config::busy_poll`] trades a core for that latency: after
-//! the last event, the loop keeps polling with a zero timeout for up to the given window
+//! the last event, the loop keeps going without sleeping for up to the given window
 //! before it blocks (the idle strategy of latency tools and low-latency servers: sockperf's
-//! zero timeout, Aeron's busy-spin, Seastar's poll mode). Timers, signals, the stop
-//! handle and messages from other threads work as ever; only the sleeping changes.
+//! spin, Aeron's busy-spin, Seastar's poll mode). While it spins it reads the few
+//! connections talking right now directly, as sockperf spins on `recv`, and polls only
+//! every few dozen turns or when anything else is about (`hot`: the hot set, and the bound
+//! on how long a timer, a signal, the stop handle or a message from another thread can
+//! wait — timers not at all, the others at most 32 of those turns).
 //!
 //! It helps when connections are few and the gaps between their messages are shorter than
 //! the window: every message then finds the loop awake. It cannot help a loop that is
@@ -820,8 +824,8 @@ impl<S: 'static> EventLoop<S> {
     }
 
     /// Serves the TLS handshake steps in line, oldest first, while this turn's budget
-    /// lasts (`core::Handshakes`): after this turn's events, so that plain connections
-    /// ready now go first.
+    /// lasts (`core::Handshakes`): after this turn's events, so that connections that
+    /// became ready now go first (reads left over by the read budget come after).
     fn run_handshakes(&mut self) {
         while let Some(id) = self.inner.core.handshakes.next() {
             let inner = &mut self.inner;

@@ -428,16 +428,15 @@ pub(crate) fn read_loop<S>(
     }
 }
 
-/// A connection is spliced while one turn's reads bring at least this much: below it,
-/// the two `splice` calls cost more than the copies they save (README, "Zero-copy echo").
+/// A copying connection starts splicing after one read of at least this much, and a
+/// splicing one counts a call that moved less as small: below it, the two `splice` calls
+/// cost more than the copies they save (README, "Zero-copy echo").
 const SPLICE_MIN: usize = 32 * 1024;
 
-/// A spliced connection goes back to copying after this many turns in a row that brought
-/// less than [`SPLICE_MIN`].
-const SMALL_TURNS: u8 = 8;
-
-/// At most this much is spliced in per call: what one read takes in the copying path.
-const READ_CHUNK: usize = 64 * 1024;
+/// A spliced connection goes back to copying after this many calls in a row that moved
+/// something, but less than [`SPLICE_MIN`] (a call that finds nothing says nothing: a
+/// stale readiness event, or a busy-polling loop's probe).
+const SMALL_CALLS: u8 = 8;
 
 /// Zero-copy echo (`net::splice`): moves what the socket has received into the loop's
 /// pipe and from the pipe into the socket's send queue, until the receive queue is
@@ -478,7 +477,8 @@ fn splice_echo<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, key: usize, mut bud
             break;
         }
         // Every fill is drained before the next, so the pipe is empty here.
-        match pipe.fill(&e.stream, budget.min(READ_CHUNK)) {
+        // At most what one read takes in the copying path.
+        match pipe.fill(&e.stream, budget.min(bufs.wire.len())) {
             Ok(0) => {
                 trace_event!(core.trace, TraceEvent::Eof { id });
                 e.conn.handle_eof(core.now);
@@ -491,11 +491,20 @@ fn splice_echo<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, key: usize, mut bud
                 if e.counted {
                     core.stats.stream_in(e.transport, n);
                 }
+                e.conn.handle_spliced(core.now, n);
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                 trace_event!(core.trace, TraceEvent::WouldBlock { id });
                 e.conn.handle_read_drained();
                 break;
+            }
+            Err(err) if moved == 0 && splice_unsupported(&err) => {
+                // A kernel or socket that cannot splice (a sandbox, say): nothing was
+                // moved, so copying takes over from here.
+                log::debug!("{id}: no splice ({err}): copying instead");
+                e.splice = SpliceMode::OFF;
+                core.schedule_read(id);
+                return;
             }
             Err(err) => {
                 e.conn.handle_io_error(err);
@@ -505,14 +514,15 @@ fn splice_echo<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, key: usize, mut bud
         let mut failed = None;
         while pipe.held() > 0 {
             match pipe.drain(&e.stream) {
-                Ok(n) => {
+                Ok(n) if n > 0 => {
                     if e.counted {
                         core.stats.stream_out(e.transport, n);
                         core.stats.write_calls += 1;
                     }
-                    e.conn.handle_spliced(core.now, n);
                     trace_event!(core.trace, TraceEvent::Spliced { id, n });
                 }
+                // Nothing taken although bytes wait: a full send queue, as `WouldBlock`.
+                Ok(_) => break,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) => {
                     failed = Some(err);
@@ -551,12 +561,23 @@ fn splice_echo<S>(inner: &mut Inner<S>, bufs: &mut ReadBufs, key: usize, mut bud
     }
     e.splice = if moved >= SPLICE_MIN {
         SpliceMode::BULK
-    } else if e.splice.small_turns() >= SMALL_TURNS {
+    } else if moved == 0 {
+        e.splice
+    } else if e.splice.small_calls() >= SMALL_CALLS {
         SpliceMode::SMALL
     } else {
-        e.splice.one_more_small_turn()
+        e.splice.one_more_small_call()
     };
     drive(inner, key);
+}
+
+/// Errors that say this socket (or kernel) cannot splice at all, rather than that the
+/// connection failed.
+fn splice_unsupported(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
 }
 
 /// Runs the connection's outputs until it has nothing more to say: events to its handler,

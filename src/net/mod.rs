@@ -1,8 +1,9 @@
 //! Sockets: the only module that makes socket system calls.
 //!
 //! Teaches: address families (`addr`: [`Endpoint`], [`UnixName`]), how a listening socket is made by hand
-//! (`listener`), connected streams and the non-blocking connect (`stream`), datagram
-//! sockets (`datagram`, `mmsg`), and the two results of a non-blocking call that are not
+//! (`listener`), connected streams and the non-blocking connect (`stream`), echo without
+//! a copy through a pipe (`splice`), datagram sockets (`datagram`, `mmsg`), and the two
+//! results of a non-blocking call that are not
 //! failures: `Interrupted` ("a signal arrived, just try again"), which is retried here and
 //! never reaches a caller, and `WouldBlock` ("nothing can be done now, wait for
 //! readiness"), which reaches callers as `Err(WouldBlock)` — every caller matches on it and

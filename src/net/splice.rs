@@ -25,8 +25,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use super::stream::Stream;
 use super::sys::retry;
 
-/// The pipe's asked-for capacity: room for a few large reads per call (the kernel's
-/// default is 64 KiB; a larger one may be refused, which only costs calls).
+/// The pipe's asked-for capacity. A pipe holds a number of pages (slots), not bytes, and
+/// a fragmented socket buffer takes one slot per fragment: 64 slots are enough for one
+/// 64 KiB read however it arrived (the kernel's default is 16; a larger pipe may be
+/// refused, which only costs calls).
 const PIPE_SIZE: libc::c_int = 256 * 1024;
 
 /// A pipe between a socket's receive queue and its send queue, and how many bytes it holds.
@@ -88,8 +90,8 @@ impl Pipe {
     /// send buffer); returns how much.
     pub(crate) fn take_rest(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let want = self.held.min(buf.len());
-        // SAFETY: `buf` is valid for writes of `want` bytes; the descriptor is our pipe.
         let n = retry(|| {
+            // SAFETY: `buf` is valid for writes of `want` bytes; the descriptor is our pipe.
             let rc = unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), want) };
             if rc < 0 {
                 Err(io::Error::last_os_error())

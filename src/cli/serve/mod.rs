@@ -72,7 +72,7 @@ pub struct ServeArgs {
     #[arg(long)]
     no_zero_copy: bool,
     /// Fair TLS handshakes: per turn of the loop, spend at most this long on handshake steps (at least one), so that other connections are served between them (0: one step per turn).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "500us")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "250us")]
     handshake_budget: Duration,
     /// On SIGINT/SIGTERM, give connections this long to finish before closing them.
     #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "5")]
