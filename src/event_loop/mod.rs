@@ -660,6 +660,7 @@ impl<S: 'static> EventLoop<S> {
         // queue runs deep: the buffers are made once, with the first.
         if self.inner.core.udp_added && self.recv_batch.is_none() {
             self.recv_batch = Some(Box::new(RecvBatch::new()));
+            self.inner.core.dgram_batch.reserve_batch();
         }
         // A stop begun between turns (`EventLoop::stop`) may have nothing left to wait
         // for: look before sleeping, or the wait could last the whole grace period.

@@ -141,6 +141,14 @@ impl std::fmt::Debug for SendBatch {
 }
 
 impl SendBatch {
+    /// Makes room for a whole batch of typical replies (up to 2 KiB each) at once, with
+    /// the receive buffers: otherwise the first batch the loop ever takes — which may come
+    /// long after start, whenever a queue first runs deep — would allocate mid-stream.
+    pub(crate) fn reserve_batch(&mut self) {
+        self.items.reserve(BATCH);
+        self.data.reserve(BATCH * 2048);
+    }
+
     pub(crate) fn push(&mut self, data: &[u8], to: SocketAddr) {
         let start = self.data.len();
         self.data.extend_from_slice(data);
