@@ -231,3 +231,53 @@ fn zero_copy_echo_graceful_stop_delivers_what_was_read() {
         "more out than in: {stats:?}"
     );
 }
+
+#[test]
+fn zero_copy_echo_over_a_unix_stream() {
+    use std::os::unix::net::UnixStream;
+    let path = common::temp_sock("zero-copy");
+    let lines = Arc::new(Mutex::new(0usize));
+    let keep = Arc::clone(&lines);
+    let (tx, rx) = mpsc::channel();
+    let listen_at = path.clone();
+    let thread = std::thread::spawn(move || {
+        let mut config = Config::default();
+        config.trace = Some(Tracer::new(move |ev: &TraceEvent<'_>| {
+            if matches!(ev, TraceEvent::Spliced { .. }) {
+                *keep.lock().unwrap() += 1;
+            }
+        }));
+        let mut el = EventLoop::new(config).unwrap();
+        let at = Endpoint::Unix(echoloop::UnixName::parse(listen_at.to_str().unwrap()).unwrap());
+        el.listen(&at, ListenKind::Unix, || Box::new(Echo)).unwrap();
+        tx.send(el.stop_handle()).unwrap();
+        while el.run_once(Some(Duration::from_millis(100))).unwrap() {}
+    });
+    let stop = rx.recv_timeout(common::DEADLINE).unwrap();
+    let mut c = UnixStream::connect(&path).unwrap();
+    c.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let data = pattern(4 << 20);
+    let send = data.clone();
+    let writer = std::thread::spawn(move || {
+        for piece in send.chunks(64 * 1024) {
+            w.write_all(piece).unwrap();
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    stop.stop(Duration::from_secs(1));
+    thread.join().unwrap();
+    assert!(
+        back == data,
+        "echo differs ({} of {} bytes)",
+        back.len(),
+        data.len()
+    );
+    assert!(
+        *lines.lock().unwrap() > 0,
+        "a Unix stream's bulk was not spliced"
+    );
+}
