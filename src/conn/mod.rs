@@ -598,6 +598,16 @@ impl Connection {
         self.update_backpressure(limits);
     }
 
+    /// Whether the driver may now echo input without a copy (zero-copy echo,
+    /// `net::splice`), for a connection whose handler is a plain echo: only a plain
+    /// stream, open both ways, owing nothing — whatever is owed must go out first, and
+    /// bytes moved socket to socket pass no TLS session and no PROXY preamble.
+    pub(crate) fn may_splice(&self) -> bool {
+        self.state == State::Open
+            && matches!(self.session, Session::Plain)
+            && self.pending_output() == 0
+    }
+
     /// The driver took `n` bytes from the socket to echo them without a copy (zero-copy
     /// echo, `net::splice`): traffic, for the idle clock. They never pass through here:
     /// they go out in the same call, or what the socket cannot take is queued as output.

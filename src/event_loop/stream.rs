@@ -360,7 +360,7 @@ pub(crate) fn read_loop<S>(
         let started = handshaking.then(Instant::now);
         // Zero-copy echo: large reads of a plain echo, with nothing else owed (which
         // would have to go first), move socket → pipe → socket.
-        if e.splice.is_bulk() && e.conn.state() == State::Open && e.conn.pending_output() == 0 {
+        if e.splice.is_bulk() && e.conn.may_splice() {
             return splice_echo(inner, bufs, key, budget);
         }
         let core = &mut inner.core;

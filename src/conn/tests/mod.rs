@@ -239,6 +239,28 @@ mod open {
     }
 
     #[test]
+    fn conn_open_may_splice_only_plain_open_and_owing_nothing() {
+        let mut p = Pair::plain(Box::new(Quiet), Box::new(EchoApp), 1024);
+        p.act(Who::Server, vec![]);
+        p.run();
+        assert!(p.server.conn.may_splice(), "plain, open, nothing owed");
+        // Owing output (the client does not read): the echo of later input must wait
+        // behind it, so no splicing.
+        p.act(Who::Client, vec![Act::Send(pattern(16 * 1024)), Act::Pause]);
+        p.run();
+        assert!(p.server.conn.pending_output() > 0);
+        assert!(!p.server.conn.may_splice(), "owes output");
+        // After the peer's EOF the state is no longer open.
+        p.act(Who::Client, vec![Act::Resume, Act::ShutdownWrite]);
+        p.run();
+        assert!(!p.server.conn.may_splice(), "the peer finished");
+        // TLS: never.
+        let mut t = Pair::tls(Box::new(Quiet), Box::new(EchoApp), 1024);
+        t.run();
+        assert!(!t.server.conn.may_splice(), "a TLS session sees every byte");
+    }
+
+    #[test]
     fn conn_open_backpressure_can_be_turned_off_for_relays() {
         let mut p = Pair::plain(Box::new(Quiet), Box::new(EchoApp), 1024);
         p.act(Who::Server, vec![]);
