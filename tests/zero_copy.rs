@@ -80,17 +80,29 @@ fn connect(addr: SocketAddr) -> TcpStream {
     c
 }
 
-/// Sends `data` from a thread (then half-closes) while this thread reads the echo to EOF.
-fn echo_all(addr: SocketAddr, data: &[u8], chunk: usize) -> Vec<u8> {
-    let mut c = connect(addr);
-    let mut w = c.try_clone().unwrap();
-    let send = data.to_vec();
-    let writer = std::thread::spawn(move || {
-        for piece in send.chunks(chunk) {
+/// Writes `data` in 64 KiB pieces from a thread, then does `end` to the stream (a
+/// half-close, or nothing).
+fn writer<W: Write + Send + 'static>(
+    mut w: W,
+    data: Vec<u8>,
+    end: impl FnOnce(&mut W) + Send + 'static,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for piece in data.chunks(64 * 1024) {
             w.write_all(piece).unwrap();
         }
-        w.shutdown(Shutdown::Write).unwrap();
-    });
+        end(&mut w);
+    })
+}
+
+fn half_close(w: &mut TcpStream) {
+    w.shutdown(Shutdown::Write).unwrap();
+}
+
+/// Sends `data` from a thread (then half-closes) while this thread reads the echo to EOF.
+fn echo_all(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut c = connect(addr);
+    let writer = writer(c.try_clone().unwrap(), data.to_vec(), half_close);
     let mut back = Vec::new();
     c.read_to_end(&mut back).unwrap();
     writer.join().unwrap();
@@ -101,7 +113,7 @@ fn echo_all(addr: SocketAddr, data: &[u8], chunk: usize) -> Vec<u8> {
 fn zero_copy_echo_splices_bulk_and_copies_small_messages() {
     let s = server(true);
     let data = pattern(8 << 20);
-    let back = echo_all(s.addr, &data, 64 * 1024);
+    let back = echo_all(s.addr, &data);
     assert!(
         back == data,
         "echo differs ({} of {} bytes)",
@@ -115,14 +127,8 @@ fn zero_copy_echo_splices_bulk_and_copies_small_messages() {
 
     // One connection, bulk then small: it goes back to copying after a few messages.
     let mut c = connect(s.addr);
-    let mut w = c.try_clone().unwrap();
     let bulk = pattern(4 << 20);
-    let send = bulk.clone();
-    let writer = std::thread::spawn(move || {
-        for piece in send.chunks(64 * 1024) {
-            w.write_all(piece).unwrap();
-        }
-    });
+    let writer = writer(c.try_clone().unwrap(), bulk.clone(), |_| {});
     let mut back = vec![0u8; bulk.len()];
     c.read_exact(&mut back).unwrap();
     writer.join().unwrap();
@@ -155,7 +161,7 @@ fn zero_copy_echo_splices_bulk_and_copies_small_messages() {
 fn zero_copy_echo_can_be_switched_off() {
     let s = server(false);
     let data = pattern(2 << 20);
-    assert!(echo_all(s.addr, &data, 64 * 1024) == data);
+    assert!(echo_all(s.addr, &data) == data);
     assert_eq!(s.count("spliced"), 0);
     s.finish();
 }
@@ -165,16 +171,9 @@ fn zero_copy_echo_keeps_backpressure_and_half_close_for_a_slow_reader() {
     let s = server(true);
     let data = pattern(16 << 20);
     let mut c = connect(s.addr);
-    let mut w = c.try_clone().unwrap();
-    let send = data.clone();
     // Everything is sent before anything is read: the server must stop reading when its
     // peer stops, not hold megabytes for it.
-    let writer = std::thread::spawn(move || {
-        for piece in send.chunks(64 * 1024) {
-            w.write_all(piece).unwrap();
-        }
-        w.shutdown(Shutdown::Write).unwrap();
-    });
+    let writer = writer(c.try_clone().unwrap(), data.clone(), half_close);
     // Read only once the server has paused (bounded by the deadline, not a sleep).
     let deadline = std::time::Instant::now() + common::DEADLINE;
     while s.count("paused reading") == 0 {
@@ -256,13 +255,8 @@ fn zero_copy_echo_over_a_unix_stream() {
     let stop = rx.recv_timeout(common::DEADLINE).unwrap();
     let mut c = UnixStream::connect(&path).unwrap();
     c.set_read_timeout(Some(common::DEADLINE)).unwrap();
-    let mut w = c.try_clone().unwrap();
     let data = pattern(4 << 20);
-    let send = data.clone();
-    let writer = std::thread::spawn(move || {
-        for piece in send.chunks(64 * 1024) {
-            w.write_all(piece).unwrap();
-        }
+    let writer = writer(c.try_clone().unwrap(), data.clone(), |w| {
         w.shutdown(Shutdown::Write).unwrap();
     });
     let mut back = Vec::new();
