@@ -34,8 +34,10 @@ pub struct Config {
     /// Fairness for CPU-heavy work: each turn spends at most about this much on TLS
     /// handshake steps (at least one); steps beyond it wait for the next turns, so plain
     /// connections on the same loop are served in between (a signature with an RSA-2048
-    /// key costs close to a millisecond). `Duration::ZERO` allows one step per turn;
-    /// `Duration::MAX` runs every ready step at once.
+    /// key costs close to a millisecond). While other connections keep the loop busy, a
+    /// turn that ran handshake steps is followed by as long without any, so they get at
+    /// most half of its time. `Duration::ZERO` allows one step per turn; `Duration::MAX`
+    /// runs every ready step at once.
     pub handshake_budget: Duration,
     /// How long a closing connection may go without traffic: while it sends what it owes,
     /// and then while it waits for the peer to finish. Past it the connection is closed,

@@ -198,8 +198,10 @@
 //! each turn of the loop spends at most a budget on handshake steps
 //! (`Config::handshake_budget`, `serve --handshake-budget`, 250 µs by default); the rest
 //! wait in line, first come first served, remembered as readable as with the read budget
-//! of section 4, while other connections are served between (`Handshakes` in
-//! `src/event_loop/core.rs`).
+//! of section 4, while other connections are served between. One RSA signature cannot be
+//! split, though, and a client that answers at once would wait for one on every round
+//! trip: so while other connections keep the loop busy, a turn of handshake steps is
+//! followed by a rest as long (`Handshakes` in `src/event_loop/core.rs`).
 //!
 //! # 10. Running out of descriptors
 //!

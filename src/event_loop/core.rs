@@ -118,6 +118,14 @@ pub(crate) struct Core {
 /// turns (a connection that just became ready joins the back of a line that is not
 /// empty, so a steady stream of new handshakes cannot starve the ones waiting).
 ///
+/// A budget per turn is not enough when one step costs more than a plain connection can
+/// wait: an RSA signature cannot be split, and a client that answers at once sends its
+/// next message while the next signature runs, so every one of its round trips would wait
+/// for one. So a turn that ran handshake steps is followed by a rest as long as they took,
+/// during which steps wait — but only while other connections keep the loop busy: the
+/// first turn that finds nothing else to do ends the rest. Handshakes thus get at most
+/// half of the loop's time while others are waiting, and all of it otherwise.
+///
 /// The cost is measured, not guessed from the key type: the clock is read around each
 /// handshake step, only for connections still handshaking, so plain traffic pays nothing.
 #[derive(Debug)]
@@ -126,6 +134,11 @@ pub(crate) struct Handshakes {
     /// Spent on handshake steps in this turn, and how many steps that was.
     spent: Duration,
     steps: u32,
+    /// The turn's clock.
+    now: Instant,
+    /// Steps wait until then while other work keeps coming (the rest after a turn that
+    /// ran steps).
+    rest_until: Option<Instant>,
     /// In line, oldest first. A connection may be in it twice (a second readiness event
     /// while it waited, or a read scheduled for it meanwhile, which queues it again): the
     /// later entry finds its "maybe readable" already used and is skipped at no cost.
@@ -141,15 +154,42 @@ impl Handshakes {
             budget,
             spent: Duration::ZERO,
             steps: 0,
+            now: Instant::now(),
+            rest_until: None,
             waiting: VecDeque::new(),
             serving: false,
         }
     }
 
     /// A new turn: a new budget.
-    pub(crate) fn new_turn(&mut self) {
+    pub(crate) fn new_turn(&mut self, now: Instant) {
         self.spent = Duration::ZERO;
         self.steps = 0;
+        self.now = now;
+    }
+
+    /// Handshake steps this turn (each one a read that brought input).
+    pub(crate) fn steps(&self) -> u64 {
+        u64::from(self.steps)
+    }
+
+    fn resting(&self) -> bool {
+        self.rest_until.is_some_and(|t| self.now < t)
+    }
+
+    /// Before the line is served: `others` says whether this turn read anything for a
+    /// connection that is not handshaking. A turn with nothing else to do ends the rest.
+    pub(crate) fn others_this_turn(&mut self, others: bool) {
+        if !others {
+            self.rest_until = None;
+        }
+    }
+
+    /// After the line was served: a turn that ran steps is followed by a rest as long.
+    pub(crate) fn turn_done(&mut self, end: Instant) {
+        if self.steps > 0 {
+            self.rest_until = Some(end + self.spent);
+        }
     }
 
     /// This turn's budget is spent (one step is always allowed, even with a budget of 0).
@@ -159,7 +199,7 @@ impl Handshakes {
 
     /// Whether a handshake step should wait for a later turn rather than run now.
     pub(crate) fn must_wait(&self) -> bool {
-        self.spent() || (!self.serving && !self.waiting.is_empty())
+        self.spent() || self.resting() || (!self.serving && !self.waiting.is_empty())
     }
 
     /// Puts a connection in line.
@@ -176,7 +216,7 @@ impl Handshakes {
     /// The next connection in line, while the budget lasts; [`Handshakes::done`] when it
     /// has been served.
     pub(crate) fn next(&mut self) -> Option<ConnId> {
-        if self.spent() {
+        if self.spent() || self.resting() {
             return None;
         }
         let id = self.waiting.pop_front()?;
@@ -592,6 +632,45 @@ mod tests {
         }
         assert_eq!(w.note(t0 + s(5)), Some(4));
         assert_eq!(w.note(t0 + s(6)), None);
+    }
+
+    #[test]
+    fn handshake_steps_rest_after_a_turn_of_them_only_while_others_are_busy() {
+        use super::{ConnId, Duration, Handshakes, Instant};
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut h = Handshakes::new(Duration::from_micros(250));
+        h.new_turn(t0);
+        assert!(!h.must_wait(), "nothing spent, nobody in line");
+        h.charge(ms(1));
+        assert!(h.must_wait(), "one step spent the turn's budget");
+        h.wait(ConnId::new(1, 1));
+        h.turn_done(t0 + ms(1));
+        // The next turns, while others keep the loop busy: the line rests as long as the
+        // steps took.
+        h.new_turn(t0 + ms(1));
+        h.others_this_turn(true);
+        assert!(h.must_wait() && h.next().is_none(), "resting");
+        h.turn_done(t0 + ms(1));
+        h.new_turn(t0 + ms(2));
+        h.others_this_turn(true);
+        assert_eq!(
+            h.next(),
+            Some(ConnId::new(1, 1)),
+            "rested as long as it ran"
+        );
+        h.done();
+        // A rest ends at once in a turn with nothing else to do.
+        h.charge(ms(1));
+        h.turn_done(t0 + ms(3));
+        h.wait(ConnId::new(2, 1));
+        h.new_turn(t0 + ms(3));
+        h.others_this_turn(false);
+        assert_eq!(
+            h.next(),
+            Some(ConnId::new(2, 1)),
+            "nobody else to be fair to"
+        );
     }
 
     /// An idle connection is one slab entry (and a socket): 10,000 of them should cost the

@@ -693,12 +693,13 @@ impl<S: 'static> EventLoop<S> {
         if events > 0 {
             self.last_event = self.inner.core.now;
         }
-        self.inner.core.handshakes.new_turn();
+        let input_before = self.inner.core.input_seen;
+        self.inner.core.handshakes.new_turn(self.inner.core.now);
         self.dispatch_events();
         if hot_turn {
             self.run_hot();
         }
-        self.run_handshakes();
+        self.run_handshakes(input_before);
         if self.messages_left {
             self.messages_left = drain(&mut self.inner, &mut self.channels);
             self.wake.room_made();
@@ -827,7 +828,14 @@ impl<S: 'static> EventLoop<S> {
     /// Serves the TLS handshake steps in line, oldest first, while this turn's budget
     /// lasts (`core::Handshakes`): after this turn's events, so that connections that
     /// became ready now go first (reads left over by the read budget come after).
-    fn run_handshakes(&mut self) {
+    fn run_handshakes(&mut self, input_before: u64) {
+        // Input this turn beyond the handshake steps' own: other connections are busy.
+        let core = &mut self.inner.core;
+        let others = core.input_seen - input_before > core.handshakes.steps();
+        core.handshakes.others_this_turn(others);
+        if !core.handshakes.any_waiting() && core.handshakes.steps() == 0 {
+            return;
+        }
         while let Some(id) = self.inner.core.handshakes.next() {
             let inner = &mut self.inner;
             if let Some(Entry::Stream(e)) = inner.slab.get_mut(id.key()) {
@@ -838,6 +846,7 @@ impl<S: 'static> EventLoop<S> {
             inner.core.handshakes.done();
             run_touched(inner);
         }
+        self.inner.core.handshakes.turn_done(Instant::now());
     }
 
     fn run_ready(&mut self) {
