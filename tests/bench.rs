@@ -601,11 +601,7 @@ fn bench_ctrl_c_keeps_the_report_and_its_files() {
         assert!(started.elapsed() < common::DEADLINE, "no interval came");
     }
     let interrupted_at = started.elapsed();
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    common::signal(child.id(), "INT");
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     let status = child.wait().unwrap();
     let mut err = String::new();

@@ -176,11 +176,7 @@ fn bench_slo_ctrl_c_reports_the_best_rate_so_far() {
             break line;
         }
     };
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    common::signal(child.id(), "INT");
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     let status = child.wait().unwrap();
     stop.store(true, Ordering::SeqCst);

@@ -705,12 +705,7 @@ fn run_loop_client(
     name: &str,
     msg: Vec<u8>,
 ) -> (Seen, echoloop::Stats) {
-    let server = server_config(&ServerTlsOptions {
-        cert_chain: &pki.server_chain,
-        key: &pki.server_key,
-        client_ca: None,
-    })
-    .unwrap();
+    let server = server_with_test_cert(pki);
     let mut config = Config::default();
     config.handshake_timeout = Duration::from_secs(5);
     let mut el = EventLoop::new(config).unwrap();
@@ -850,6 +845,17 @@ fn drive(el: &mut EventLoop, seen: &Rc<RefCell<Seen>>, limit: Duration) {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
+}
+
+/// The server side of the in-process loops: the test CA's certificate for localhost, no
+/// client certificates asked.
+fn server_with_test_cert(pki: &TestPki) -> Arc<rustls::ServerConfig> {
+    server_config(&ServerTlsOptions {
+        cert_chain: &pki.server_chain,
+        key: &pki.server_key,
+        client_ca: None,
+    })
+    .unwrap()
 }
 
 /// A client trusting the test CA, default protocol versions (TLS 1.3 preferred).
@@ -1287,12 +1293,7 @@ const HELLOS: usize = 40;
 /// steps. `HELLOS` raw TCP clients send a rustls ClientHello each, then one plain client
 /// sends a ping; the loop is run one turn at a time. Then every handshake is completed.
 fn fair_run(pki: &TestPki, budget: Duration) -> FairRun {
-    let server = server_config(&ServerTlsOptions {
-        cert_chain: &pki.server_chain,
-        key: &pki.server_key,
-        client_ca: None,
-    })
-    .unwrap();
+    let server = server_with_test_cert(pki);
     let mut config = Config::default();
     config.handshake_budget = budget;
     let mut el = EventLoop::new(config).unwrap();

@@ -18,22 +18,36 @@ use std::process::{Child, Command, Stdio};
 /// prints it once bound): returns the child and ADDR. Reading the line is the readiness
 /// wait, so no sleep is needed.
 pub fn spawn_listening(cmd: &mut Command) -> Result<(Child, String), String> {
+    let (child, mut bound) = spawn_listening_n(cmd, 1)?;
+    let (_, addr) = bound.pop().ok_or("no listening line")?;
+    Ok((child, addr))
+}
+
+/// The same for a server with `n` listeners: their `(KIND, ADDR)`s, in order.
+pub fn spawn_listening_n(
+    cmd: &mut Command,
+    n: usize,
+) -> Result<(Child, Vec<(String, String)>), String> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| e.to_string())?;
     let out = child.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(out)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let addr = line
-        .split_whitespace()
-        .nth(2)
-        .ok_or_else(|| format!("bad line {line:?}"))?
-        .to_string();
-    Ok((child, addr))
+    let mut bound = Vec::with_capacity(n);
+    for line in BufReader::new(out).lines().take(n) {
+        let line = line.map_err(|e| e.to_string())?;
+        let mut words = line.split_whitespace().skip(1);
+        match (words.next(), words.next()) {
+            (Some(kind), Some(addr)) => bound.push((kind.to_string(), addr.to_string())),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("bad line {line:?}"));
+            }
+        }
+    }
+    Ok((child, bound))
 }
 
 /// A CA and a certificate for `localhost`, written to a temp dir that is removed on drop.

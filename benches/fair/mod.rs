@@ -9,10 +9,9 @@
 //! that build, alternated round by round. The targets of issue 23 (p99 ≤ 5 ms, p50 ≤ 1 ms)
 //! are printed under the row.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use crate::common::{Pki, median, pinned};
+use crate::common::{Pki, median, pinned, spawn_listening_n};
 use crate::{ECHOLOOP, json_num};
 
 /// Clients handshaking at once.
@@ -112,27 +111,18 @@ fn start(program: &str, pki: &Pki, pin: bool) -> Result<(Server, String, String)
         .arg(&pki.chain)
         .arg("--key")
         .arg(&pki.key);
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let out = child.stdout.take().ok_or("no stdout")?;
-    let server = Server(child);
-    let (mut tcp, mut tls) = (None, None);
     // The `listening` lines are the readiness wait.
-    for line in BufReader::new(out).lines().take(2) {
-        let line = line.map_err(|e| e.to_string())?;
-        let mut words = line.split_whitespace().skip(1);
-        match (words.next(), words.next()) {
-            (Some("tcp"), Some(a)) => tcp = Some(a.to_string()),
-            (Some("tls"), Some(a)) => tls = Some(a.to_string()),
-            _ => return Err(format!("unexpected line {line:?}")),
-        }
-    }
-    match (tcp, tls) {
+    let (child, bound) = spawn_listening_n(&mut cmd, 2)?;
+    let server = Server(child);
+    let addr = |kind: &str| {
+        bound
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, a)| a.clone())
+    };
+    match (addr("tcp"), addr("tls")) {
         (Some(tcp), Some(tls)) => Ok((server, tcp, tls)),
-        _ => Err("server did not report both listeners".into()),
+        _ => Err(format!("server did not report both listeners: {bound:?}")),
     }
 }
 

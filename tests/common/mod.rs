@@ -146,12 +146,7 @@ impl Proc {
 
     /// Sends a signal by name (TERM, INT, ...).
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success());
+        signal(self.pid(), sig);
     }
 
     /// Waits for the process to exit, failing the test after `limit`.
@@ -322,6 +317,17 @@ pub fn temp_sock(tag: &str) -> std::path::PathBuf {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ))
+}
+
+/// Sends signal `sig` (`TERM`, `INT`...) to process `pid`, as `kill -SIG PID` does.
+#[allow(dead_code)]
+pub fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -{sig} {pid}");
 }
 
 /// Connects with retries until `DEADLINE` (for servers started without a listening line).
