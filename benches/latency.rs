@@ -6,7 +6,7 @@
 //! `--busy-poll`; (3) `sockperf ping-pong` ↔ `sockperf server` with defaults; (4) sockperf
 //! with both sides `--nonblocked --timeout 0`; (5) `echoloop bench --busy-poll --sockperf`
 //! ↔ the busy `sockperf server` of (4) — over TCP and UDP, alternating the pairs round by
-//! round (A B C D E A B C D E). sockperf's client talks only to its own server (its server
+//! round, each round starting one pair later (A B C D E, B C D E A, ...). sockperf's client talks only to its own server (its server
 //! flips a header flag in each reply), so (1)-(4) compare pair against pair; (5) speaks
 //! sockperf's format, so (5) against (4) compares the two clients on the same server.
 //! sockperf reports round trips with `--full-rtt`. Then the CPU a `--busy-poll` server
@@ -15,7 +15,7 @@
 //!
 //! Without sockperf (Debian package `sockperf`) it says how to install it and runs the
 //! echoloop rows alone. Environment: `ECHOLOOP_BENCH_SECS` (default 3) seconds per run,
-//! `ECHOLOOP_BENCH_ROUNDS` (default 4), `ECHOLOOP_BUSY_POLL` (default `1ms`).
+//! `ECHOLOOP_BENCH_ROUNDS` (default 5: each pair once in each place), `ECHOLOOP_BUSY_POLL` (default `1ms`).
 
 mod common;
 
@@ -36,7 +36,7 @@ fn main() {
         return;
     }
     let secs: f64 = env_num("ECHOLOOP_BENCH_SECS", 3.0);
-    let rounds = env_num("ECHOLOOP_BENCH_ROUNDS", 4.0) as usize;
+    let rounds = env_num("ECHOLOOP_BENCH_ROUNDS", 5.0) as usize;
     let busy = std::env::var("ECHOLOOP_BUSY_POLL").unwrap_or_else(|_| "1ms".into());
     let pin = Path::new("/usr/bin/taskset").exists();
     let sockperf = Command::new("sockperf")
@@ -76,8 +76,13 @@ fn main() {
         .filter(|p| sockperf || matches!(p, Pair::Echoloop { .. }))
         .collect();
         let mut results: Vec<Vec<Sample>> = vec![Vec::new(); pairs.len()];
-        for _ in 0..rounds {
-            for (i, pair) in pairs.iter().enumerate() {
+        for round in 0..rounds {
+            // Each round starts one pair later: on this shared VM a run's place in the
+            // round (just after a blocking pair that left the cores idle, say) moved
+            // medians by several percent when the order was fixed.
+            for k in 0..pairs.len() {
+                let i = (round + k) % pairs.len();
+                let pair = &pairs[i];
                 match pair.run(transport, secs, pin) {
                     Ok(s) => results[i].push(s),
                     Err(e) => eprintln!("{transport} {}: {e}", pair.name()),

@@ -104,7 +104,9 @@
 //! that spins on one socket's `recv`, as sockperf does: the poll that reports the message
 //! comes before the read that takes it. So while it spins, the loop reads the few
 //! connections that are talking right now (the *hot set*) directly, and a read that finds
-//! nothing is the spin; it polls only every few dozen of those turns, or when something
+//! nothing is the spin (read again at once, with only a clock read between, so that a
+//! message arriving mid-spin waits for one system call, not for a turn's bookkeeping); it
+//! polls only every few dozen of those reads, or when something
 //! else is about (`src/event_loop/hot.rs`, with the bound on how long other sockets,
 //! timers and threads can wait). The edges epoll still raises for bytes already read
 //! cost one `WouldBlock` read per poll, not per message, and miss nothing, for the same

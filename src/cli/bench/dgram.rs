@@ -124,7 +124,15 @@ impl DgramSock {
         self.maybe_finish(ctx);
     }
 
-    fn send_one(&mut self, ctx: &mut DgramCtx<'_, ThreadState>, due: Instant, now: Instant) {
+    /// Sends the next datagram at the callback's time `now`; its latency counts from
+    /// `due` (open loop) or from the clock read next to the send (closed loop), and bytes
+    /// are counted at `now`, as in `StreamConn::send_one`.
+    fn send_one(
+        &mut self,
+        ctx: &mut DgramCtx<'_, ThreadState>,
+        due: Option<Instant>,
+        now: Instant,
+    ) {
         let seq = self.next_seq();
         let env = Rc::clone(&self.env);
         let p = env.pattern(self.key, seq);
@@ -132,6 +140,7 @@ impl DgramSock {
         let msg = &mut self.buf[..p.size];
         p.fill(self.key, seq, msg);
         let counted = self.tl.is_some_and(|tl| tl.in_window(now));
+        let handed = Instant::now();
         let result = ctx.send_to(msg, &self.target);
         let st = ctx.state();
         let fate = match result {
@@ -152,8 +161,8 @@ impl DgramSock {
             }
         };
         self.inflight.push_back(Sent {
-            due,
-            sent: now,
+            due: due.unwrap_or(handed),
+            sent: handed,
             counted,
             fate,
         });
@@ -165,7 +174,7 @@ impl DgramSock {
             if now < tl.end {
                 // Bounded: a failed send does not raise `pending`.
                 for _ in self.pending..pipeline {
-                    self.send_one(ctx, now, now);
+                    self.send_one(ctx, None, now);
                 }
             } else {
                 self.finishing = true;
@@ -193,7 +202,7 @@ impl DgramSock {
                         // woken by the timer).
                         ctx.state().send_lag(due, now);
                     }
-                    self.send_one(ctx, due, now);
+                    self.send_one(ctx, Some(due), now);
                     self.next_due += 1;
                 }
                 Step::WaitUntil(due) => {

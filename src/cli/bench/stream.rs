@@ -109,10 +109,10 @@ impl StreamConn {
         match self.env.s.load {
             Load::Closed { pipeline } => {
                 for _ in 0..pipeline {
-                    self.send_one(ctx, now, now);
+                    self.send_one(ctx, None, now);
                 }
             }
-            Load::Reconnect => self.send_one(ctx, now, now),
+            Load::Reconnect => self.send_one(ctx, None, now),
             Load::Open { .. } => {
                 self.anchor = self.env.anchor(&tl, self.slot);
                 // A slot reopened mid-run goes on where its schedule stood.
@@ -123,16 +123,27 @@ impl StreamConn {
         }
     }
 
-    /// Sends the next message; `due` is when its latency starts counting.
-    fn send_one(&mut self, ctx: &mut Ctx<'_, ThreadState>, due: Instant, now: Instant) {
+    /// Sends the next message at the callback's time `now`. Its latency counts from `due`
+    /// (open loop: when the schedule wanted it sent), or from when it is handed over
+    /// (closed loop).
+    ///
+    /// That moment is read from the clock here, next to the send, rather than taken from
+    /// the callback's start: checking the echo that came in and recording its latency
+    /// take time that belongs to us, not to the round trip (sockperf takes its timestamps
+    /// next to its system calls too). Bytes are still counted at `now`: the intervals
+    /// move forward with the callbacks' times, and a later instant here would move them
+    /// past echoes this callback has yet to count.
+    fn send_one(&mut self, ctx: &mut Ctx<'_, ThreadState>, due: Option<Instant>, now: Instant) {
         let seq = self.sent;
         let p = self.env.pattern(self.key, seq);
+        let handed = Instant::now();
         ctx.send(&p.header(self.key, seq)[..p.header_len()]);
         let body = p.body(self.key, seq);
         if !body.is_empty() {
             ctx.send(body);
         }
-        self.inflight.push_back(InFlight { due, sent: now });
+        let due = due.unwrap_or(handed);
+        self.inflight.push_back(InFlight { due, sent: handed });
         self.sent += 1;
         ctx.state().sent(now, p.size);
     }
@@ -151,7 +162,7 @@ impl StreamConn {
                         // woken by the timer).
                         ctx.state().send_lag(due, now);
                     }
-                    self.send_one(ctx, due, now);
+                    self.send_one(ctx, Some(due), now);
                     self.next_due += 1;
                 }
                 Step::WaitUntil(due) => {
@@ -258,7 +269,7 @@ impl Handler<ThreadState> for StreamConn {
             self.inflight.pop_front();
             ctx.state().complete(now, m.due, m.sent, open);
             match env.s.load {
-                Load::Closed { .. } if now < tl.end => self.send_one(ctx, now, now),
+                Load::Closed { .. } if now < tl.end => self.send_one(ctx, None, now),
                 Load::Open { .. } if !self.finishing => self.pump(ctx, tl, now, false),
                 _ => self.finishing = true,
             }
