@@ -103,24 +103,30 @@ fn main() {
             );
         }
         if results.len() == 5 {
-            // Round by round, each pair against the one measured next to it in time.
+            // Round by round, each pair against the one measured next to it in time: the
+            // median, and the range over the rounds, so that a reader sees how far this
+            // machine's noise reaches before reading anything into a few per cent.
             let paired = |a: usize, b: usize| {
-                median(
-                    results[a]
-                        .iter()
-                        .zip(&results[b])
-                        .map(|(x, y)| x.p50 / y.p50)
-                        .collect(),
-                )
+                let ratios: Vec<f64> = results[a]
+                    .iter()
+                    .zip(&results[b])
+                    .map(|(x, y)| x.p50 / y.p50)
+                    .collect();
+                if ratios.is_empty() {
+                    return "n/a (no round ran both)".to_string();
+                }
+                let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = ratios.iter().copied().fold(0.0, f64::max);
+                format!("{:.2}x (rounds {lo:.2}-{hi:.2})", median(ratios))
             };
             println!(
-                "{:<5}   ratio p50: busy-poll pair / sockperf busy pair {:.2}x; blocking pair / sockperf default pair {:.2}x",
+                "{:<5}   ratio p50: busy-poll pair / sockperf busy pair {}; blocking pair / sockperf default pair {}",
                 "",
                 paired(1, 3),
                 paired(0, 2)
             );
             println!(
-                "{:<5}   ratio p50: echoloop bench --busy-poll / sockperf client, both against sockperf's busy server {:.2}x",
+                "{:<5}   ratio p50: echoloop bench --busy-poll / sockperf client, both against sockperf's busy server {}",
                 "",
                 paired(4, 3)
             );
