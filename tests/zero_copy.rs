@@ -99,6 +99,16 @@ fn half_close(w: &mut TcpStream) {
     w.shutdown(Shutdown::Write).unwrap();
 }
 
+/// The echo is byte for byte what was sent (without printing megabytes when it is not).
+fn assert_same_echo(back: &[u8], data: &[u8]) {
+    assert!(
+        back == data,
+        "echo differs ({} of {} bytes)",
+        back.len(),
+        data.len()
+    );
+}
+
 /// Sends `data` from a thread (then half-closes) while this thread reads the echo to EOF.
 fn echo_all(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     let mut c = connect(addr);
@@ -114,12 +124,7 @@ fn zero_copy_echo_splices_bulk_and_copies_small_messages() {
     let s = server(true);
     let data = pattern(8 << 20);
     let back = echo_all(s.addr, &data);
-    assert!(
-        back == data,
-        "echo differs ({} of {} bytes)",
-        back.len(),
-        data.len()
-    );
+    assert_same_echo(&back, &data);
     assert!(
         s.count("spliced") > 0,
         "8 MiB in 64 KiB writes was not spliced"
@@ -199,12 +204,7 @@ fn zero_copy_echo_keeps_backpressure_and_half_close_for_a_slow_reader() {
     let mut back = Vec::new();
     c.read_to_end(&mut back).unwrap();
     writer.join().unwrap();
-    assert!(
-        back == data,
-        "echo differs ({} of {} bytes)",
-        back.len(),
-        data.len()
-    );
+    assert_same_echo(&back, &data);
     assert!(s.count("spliced") > 0, "never spliced");
     s.finish();
 }
@@ -280,12 +280,7 @@ fn zero_copy_echo_over_a_unix_stream() {
     writer.join().unwrap();
     stop.stop(Duration::from_secs(1));
     thread.join().unwrap();
-    assert!(
-        back == data,
-        "echo differs ({} of {} bytes)",
-        back.len(),
-        data.len()
-    );
+    assert_same_echo(&back, &data);
     assert!(
         *lines.lock().unwrap() > 0,
         "a Unix stream's bulk was not spliced"

@@ -89,9 +89,8 @@ impl HotSet {
             && self
                 .others_at
                 .is_none_or(|at| now.saturating_duration_since(at) >= QUIET)
-            && self.turns < TURNS_PER_POLL
             && now.saturating_duration_since(last_event) < window
-            && self.members.iter().any(Option::is_some);
+            && self.read_allowed();
         if spin {
             self.turns += 1;
         } else {
@@ -101,10 +100,15 @@ impl HotSet {
         spin
     }
 
+    /// Members to read, and the poll not due yet: what every read of the set needs.
+    fn read_allowed(&self) -> bool {
+        self.turns < TURNS_PER_POLL && self.members.iter().any(Option::is_some)
+    }
+
     /// Whether a hot turn that found nothing may read the set again at once: members are
     /// left and the poll is not due yet (this counts as one more hot turn).
     pub(crate) fn spin_more(&mut self) -> bool {
-        let more = self.turns < TURNS_PER_POLL && self.members.iter().any(Option::is_some);
+        let more = self.read_allowed();
         if more {
             self.turns += 1;
         }
